@@ -1,0 +1,188 @@
+"""save, load and async_save: the steps of DCP's protocol, run with cross-rank failure reporting."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch.distributed as dist
+from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+
+from ._compat import accepts_kwargs, accepts_parameter
+from .coordination import Coordination
+from .filesystem import FileSystemReader, FileSystemWriter
+from .load_planner import ReferenceLoadPlanner
+from .save_planner import ReferenceSavePlanner
+from .staging import StagingPool, stage_state_dict
+
+__all__ = ["save", "load", "async_save"]
+
+
+def _writer(path: str | os.PathLike | None, storage_writer: StorageWriter | None) -> StorageWriter:
+    if storage_writer is not None:
+        if path is not None:
+            storage_writer.reset(path)
+        return storage_writer
+    if path is None:
+        raise ValueError("save needs a path or a storage_writer")
+    return FileSystemWriter(path)
+
+
+def _reader(path: str | os.PathLike | None, storage_reader: StorageReader | None) -> StorageReader:
+    if storage_reader is not None:
+        if path is not None:
+            storage_reader.reset(path)
+        return storage_reader
+    if path is None:
+        raise ValueError("load needs a path or a storage_reader")
+    return FileSystemReader(path)
+
+
+def save(
+    state_dict: dict[str, Any],
+    path: str | os.PathLike | None = None,
+    *,
+    process_group: dist.ProcessGroup | None = None,
+    coordinator_rank: int = 0,
+    planner: SavePlanner | None = None,
+    storage_writer: StorageWriter | None = None,
+    no_dist: bool | None = None,
+) -> Metadata:
+    """Save ``state_dict`` from every rank of ``process_group`` (one process if none is initialised).
+
+    Any planner and storage writer following DCP's protocol works. A failure on any
+    rank raises the same ``CheckpointError`` on every rank, naming every failing rank.
+    """
+    writer = _writer(path, storage_writer)
+    planner = planner or ReferenceSavePlanner()
+    coord = Coordination(process_group, coordinator_rank, no_dist)
+    metadata_box: dict[str, Metadata] = {}
+
+    def local_plan():
+        storage_meta = writer.storage_meta()
+        if accepts_parameter(planner.set_up_planner, "storage_meta"):
+            planner.set_up_planner(
+                state_dict, storage_meta=storage_meta, is_coordinator=coord.is_coordinator
+            )
+        else:
+            planner.set_up_planner(state_dict, coord.is_coordinator)  # type: ignore[arg-type]
+        if accepts_kwargs(writer.set_up_storage_writer):
+            writer.set_up_storage_writer(
+                coord.is_coordinator, rank=coord.rank, use_collectives=True
+            )
+        else:
+            writer.set_up_storage_writer(coord.is_coordinator)
+        return writer.prepare_local_plan(planner.create_local_plan())
+
+    def global_plan(all_plans):
+        plans, metadata = planner.create_global_plan(all_plans)
+        metadata_box["metadata"] = metadata
+        return writer.prepare_global_plan(plans)
+
+    central_plan = coord.reduce_scatter("save planning", local_plan, global_plan)
+
+    def write():
+        future = writer.write_data(planner.finish_plan(central_plan), planner)
+        future.wait()
+        return future.value()
+
+    def finish(all_results):
+        writer.finish(metadata=metadata_box["metadata"], results=all_results)
+        return metadata_box["metadata"]
+
+    return coord.all_reduce("save writing", write, finish)
+
+
+def load(
+    state_dict: dict[str, Any],
+    path: str | os.PathLike | None = None,
+    *,
+    process_group: dist.ProcessGroup | None = None,
+    coordinator_rank: int = 0,
+    planner: LoadPlanner | None = None,
+    storage_reader: StorageReader | None = None,
+    no_dist: bool | None = None,
+) -> None:
+    """Load into ``state_dict`` in place; its tensors define the layout read into.
+
+    Checks run on every rank before any destination tensor is written; a failure on
+    any rank raises the same ``CheckpointError`` on every rank.
+    """
+    reader = _reader(path, storage_reader)
+    planner = planner or ReferenceLoadPlanner()
+    coord = Coordination(process_group, coordinator_rank, no_dist)
+
+    def local_plan():
+        metadata = reader.read_metadata()
+        planner.set_up_planner(state_dict, metadata, coord.is_coordinator)
+        if accepts_kwargs(reader.set_up_storage_reader):
+            reader.set_up_storage_reader(
+                metadata, coord.is_coordinator, rank=coord.rank, use_collectives=True
+            )
+        else:
+            reader.set_up_storage_reader(metadata, coord.is_coordinator)
+        return reader.prepare_local_plan(planner.create_local_plan())
+
+    def global_plan(all_plans):
+        return reader.prepare_global_plan(planner.create_global_plan(all_plans))
+
+    central_plan = coord.reduce_scatter("load planning", local_plan, global_plan)
+
+    def read():
+        future = reader.read_data(planner.finish_plan(central_plan), planner)
+        future.wait()
+
+    coord.run_all("load reading", read)
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def async_save(
+    state_dict: dict[str, Any],
+    path: str | os.PathLike | None = None,
+    *,
+    process_group: dist.ProcessGroup | None = None,
+    coordinator_rank: int = 0,
+    planner: SavePlanner | None = None,
+    storage_writer: StorageWriter | None = None,
+    no_dist: bool | None = None,
+    staging_pool: StagingPool | None = None,
+) -> Future:
+    """Stage ``state_dict`` to host memory, then save it in a background thread.
+
+    Returns once staging is done: changing the state afterwards does not change what
+    is saved. The returned future gives the ``Metadata`` or raises the save's error.
+    The background save runs collectives on ``process_group``; if this process uses
+    that group meanwhile, pass a separate group (for example a gloo ``new_group``).
+    """
+    global _executor
+    planner = planner or ReferenceSavePlanner()
+    if not isinstance(planner, ReferenceSavePlanner):
+        raise TypeError(
+            "async_save stages tensors into ckptconf StagedTensor values, which only "
+            f"ReferenceSavePlanner (or a subclass) plans; got {type(planner).__name__}"
+        )
+    writer = _writer(path, storage_writer)
+    pool = staging_pool or StagingPool()
+    staged = stage_state_dict(state_dict, pool)
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconf-async-save")
+
+    def run() -> Metadata:
+        try:
+            return save(
+                staged,
+                process_group=process_group,
+                coordinator_rank=coordinator_rank,
+                planner=planner,
+                storage_writer=writer,
+                no_dist=no_dist,
+            )
+        finally:
+            pool.release_all()
+
+    return _executor.submit(run)

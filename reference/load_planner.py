@@ -1,0 +1,193 @@
+"""The reference load planner: checks the load contract, then plans reads for resharding."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
+
+from .errors import LoadContractError
+from .flatten import flatten_state_dict, set_by_path
+from .resharding import SavedChunkIndex, read_items_for_chunk
+from .serialization import decode_object
+from .state_values import global_size, is_tensor_value, tensor_pieces, value_dtype
+
+__all__ = ["ReferenceLoadPlanner"]
+
+_MAX_LISTED = 20
+
+
+class ReferenceLoadPlanner(LoadPlanner):
+    """Loads in place: the destination state dict's tensors define the layout to read into.
+
+    Before any data is read, the plan checks that every destination key is in the
+    checkpoint (unless ``allow_missing_keys``), that the checkpoint has no key the
+    destination lacks (unless ``allow_unexpected_keys``), that global shapes agree,
+    that dtypes agree (unless ``cast_dtypes``, which casts on copy), and that saved
+    chunks cover every element of every destination piece. All problems found on
+    this rank are raised together as one ``LoadContractError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_missing_keys: bool = False,
+        allow_unexpected_keys: bool = False,
+        cast_dtypes: bool = False,
+        flatten: bool = True,
+    ):
+        self.allow_missing_keys = allow_missing_keys
+        self.allow_unexpected_keys = allow_unexpected_keys
+        self.cast_dtypes = cast_dtypes
+        self.flatten = flatten
+
+    def set_up_planner(
+        self,
+        state_dict: dict[str, Any],
+        metadata: Metadata | None = None,
+        is_coordinator: bool = False,
+    ) -> None:
+        """Take the destination state dict and the checkpoint's metadata."""
+        if metadata is None:
+            raise LoadContractError("the load planner needs the checkpoint metadata")
+        self.original_state_dict = state_dict
+        if self.flatten:
+            self.values, self.paths = flatten_state_dict(state_dict)
+        else:
+            self.values, self.paths = dict(state_dict), {k: (k,) for k in state_dict}
+        self.metadata = metadata
+        self.is_coordinator = is_coordinator
+        self._views: dict[MetadataIndex, torch.Tensor] = {}
+
+    def create_local_plan(self) -> LoadPlan:
+        """Read items for every destination piece; ``LoadContractError`` lists every problem."""
+        entries = self.metadata.state_dict_metadata
+        problems: list[str] = []
+        missing = [k for k in self.values if k not in entries]
+        unexpected = [k for k in entries if k not in self.values]
+        if missing and not self.allow_missing_keys:
+            problems.append(
+                f"{len(missing)} key(s) of the destination are not in the checkpoint: {_listing(missing)}"
+                " (pass allow_missing_keys=True to skip them)"
+            )
+        if unexpected and not self.allow_unexpected_keys:
+            problems.append(
+                f"{len(unexpected)} key(s) of the checkpoint are not in the destination: {_listing(unexpected)}"
+                " (pass allow_unexpected_keys=True to ignore them)"
+            )
+        items: list[ReadItem] = []
+        for key, value in self.values.items():
+            entry = entries.get(key)
+            if entry is None:
+                continue
+            if isinstance(entry, BytesStorageMetadata):
+                if is_tensor_value(value):
+                    problems.append(
+                        f"key {key!r}: the destination holds a tensor, the checkpoint an object"
+                    )
+                    continue
+                index = MetadataIndex(key)
+                items.append(
+                    ReadItem(
+                        type=LoadItemType.BYTE_IO,
+                        dest_index=index,
+                        dest_offsets=torch.Size((0,)),
+                        storage_index=index,
+                        storage_offsets=torch.Size((0,)),
+                        lengths=torch.Size((0,)),
+                    )
+                )
+                continue
+            problems += self._plan_tensor(key, value, entry, items)
+        if problems:
+            raise LoadContractError(
+                f"cannot load: {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+            )
+        return LoadPlan(items)
+
+    def _plan_tensor(
+        self, key: str, value: Any, entry: TensorStorageMetadata, items: list[ReadItem]
+    ) -> list[str]:
+        if not is_tensor_value(value):
+            return [
+                f"key {key!r}: the checkpoint holds a tensor, the destination a {type(value).__name__}"
+            ]
+        problems = []
+        if tuple(global_size(value)) != tuple(entry.size):
+            problems.append(
+                f"key {key!r}: saved with global shape {tuple(entry.size)}, destination has "
+                f"{tuple(global_size(value))}"
+            )
+        saved_dtype, dest_dtype = entry.properties.dtype, value_dtype(value)
+        if saved_dtype != dest_dtype and not self.cast_dtypes:
+            problems.append(
+                f"key {key!r}: saved as {saved_dtype}, destination is {dest_dtype}"
+                " (pass cast_dtypes=True to cast on load)"
+            )
+        if problems:
+            return problems
+        index = SavedChunkIndex(entry.chunks)
+        for piece in tensor_pieces(key, value):
+            result = read_items_for_chunk(key, index, piece.chunk, piece.index)
+            if result.uncovered:
+                problems.append(
+                    f"key {key!r}: {result.uncovered} element(s) of the destination piece at offsets "
+                    f"{tuple(piece.chunk.offsets)} sizes {tuple(piece.chunk.sizes)} are in no saved chunk"
+                )
+            items += result.items
+            self._views[piece.index] = piece.view
+        return problems
+
+    def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
+        """Loads need no global decision."""
+        return global_plan
+
+    def finish_plan(self, central_plan: LoadPlan) -> LoadPlan:
+        """Adopt this rank's plan."""
+        return central_plan
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        """Decode an object (safely) and put it where its key came from."""
+        key = read_item.dest_index.fqn
+        obj = decode_object(value, key=key)
+        self.values[key] = obj
+        set_by_path(self.original_state_dict, self.paths[key], obj)
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        """The destination region to fill, or a staging tensor of the saved dtype when casting."""
+        view = self._dest_view(read_item)
+        entry = self.metadata.state_dict_metadata[read_item.storage_index.fqn]
+        saved_dtype = entry.properties.dtype  # type: ignore[union-attr]
+        if view.dtype != saved_dtype:
+            return torch.empty(tuple(read_item.lengths), dtype=saved_dtype)
+        return view
+
+    def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
+        """Cast a staged tensor into place; direct views are already filled."""
+        view = self._dest_view(read_item)
+        if tensor.dtype != view.dtype:
+            view.copy_(tensor)
+
+    def _dest_view(self, read_item: ReadItem) -> torch.Tensor:
+        try:
+            view = self._views[read_item.dest_index]
+        except KeyError:
+            raise LoadContractError(
+                f"read item for {read_item.dest_index} names no destination piece of this rank"
+            ) from None
+        for dim, (start, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
+            view = view.narrow(dim, start, length)
+        return view
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in sorted(keys)[:_MAX_LISTED])
+    return shown + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")

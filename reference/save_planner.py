@@ -1,0 +1,162 @@
+"""The reference save planner."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import zlib
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.metadata import (
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorProperties,
+)
+from torch.distributed.checkpoint.planner import (
+    SavePlan,
+    SavePlanner,
+    TensorWriteData,
+    WriteItem,
+    WriteItemType,
+)
+
+from .dedup import dedup_save_plans, write_item_key
+from .errors import PlanValidationError
+from .flatten import flatten_state_dict
+from .plan_metadata import build_metadata
+from .serialization import encode_object
+from .state_values import global_size, is_sharded_value, is_tensor_value, tensor_pieces, value_dtype
+from .validation import validate_global_plan
+
+__all__ = ["ReferenceSavePlanner"]
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+class ReferenceSavePlanner(SavePlanner):
+    """Plans a save of nested state dicts with tensors, DTensors, ShardedTensors and objects.
+
+    Args:
+        dedup: keep one copy of chunks that several ranks hold (plain tensors, objects,
+            replicated DTensor chunks), chosen deterministically and balanced by bytes.
+        verify_replicas: before dedup, compare a CRC-32 of every replica and fail the
+            save naming key, offsets and ranks if replicas that should be equal differ.
+        flatten: flatten nested dicts and lists into dotted keys (DCP's keys).
+    """
+
+    def __init__(self, *, dedup: bool = True, verify_replicas: bool = False, flatten: bool = True):
+        self.dedup = dedup
+        self.verify_replicas = verify_replicas
+        self.flatten = flatten
+
+    def set_up_planner(
+        self,
+        state_dict: dict[str, Any],
+        storage_meta: StorageMeta | None = None,
+        is_coordinator: bool = False,
+    ) -> None:
+        """Take the state dict to save."""
+        if self.flatten:
+            self.values, self.paths = flatten_state_dict(state_dict)
+        else:
+            self.values, self.paths = dict(state_dict), {k: (k,) for k in state_dict}
+        self.storage_meta = storage_meta
+        self.is_coordinator = is_coordinator
+        self._resolved: dict[MetadataIndex, Any] = {}
+
+    def create_local_plan(self) -> SavePlan:
+        """One write item per tensor piece this rank holds and per object."""
+        items: list[WriteItem] = []
+        for key, value in self.values.items():
+            if not is_tensor_value(value):
+                index = MetadataIndex(key)
+                items.append(WriteItem(index=index, type=WriteItemType.BYTE_IO))
+                self._resolved[index] = value
+                continue
+            kind = WriteItemType.SHARD if is_sharded_value(value) else WriteItemType.TENSOR
+            props = TensorProperties(
+                dtype=value_dtype(value), requires_grad=bool(getattr(value, "requires_grad", False))
+            )
+            size = global_size(value)
+            for piece in tensor_pieces(key, value):
+                items.append(
+                    WriteItem(
+                        index=piece.index,
+                        type=kind,
+                        tensor_data=TensorWriteData(chunk=piece.chunk, properties=props, size=size),
+                    )
+                )
+                self._resolved[piece.index] = piece.view
+        planner_data: dict[str, Any] = {"paths": self.paths}
+        if self.verify_replicas:
+            planner_data["crc32"] = {
+                write_item_key(item): zlib.crc32(self._payload(item)) for item in items
+            }
+        self.plan = SavePlan(items, planner_data=planner_data)
+        return self.plan
+
+    def _payload(self, item: WriteItem) -> bytes | memoryview:
+        value = self._resolved[item.index]
+        if item.type == WriteItemType.BYTE_IO:
+            return encode_object(value)
+        return _tensor_bytes(value)
+
+    def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
+        """Dedup replicas, build metadata, validate; raises ``PlanValidationError`` with every problem."""
+        problems: list[str] = []
+        if self.verify_replicas:
+            problems += _replica_mismatches(all_plans)
+        plans = dedup_save_plans(all_plans) if self.dedup else list(all_plans)
+        paths: dict[str, Any] = {}
+        for plan in plans:
+            paths.update((plan.planner_data or {}).get("paths", {}))
+        plans = [dataclasses.replace(p, planner_data=None) for p in plans]
+        metadata = build_metadata(plans, planner_data=paths)
+        metadata.storage_meta = self.storage_meta
+        problems += validate_global_plan(plans, metadata)
+        if problems:
+            raise PlanValidationError(problems)
+        self.metadata = metadata
+        return plans, metadata
+
+    def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        """Adopt this rank's part of the global plan."""
+        self.plan = new_plan
+        return new_plan
+
+    def resolve_data(self, write_item: WriteItem) -> torch.Tensor | io.BytesIO:
+        """The tensor view or the encoded object to write for ``write_item``."""
+        try:
+            value = self._resolved[write_item.index]
+        except KeyError:
+            raise KeyError(
+                f"write item {write_item.index} is not part of this rank's state dict"
+            ) from None
+        if write_item.type == WriteItemType.BYTE_IO:
+            return io.BytesIO(encode_object(value))
+        return value.detach()
+
+
+def _replica_mismatches(plans: list[SavePlan]) -> list[str]:
+    by_key: dict[tuple, dict[int, int]] = defaultdict(dict)
+    for rank, plan in enumerate(plans):
+        for key, crc in ((plan.planner_data or {}).get("crc32") or {}).items():
+            by_key[key][rank] = crc
+    problems = []
+    for key, crcs in sorted(by_key.items(), key=lambda kv: repr(kv[0])):
+        if len(set(crcs.values())) > 1:
+            where = f" at offsets {key[1]}" if len(key) > 2 else ""
+            groups: dict[int, list[int]] = defaultdict(list)
+            for rank, crc in sorted(crcs.items()):
+                groups[crc].append(rank)
+            detail = "; ".join(
+                f"ranks {ranks} have crc32 {crc:08x}" for crc, ranks in groups.items()
+            )
+            problems.append(f"key {key[0]!r}{where}: replicas differ ({detail})")
+    return problems

@@ -1,0 +1,89 @@
+"""Staging for async save: copy what this rank holds to host memory before returning.
+
+On CUDA the copies go into pinned host buffers kept in a :class:`StagingPool`, so a
+later save of the same shapes reuses them; all copies are queued without blocking and
+waited for once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from .flatten import flatten_state_dict, set_by_path
+from .state_values import (
+    StagedTensor,
+    TensorPiece,
+    global_size,
+    is_sharded_value,
+    is_tensor_value,
+    tensor_pieces,
+    value_dtype,
+)
+
+__all__ = ["StagingPool", "stage_state_dict"]
+
+
+class StagingPool:
+    """Reusable host buffers by (shape, dtype); pinned when CUDA is available."""
+
+    def __init__(self):
+        self._free: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+        self._used: list[tuple[tuple, torch.Tensor]] = []
+
+    def take(self, like: torch.Tensor) -> torch.Tensor:
+        """A host buffer with the shape and dtype of ``like``."""
+        key = (tuple(like.shape), like.dtype)
+        if self._free[key]:
+            buffer = self._free[key].pop()
+        else:
+            pin = like.device.type == "cuda" and torch.cuda.is_available()
+            buffer = torch.empty(like.shape, dtype=like.dtype, pin_memory=pin)
+        self._used.append((key, buffer))
+        return buffer
+
+    def release_all(self) -> None:
+        """Return every buffer handed out, once the save that used them is done."""
+        for key, buffer in self._used:
+            self._free[key].append(buffer)
+        self._used.clear()
+
+
+def stage_state_dict(state_dict: dict[str, Any], pool: StagingPool | None = None) -> dict[str, Any]:
+    """A state dict whose tensors are host copies and whose objects are deep copies.
+
+    Keys and nesting are kept, so the staged dict saves to the same checkpoint.
+    """
+    pool = pool or StagingPool()
+    flat, paths = flatten_state_dict(state_dict)
+    staged: dict[str, Any] = {}
+    cuda_copies = False
+    for key, value in flat.items():
+        if not is_tensor_value(value):
+            set_by_path(staged, paths[key], copy.deepcopy(value))
+            continue
+        pieces = []
+        for piece in tensor_pieces(key, value):
+            source = piece.view.detach()
+            buffer = pool.take(source)
+            buffer.copy_(source, non_blocking=source.device.type == "cuda")
+            cuda_copies |= source.device.type == "cuda"
+            pieces.append(TensorPiece(piece.index, piece.chunk, buffer))
+        set_by_path(
+            staged,
+            paths[key],
+            StagedTensor(
+                size=global_size(value),
+                dtype=value_dtype(value),
+                requires_grad=bool(getattr(value, "requires_grad", False)),
+                sharded=is_sharded_value(value),
+                pieces=tuple(pieces),
+                is_torch_tensor=isinstance(value, torch.Tensor),
+            ),
+        )
+    if cuda_copies:
+        torch.cuda.synchronize()
+    return staged

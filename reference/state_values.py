@@ -1,0 +1,127 @@
+"""What a state-dict value holds on this rank: its global size, dtype and local pieces.
+
+Plain tensors, DTensors (any Shard/_StridedShard/Replicate placement, submeshes),
+ShardedTensors and tensor subclasses implementing DCP's checkpointable protocol
+(``__create_chunk_list__`` and ``__get_tensor_shard__``) are tensors here; every
+other value is an object stored as bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+from .geometry import dtensor_pieces
+
+__all__ = [
+    "StagedTensor",
+    "TensorPiece",
+    "is_tensor_value",
+    "is_sharded_value",
+    "global_size",
+    "value_dtype",
+    "tensor_pieces",
+]
+
+
+@dataclass(frozen=True)
+class TensorPiece:
+    """A contiguous box of a value held on this rank: its global chunk and the local tensor view."""
+
+    index: MetadataIndex
+    chunk: ChunkStorageMetadata
+    view: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StagedTensor:
+    """A copy of what this rank holds of a tensor value, taken for an async save."""
+
+    size: torch.Size
+    dtype: torch.dtype
+    requires_grad: bool
+    sharded: bool
+    pieces: tuple[TensorPiece, ...]
+    is_torch_tensor: bool = True
+    """Whether the staged value was a ``torch.Tensor`` (flattening treats lists of them so)."""
+
+
+def _dtensor_type():
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def _sharded_tensor_type():
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    return ShardedTensor
+
+
+def is_tensor_value(value: object) -> bool:
+    """Whether ``value`` is stored as tensor chunks rather than as an object."""
+    return isinstance(value, (torch.Tensor, StagedTensor, _sharded_tensor_type()))
+
+
+def is_sharded_value(value: object) -> bool:
+    """Whether ranks hold different parts of ``value`` (so it is never deduplicated as a replica)."""
+    if isinstance(value, StagedTensor):
+        return value.sharded
+    return isinstance(value, (_dtensor_type(), _sharded_tensor_type())) or (
+        isinstance(value, torch.Tensor) and hasattr(value, "__create_chunk_list__")
+    )
+
+
+def global_size(value: object) -> torch.Size:
+    """The global shape of a tensor value."""
+    if isinstance(value, StagedTensor):
+        return value.size
+    if isinstance(value, _sharded_tensor_type()):
+        return torch.Size(value.metadata().size)
+    return torch.Size(value.size())  # type: ignore[attr-defined]
+
+
+def value_dtype(value: object) -> torch.dtype:
+    """The dtype of a tensor value."""
+    if isinstance(value, StagedTensor):
+        return value.dtype
+    if isinstance(value, _sharded_tensor_type()):
+        return value.metadata().tensor_properties.dtype
+    return value.dtype  # type: ignore[attr-defined]
+
+
+def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
+    """The pieces of a tensor value this rank holds (none if it is outside a DTensor's mesh)."""
+    if isinstance(value, StagedTensor):
+        return list(value.pieces)
+    if isinstance(value, _dtensor_type()):
+        local = value.to_local()
+        out = []
+        for piece in dtensor_pieces(value):
+            view = local
+            for dim, (start, length) in enumerate(zip(piece.local_offsets, piece.sizes)):
+                view = view.narrow(dim, start, length)
+            chunk = piece.chunk()
+            out.append(TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, view))
+        return out
+    if isinstance(value, _sharded_tensor_type()):
+        out = []
+        for shard in value.local_shards():
+            md = shard.metadata
+            chunk = ChunkStorageMetadata(
+                offsets=torch.Size(md.shard_offsets), sizes=torch.Size(md.shard_sizes)
+            )
+            out.append(TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, shard.tensor))
+        return out
+    if isinstance(value, torch.Tensor) and hasattr(value, "__create_chunk_list__"):
+        out = []
+        for chunk in value.__create_chunk_list__():
+            index = MetadataIndex(fqn, chunk.offsets)
+            out.append(TensorPiece(index, chunk, value.__get_tensor_shard__(index)))
+        return out
+    if isinstance(value, torch.Tensor):
+        chunk = ChunkStorageMetadata(offsets=torch.Size([0] * value.dim()), sizes=value.size())
+        return [TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, value)]
+    raise TypeError(f"value of key {fqn!r} is a {type(value).__name__}, not a tensor")

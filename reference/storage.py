@@ -1,0 +1,412 @@
+"""Storage writer and reader of the reference format, over any :class:`BlobStore`.
+
+A save writes each rank's items as raw bytes into one data file per rank under a
+fresh *generation* folder, records where each item lies and a CRC-32 per block, and
+only then (coordinator, in ``finish``) commits the metadata document atomically. The
+previous metadata, and so the previous checkpoint, stays whole until that commit;
+afterwards older generations are removed. A reader verifies the blocks it reads.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import io
+import math
+import os
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.metadata import (
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
+    SavePlan,
+    SavePlanner,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
+from torch.futures import Future
+
+from .errors import IntegrityError
+from .metadata_format import Region, dump_metadata, parse_metadata
+
+__all__ = [
+    "BlobStore",
+    "BlobSink",
+    "ReferenceStorageWriter",
+    "ReferenceStorageReader",
+    "DEFAULT_BLOCK_SIZE",
+]
+
+DEFAULT_BLOCK_SIZE = 4 << 20
+_GENERATION_PREFIX = "gen-"
+
+
+class BlobSink(abc.ABC):
+    """An open data file being written."""
+
+    @abc.abstractmethod
+    def write(self, data: memoryview | bytes) -> None:
+        """Append ``data``."""
+
+
+class BlobStore(abc.ABC):
+    """Where one checkpoint lives: data files in generation folders and one metadata document."""
+
+    location: str
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Create the checkpoint's container if needed (coordinator, before any write)."""
+
+    @abc.abstractmethod
+    def create_generation(self, generation: str) -> None:
+        """Create the folder for a new generation's data files."""
+
+    @abc.abstractmethod
+    def open_sink(self, name: str) -> AbstractContextManager[BlobSink]:
+        """Open data file ``name`` for writing; it is durable when the context exits cleanly."""
+
+    @abc.abstractmethod
+    def read_range(self, name: str, start: int, end: int) -> memoryview:
+        """Bytes ``[start, end)`` of data file ``name`` in a writable buffer (shorter if the file is)."""
+
+    @abc.abstractmethod
+    def size(self, name: str) -> int:
+        """Size in bytes of data file ``name``; ``FileNotFoundError`` if absent."""
+
+    @abc.abstractmethod
+    def read_metadata(self) -> bytes:
+        """The committed metadata document; ``FileNotFoundError`` if there is none."""
+
+    @abc.abstractmethod
+    def commit_metadata(self, data: bytes) -> None:
+        """Replace the metadata document atomically: readers see the old or the new one whole."""
+
+    @abc.abstractmethod
+    def generations(self) -> list[str]:
+        """Names of the generation folders present."""
+
+    @abc.abstractmethod
+    def remove_generation(self, generation: str) -> None:
+        """Delete a generation folder and its files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlanStorageData:
+    generation: str
+    file: str
+
+
+def _block_crcs(data: memoryview, block_size: int) -> tuple[int, ...]:
+    return tuple(zlib.crc32(data[i : i + block_size]) for i in range(0, len(data), block_size))
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The row-major bytes of ``tensor`` (copied to CPU and made contiguous if needed)."""
+    flat = tensor.detach()
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    flat = flat.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _completed(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+class ReferenceStorageWriter(StorageWriter):
+    """Writes raw bytes with block checksums and commits metadata last, atomically."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        keep_old_generations: bool = False,
+    ):
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.store = store
+        self.block_size = block_size
+        self.keep_old_generations = keep_old_generations
+        self.is_coordinator = False
+        self.rank = 0
+        self._save_id: str | None = None
+
+    def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        """Start a new save; a ``checkpoint_id`` is accepted only if it names this store."""
+        self._save_id = None
+        if checkpoint_id is not None and str(checkpoint_id) != self.store.location:
+            raise ValueError(
+                f"this writer writes to {self.store.location!r}; create a new writer for {str(checkpoint_id)!r}"
+            )
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        """Stores are explicit objects; no id is claimed implicitly."""
+        return False
+
+    def storage_meta(self) -> StorageMeta | None:
+        """The checkpoint's location and a fresh save id."""
+        self._save_id = uuid.uuid4().hex
+        return StorageMeta(checkpoint_id=self.store.location, save_id=self._save_id)
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        """Record this rank's role; the coordinator prepares the container."""
+        self.is_coordinator = is_coordinator
+        self.rank = int(kwargs.get("rank", 0))
+        if is_coordinator:
+            self.store.prepare()
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        """Nothing to change locally."""
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        """Create this save's generation and name each rank's data file in it."""
+        generation = _GENERATION_PREFIX + (self._save_id or uuid.uuid4().hex)
+        self.store.create_generation(generation)
+        return [
+            dataclasses.replace(
+                plan, storage_data=_PlanStorageData(generation, f"{generation}/r{rank}.bin")
+            )
+            for rank, plan in enumerate(plans)
+        ]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
+        """Write every item of ``plan`` to this rank's data file, tensors as raw bytes."""
+        target = plan.storage_data
+        if not isinstance(target, _PlanStorageData):
+            raise ValueError(
+                "the save plan carries no storage data from prepare_global_plan of this writer"
+            )
+        results = []
+        offset = 0
+        with self.store.open_sink(target.file) as sink:
+            for item in plan.items:
+                data = planner.resolve_data(item)
+                if item.type == WriteItemType.BYTE_IO:
+                    payload = (
+                        data.getbuffer()
+                        if isinstance(data, io.BytesIO)
+                        else memoryview(bytes(data))
+                    )
+                else:
+                    payload = tensor_bytes(data)
+                    expected = item.tensor_storage_size()
+                    chunk = item.tensor_data.chunk if item.tensor_data else None
+                    if chunk is not None:
+                        expected = (
+                            math.prod(chunk.sizes) * item.tensor_data.properties.dtype.itemsize
+                        )
+                    if expected is not None and len(payload) != expected:
+                        raise ValueError(
+                            f"write item {item.index.fqn!r} at offsets {tuple(item.index.offset or ())}: the planner "
+                            f"resolved {len(payload)} bytes, the plan says {expected}"
+                        )
+                sink.write(payload)
+                region = Region(
+                    target.file,
+                    offset,
+                    len(payload),
+                    self.block_size,
+                    _block_crcs(payload, self.block_size),
+                )
+                offset += len(payload)
+                results.append(
+                    WriteResult(index=item.index, size_in_bytes=len(payload), storage_data=region)
+                )
+        return _completed(results)
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        """Commit the metadata (the checkpoint becomes visible), then drop older generations."""
+        regions = {r.index: r.storage_data for rank_results in results for r in rank_results}
+        committed = dataclasses.replace(metadata, storage_data=regions)
+        self.store.commit_metadata(dump_metadata(committed))
+        if not self.keep_old_generations:
+            current = {r.file.split("/", 1)[0] for r in regions.values()}
+            for generation in self.store.generations():
+                if generation not in current:
+                    self.store.remove_generation(generation)
+
+
+class ReferenceStorageReader(StorageReader):
+    """Reads the reference format: only the byte ranges a plan needs, checksums verified."""
+
+    def __init__(self, store: BlobStore, *, verify_checksums: bool = True):
+        self.store = store
+        self.verify_checksums = verify_checksums
+        self.metadata: Metadata | None = None
+
+    def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        """Forget the metadata read before; a ``checkpoint_id`` must name this store."""
+        self.metadata = None
+        if checkpoint_id is not None and str(checkpoint_id) != self.store.location:
+            raise ValueError(
+                f"this reader reads {self.store.location!r}; create a new reader for {str(checkpoint_id)!r}"
+            )
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        """Stores are explicit objects; no id is claimed implicitly."""
+        return False
+
+    def read_metadata(self) -> Metadata:
+        """Read and parse the committed metadata as untrusted input."""
+        try:
+            data = self.store.read_metadata()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"no committed checkpoint at {self.store.location}: {exc}"
+            ) from None
+        self.metadata = parse_metadata(data, source=f"{self.store.location} metadata")
+        return self.metadata
+
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        """Check that every region lies inside its data file before anything is read."""
+        self.metadata = metadata
+        regions: dict[MetadataIndex, Region] = metadata.storage_data or {}
+        sizes: dict[str, int] = {}
+        for index, region in regions.items():
+            if region.file not in sizes:
+                try:
+                    sizes[region.file] = self.store.size(region.file)
+                except FileNotFoundError:
+                    raise IntegrityError(
+                        f"{self.store.location}: data file {region.file!r} of key {index.fqn!r} is missing"
+                    ) from None
+            if region.offset + region.length > sizes[region.file]:
+                raise IntegrityError(
+                    f"{self.store.location}: key {index.fqn!r} at offsets {_offsets(index)} needs bytes "
+                    f"[{region.offset}, {region.offset + region.length}) of {region.file!r}, "
+                    f"which has {sizes[region.file]} bytes (truncated?)"
+                )
+        self._chunk_sizes = {
+            MetadataIndex(key, chunk.offsets): tuple(chunk.sizes)
+            for key, entry in metadata.state_dict_metadata.items()
+            if isinstance(entry, TensorStorageMetadata)
+            for chunk in entry.chunks
+        }
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        """Nothing to change locally."""
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        """Nothing to change globally."""
+        return plans
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
+        """Read each stored item once (the span the plan needs of it) and hand pieces to the planner."""
+        assert self.metadata is not None, "read_metadata and set_up_storage_reader come first"
+        regions: dict[MetadataIndex, Region] = self.metadata.storage_data
+        by_item: dict[MetadataIndex, list[ReadItem]] = defaultdict(list)
+        for item in plan.items:
+            by_item[item.storage_index].append(item)
+        for storage_index, items in by_item.items():
+            region = regions.get(storage_index)
+            if region is None:
+                raise IntegrityError(
+                    f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
+                )
+            if items[0].type == LoadItemType.BYTE_IO:
+                data = self._read(region, 0, region.length, storage_index)
+                for item in items:
+                    planner.load_bytes(item, io.BytesIO(bytes(data)))
+                continue
+            self._read_tensor_items(storage_index, region, items, planner)
+        return _completed(None)
+
+    def _read_tensor_items(
+        self, storage_index, region: Region, items: list[ReadItem], planner: LoadPlanner
+    ) -> None:
+        entry = self.metadata.state_dict_metadata[storage_index.fqn]  # type: ignore[union-attr]
+        dtype = entry.properties.dtype
+        itemsize = dtype.itemsize
+        shape = self._chunk_sizes.get(storage_index)
+        if shape is None:
+            raise IntegrityError(
+                f"key {storage_index.fqn!r}: no saved chunk starts at offsets {_offsets(storage_index)}"
+            )
+        strides = [1] * len(shape)
+        for d in range(len(shape) - 2, -1, -1):
+            strides[d] = strides[d + 1] * shape[d + 1]
+        spans = []
+        for item in items:
+            if math.prod(item.lengths) == 0:
+                continue
+            first = sum(o * s for o, s in zip(item.storage_offsets, strides))
+            last = sum(
+                (o + n - 1) * s for o, n, s in zip(item.storage_offsets, item.lengths, strides)
+            )
+            spans.append((item, first, last + 1))
+        if not spans:
+            return
+        start = min(s[1] for s in spans) * itemsize
+        end = max(s[2] for s in spans) * itemsize
+        data = self._read(region, start, end, storage_index)
+        base = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
+        for item, first, _ in spans:
+            source = base.as_strided(tuple(item.lengths), strides, first - start // itemsize)
+            target = planner.resolve_tensor(item).detach()
+            if tuple(target.shape) != tuple(item.lengths):
+                raise IntegrityError(
+                    f"key {item.dest_index.fqn!r}: planner gave a destination of shape {tuple(target.shape)} "
+                    f"for a read of {tuple(item.lengths)}"
+                )
+            target.copy_(source)
+            planner.commit_tensor(item, target)
+
+    def _read(self, region: Region, start: int, end: int, index: MetadataIndex) -> memoryview:
+        """Bytes ``[start, end)`` of a region, reading whole checksum blocks and verifying them."""
+        blocks = region.blocks(start, end)
+        if not blocks:
+            return memoryview(b"")
+        lo = blocks.start * region.block_size
+        hi = min(region.length, blocks.stop * region.block_size)
+        raw = self.store.read_range(region.file, region.offset + lo, region.offset + hi)
+        if len(raw) != hi - lo:
+            raise IntegrityError(
+                f"{self.store.location}: key {index.fqn!r} at offsets {_offsets(index)}: read {len(raw)} bytes "
+                f"of {region.file!r} at {region.offset + lo}, expected {hi - lo} (truncated?)"
+            )
+        if self.verify_checksums:
+            for block in blocks:
+                a = block * region.block_size - lo
+                b = min(a + region.block_size, hi - lo)
+                if zlib.crc32(raw[a:b]) != region.crc32[block]:
+                    raise IntegrityError(
+                        f"{self.store.location}: checksum mismatch for key {index.fqn!r} at offsets "
+                        f"{_offsets(index)}: block {block} of its data in {region.file!r} "
+                        f"(bytes {region.offset + block * region.block_size}..) is corrupt"
+                    )
+        return raw[start - lo : end - lo]
+
+
+def _offsets(index: MetadataIndex) -> tuple[int, ...] | None:
+    return tuple(index.offset) if index.offset is not None else None
+
+
+def iter_generations(names: Iterator[str]) -> list[str]:
+    """The generation folder names among ``names``."""
+    return sorted(n for n in names if n.startswith(_GENERATION_PREFIX))

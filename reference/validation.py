@@ -1,0 +1,223 @@
+"""Global save plan validation: bounds, overlaps, gaps, disagreements, duplicate writes.
+
+Every problem is reported, not the first. Overlaps and gaps of one tensor are found on
+the grid that the chunk boundaries cut the tensor into: each chunk adds one to the
+cells it covers (a numpy slice per chunk), then a cell counted twice is an overlap and
+a cell counted zero times a gap. Layouts that DTensor and ShardedTensor produce make a
+grid of at most a few cells per chunk, so this is O(n log n) in the number of chunks;
+an irregular layout whose grid would be much larger falls back to a sort-and-sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
+
+from .geometry import chunk_in_bounds, chunk_overlap
+
+__all__ = ["validate_global_plan", "chunk_layout_problems"]
+
+_MAX_LISTED = 10  # overlaps or gaps named per tensor before summarising
+
+
+def _describe(chunk: ChunkStorageMetadata, owner: str | None = None) -> str:
+    text = f"offsets {tuple(chunk.offsets)} sizes {tuple(chunk.sizes)}"
+    return f"{text} ({owner})" if owner else text
+
+
+def chunk_layout_problems(
+    key: str,
+    size: Sequence[int],
+    chunks: Sequence[ChunkStorageMetadata],
+    *,
+    owners: Sequence[str] | None = None,
+    require_cover: bool = True,
+) -> list[str]:
+    """Problems with how ``chunks`` lay out a tensor of ``size``: out of bounds, overlaps, gaps."""
+    problems: list[str] = []
+    owner = (lambda i: owners[i]) if owners is not None else (lambda i: None)
+    inside: list[int] = []
+    for i, chunk in enumerate(chunks):
+        if chunk_in_bounds(size, chunk):
+            inside.append(i)
+        else:
+            problems.append(
+                f"key {key!r}: chunk {_describe(chunk, owner(i))} is out of bounds of size {tuple(size)}"
+            )
+    filled = [i for i in inside if math.prod(chunks[i].sizes) > 0]
+    if len(size) == 0:
+        if len(filled) > 1:
+            problems.append(f"key {key!r}: scalar written by {len(filled)} chunks, expected 1")
+        if require_cover and not filled:
+            problems.append(f"key {key!r}: scalar has no chunk")
+        return problems
+    total = math.prod(size)
+    if total == 0:
+        return problems
+    bounds = [
+        sorted(
+            {0, n}.union(
+                *({c.offsets[d], c.offsets[d] + c.sizes[d]} for c in (chunks[i] for i in filled))
+            )
+        )
+        for d, n in enumerate(size)
+    ]
+    cells = math.prod(len(b) - 1 for b in bounds)
+    if cells <= max(8 * len(filled), 4096):
+        problems += _grid_problems(key, size, chunks, filled, bounds, owner, require_cover)
+    else:
+        problems += _sweep_problems(key, size, chunks, filled, owner, require_cover)
+    return problems
+
+
+def _grid_problems(key, size, chunks, filled, bounds, owner, require_cover) -> list[str]:
+    problems: list[str] = []
+    counts = np.zeros([len(b) - 1 for b in bounds], dtype=np.int32)
+    slices = []
+    for i in filled:
+        c = chunks[i]
+        sl = tuple(
+            slice(bisect_left(b, c.offsets[d]), bisect_left(b, c.offsets[d] + c.sizes[d]))
+            for d, b in enumerate(bounds)
+        )
+        slices.append(sl)
+        counts[sl] += 1
+    if (counts > 1).any():
+        involved = [i for i, sl in zip(filled, slices) if (counts[sl] > 1).any()]
+        problems += _pairwise_overlaps(key, chunks, involved, owner)
+    if require_cover and (counts == 0).any():
+        widths = [np.diff(np.asarray(b, dtype=np.int64)) for b in bounds]
+        missing = 0
+        listed = []
+        for cell in zip(*np.nonzero(counts == 0)):
+            volume = math.prod(int(widths[d][j]) for d, j in enumerate(cell))
+            missing += volume
+            if len(listed) < _MAX_LISTED:
+                listed.append(
+                    f"offsets {tuple(bounds[d][j] for d, j in enumerate(cell))} "
+                    f"sizes {tuple(int(widths[d][j]) for d, j in enumerate(cell))}"
+                )
+        problems.append(
+            f"key {key!r}: {missing} of {math.prod(size)} elements are not covered by any chunk "
+            f"(gaps at {'; '.join(listed)}{'; ...' if missing and len(listed) == _MAX_LISTED else ''})"
+        )
+    return problems
+
+
+def _pairwise_overlaps(key, chunks, involved, owner) -> list[str]:
+    problems = []
+    for a_pos, a in enumerate(involved):
+        for b in involved[a_pos + 1 :]:
+            both = chunk_overlap(chunks[a], chunks[b])
+            if both is not None:
+                if len(problems) == _MAX_LISTED:
+                    problems.append(f"key {key!r}: more overlapping chunks not listed")
+                    return problems
+                problems.append(
+                    f"key {key!r}: chunks {_describe(chunks[a], owner(a))} and "
+                    f"{_describe(chunks[b], owner(b))} overlap at {_describe(both)}"
+                )
+    return problems
+
+
+def _sweep_problems(key, size, chunks, filled, owner, require_cover) -> list[str]:
+    problems: list[str] = []
+    dim = max(range(len(size)), key=lambda d: len({chunks[i].offsets[d] for i in filled}))
+    order = sorted(filled, key=lambda i: tuple(chunks[i].offsets))
+    order.sort(key=lambda i: chunks[i].offsets[dim])
+    active: list[int] = []
+    overlapping = False
+    for i in order:
+        start = chunks[i].offsets[dim]
+        active = [j for j in active if chunks[j].offsets[dim] + chunks[j].sizes[dim] > start]
+        for j in active:
+            both = chunk_overlap(chunks[i], chunks[j])
+            if both is not None:
+                overlapping = True
+                if len(problems) < _MAX_LISTED:
+                    problems.append(
+                        f"key {key!r}: chunks {_describe(chunks[j], owner(j))} and "
+                        f"{_describe(chunks[i], owner(i))} overlap at {_describe(both)}"
+                    )
+        active.append(i)
+    covered = sum(math.prod(chunks[i].sizes) for i in filled)
+    if require_cover and not overlapping and covered < math.prod(size):
+        problems.append(
+            f"key {key!r}: {math.prod(size) - covered} of {math.prod(size)} elements are not covered by any chunk"
+        )
+    return problems
+
+
+def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) -> list[str]:
+    """Every problem of a global save plan against its metadata; empty when valid."""
+    problems: list[str] = []
+    entries = metadata.state_dict_metadata
+    writers: dict[tuple, list[int]] = defaultdict(list)
+    written_keys: set[str] = set()
+    planned_chunks: dict[str, list[tuple[ChunkStorageMetadata, str]]] = defaultdict(list)
+    for rank, plan in enumerate(global_plan):
+        for item in plan.items:
+            fqn = item.index.fqn
+            offset = tuple(item.index.offset) if item.index.offset is not None else None
+            writers[(fqn, offset)].append(rank)
+            written_keys.add(fqn)
+            entry = entries.get(fqn)
+            where = f"rank {rank}: write item {fqn!r}"
+            if entry is None:
+                problems.append(f"{where} has no entry in the metadata")
+                continue
+            if item.type == WriteItemType.BYTE_IO:
+                if not isinstance(entry, BytesStorageMetadata):
+                    problems.append(f"{where} writes bytes but the metadata records a tensor")
+                continue
+            data = item.tensor_data
+            if data is None or not isinstance(entry, TensorStorageMetadata):
+                problems.append(
+                    f"{where} writes a tensor but carries no tensor data or the metadata records bytes"
+                )
+                continue
+            if tuple(data.size) != tuple(entry.size):
+                problems.append(
+                    f"{where} says global size {tuple(data.size)}, metadata says {tuple(entry.size)}"
+                )
+            if data.properties.dtype != entry.properties.dtype:
+                problems.append(
+                    f"{where} says dtype {data.properties.dtype}, metadata says {entry.properties.dtype}"
+                )
+            if offset is not None and offset != tuple(data.chunk.offsets):
+                problems.append(
+                    f"{where} is indexed at offsets {offset} but its chunk starts at {tuple(data.chunk.offsets)}"
+                )
+            planned_chunks[fqn].append((data.chunk, f"rank {rank}"))
+    for (fqn, offset), ranks in writers.items():
+        if len(ranks) > 1:
+            at = f" at offsets {offset}" if offset is not None else ""
+            problems.append(f"key {fqn!r}{at} is written {len(ranks)} times, by ranks {ranks}")
+    for fqn, entry in entries.items():
+        if fqn not in written_keys:
+            problems.append(f"key {fqn!r} is in the metadata but no rank writes it")
+            continue
+        if not isinstance(entry, TensorStorageMetadata):
+            continue
+        planned = planned_chunks.get(fqn, [])
+        as_key = lambda c: (tuple(c.offsets), tuple(c.sizes))  # noqa: E731
+        if sorted(as_key(c) for c, _ in planned) != sorted(as_key(c) for c in entry.chunks):
+            problems.append(
+                f"key {fqn!r}: the metadata lists {len(entry.chunks)} chunks but the plans write "
+                f"{len(planned)} that differ from them"
+            )
+        problems += chunk_layout_problems(
+            fqn, entry.size, [c for c, _ in planned], owners=[o for _, o in planned]
+        )
+    return problems
