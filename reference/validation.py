@@ -29,6 +29,8 @@ from .geometry import chunk_in_bounds, chunk_overlap
 __all__ = ["validate_global_plan", "chunk_layout_problems"]
 
 _MAX_LISTED = 10  # overlaps or gaps named per tensor before summarising
+_GRID_CELLS_PER_CHUNK = 8  # grids larger than this per chunk use the sweep instead
+_GRID_MIN_CELLS = 4096
 
 
 def _describe(chunk: ChunkStorageMetadata, owner: str | None = None) -> str:
@@ -74,7 +76,7 @@ def chunk_layout_problems(
         for d, n in enumerate(size)
     ]
     cells = math.prod(len(b) - 1 for b in bounds)
-    if cells <= max(8 * len(filled), 4096):
+    if cells <= max(_GRID_CELLS_PER_CHUNK * len(filled), _GRID_MIN_CELLS):
         problems += _grid_problems(key, size, chunks, filled, bounds, owner, require_cover)
     else:
         problems += _sweep_problems(key, size, chunks, filled, owner, require_cover)

@@ -1,0 +1,177 @@
+"""Simulated worlds (tier 0): run the planners and storage of N ranks in one process.
+
+No processes and no process group: each simulated rank has its own planner, storage
+object and state dict, and the coordinator step is a function call. Sharded values
+are :class:`~ckptconf.reference.state_values.StagedTensor` built from shard geometry,
+so any mesh shape and placement list can be simulated at thousands of ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from ckptconf.reference.geometry import local_pieces, mesh_coordinates
+from ckptconf.reference.state_values import StagedTensor, TensorPiece
+from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+
+__all__ = [
+    "SimulatedSave",
+    "sharded_value",
+    "simulate_save_planning",
+    "simulate_save",
+    "simulate_load",
+    "mesh_values",
+    "index_encoded",
+]
+
+
+def sharded_value(
+    fqn: str,
+    global_shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    placements: Sequence[object],
+    coordinate: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    fill: Callable[[tuple[int, ...], tuple[int, ...]], torch.Tensor] | None = None,
+    meta: bool = False,
+) -> StagedTensor:
+    """The value one rank holds of a tensor laid out on a mesh, as DTensor would lay it out.
+
+    ``fill(global_offsets, sizes)`` gives each piece's contents (zeros if omitted);
+    ``meta=True`` makes shape-only pieces for planning at scale.
+    """
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    pieces = []
+    for piece in local_pieces(global_shape, mesh_shape, placements, coordinate):
+        if meta:
+            view = torch.empty(piece.sizes, dtype=dtype, device="meta")
+        elif fill is not None:
+            view = fill(piece.global_offsets, piece.sizes).to(dtype)
+        else:
+            view = torch.zeros(piece.sizes, dtype=dtype)
+        chunk = piece.chunk()
+        pieces.append(TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, view))
+    return StagedTensor(torch.Size(global_shape), dtype, False, True, tuple(pieces))
+
+
+def mesh_values(
+    fqn: str,
+    global_shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    placements: Sequence[object],
+    **kwargs: Any,
+) -> list[StagedTensor]:
+    """:func:`sharded_value` for every rank of the mesh, in rank order."""
+    return [
+        sharded_value(fqn, global_shape, mesh_shape, placements, c, **kwargs)
+        for c in mesh_coordinates(mesh_shape)
+    ]
+
+
+@dataclass
+class SimulatedSave:
+    """Every rank's local plan, the global plan and the metadata of a simulated save."""
+
+    local_plans: list[SavePlan]
+    global_plan: list[SavePlan]
+    metadata: Metadata
+
+
+def simulate_save_planning(
+    state_dicts: Sequence[dict[str, Any]],
+    planner_factory: Callable[[], SavePlanner],
+    *,
+    coordinator_rank: int = 0,
+) -> tuple[SimulatedSave, list[SavePlanner]]:
+    """Plan a save of ``state_dicts[r]`` on each simulated rank r; no data is written."""
+    planners = [planner_factory() for _ in state_dicts]
+    local_plans = []
+    for rank, (planner, state_dict) in enumerate(zip(planners, state_dicts)):
+        planner.set_up_planner(state_dict, None, rank == coordinator_rank)
+        local_plans.append(planner.create_local_plan())
+    global_plan, metadata = planners[coordinator_rank].create_global_plan(local_plans)
+    final = [planner.finish_plan(plan) for planner, plan in zip(planners, global_plan)]
+    return SimulatedSave(local_plans, final, metadata), planners
+
+
+def simulate_save(
+    state_dicts: Sequence[dict[str, Any]],
+    planner_factory: Callable[[], SavePlanner],
+    writer_factory: Callable[[int], StorageWriter],
+    *,
+    coordinator_rank: int = 0,
+) -> Metadata:
+    """Run DCP's save protocol for every simulated rank, writing through ``writer_factory(rank)``."""
+    n = len(state_dicts)
+    planners = [planner_factory() for _ in range(n)]
+    writers = [writer_factory(r) for r in range(n)]
+    local_plans = []
+    for rank in range(n):
+        meta = writers[rank].storage_meta()
+        planners[rank].set_up_planner(state_dicts[rank], meta, rank == coordinator_rank)
+        writers[rank].set_up_storage_writer(
+            rank == coordinator_rank, rank=rank, use_collectives=True
+        )
+        local_plans.append(writers[rank].prepare_local_plan(planners[rank].create_local_plan()))
+    global_plan, metadata = planners[coordinator_rank].create_global_plan(local_plans)
+    global_plan = writers[coordinator_rank].prepare_global_plan(global_plan)
+    results = []
+    for rank in range(n):
+        future = writers[rank].write_data(
+            planners[rank].finish_plan(global_plan[rank]), planners[rank]
+        )
+        future.wait()
+        results.append(future.value())
+    writers[coordinator_rank].finish(metadata, results)
+    return metadata
+
+
+def simulate_load(
+    state_dicts: Sequence[dict[str, Any]],
+    planner_factory: Callable[[], LoadPlanner],
+    reader_factory: Callable[[int], StorageReader],
+    *,
+    coordinator_rank: int = 0,
+) -> list[LoadPlan]:
+    """Run DCP's load protocol for every simulated rank into ``state_dicts`` in place."""
+    n = len(state_dicts)
+    planners = [planner_factory() for _ in range(n)]
+    readers = [reader_factory(r) for r in range(n)]
+    local_plans = []
+    for rank in range(n):
+        metadata = readers[rank].read_metadata()
+        planners[rank].set_up_planner(state_dicts[rank], metadata, rank == coordinator_rank)
+        readers[rank].set_up_storage_reader(metadata, rank == coordinator_rank)
+        local_plans.append(readers[rank].prepare_local_plan(planners[rank].create_local_plan()))
+    global_plan = readers[coordinator_rank].prepare_global_plan(
+        planners[coordinator_rank].create_global_plan(local_plans)
+    )
+    for rank in range(n):
+        final = planners[rank].finish_plan(global_plan[rank])
+        readers[rank].read_data(final, planners[rank]).wait()
+    return global_plan
+
+
+def index_encoded(
+    global_shape: Sequence[int],
+) -> Callable[[tuple[int, ...], tuple[int, ...]], torch.Tensor]:
+    """A ``fill`` whose every element is its global row-major index (a wrong offset shows)."""
+    strides = [math.prod(global_shape[d + 1 :]) for d in range(len(global_shape))]
+
+    def fill(offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+        value = torch.zeros(sizes, dtype=torch.float64)
+        for d, (o, n, s) in enumerate(zip(offsets, sizes, strides)):
+            shape = [1] * len(sizes)
+            shape[d] = n
+            value = value + (torch.arange(o, o + n, dtype=torch.float64) * s).reshape(shape)
+        return value
+
+    return fill
