@@ -1,0 +1,256 @@
+"""Storage: raw ranged reads, checksums, truncation, atomic commit, generations."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from ckptconf.harness.simulated import index_encoded, mesh_values, simulate_load, simulate_save
+from ckptconf.reference import (
+    CheckpointError,
+    FileSystemReader,
+    FileSystemWriter,
+    InMemoryReader,
+    InMemoryWriter,
+    MemoryStore,
+    ReferenceLoadPlanner,
+    ReferenceSavePlanner,
+    load,
+    save,
+)
+from ckptconf.reference.filesystem import METADATA_FILE
+from torch.distributed.tensor import Shard
+
+
+def state(seed: float = 0.0):
+    return {
+        "w": torch.arange(64, dtype=torch.float32).reshape(8, 8) + seed,
+        "b": torch.arange(5, dtype=torch.int64) * 3 + int(seed),
+        "opt": {"step": int(seed), "betas": (0.9, 0.99)},
+        "blob": b"bytes" + bytes([int(seed)]),
+    }
+
+
+def empty_like(sd):
+    return {
+        "w": torch.zeros(8, 8),
+        "b": torch.zeros(5, dtype=torch.int64),
+        "opt": {"step": None, "betas": None},
+        "blob": None,
+    }
+
+
+def assert_state_equal(actual, expected):
+    assert torch.equal(actual["w"], expected["w"])
+    assert torch.equal(actual["b"], expected["b"])
+    assert actual["opt"] == expected["opt"]
+    assert actual["blob"] == expected["blob"]
+
+
+def test_filesystem_round_trip_and_layout(tmp_path):
+    save(state(1), tmp_path / "ck")
+    names = sorted(os.listdir(tmp_path / "ck"))
+    assert names[0] == METADATA_FILE and names[1].startswith("gen-") and len(names) == 2
+    dest = empty_like(state())
+    load(dest, tmp_path / "ck")
+    assert_state_equal(dest, state(1))
+
+
+def test_memory_round_trip():
+    store = MemoryStore()
+    save(state(2), storage_writer=InMemoryWriter(store))
+    dest = empty_like(state())
+    load(dest, storage_reader=InMemoryReader(store))
+    assert_state_equal(dest, state(2))
+
+
+def test_resave_replaces_the_checkpoint_and_drops_old_generations(tmp_path):
+    path = tmp_path / "ck"
+    save(state(1), path)
+    first = {n for n in os.listdir(path) if n.startswith("gen-")}
+    save(state(2), path)
+    second = {n for n in os.listdir(path) if n.startswith("gen-")}
+    assert len(second) == 1 and not (first & second)
+    dest = empty_like(state())
+    load(dest, path)
+    assert_state_equal(dest, state(2))
+
+
+class CountingStore(MemoryStore):
+    """A memory store that records every range read."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[tuple[str, int, int]] = []
+
+    def read_range(self, name, start, end):
+        self.reads.append((name, start, end))
+        return super().read_range(name, start, end)
+
+
+def test_a_resharding_load_reads_only_the_blocks_it_needs():
+    # 64 rows of 16 float32 (64 bytes per row), saved whole; load one row-slab on 4 ranks
+    store = CountingStore()
+    full = torch.arange(64 * 16, dtype=torch.float32).reshape(64, 16)
+    save({"t": full}, storage_writer=InMemoryWriter(store, block_size=256))
+    dests = [{"t": v} for v in mesh_values("t", (64, 16), (4,), [Shard(0)])]
+    store.reads.clear()
+    simulate_load(dests, ReferenceLoadPlanner, lambda r: InMemoryReader(store))
+    read_bytes = sum(end - start for _, start, end in store.reads)
+    assert read_bytes == full.numel() * 4  # every byte once, none twice
+    assert len(store.reads) == 4
+    for rank, dest in enumerate(dests):
+        torch.testing.assert_close(
+            dest["t"].pieces[0].view, full[rank * 16 : (rank + 1) * 16], rtol=0, atol=0
+        )
+
+
+def test_a_column_slice_reads_a_bounded_span():
+    store = CountingStore()
+    full = torch.arange(64 * 16, dtype=torch.float32).reshape(64, 16)
+    save({"t": full}, storage_writer=InMemoryWriter(store, block_size=64))
+    dest = [{"t": mesh_values("t", (64, 16), (4,), [Shard(0)])[0]}]
+    store.reads.clear()
+    simulate_load(dest, ReferenceLoadPlanner, lambda r: InMemoryReader(store))
+    assert sum(e - s for _, s, e in store.reads) == 16 * 16 * 4  # rows 0..15 only
+
+
+def _data_files(path):
+    return [
+        os.path.join(root, f)
+        for root, _, files in os.walk(path)
+        for f in files
+        if f.endswith(".bin")
+    ]
+
+
+def test_a_flipped_bit_is_an_integrity_error_naming_the_key(tmp_path):
+    path = tmp_path / "ck"
+    save({"w": torch.arange(100, dtype=torch.float32)}, path)
+    (data,) = _data_files(path)
+    raw = bytearray(open(data, "rb").read())
+    raw[17] ^= 0x10
+    open(data, "wb").write(bytes(raw))
+    dest = {"w": torch.zeros(100)}
+    with pytest.raises(CheckpointError, match=r"checksum mismatch for key 'w' at offsets \(0,\)"):
+        load(dest, path)
+    assert torch.equal(dest["w"], torch.zeros(100))
+
+
+def test_checksums_can_be_turned_off_for_reads(tmp_path):
+    path = tmp_path / "ck"
+    save({"w": torch.arange(10, dtype=torch.float32)}, path)
+    (data,) = _data_files(path)
+    raw = bytearray(open(data, "rb").read())
+    raw[0:4] = torch.tensor([42.0]).numpy().tobytes()
+    open(data, "wb").write(bytes(raw))
+    dest = {"w": torch.zeros(10)}
+    load(dest, storage_reader=FileSystemReader(path, verify_checksums=False))
+    assert dest["w"][0] == 42.0
+
+
+def test_truncated_and_missing_data_files_are_reported_before_reading(tmp_path):
+    path = tmp_path / "ck"
+    save({"w": torch.arange(100, dtype=torch.float32)}, path)
+    (data,) = _data_files(path)
+    os.truncate(data, 50)
+    with pytest.raises(
+        CheckpointError, match=r"key 'w' at offsets \(0,\) needs bytes \[0, 400\).*has 50 bytes"
+    ):
+        load({"w": torch.zeros(100)}, path)
+    os.remove(data)
+    with pytest.raises(CheckpointError, match=r"data file .* of key 'w' is missing"):
+        load({"w": torch.zeros(100)}, path)
+
+
+def test_tampered_metadata_is_rejected(tmp_path):
+    path = tmp_path / "ck"
+    save({"w": torch.arange(4, dtype=torch.float32)}, path)
+    doc = json.loads((path / METADATA_FILE).read_text())
+    doc["tensors"][0]["size"] = [5]
+    (path / METADATA_FILE).write_text(json.dumps(doc))
+    with pytest.raises(
+        CheckpointError,
+        match=r"key 'w': 1 element\(s\) of the destination piece .* in no saved chunk",
+    ):
+        load({"w": torch.zeros(5)}, path)
+    doc["tensors"][0]["chunks"][0]["sizes"] = [5]
+    (path / METADATA_FILE).write_text(json.dumps(doc))
+    with pytest.raises(
+        CheckpointError, match=r"key 'w'\).chunks\[0\].region.length: 16 bytes, but .* need 20"
+    ):
+        load({"w": torch.zeros(5)}, path)
+
+
+class FailingWriter(FileSystemWriter):
+    """Writes half its items, then fails: a save that dies mid-way."""
+
+    def write_data(self, plan, planner):
+        items = plan.items[: len(plan.items) // 2]
+        import dataclasses
+
+        super().write_data(dataclasses.replace(plan, items=items), planner)
+        raise OSError("disk full (injected)")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
+    path = tmp_path / "ck"
+    save(state(1), path)
+    before = (path / METADATA_FILE).read_bytes()
+    with pytest.raises(CheckpointError, match=r"(?s)rank\(s\) \[0\].*disk full \(injected\)"):
+        save(state(2), storage_writer=FailingWriter(path))
+    assert (path / METADATA_FILE).read_bytes() == before
+    dest = empty_like(state())
+    load(dest, path)
+    assert_state_equal(dest, state(1))
+    # the next good save cleans up the abandoned generation
+    save(state(3), path)
+    assert len([n for n in os.listdir(path) if n.startswith("gen-")]) == 1
+
+
+def test_no_checkpoint_and_a_dcp_checkpoint_are_told_apart(tmp_path):
+    with pytest.raises(CheckpointError, match="no committed checkpoint"):
+        load({"w": torch.zeros(1)}, tmp_path / "nothing")
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(
+        {"w": torch.ones(1)},
+        storage_writer=dcp.FileSystemWriter(str(tmp_path / "dcp")),
+        no_dist=True,
+    )
+    with pytest.raises(CheckpointError, match="torch DCP FileSystemWriter checkpoint"):
+        load({"w": torch.zeros(1)}, tmp_path / "dcp")
+
+
+def test_sibling_checkpoints_are_independent(tmp_path):
+    save(state(1), tmp_path / "a")
+    save(state(2), tmp_path / "b")
+    da, db = empty_like(state()), empty_like(state())
+    load(da, tmp_path / "a")
+    load(db, tmp_path / "b")
+    assert_state_equal(da, state(1))
+    assert_state_equal(db, state(2))
+
+
+def test_simulated_resharding_through_memory():
+    full_shape = (9, 6)
+    store = MemoryStore()
+    sources = mesh_values(
+        "t", full_shape, (3,), [Shard(0)], fill=index_encoded(full_shape), dtype=torch.float64
+    )
+    simulate_save(
+        [{"t": v} for v in sources], ReferenceSavePlanner, lambda r: InMemoryWriter(store)
+    )
+    dests = mesh_values("t", full_shape, (2, 2), [Shard(1), Shard(0)], dtype=torch.float64)
+    simulate_load([{"t": v} for v in dests], ReferenceLoadPlanner, lambda r: InMemoryReader(store))
+    fill = index_encoded(full_shape)
+    for dest in dests:
+        for piece in dest.pieces:
+            torch.testing.assert_close(
+                piece.view,
+                fill(tuple(piece.chunk.offsets), tuple(piece.chunk.sizes)),
+                rtol=0,
+                atol=0,
+            )
