@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,9 +131,9 @@ def test_a_flipped_bit_is_an_integrity_error_naming_the_key(tmp_path):
     path = tmp_path / "ck"
     save({"w": torch.arange(100, dtype=torch.float32)}, path)
     (data,) = _data_files(path)
-    raw = bytearray(open(data, "rb").read())
+    raw = bytearray(Path(data).read_bytes())
     raw[17] ^= 0x10
-    open(data, "wb").write(bytes(raw))
+    Path(data).write_bytes(bytes(raw))
     dest = {"w": torch.zeros(100)}
     with pytest.raises(CheckpointError, match=r"checksum mismatch for key 'w' at offsets \(0,\)"):
         load(dest, path)
@@ -143,9 +144,9 @@ def test_checksums_can_be_turned_off_for_reads(tmp_path):
     path = tmp_path / "ck"
     save({"w": torch.arange(10, dtype=torch.float32)}, path)
     (data,) = _data_files(path)
-    raw = bytearray(open(data, "rb").read())
+    raw = bytearray(Path(data).read_bytes())
     raw[0:4] = torch.tensor([42.0]).numpy().tobytes()
-    open(data, "wb").write(bytes(raw))
+    Path(data).write_bytes(bytes(raw))
     dest = {"w": torch.zeros(10)}
     load(dest, storage_reader=FileSystemReader(path, verify_checksums=False))
     assert dest["w"][0] == 42.0
