@@ -48,6 +48,9 @@ class RankFailure(Exception):
         self.message = message
         self.formatted = formatted
 
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.formatted))
+
     @classmethod
     def from_exception(cls, exc: BaseException) -> RankFailure:
         """Capture ``exc`` in a form that pickles whatever the original type was."""

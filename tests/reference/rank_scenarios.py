@@ -1,0 +1,142 @@
+"""Functions run on every rank of a gloo world by the multi-process tests.
+
+Each builds value-encoded tensors (every element is its global row-major index), so a
+wrong offset shows as a wrong value, and checks what it loaded against DTensor's own
+distribution of the same global tensor. They return what they checked, for the
+controller to assert on, and raise on the first mismatch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+import ckptconf.reference as ref
+
+
+def encoded(shape) -> torch.Tensor:
+    return torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
+
+
+def layout(mesh_shape, placements, shape, *, fill=True):
+    mesh = init_device_mesh("cpu", tuple(mesh_shape))
+    full = encoded(shape) if fill else torch.full(shape, -1.0, dtype=torch.float64)
+    return distribute_tensor(full, mesh, placements)
+
+
+def expected_local(mesh_shape, placements, shape) -> torch.Tensor:
+    return layout(mesh_shape, placements, shape).to_local()
+
+
+def sharded_tensor(shape, *, fill=True):
+    from torch.distributed._shard import sharded_tensor as st
+    from torch.distributed._shard.sharding_spec import ChunkShardingSpec
+
+    spec = ChunkShardingSpec(dim=0, placements=[f"rank:{r}/cpu" for r in range(dist.get_world_size())])
+    value = st.zeros(spec, *shape, dtype=torch.float64)
+    for shard in value.local_shards():
+        offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+        if fill:
+            region = encoded(shape)[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))]
+            shard.tensor.copy_(region)
+        else:
+            shard.tensor.fill_(-1)
+    return value
+
+
+PLACEMENTS = {
+    "S0": [Shard(0)],
+    "S1": [Shard(1)],
+    "R": [Replicate()],
+}
+
+
+def save_source(path: str) -> dict:
+    """Save a 1-D-mesh state of every kind from this world."""
+    ws = dist.get_world_size()
+    state = {
+        "dt": layout((ws,), [Shard(0)], (8, 6)),
+        "uneven": layout((ws,), [Shard(0)], (7, 3)),
+        "tiny": layout((ws,), [Shard(0)], (1, 5)),
+        "st": sharded_tensor((10, 4)),
+        "plain": encoded((3, 3)),
+        "nested": {"blob": b"\x01\x02", "step": 9, "layers": [encoded((2,)), encoded((4,))]},
+    }
+    ref.save(state, path)
+    return {"rank": dist.get_rank()}
+
+
+def load_and_check(path: str, mesh_shape, placements_name: str) -> dict:
+    """Load the source checkpoint under another layout and compare every value."""
+    placements = {
+        "S0": [Shard(0)],
+        "S1": [Shard(1)],
+        "R": [Replicate()],
+        "S0S1": [Shard(0), Shard(1)],
+        "S1S0": [Shard(1), Shard(0)],
+        "RS0": [Replicate(), Shard(0)],
+    }[placements_name]
+    shapes = {"dt": (8, 6), "uneven": (7, 3), "tiny": (1, 5)}
+    dest = {k: layout(mesh_shape, placements, s, fill=False) for k, s in shapes.items()}
+    dest["st"] = sharded_tensor((10, 4), fill=False)
+    dest["plain"] = torch.zeros(3, 3, dtype=torch.float64)
+    dest["nested"] = {"blob": None, "step": None, "layers": [torch.zeros(2, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)]}
+    ref.load(dest, path)
+    checked = []
+    for key, shape in shapes.items():
+        want = expected_local(mesh_shape, placements, shape)
+        got = dest[key].to_local()
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m, k=key: f"{k}: {m}")
+        checked.append((key, tuple(got.shape)))
+    for shard in dest["st"].local_shards():
+        offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+        want = encoded((10, 4))[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))]
+        torch.testing.assert_close(shard.tensor, want, rtol=0, atol=0)
+    torch.testing.assert_close(dest["plain"], encoded((3, 3)), rtol=0, atol=0)
+    assert dest["nested"]["blob"] == b"\x01\x02" and dest["nested"]["step"] == 9
+    torch.testing.assert_close(dest["nested"]["layers"][1], encoded((4,)), rtol=0, atol=0)
+    return {"rank": dist.get_rank(), "checked": checked}
+
+
+def save_2d_and_load_1d(path: str) -> dict:
+    """Save on a 2x2 mesh with Shard on both dims, load on the 1-D mesh under Shard(1)."""
+    ref.save({"t": layout((2, 2), [Shard(0), Shard(1)], (5, 7))}, path)
+    dest = {"t": layout((4,), [Shard(1)], (5, 7), fill=False)}
+    ref.load(dest, path)
+    torch.testing.assert_close(dest["t"].to_local(), expected_local((4,), [Shard(1)], (5, 7)), rtol=0, atol=0)
+    return {"rank": dist.get_rank(), "local": tuple(dest["t"].to_local().shape)}
+
+
+class _FailOnRank(ref.FileSystemWriter):
+    def __init__(self, path, fail_rank):
+        super().__init__(path)
+        self.fail_rank = fail_rank
+
+    def write_data(self, plan, planner):
+        if dist.get_rank() == self.fail_rank:
+            raise OSError(f"injected write failure on rank {self.fail_rank}")
+        return super().write_data(plan, planner)
+
+
+def failing_save_keeps_previous(path: str, fail_rank: int) -> dict:
+    """A save failing in write on one rank raises everywhere; the old checkpoint still loads."""
+    ws = dist.get_world_size()
+    ref.save({"t": layout((ws,), [Shard(0)], (6, 2))}, path)
+    newer = layout((ws,), [Shard(0)], (6, 2))
+    newer.to_local().add_(1000)
+    try:
+        ref.save({"t": newer}, storage_writer=_FailOnRank(path, fail_rank))
+    except ref.CheckpointError as exc:
+        error = {"ranks": exc.failed_ranks, "message": str(exc).splitlines()[1]}
+    else:
+        raise AssertionError("the save with a failing rank did not raise")
+    dest = {"t": layout((ws,), [Shard(0)], (6, 2), fill=False)}
+    ref.load(dest, path)
+    torch.testing.assert_close(dest["t"].to_local(), expected_local((ws,), [Shard(0)], (6, 2)), rtol=0, atol=0)
+    generations = sorted(n for n in os.listdir(path) if n.startswith("gen-"))
+    return {"error": error, "generations": len(generations)}
