@@ -35,15 +35,16 @@ def _encoded(shape):
 def _placements(name):
     from torch.distributed.tensor import Replicate, Shard
 
-    return {"S0": [Shard(0)], "S1": [Shard(1)], "R": [Replicate()], "S0,S1": [Shard(0), Shard(1)]}[name]
+    return {"S0": [Shard(0)], "S1": [Shard(1)], "R": [Replicate()], "S0,S1": [Shard(0), Shard(1)]}[
+        name
+    ]
 
 
 def _save_rank(path: str) -> str:
+    import ckptconf.reference as ref
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import distribute_tensor
-
-    import ckptconf.reference as ref
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     state = {
@@ -56,15 +57,16 @@ def _save_rank(path: str) -> str:
 
 
 def _load_rank(path: str, mesh_shape: tuple[int, ...], placements: str) -> str:
+    import ckptconf.reference as ref
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import distribute_tensor
 
-    import ckptconf.reference as ref
-
     mesh = init_device_mesh("cpu", mesh_shape)
     dest = {
-        "weight": distribute_tensor(torch.full((7, 6), -1.0, dtype=torch.float64), mesh, _placements(placements)),
+        "weight": distribute_tensor(
+            torch.full((7, 6), -1.0, dtype=torch.float64), mesh, _placements(placements)
+        ),
         "bias": torch.zeros(6, dtype=torch.float64),
         "step": None,
     }
@@ -84,13 +86,26 @@ def run_demo() -> list[DemoStep]:
     with tempfile.TemporaryDirectory(prefix="ckptconf-demo-") as tmp:
         path = f"{tmp}/checkpoint"
         plan = [("save Shard(0) on 2 ranks", 2, _save_rank, (path,))]
-        for ws, mesh, placements in [(2, (2,), "S1"), (2, (2,), "R"), (3, (3,), "S0"), (4, (2, 2), "S0,S1")]:
-            plan.append((f"load {placements} on mesh {mesh}", ws, _load_rank, (path, mesh, placements)))
+        for ws, mesh, placements in [
+            (2, (2,), "S1"),
+            (2, (2,), "R"),
+            (3, (3,), "S0"),
+            (4, (2, 2), "S0,S1"),
+        ]:
+            plan.append(
+                (f"load {placements} on mesh {mesh}", ws, _load_rank, (path, mesh, placements))
+            )
         for name, ws, fn, args in plan:
             start = time.perf_counter()
             try:
                 results = run_fresh_world(fn, ws, *args, timeout=120)
-                steps.append(DemoStep(name, ws, True, "; ".join(sorted(set(results))), time.perf_counter() - start))
+                steps.append(
+                    DemoStep(
+                        name, ws, True, "; ".join(sorted(set(results))), time.perf_counter() - start
+                    )
+                )
             except WorldError as exc:
-                steps.append(DemoStep(name, ws, False, str(exc).splitlines()[0], time.perf_counter() - start))
+                steps.append(
+                    DemoStep(name, ws, False, str(exc).splitlines()[0], time.perf_counter() - start)
+                )
     return steps

@@ -6,6 +6,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["ckptconf.harness.fixtures"]
+
 settings.register_profile(
     "ci",
     max_examples=25,

@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 import os
 
+import ckptconf.reference as ref
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-
-import ckptconf.reference as ref
 
 
 def encoded(shape) -> torch.Tensor:
@@ -37,7 +36,9 @@ def sharded_tensor(shape, *, fill=True):
     from torch.distributed._shard import sharded_tensor as st
     from torch.distributed._shard.sharding_spec import ChunkShardingSpec
 
-    spec = ChunkShardingSpec(dim=0, placements=[f"rank:{r}/cpu" for r in range(dist.get_world_size())])
+    spec = ChunkShardingSpec(
+        dim=0, placements=[f"rank:{r}/cpu" for r in range(dist.get_world_size())]
+    )
     value = st.zeros(spec, *shape, dtype=torch.float64)
     for shard in value.local_shards():
         offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
@@ -85,7 +86,11 @@ def load_and_check(path: str, mesh_shape, placements_name: str) -> dict:
     dest = {k: layout(mesh_shape, placements, s, fill=False) for k, s in shapes.items()}
     dest["st"] = sharded_tensor((10, 4), fill=False)
     dest["plain"] = torch.zeros(3, 3, dtype=torch.float64)
-    dest["nested"] = {"blob": None, "step": None, "layers": [torch.zeros(2, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)]}
+    dest["nested"] = {
+        "blob": None,
+        "step": None,
+        "layers": [torch.zeros(2, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)],
+    }
     ref.load(dest, path)
     checked = []
     for key, shape in shapes.items():
@@ -108,7 +113,9 @@ def save_2d_and_load_1d(path: str) -> dict:
     ref.save({"t": layout((2, 2), [Shard(0), Shard(1)], (5, 7))}, path)
     dest = {"t": layout((4,), [Shard(1)], (5, 7), fill=False)}
     ref.load(dest, path)
-    torch.testing.assert_close(dest["t"].to_local(), expected_local((4,), [Shard(1)], (5, 7)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        dest["t"].to_local(), expected_local((4,), [Shard(1)], (5, 7)), rtol=0, atol=0
+    )
     return {"rank": dist.get_rank(), "local": tuple(dest["t"].to_local().shape)}
 
 
@@ -137,6 +144,8 @@ def failing_save_keeps_previous(path: str, fail_rank: int) -> dict:
         raise AssertionError("the save with a failing rank did not raise")
     dest = {"t": layout((ws,), [Shard(0)], (6, 2), fill=False)}
     ref.load(dest, path)
-    torch.testing.assert_close(dest["t"].to_local(), expected_local((ws,), [Shard(0)], (6, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        dest["t"].to_local(), expected_local((ws,), [Shard(0)], (6, 2)), rtol=0, atol=0
+    )
     generations = sorted(n for n in os.listdir(path) if n.startswith("gen-"))
     return {"error": error, "generations": len(generations)}

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from ckptconf.harness.spawn import run_fresh_world
+from ckptconf.harness import get_world
 
 from . import rank_scenarios as rs
 
@@ -14,46 +13,48 @@ pytestmark = pytest.mark.multiprocess
 @pytest.fixture(scope="module")
 def source_checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("mp") / "source")
-    run_fresh_world(rs.save_source, 2, path)
+    get_world(2).run(rs.save_source, path)
     return path
 
 
-def _load_many(path, cases):
-    return [rs.load_and_check(path, mesh, name) for mesh, name in cases]
-
-
-def test_two_ranks_load_under_other_placements(source_checkpoint):
-    results = run_fresh_world(rs.load_and_check, 2, source_checkpoint, (2,), "S1")
+def test_two_ranks_load_under_other_placements(source_checkpoint, world_factory):
+    results = world_factory(2).run(rs.load_and_check, source_checkpoint, (2,), "S1")
     assert [r["checked"] for r in results] == [
         [("dt", (8, 3)), ("uneven", (7, 2)), ("tiny", (1, 3))],
         [("dt", (8, 3)), ("uneven", (7, 1)), ("tiny", (1, 2))],
     ]
-    results = run_fresh_world(rs.load_and_check, 2, source_checkpoint, (2,), "R")
-    assert results[0]["checked"] == results[1]["checked"] == [("dt", (8, 6)), ("uneven", (7, 3)), ("tiny", (1, 5))]
+    results = world_factory(2).run(rs.load_and_check, source_checkpoint, (2,), "R")
+    assert (
+        results[0]["checked"]
+        == results[1]["checked"]
+        == [("dt", (8, 6)), ("uneven", (7, 3)), ("tiny", (1, 5))]
+    )
 
 
-def test_four_ranks_load_a_two_rank_checkpoint(source_checkpoint):
-    results = run_fresh_world(rs.load_and_check, 4, source_checkpoint, (4,), "S0")
+def test_four_ranks_load_a_two_rank_checkpoint(source_checkpoint, world_factory):
+    results = world_factory(4).run(rs.load_and_check, source_checkpoint, (4,), "S0")
     # 7 rows over 4 ranks: 2, 2, 2, 1; 1 row over 4 ranks: 1, 0, 0, 0 (empty shards)
     assert [dict(r["checked"])["uneven"] for r in results] == [(2, 3), (2, 3), (2, 3), (1, 3)]
     assert [dict(r["checked"])["tiny"] for r in results] == [(1, 5), (0, 5), (0, 5), (0, 5)]
 
 
-def test_four_ranks_on_a_two_d_mesh(source_checkpoint, tmp_path):
-    results = run_fresh_world(rs.load_and_check, 4, source_checkpoint, (2, 2), "S0S1")
+def test_four_ranks_on_a_two_d_mesh(source_checkpoint, tmp_path, world_factory):
+    results = world_factory(4).run(rs.load_and_check, source_checkpoint, (2, 2), "S0S1")
     assert [dict(r["checked"])["dt"] for r in results] == [(4, 3)] * 4
-    results = run_fresh_world(rs.save_2d_and_load_1d, 4, str(tmp_path / "twod"))
+    results = world_factory(4).run(rs.save_2d_and_load_1d, str(tmp_path / "twod"))
     assert [r["local"] for r in results] == [(5, 2), (5, 2), (5, 2), (5, 1)]
 
 
-def test_three_ranks_uneven(source_checkpoint):
-    results = run_fresh_world(rs.load_and_check, 3, source_checkpoint, (3,), "S0")
+def test_three_ranks_uneven(source_checkpoint, world_factory):
+    results = world_factory(3).run(rs.load_and_check, source_checkpoint, (3,), "S0")
     assert [dict(r["checked"])["uneven"] for r in results] == [(3, 3), (3, 3), (1, 3)]
 
 
 @pytest.mark.parametrize("fail_rank", [0, 1])
-def test_a_rank_failing_in_write_fails_every_rank_and_keeps_the_old_checkpoint(tmp_path, fail_rank):
-    results = run_fresh_world(rs.failing_save_keeps_previous, 2, str(tmp_path / "ck"), fail_rank)
+def test_a_rank_failing_in_write_fails_every_rank_and_keeps_the_old_checkpoint(
+    tmp_path, fail_rank, world_factory
+):
+    results = world_factory(2).run(rs.failing_save_keeps_previous, str(tmp_path / "ck"), fail_rank)
     for result in results:
         assert result["error"]["ranks"] == [fail_rank]
         assert f"injected write failure on rank {fail_rank}" in result["error"]["message"]

@@ -1,0 +1,57 @@
+"""Errors of calls on N ranks, carrying every rank's exception, traceback and output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RankError", "WorldError", "WorldTimeout"]
+
+
+@dataclass
+class RankError:
+    """What one rank raised: exception type, message and formatted traceback (or stack)."""
+
+    rank: int
+    type_name: str
+    message: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"rank {self.rank}: {self.type_name}: {self.message}"
+
+
+class WorldError(Exception):
+    """One or more ranks failed; ``errors`` has each failing rank's exception and traceback."""
+
+    def __init__(
+        self,
+        errors: list[RankError],
+        output: dict[int, str] | None = None,
+        results: list[Any] | None = None,
+        *,
+        reason: str | None = None,
+    ):
+        self.errors = sorted(errors, key=lambda e: e.rank)
+        self.output = output or {}
+        self.results = results
+        self.reason = reason
+        head = reason or f"{len(self.errors)} rank(s) failed"
+        lines = [f"{head}: ranks {', '.join(str(e.rank) for e in self.errors)}"]
+        lines += [f"  {e}" for e in self.errors]
+        for error in self.errors:
+            if error.traceback.strip():
+                lines.append(f"--- rank {error.rank} ---\n{error.traceback.rstrip()}")
+        for rank, text in sorted(self.output.items()):
+            if text.strip():
+                lines.append(f"--- output of rank {rank} ---\n{text.rstrip()[-4000:]}")
+        super().__init__("\n".join(lines))
+
+    @property
+    def failed_ranks(self) -> list[int]:
+        """Ranks that failed, ascending."""
+        return [e.rank for e in self.errors]
+
+
+class WorldTimeout(WorldError):
+    """A call did not finish in time; each stuck rank's error holds its Python stack."""
