@@ -16,6 +16,7 @@ tensors over gloo hang, so check values through local shards in this mode).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import faulthandler
 import multiprocessing as mp
@@ -68,10 +69,8 @@ def rank_device():
 
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def _worker(
@@ -146,10 +145,8 @@ def _worker(
                     output,
                 )
             )
-    try:
+    with contextlib.suppress(Exception):
         dist.destroy_process_group()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 class World:
@@ -341,10 +338,8 @@ class World:
     def close(self) -> None:
         """Stop the ranks (kill any that do not stop at once) and forget them."""
         for conn in self._conns:
-            try:
+            with contextlib.suppress(OSError, BrokenPipeError):
                 conn.send(("stop",))
-            except (OSError, BrokenPipeError):
-                pass
         for proc in self._procs:
             proc.join(timeout=2)
             if proc.is_alive():
