@@ -33,7 +33,7 @@ def decode_object(data: bytes | io.BytesIO, *, key: str = "?") -> Any:
     """Deserialize an object written by :func:`encode_object` or DCP, without running code."""
     stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
     try:
-        return torch.load(stream, weights_only=True, map_location="cpu")
+        return torch.load(stream, weights_only=True, map_location="cpu")  # never False: untrusted
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError here
         raise UnsafeObjectError(
             f"object for key {key!r} cannot be loaded safely: {str(exc).splitlines()[0]}. "

@@ -17,19 +17,19 @@ from . import rank_functions as rf
 
 
 @pytest.fixture(scope="module")
-def world():
+def pair():
     with World(2) as w:
         yield w
 
 
-def test_results_come_back_in_rank_order(world):
-    assert world.run(rf.rank_and_size, "x") == [(0, 2, "x"), (1, 2, "x")]
-    assert world.run(rf.all_reduce_sum) == [3.0, 3.0]
+def test_results_come_back_in_rank_order(pair):
+    assert pair.run(rf.rank_and_size, "x") == [(0, 2, "x"), (1, 2, "x")]
+    assert pair.run(rf.all_reduce_sum) == [3.0, 3.0]
 
 
-def test_an_exception_names_the_rank_with_traceback_and_output(world):
+def test_an_exception_names_the_rank_with_traceback_and_output(pair):
     with pytest.raises(WorldError) as info:
-        world.run(rf.fail_on, 1)
+        pair.run(rf.fail_on, 1)
     error = info.value
     assert error.failed_ranks == [1]
     assert error.errors[0].type_name == "KeyError"
@@ -38,24 +38,24 @@ def test_an_exception_names_the_rank_with_traceback_and_output(world):
     assert error.output[1].strip() == "about to check rank 1"
     assert error.results == ["ok", None]
     # the pool survives an ordinary exception
-    pid_before = world.pids
-    assert world.run(rf.rank_and_size, 1)[1] == (1, 2, 1)
-    assert world.pids == pid_before
+    pid_before = pair.pids
+    assert pair.run(rf.rank_and_size, 1)[1] == (1, 2, 1)
+    assert pair.pids == pid_before
 
 
-def test_per_call_objects_are_fresh_and_the_process_group_is_reused(world):
+def test_per_call_objects_are_fresh_and_the_process_group_is_reused(pair):
     box = ["controller"]
-    first = world.run(rf.mutate_argument, box)
-    second = world.run(rf.mutate_argument, box)
+    first = pair.run(rf.mutate_argument, box)
+    second = pair.run(rf.mutate_argument, box)
     assert [r[0] for r in first] == [["controller", 0], ["controller", 1]]
     assert [r[0] for r in second] == [["controller", 0], ["controller", 1]]
     assert box == ["controller"]
     assert first[0][1] == second[0][1]  # same default process group object in rank 0
 
 
-def test_an_unpicklable_result_is_an_error_not_a_hang(world):
+def test_an_unpicklable_result_is_an_error_not_a_hang(pair):
     with pytest.raises(WorldError, match="result not picklable"):
-        world.run(rf.unpicklable_result)
+        pair.run(rf.unpicklable_result)
 
 
 def test_a_timeout_dumps_the_stuck_ranks_stacks_and_restarts():
@@ -97,6 +97,13 @@ def test_cuda_modes_skip_cleanly_without_a_gpu(world_factory):
     else:
         with pytest.raises(pytest.skip.Exception, match="CUDA is not available"):
             world_factory(2, "cuda")
+
+
+@pytest.mark.parametrize("world", [1, 2, 4], indirect=True)
+def test_worlds_of_several_sizes_from_the_fixture(world):
+    n = world.size
+    assert world.run(rf.all_reduce_sum) == [n * (n + 1) / 2] * n
+    assert [r[:2] for r in world.run(rf.rank_and_size, None)] == [(r, n) for r in range(n)]
 
 
 def test_get_world_reuses_the_warm_pool():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ckptconf.reference.validation as validation
 import numpy as np
@@ -214,3 +215,51 @@ def test_ten_thousand_simulated_ranks():
     broken[5000].items[0] = write_item("t", (9_999, 0), (3, 8), (n * 2, 8))
     problems = validate_global_plan(broken, build_metadata(broken))
     assert any("overlap" in p for p in problems)
+
+
+def test_load_planning_is_not_a_quadratic_scan(monkeypatch):
+    """1,000 destination ranks against 1,000 saved chunks: overlap checks stay linear."""
+    import ckptconf.reference.resharding as resharding
+    from ckptconf.reference.resharding import SavedChunkIndex, read_items_for_chunk
+
+    calls = 0
+    real = resharding.chunk_overlap
+
+    def counting(a, b):
+        nonlocal calls
+        calls += 1
+        return real(a, b)
+
+    monkeypatch.setattr(resharding, "chunk_overlap", counting)
+    n = 1000
+    saved = [v.pieces[0].chunk for v in mesh_values("t", (3 * n, 4), (n,), [Shard(0)], meta=True)]
+    index = SavedChunkIndex(saved)
+    dests = [
+        v.pieces[0].chunk
+        for v in mesh_values("t", (3 * n, 4), (n // 2, 2), [Shard(0), Shard(1)], meta=True)
+    ]
+    covered = 0
+    for dest in dests:
+        result = read_items_for_chunk("t", index, dest)
+        assert result.uncovered == 0
+        covered += sum(math.prod(item.lengths) for item in result.items)
+    assert covered == 3 * n * 4
+    assert calls <= 4 * len(dests)  # a quadratic scan would make 1,000,000 checks
+
+
+def test_verify_replicas_reports_replicas_that_differ():
+    states = [
+        {"w": torch.zeros(4), "lr": 0.1},
+        {"w": torch.zeros(4), "lr": 0.1},
+        {"w": torch.ones(4), "lr": 0.2},
+    ]
+    with pytest.raises(PlanValidationError) as info:
+        simulate_save_planning(states, lambda: ReferenceSavePlanner(verify_replicas=True))
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("key 'lr': replicas differ (ranks [0, 1] have crc32")
+    assert "ranks [2] have crc32" in problems[0]
+    assert problems[1].startswith("key 'w' at offsets (0,): replicas differ (ranks [0, 1]")
+    # equal replicas pass, and without the option differing replicas are not compared
+    simulate_save_planning(states[:2], lambda: ReferenceSavePlanner(verify_replicas=True))
+    simulate_save_planning(states, ReferenceSavePlanner)
