@@ -33,13 +33,30 @@ def decode_object(data: bytes | io.BytesIO, *, key: str = "?") -> Any:
     """Deserialize an object written by :func:`encode_object` or DCP, without running code."""
     stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
     try:
-        return torch.load(stream, weights_only=True, map_location="cpu")  # never False: untrusted
+        with _plain_data_globals():
+            return torch.load(
+                stream, weights_only=True, map_location="cpu"
+            )  # never False: untrusted
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError here
         raise UnsafeObjectError(
             f"object for key {key!r} cannot be loaded safely: {str(exc).splitlines()[0]}. "
             "Only tensors, containers and primitives load by default; allow-list other "
             "types with torch.serialization.add_safe_globals if you trust the checkpoint"
         ) from exc
+
+
+_PLAIN_DATA_TYPES = [bytes, bytearray, frozenset]
+"""Builtins pickle names as globals for some values (``b""`` is ``bytes()``); constructing them runs no user code."""
+
+
+def _plain_data_globals():
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # older torch: allow-list process-wide
+        torch.serialization.add_safe_globals(_PLAIN_DATA_TYPES)
+        import contextlib
+
+        return contextlib.nullcontext()
+    return safe_globals(_PLAIN_DATA_TYPES)
 
 
 _TAGS = ("__tuple__", "__dict__", "__bytes__", "__float__")

@@ -1,22 +1,6 @@
-"""Test configuration: hypothesis profiles and shared fixtures."""
+"""Test configuration. Hypothesis profiles (ci, dev, thorough) come from the ckptconf plugin:
+``--ckpt-profile`` or ``CKPTCONF_PROFILE``; ``ci`` when ``CI`` is set, else ``dev``."""
 
 from __future__ import annotations
 
-import os
-
-from hypothesis import HealthCheck, settings
-
 pytest_plugins = ["ckptconf.harness.fixtures"]
-
-settings.register_profile(
-    "ci",
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile("dev", max_examples=60, deadline=None)
-settings.register_profile(
-    "thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))

@@ -67,6 +67,10 @@ def test_lists_of_plain_values_are_leaves_and_lists_of_tensors_are_not():
     "value",
     [
         b"raw",
+        b"",
+        bytearray(b"ab"),
+        frozenset({1}),
+        [b"", b"x"],
         3,
         2.5,
         "text",

@@ -1,0 +1,153 @@
+"""The Backend contract: what a checkpoint implementation gives the suite.
+
+A backend is its storage writer and reader for a path, optionally its planners, and
+optionally whole-system ``save``/``load`` callables replacing the driver (default:
+``torch.distributed.checkpoint.save/load`` with the parts above). Features it does not
+support are declared, and tests needing them are reported as unsupported, not passed.
+
+Backends are sent to the ranks that run the tests. One selected by
+``--ckpt-backend module:attr`` is rebuilt in each rank from that spec; one given as an
+object (the class-based style) must pickle, so use module-level functions or classes,
+not lambdas, for its callables.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+
+__all__ = ["Backend", "FEATURES", "BackendRef"]
+
+FEATURES: dict[str, str] = {
+    "dtensor": "DTensor values (Shard, Replicate) on 1-D and 2-D meshes",
+    "strided_shard": "DTensor values with _StridedShard placements",
+    "sharded_tensor": "ShardedTensor values with ChunkShardingSpec",
+    "objects": "non-tensor values (bytes, ints, strings, containers) stored as objects",
+    "resharding": "loading under a layout other than the saved one",
+    "world_size_change": "loading on a different number of ranks than saved",
+    "uneven_shards": "shards of unequal size and empty shards",
+    "scalar_tensors": "0-dim tensors",
+    "empty_tensors": "tensors with a size-0 dimension",
+    "async_save": "async_save returning before the data is written",
+    "atomic_commit": "a failed save leaves the previous checkpoint loadable and the new one invisible",
+    "integrity": "corrupt or truncated data is an error, never a wrong value",
+    "strict_keys": "unexpected keys in the checkpoint are an error on load",
+    "dtypes": "every dtype of the strategies, including bfloat16, complex and float8",
+}
+"""Feature tags a backend may declare unsupported, with what each covers."""
+
+
+@dataclass
+class Backend:
+    """A checkpoint implementation under test."""
+
+    name: str
+    storage_writer: Callable[[str], StorageWriter]
+    storage_reader: Callable[[str], StorageReader]
+    save_planner: Callable[[], SavePlanner] | None = None
+    load_planner: Callable[[], LoadPlanner] | None = None
+    save: Callable[..., Any] | None = None
+    load: Callable[..., Any] | None = None
+    async_save: Callable[..., Any] | None = None
+    unsupported: frozenset[str] = frozenset()
+    description: str = ""
+    expectations: str | None = None
+    spec: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.unsupported) - set(FEATURES)
+        if unknown:
+            raise ValueError(
+                f"backend {self.name!r} declares unknown features unsupported: {sorted(unknown)}; "
+                f"known features: {sorted(FEATURES)}"
+            )
+        self.unsupported = frozenset(self.unsupported)
+
+    def supports(self, feature: str) -> bool:
+        """Whether the backend has not declared ``feature`` unsupported."""
+        if feature not in FEATURES:
+            raise KeyError(f"unknown feature {feature!r}; known: {sorted(FEATURES)}")
+        return feature not in self.unsupported
+
+    def run_save(
+        self, state_dict: dict[str, Any], path: str | os.PathLike, *, process_group=None
+    ) -> Any:
+        """Save with the backend's own ``save``, or DCP's driver with the backend's parts."""
+        if self.save is not None:
+            return self.save(state_dict, str(path), process_group=process_group)
+        import torch.distributed.checkpoint as dcp
+
+        return dcp.save(
+            state_dict,
+            storage_writer=self.storage_writer(str(path)),
+            planner=self.save_planner() if self.save_planner else None,
+            process_group=process_group,
+        )
+
+    def run_load(
+        self, state_dict: dict[str, Any], path: str | os.PathLike, *, process_group=None
+    ) -> None:
+        """Load in place with the backend's own ``load``, or DCP's driver with its parts."""
+        if self.load is not None:
+            self.load(state_dict, str(path), process_group=process_group)
+            return
+        import torch.distributed.checkpoint as dcp
+
+        dcp.load(
+            state_dict,
+            storage_reader=self.storage_reader(str(path)),
+            planner=self.load_planner() if self.load_planner else None,
+            process_group=process_group,
+        )
+
+    def run_async_save(
+        self, state_dict: dict[str, Any], path: str | os.PathLike, *, process_group=None
+    ):
+        """Start an async save; returns something with ``result()`` (a future)."""
+        if self.async_save is not None:
+            return self.async_save(state_dict, str(path), process_group=process_group)
+        import torch.distributed.checkpoint as dcp
+
+        response = dcp.async_save(
+            state_dict,
+            storage_writer=self.storage_writer(str(path)),
+            planner=self.save_planner() if self.save_planner else None,
+            process_group=process_group,
+        )
+        return getattr(response, "upload_completion", response)
+
+
+@dataclass(frozen=True)
+class BackendRef:
+    """How ranks get the backend: by spec (rebuilt there) or by pickled object."""
+
+    spec: str | None
+    payload: bytes | None
+
+    @classmethod
+    def of(cls, backend: Backend) -> BackendRef:
+        """A reference that ranks can resolve to ``backend``."""
+        if backend.spec is not None:
+            return cls(backend.spec, None)
+        try:
+            return cls(None, pickle.dumps(backend))
+        except Exception as exc:  # noqa: BLE001 - pickling raises several types
+            raise TypeError(
+                f"backend {backend.name!r} cannot be sent to the ranks ({exc}); make its callables "
+                "module-level functions or classes, or select it with --ckpt-backend module:attr"
+            ) from exc
+
+    def resolve(self) -> Backend:
+        """The backend, in this process."""
+        if self.spec is not None:
+            from .loading import load_backend
+
+            return load_backend(self.spec)
+        assert self.payload is not None
+        return pickle.loads(self.payload)

@@ -1,0 +1,147 @@
+"""Built-in backends: the reference, and torch DCP with its filesystem, fsspec and HF storage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .backend import Backend
+
+__all__ = ["BUILT_IN", "EXPECTATIONS_DIR"]
+
+EXPECTATIONS_DIR = Path(__file__).parent / "expectations"
+
+
+def _reference_writer(path: str):
+    from ckptconf.reference import FileSystemWriter
+
+    return FileSystemWriter(path)
+
+
+def _reference_reader(path: str):
+    from ckptconf.reference import FileSystemReader
+
+    return FileSystemReader(path)
+
+
+def _reference_save_planner():
+    from ckptconf.reference import ReferenceSavePlanner
+
+    return ReferenceSavePlanner()
+
+
+def _reference_load_planner():
+    from ckptconf.reference import ReferenceLoadPlanner
+
+    return ReferenceLoadPlanner()
+
+
+def _reference_save(state_dict, path, *, process_group=None):
+    from ckptconf.reference import save
+
+    return save(state_dict, path, process_group=process_group)
+
+
+def _reference_load(state_dict, path, *, process_group=None):
+    from ckptconf.reference import load
+
+    load(state_dict, path, process_group=process_group)
+
+
+def _reference_async_save(state_dict, path, *, process_group=None):
+    from ckptconf.reference import async_save
+
+    return async_save(state_dict, path, process_group=process_group)
+
+
+def reference() -> Backend:
+    """ckptconf's reference implementation, with its own drivers."""
+    return Backend(
+        name="reference",
+        storage_writer=_reference_writer,
+        storage_reader=_reference_reader,
+        save_planner=_reference_save_planner,
+        load_planner=_reference_load_planner,
+        save=_reference_save,
+        load=_reference_load,
+        async_save=_reference_async_save,
+        description="ckptconf.reference: FileSystemWriter/Reader, reference planners and drivers",
+    )
+
+
+def _dcp_writer(path: str):
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemWriter(path)
+
+
+def _dcp_reader(path: str):
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemReader(path)
+
+
+def torch_dcp() -> Backend:
+    """torch DCP as shipped: FileSystemWriter/Reader, default planners, dcp.save/load."""
+    return Backend(
+        name="torch-dcp",
+        storage_writer=_dcp_writer,
+        storage_reader=_dcp_reader,
+        description="torch.distributed.checkpoint FileSystemWriter/Reader with the default planners",
+        expectations=str(EXPECTATIONS_DIR / "torch-dcp.txt"),
+    )
+
+
+def _fsspec_writer(path: str):
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    return FsspecWriter(path)
+
+
+def _fsspec_reader(path: str):
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    return FsspecReader(path)
+
+
+def torch_dcp_fsspec() -> Backend:
+    """torch DCP through fsspec (local filesystem here)."""
+    return Backend(
+        name="torch-dcp-fsspec",
+        storage_writer=_fsspec_writer,
+        storage_reader=_fsspec_reader,
+        description="torch.distributed.checkpoint FsspecWriter/Reader with the default planners",
+        expectations=str(EXPECTATIONS_DIR / "torch-dcp-fsspec.txt"),
+    )
+
+
+def _hf_writer(path: str):
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    return HuggingFaceStorageWriter(path, save_distributed=True, enable_consolidation=False)
+
+
+def _hf_reader(path: str):
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    return HuggingFaceStorageReader(path)
+
+
+def torch_dcp_hf() -> Backend:
+    """torch DCP's HuggingFace safetensors storage (needs the safetensors package)."""
+    return Backend(
+        name="torch-dcp-hf",
+        storage_writer=_hf_writer,
+        storage_reader=_hf_reader,
+        unsupported=frozenset({"objects", "sharded_tensor", "async_save"}),
+        description="torch.distributed.checkpoint HuggingFaceStorageWriter/Reader (safetensors)",
+        expectations=str(EXPECTATIONS_DIR / "torch-dcp-hf.txt"),
+    )
+
+
+BUILT_IN: dict[str, Callable[[], Backend]] = {
+    "reference": reference,
+    "torch-dcp": torch_dcp,
+    "torch-dcp-fsspec": torch_dcp_fsspec,
+    "torch-dcp-hf": torch_dcp_hf,
+}

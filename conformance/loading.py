@@ -1,0 +1,57 @@
+"""Selecting a backend: a built-in name or ``module:attr``."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+
+from .backend import Backend
+
+__all__ = ["load_backend", "BackendSpecError"]
+
+
+class BackendSpecError(ValueError):
+    """A ``--ckpt-backend`` value does not name a usable backend."""
+
+
+def load_backend(spec: str) -> Backend:
+    """The backend named by ``spec``: a built-in name, or ``module:attr`` (a Backend or a factory)."""
+    from .builtin import BUILT_IN
+
+    if spec in BUILT_IN:
+        return replace(BUILT_IN[spec](), spec=spec)
+    if ":" not in spec:
+        raise BackendSpecError(
+            f"unknown backend {spec!r}: use a built-in name ({', '.join(sorted(BUILT_IN))}) or module:attr"
+        )
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendSpecError(
+            f"backend {spec!r}: cannot import module {module_name!r}: {exc}"
+        ) from exc
+    obj = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise BackendSpecError(
+                f"backend {spec!r}: module {module_name!r} has no attribute {attr_path!r}"
+            )
+        obj = getattr(obj, part)
+    if not isinstance(obj, Backend):
+        if not callable(obj):
+            raise BackendSpecError(
+                f"backend {spec!r} is a {type(obj).__name__}, expected a ckptconf.conformance.Backend "
+                "or a zero-argument callable returning one"
+            )
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise BackendSpecError(
+                f"backend {spec!r}: calling it with no arguments failed: {exc}"
+            ) from exc
+        if not isinstance(obj, Backend):
+            raise BackendSpecError(
+                f"backend {spec!r} returned a {type(obj).__name__}, expected a ckptconf.conformance.Backend"
+            )
+    return replace(obj, spec=spec)
