@@ -1,42 +1,164 @@
-"""The ``ckptconf`` command."""
+"""The ``ckptconf`` command: run the suite against a backend, list backends, render reports."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 __all__ = ["main"]
 
-BUILT_IN_BACKENDS = ("reference",)
+
+class _Progress:
+    """A pytest plugin showing a live progress bar and keeping the report."""
+
+    def __init__(self, console):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+        self.report = None
+        self.failed = 0
+
+    def pytest_collection_finish(self, session):
+        self.progress.start()
+        self.task = self.progress.add_task("collecting", total=len(session.items))
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.progress.update(self.task, description=nodeid.split("::", 1)[-1][:60])
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        self.progress.advance(self.task)
+
+    def pytest_sessionfinish(self, session):
+        from .plugin import report_of
+
+        self.progress.stop()
+        self.report = report_of(session.config)
+
+
+def _outcome_style(outcome: str) -> str:
+    return {
+        "passed": "green",
+        "failed": "red",
+        "stale expectation": "red",
+        "expected failure": "yellow",
+        "unsupported": "cyan",
+    }.get(outcome, "white")
 
 
 def _run(args: argparse.Namespace) -> int:
+    import pytest
     from rich.console import Console
     from rich.table import Table
 
-    from .demo import run_demo
+    from .loading import BackendSpecError, load_backend
+    from .report import OUTCOMES
 
     console = Console()
-    if args.backend not in BUILT_IN_BACKENDS:
-        console.print(
-            f"[red]unknown backend {args.backend!r}; built-in backends: {', '.join(BUILT_IN_BACKENDS)}[/red]"
-        )
+    try:
+        backend = load_backend(args.backend)
+    except BackendSpecError as exc:
+        console.print(f"[red]{exc}[/red]")
         return 2
+    report_path = os.path.abspath(args.report)
+    pytest_args = [
+        "--pyargs",
+        "ckptconf.conformance",
+        "--ckpt-backend",
+        args.backend,
+        "--ckpt-report",
+        report_path,
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:terminal",
+    ]
+    if args.profile:
+        pytest_args += ["--ckpt-profile", args.profile]
+    if args.k:
+        pytest_args += ["-k", args.k]
     console.print(
-        f"ckptconf: backend [bold]{args.backend}[/bold], profile {args.profile} "
-        "(the conformance suites are not built yet: running the resharding demo)"
+        f"ckptconf: running the conformance suite against [bold]{backend.name}[/bold] "
+        f"({backend.description or backend.spec})"
     )
-    steps = run_demo()
-    table = Table(title="save on 2 ranks, reshard-load elsewhere (value-checked)")
-    for column in ("step", "ranks", "result", "detail", "seconds"):
-        table.add_column(column)
-    for step in steps:
-        result = "[green]passed[/green]" if step.passed else "[red]failed[/red]"
-        table.add_row(step.name, str(step.world_size), result, step.detail, f"{step.seconds:.1f}")
+    progress = _Progress(console)
+    status = pytest.main(pytest_args, plugins=[progress])
+    report = progress.report
+    if report is None or not report.tests:
+        console.print(f"[red]no conformance test ran (pytest exit status {int(status)})[/red]")
+        return 2
+    counts = report.counts()
+    columns = [o for o in OUTCOMES if any(c[o] for c in counts.values())]
+    table = Table(title=f"{backend.name}: suite x outcome (profile {report.profile})")
+    table.add_column("suite")
+    for column in columns:
+        table.add_column(f"[{_outcome_style(column)}]{column}[/]", justify="right")
+    for suite in sorted(counts):
+        table.add_row(suite, *(str(counts[suite][c]) for c in columns))
     console.print(table)
-    failed = sum(not s.passed for s in steps)
-    console.print(f"{len(steps) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    for test in report.tests:
+        if test["outcome"] in ("failed", "stale expectation"):
+            console.rule(f"[red]{test['outcome']}[/red]: {test['id']} ({test['level']})")
+            console.print(
+                test.get("failure") or test.get("message") or "", markup=False, highlight=False
+            )
+            if test.get("minimal_case"):
+                console.print("minimal case:", markup=False)
+                console.print(test["minimal_case"], markup=False, highlight=False)
+            if test.get("reproduce"):
+                console.print(f"reproduce: {test['reproduce']}", markup=False)
+    for entry in report.unmatched_expectations:
+        console.print(f"[yellow]expectation matches no test (remove it?): {entry}[/yellow]")
+    core = report.core_failures()
+    total = sum(sum(c.values()) for c in counts.values())
+    passed = sum(c["passed"] for c in counts.values())
+    failed = sum(c["failed"] + c["stale expectation"] for c in counts.values())
+    console.print(f"{passed} passed, {failed} failed ({total} tests; report: {report_path})")
+    if int(status) not in (0, 1):
+        return int(status)
+    return 1 if core else 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from .builtin import BUILT_IN
+
+    for name, factory in BUILT_IN.items():
+        backend = factory()
+        unsupported = ", ".join(sorted(backend.unsupported)) or "-"
+        print(f"{name:18} {backend.description}\n{'':18} declared unsupported: {unsupported}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import render_markdown
+
+    try:
+        with open(args.path) as file:
+            text = render_markdown(json.load(file))
+    except (OSError, ValueError) as exc:
+        print(f"ckptconf report: cannot read {args.path}: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        with open(args.output, "w") as file:
+            file.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -68,14 +190,28 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ckptconf``."""
     parser = argparse.ArgumentParser(prog="ckptconf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the conformance checks against a backend")
-    run.add_argument("--backend", default="reference", help="built-in backend name")
+    run = sub.add_parser("run", help="run the conformance suite against a backend")
     run.add_argument(
-        "--profile", default="ci", choices=["ci", "dev", "thorough"], help="hypothesis profile"
+        "--backend", default="reference", help="built-in name or module:attr (default: reference)"
     )
+    run.add_argument(
+        "--profile", choices=["ci", "dev", "thorough"], default=None, help="hypothesis profile"
+    )
+    run.add_argument(
+        "--report",
+        default="ckptconf-report.json",
+        help="JSON report path (default: ./ckptconf-report.json)",
+    )
+    run.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
     run.set_defaults(handler=_run)
     backends = sub.add_parser("backends", help="list built-in backends")
-    backends.set_defaults(handler=lambda a: print("\n".join(BUILT_IN_BACKENDS)) or 0)
+    backends.set_defaults(handler=_backends)
+    report = sub.add_parser("report", help="render a JSON report as markdown")
+    report.add_argument("path", help="JSON report written by ckptconf run or --ckpt-report")
+    report.add_argument(
+        "-o", "--output", default=None, help="write the markdown here instead of stdout"
+    )
+    report.set_defaults(handler=_report)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=["harness"], help="what to measure")
     bench.add_argument("--sizes", default="2,4", help="world sizes, comma-separated")

@@ -189,11 +189,23 @@ def ckpt_repro(request: pytest.FixtureRequest, backend: Backend) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call):
     report = yield
     if item.get_closest_marker("ckpt_suite") and report.when in ("setup", "call"):
-        item.config.stash[_report_key].record(canonical_id(item), report, item)
+        item.config.stash[_report_key].record(
+            canonical_id(item), report, item, _exception_text(call)
+        )
     return report
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+def _exception_text(call) -> str | None:
+    """The raised exception with hypothesis's notes (falsifying example), if the phase raised."""
+    if call.excinfo is None:
+        return None
+    value = call.excinfo.value
+    notes = "\n".join(getattr(value, "__notes__", []))
+    return f"{value}\n{notes}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    config = session.config
     report = config.stash.get(_report_key, None)
     if report is None or not report.tests:
         return
@@ -207,7 +219,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         "description": backend.description,
         "unsupported": sorted(backend.unsupported),
     }
-    terminalreporter.write_sep("=", f"ckptconf conformance: {backend.name}")
+    path = config.getoption("ckpt_report")
+    if path:
+        report.write(path)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    report = config.stash.get(_report_key, None)
+    if report is None or not report.tests:
+        return
+    terminalreporter.write_sep("=", f"ckptconf conformance: {report.backend.get('name')}")
     for line in report.matrix_lines():
         terminalreporter.write_line(line)
     for entry in report.unmatched_expectations:
@@ -216,8 +237,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         )
     path = config.getoption("ckpt_report")
     if path:
-        report.write(path)
         terminalreporter.write_line(f"report written to {path}")
+
+
+def report_of(config: pytest.Config) -> Report | None:
+    """The report of this run (for ``ckptconf run``)."""
+    return config.stash.get(_report_key, None)
 
 
 def default_report_path() -> str:

@@ -13,10 +13,12 @@ from typing import Any
 __all__ = ["Report", "OUTCOMES", "render_markdown"]
 
 OUTCOMES = ("passed", "failed", "unsupported", "expected failure", "stale expectation", "skipped")
-_FALSIFYING = re.compile(r"(Falsifying example:.*?)(?:\n\n|\Z)", re.S)
-_CASE = re.compile(
-    r"(\[[^\]]+\] .*?\ncase:\n.*?)(?:\nreproduce: (.*?))?(?:\n\n|\Z|\nYou can)", re.S
+_DRAWN_CASE = re.compile(r"(Draw \d+ \(case\):.*?)(?:\nExplanation:|\nYou can reproduce|\Z)", re.S)
+_EXAMPLE = re.compile(
+    r"((?:Falsifying example|Failing test case):.*?)(?:\nExplanation:|\nYou can reproduce|\Z)", re.S
 )
+_FAILURE = re.compile(r"(\[[^\]\n]+\] .*?)(?:\nreproduce: |\Z)", re.S)
+_REPRODUCE = re.compile(r"^reproduce: (.*)$", re.M)
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Report:
     tests: list[dict[str, Any]] = field(default_factory=list)
     unmatched_expectations: list[str] = field(default_factory=list)
 
-    def record(self, test_id: str, report, item) -> None:
+    def record(self, test_id: str, report, item, exception_text: str | None = None) -> None:
         """Add the outcome of a test's setup or call phase (setup only when it did not pass)."""
         if report.when == "setup" and report.passed:
             return
@@ -60,11 +62,13 @@ class Report:
         if outcome in ("failed", "expected failure", "stale expectation", "unsupported", "skipped"):
             entry["message"] = _summary(text, getattr(report, "wasxfail", None))
         if outcome in ("failed", "expected failure"):
-            falsifying = _FALSIFYING.search(text)
-            case = _CASE.search(text)
-            entry["minimal_case"] = falsifying.group(1).strip() if falsifying else None
-            entry["failure"] = case.group(1).strip() if case else None
-            entry["reproduce"] = case.group(2) if case and case.group(2) else None
+            text = exception_text or text
+            example = _DRAWN_CASE.search(text) or _EXAMPLE.search(text)
+            failure = _FAILURE.search(text)
+            reproduce = _REPRODUCE.search(text)
+            entry["minimal_case"] = example.group(1).strip() if example else None
+            entry["failure"] = failure.group(1).strip()[:4000] if failure else None
+            entry["reproduce"] = reproduce.group(1).strip() if reproduce else None
         self.tests = [t for t in self.tests if t["id"] != test_id] + [entry]
 
     def counts(self) -> dict[str, Counter]:

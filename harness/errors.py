@@ -38,10 +38,18 @@ class WorldError(Exception):
         self.reason = reason
         head = reason or f"{len(self.errors)} rank(s) failed"
         lines = [f"{head}: ranks {', '.join(str(e.rank) for e in self.errors)}"]
-        lines += [f"  {e}" for e in self.errors]
-        for error in self.errors:
-            if error.traceback.strip():
-                lines.append(f"--- rank {error.rank} ---\n{error.traceback.rstrip()}")
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for e in self.errors:  # ranks that failed the same way are listed once
+            groups.setdefault((e.type_name, e.message, e.traceback), []).append(e.rank)
+        for (type_name, message, _), ranks in groups.items():
+            lines.append(
+                f"  rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {type_name}: {message}"
+            )
+        for (_, _, trace), ranks in groups.items():
+            if trace.strip():
+                lines.append(
+                    f"--- rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} ---\n{trace.rstrip()}"
+                )
         for rank, text in sorted(self.output.items()):
             if text.strip():
                 lines.append(f"--- output of rank {rank} ---\n{text.rstrip()[-4000:]}")
