@@ -6,8 +6,10 @@ One entry a line: a test id prefix, then ``#`` and the reason::
     test_roundtrip.py::TestRoundTrip::test_round_trip_strided  # DCP records one offset per strided shard
 
 Ids are ``module.py::Class::test`` (parameters may follow), whatever directory pytest
-ran from. A listed test that passes fails the run (strict), and an entry matching no
-collected test is reported, so the file cannot go stale silently.
+ran from. An entry matching no
+collected test is reported, so the file cannot go stale silently. A listed test that
+passes is reported as an "unexpected pass" (not a failure: a property test may draw no
+failing case in one run).
 """
 
 from __future__ import annotations

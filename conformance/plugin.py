@@ -200,6 +200,10 @@ def _exception_text(call) -> str | None:
     if call.excinfo is None:
         return None
     value = call.excinfo.value
+    while getattr(
+        value, "exceptions", None
+    ):  # an exception group: hypothesis found several distinct bugs
+        value = value.exceptions[0]
     notes = "\n".join(getattr(value, "__notes__", []))
     return f"{value}\n{notes}"
 

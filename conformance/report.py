@@ -12,8 +12,8 @@ from typing import Any
 
 __all__ = ["Report", "OUTCOMES", "render_markdown"]
 
-OUTCOMES = ("passed", "failed", "unsupported", "expected failure", "stale expectation", "skipped")
-_DRAWN_CASE = re.compile(r"(Draw \d+ \(case\):.*?)(?:\nExplanation:|\nYou can reproduce|\Z)", re.S)
+OUTCOMES = ("passed", "failed", "unsupported", "expected failure", "unexpected pass", "skipped")
+_DRAWN_CASE = re.compile(r"(Draw 1 \(.*?)(?:\nExplanation:|\nYou can reproduce|\Z)", re.S)
 _EXAMPLE = re.compile(
     r"((?:Falsifying example|Failing test case):.*?)(?:\nExplanation:|\nYou can reproduce|\Z)", re.S
 )
@@ -46,8 +46,8 @@ class Report:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else text
             outcome = "unsupported" if UNSUPPORTED_PREFIX in reason else "skipped"
             text = reason
-        elif report.failed and "XPASS(strict)" in text:
-            outcome = "stale expectation"
+        elif report.passed and hasattr(report, "wasxfail"):
+            outcome = "unexpected pass"
         elif report.failed:
             outcome = "failed"
         else:
@@ -59,7 +59,7 @@ class Report:
             "outcome": outcome,
             "duration": round(report.duration, 3),
         }
-        if outcome in ("failed", "expected failure", "stale expectation", "unsupported", "skipped"):
+        if outcome in ("failed", "expected failure", "unexpected pass", "unsupported", "skipped"):
             entry["message"] = _summary(text, getattr(report, "wasxfail", None))
         if outcome in ("failed", "expected failure"):
             text = exception_text or text
@@ -100,12 +100,8 @@ class Report:
         return lines
 
     def core_failures(self) -> int:
-        """Failed or stale tests of level core."""
-        return sum(
-            1
-            for t in self.tests
-            if t["outcome"] in ("failed", "stale expectation") and t["level"] != "strict"
-        )
+        """Failed tests of level core."""
+        return sum(1 for t in self.tests if t["outcome"] == "failed" and t["level"] != "strict")
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
@@ -163,7 +159,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     failures = [
         t
         for t in data.get("tests", [])
-        if t["outcome"] in ("failed", "stale expectation", "expected failure")
+        if t["outcome"] in ("failed", "unexpected pass", "expected failure")
     ]
     if failures:
         out += ["", "## Failures and expected failures", ""]

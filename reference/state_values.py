@@ -8,6 +8,7 @@ other value is an object stored as bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,16 @@ def value_dtype(value: object) -> torch.dtype:
     return value.dtype  # type: ignore[attr-defined]
 
 
+def _in_bounds_if_empty(chunk: ChunkStorageMetadata, size: torch.Size) -> ChunkStorageMetadata:
+    """An empty chunk placed past the end (ChunkShardingSpec gives a size-1 dim's third rank
+    offset 2) is moved inside the tensor: it holds nothing, and bounds checks stay strict."""
+    if math.prod(chunk.sizes) or all(o <= n for o, n in zip(chunk.offsets, size)):
+        return chunk
+    return ChunkStorageMetadata(
+        offsets=torch.Size(min(o, n) for o, n in zip(chunk.offsets, size)), sizes=chunk.sizes
+    )
+
+
 def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
     """The pieces of a tensor value this rank holds (none if it is outside a DTensor's mesh)."""
     if isinstance(value, StagedTensor):
@@ -108,10 +119,14 @@ def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
         return out
     if isinstance(value, _sharded_tensor_type()):
         out = []
+        size = global_size(value)
         for shard in value.local_shards():
             md = shard.metadata
-            chunk = ChunkStorageMetadata(
-                offsets=torch.Size(md.shard_offsets), sizes=torch.Size(md.shard_sizes)
+            chunk = _in_bounds_if_empty(
+                ChunkStorageMetadata(
+                    offsets=torch.Size(md.shard_offsets), sizes=torch.Size(md.shard_sizes)
+                ),
+                size,
             )
             out.append(TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, shard.tensor))
         return out

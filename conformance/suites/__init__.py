@@ -14,6 +14,7 @@
 The classes are named ``*Tests`` so pytest does not collect them by themselves.
 """
 
+from .resharding import ReshardingTests
 from .roundtrip import RoundTripTests
 
-__all__ = ["RoundTripTests"]
+__all__ = ["ReshardingTests", "RoundTripTests"]

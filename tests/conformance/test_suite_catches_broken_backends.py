@@ -1,0 +1,90 @@
+"""The conformance suite reports deliberately broken backends as failing, readably."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ckptconf.conformance.cli",
+            "run",
+            *args,
+            "--profile",
+            "ci",
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return result, data
+
+
+@pytest.mark.parametrize(
+    "spec, name, tests",
+    [
+        (
+            "tests.conformance.broken_backends:shifted_reader",
+            "broken-shifted-read",
+            "test_world_size_change",
+        ),
+        (
+            "tests.conformance.broken_backends:dropped_last_item",
+            "broken-dropped-item",
+            "test_round_trip and not strided",
+        ),
+    ],
+)
+def test_a_broken_backend_fails_with_a_minimal_case_and_a_reproduction(tmp_path, spec, name, tests):
+    result, report = run_cli("--backend", spec, "-k", tests, tmp_path=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"[{name}]" in result.stdout
+    assert (
+        "minimal case:" in result.stdout
+        and "reproduce: pytest --pyargs ckptconf.conformance" in result.stdout
+    )
+    failed = [t for t in report["tests"] if t["outcome"] == "failed"]
+    assert failed, report
+    for test in failed:
+        assert (
+            test["minimal_case"].startswith("Draw 1 (")
+            and "(case): SaveLoadCase(" in test["minimal_case"]
+        )
+        assert f"--ckpt-backend {spec}" in test["reproduce"]
+        assert "differ from what was saved" in test["failure"] or "raised" in test["failure"]
+    assert report["backend"]["name"] == name
+
+
+def test_the_example_zlib_backend_passes(tmp_path):
+    result, report = run_cli(
+        "--backend", "examples.zlib_backend:backend", "-k", "not strided", tmp_path=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {t["outcome"] for t in report["tests"]} == {"passed"}
+
+
+def test_a_wrong_backend_spec_is_a_clear_error(tmp_path):
+    result, _ = run_cli(
+        "--backend", "tests.conformance.broken_backends:nothing_here", tmp_path=tmp_path
+    )
+    assert result.returncode == 2
+    assert "has no attribute 'nothing_here'" in result.stdout
+    result, _ = run_cli("--backend", "no_such_module_xyz:backend", tmp_path=tmp_path)
+    assert "cannot import module 'no_such_module_xyz'" in result.stdout
