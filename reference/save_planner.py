@@ -28,15 +28,17 @@ from .errors import PlanValidationError
 from .flatten import flatten_state_dict
 from .plan_metadata import build_metadata
 from .serialization import encode_object
-from .state_values import global_size, is_sharded_value, is_tensor_value, tensor_pieces, value_dtype
+from .state_values import (
+    global_size,
+    is_sharded_value,
+    is_tensor_value,
+    tensor_bytes,
+    tensor_pieces,
+    value_dtype,
+)
 from .validation import validate_global_plan
 
 __all__ = ["ReferenceSavePlanner"]
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
 class ReferenceSavePlanner(SavePlanner):
@@ -105,7 +107,7 @@ class ReferenceSavePlanner(SavePlanner):
         value = self._resolved[item.index]
         if item.type == WriteItemType.BYTE_IO:
             return encode_object(value)
-        return _tensor_bytes(value)
+        return tensor_bytes(value)
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
         """Dedup replicas, build metadata, validate; raises ``PlanValidationError`` with every problem."""

@@ -24,6 +24,7 @@ __all__ = [
     "global_size",
     "value_dtype",
     "tensor_pieces",
+    "tensor_bytes",
 ]
 
 
@@ -140,3 +141,16 @@ def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
         chunk = ChunkStorageMetadata(offsets=torch.Size([0] * value.dim()), sizes=value.size())
         return [TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, value)]
     raise TypeError(f"value of key {fqn!r} is a {type(value).__name__}, not a tensor")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The row-major bytes of ``tensor`` (copied to CPU and made contiguous if needed)."""
+    flat = tensor.detach()
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    flat = flat.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    if flat.stride(0) != 1:  # a size-1 dim keeps any stride through .contiguous()
+        flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
+    return memoryview(flat.view(torch.uint8).numpy())

@@ -42,6 +42,7 @@ from torch.futures import Future
 
 from .errors import IntegrityError
 from .metadata_format import Region, dump_metadata, parse_metadata
+from .state_values import tensor_bytes
 
 __all__ = [
     "BlobStore",
@@ -113,17 +114,6 @@ class _PlanStorageData:
 
 def _block_crcs(data: memoryview, block_size: int) -> tuple[int, ...]:
     return tuple(zlib.crc32(data[i : i + block_size]) for i in range(0, len(data), block_size))
-
-
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The row-major bytes of ``tensor`` (copied to CPU and made contiguous if needed)."""
-    flat = tensor.detach()
-    if flat.device.type != "cpu":
-        flat = flat.cpu()
-    flat = flat.contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy())
 
 
 def _completed(value: Any) -> Future:

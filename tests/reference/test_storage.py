@@ -255,3 +255,23 @@ def test_simulated_resharding_through_memory():
                 rtol=0,
                 atol=0,
             )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.zeros(3)[1::2],  # shape (1,), stride (2,): .contiguous() keeps the stride
+        lambda: torch.zeros(2, 5)[:, 1:2],  # shape (2, 1) with a row stride of 5
+        lambda: torch.zeros(4, 3).t(),
+        lambda: torch.zeros(7)[2:5],  # a view at a storage offset
+    ],
+    ids=["size1-stride2", "column", "transpose", "offset"],
+)
+def test_noncontiguous_values_save_their_elements(tmp_path, make):
+    """Found by the kinds suite: a size-1 dim with a stride other than 1 failed the byte view."""
+    value = make()
+    value.copy_(torch.arange(1, value.numel() + 1, dtype=value.dtype).reshape(value.shape))
+    save({"v": value}, tmp_path / "ck")
+    dest = {"v": torch.zeros(value.shape)}
+    load(dest, tmp_path / "ck")
+    assert torch.equal(dest["v"], value)
