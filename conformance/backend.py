@@ -22,7 +22,7 @@ from typing import Any
 from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-__all__ = ["Backend", "FEATURES", "BackendRef"]
+__all__ = ["Backend", "FEATURES", "BackendRef", "StorageInjectionUnsupported"]
 
 FEATURES: dict[str, str] = {
     "dtensor": "DTensor values (Shard, Replicate) on 1-D and 2-D meshes",
@@ -76,32 +76,60 @@ class Backend:
         return feature not in self.unsupported
 
     def run_save(
-        self, state_dict: dict[str, Any], path: str | os.PathLike, *, process_group=None
+        self,
+        state_dict: dict[str, Any],
+        path: str | os.PathLike,
+        *,
+        process_group=None,
+        storage_writer=None,
     ) -> Any:
-        """Save with the backend's own ``save``, or DCP's driver with the backend's parts."""
+        """Save with the backend's own ``save``, or DCP's driver with the backend's parts.
+
+        ``storage_writer`` replaces the backend's writer (fault injection wraps it); a
+        custom ``save`` gets it only if it takes a ``storage_writer`` argument.
+        """
         if self.save is not None:
-            return self.save(state_dict, str(path), process_group=process_group)
+            if storage_writer is None:
+                return self.save(state_dict, str(path), process_group=process_group)
+            _require_parameter(self.save, "storage_writer", self.name)
+            return self.save(
+                state_dict, str(path), process_group=process_group, storage_writer=storage_writer
+            )
         import torch.distributed.checkpoint as dcp
 
         return dcp.save(
             state_dict,
-            storage_writer=self.storage_writer(str(path)),
+            storage_writer=storage_writer or self.storage_writer(str(path)),
             planner=self.save_planner() if self.save_planner else None,
             process_group=process_group,
         )
 
     def run_load(
-        self, state_dict: dict[str, Any], path: str | os.PathLike, *, process_group=None
+        self,
+        state_dict: dict[str, Any],
+        path: str | os.PathLike,
+        *,
+        process_group=None,
+        storage_reader=None,
     ) -> None:
         """Load in place with the backend's own ``load``, or DCP's driver with its parts."""
         if self.load is not None:
-            self.load(state_dict, str(path), process_group=process_group)
+            if storage_reader is None:
+                self.load(state_dict, str(path), process_group=process_group)
+            else:
+                _require_parameter(self.load, "storage_reader", self.name)
+                self.load(
+                    state_dict,
+                    str(path),
+                    process_group=process_group,
+                    storage_reader=storage_reader,
+                )
             return
         import torch.distributed.checkpoint as dcp
 
         dcp.load(
             state_dict,
-            storage_reader=self.storage_reader(str(path)),
+            storage_reader=storage_reader or self.storage_reader(str(path)),
             planner=self.load_planner() if self.load_planner else None,
             process_group=process_group,
         )
@@ -121,6 +149,20 @@ class Backend:
             process_group=process_group,
         )
         return getattr(response, "upload_completion", response)
+
+
+class StorageInjectionUnsupported(TypeError):
+    """A whole-system backend's save/load does not accept a storage writer/reader to wrap."""
+
+
+def _require_parameter(fn: Callable, name: str, backend: str) -> None:
+    import inspect
+
+    parameters = inspect.signature(fn).parameters
+    if name not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        raise StorageInjectionUnsupported(
+            f"backend {backend!r}: its own save/load takes no {name!r} argument, so faults cannot be injected"
+        )
 
 
 @dataclass(frozen=True)

@@ -36,16 +36,21 @@ def _reference_load_planner():
     return ReferenceLoadPlanner()
 
 
-def _reference_save(state_dict, path, *, process_group=None):
+def _reference_save(state_dict, path, *, process_group=None, storage_writer=None):
     from ckptconf.reference import save
 
+    if storage_writer is not None:
+        return save(state_dict, process_group=process_group, storage_writer=storage_writer)
     return save(state_dict, path, process_group=process_group)
 
 
-def _reference_load(state_dict, path, *, process_group=None):
+def _reference_load(state_dict, path, *, process_group=None, storage_reader=None):
     from ckptconf.reference import load
 
-    load(state_dict, path, process_group=process_group)
+    if storage_reader is not None:
+        load(state_dict, process_group=process_group, storage_reader=storage_reader)
+    else:
+        load(state_dict, path, process_group=process_group)
 
 
 def _reference_async_save(state_dict, path, *, process_group=None):

@@ -21,9 +21,11 @@ KILL_POINTS = (
     "prepare_global_plan",
     "write_data",
     "mid_write",
+    "after_write",
     "finish",
 )
-"""Where a rank can be killed: on entry to each writer hook, or after its first written item."""
+"""Where a rank can be killed: on entry to each writer hook, after its first written item
+(``mid_write``, if it writes two or more), or once its items are written (``after_write``)."""
 
 
 def _kill_self() -> None:
@@ -98,7 +100,11 @@ class KillingWriter(StorageWriter):
         self._at("write_data")
         if self.point == "mid_write" and self.rank == self.kill_rank:
             planner = _KillAfterFirstItem(planner)
-        return self.inner.write_data(plan, planner)
+        future = self.inner.write_data(plan, planner)
+        if self.point == "after_write" and self.rank == self.kill_rank:
+            future.wait()
+            _kill_self()
+        return future
 
     def finish(self, metadata, results) -> None:
         self._at("finish")

@@ -12,9 +12,24 @@
         pass
 
 The classes are named ``*Tests`` so pytest does not collect them by themselves.
+
+- :class:`RoundTripTests`: what is saved loads back unchanged (1 and 2 ranks)
+- :class:`ReshardingTests`: placement change and world-size change
+- :class:`FaultyStorageTests`: a writer or reader failing at any hook on any rank, a rank killed
+- :class:`StateDictKindsTests`: dtypes, 0-dim, empty, non-contiguous, containers, keys, strict loads
+- :class:`AsyncSaveTests`: async_save saves the state at the call
 """
 
+from .async_save import AsyncSaveTests
+from .faults import FaultyStorageTests
+from .kinds import StateDictKindsTests
 from .resharding import ReshardingTests
 from .roundtrip import RoundTripTests
 
-__all__ = ["ReshardingTests", "RoundTripTests"]
+__all__ = [
+    "AsyncSaveTests",
+    "FaultyStorageTests",
+    "ReshardingTests",
+    "RoundTripTests",
+    "StateDictKindsTests",
+]
