@@ -92,6 +92,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_report_key] = Report(
         profile=profile, seed=getattr(config.option, "hypothesis_seed", None)
     )
+    if not _is_xdist_worker(config):
+        config.pluginmanager.register(_Recorder(config.stash[_report_key]), "ckptconf-recorder")
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def _backend_of(config: pytest.Config) -> Backend:
@@ -201,16 +207,48 @@ def ckpt_repro(request: pytest.FixtureRequest, backend: Backend) -> str:
     return shlex.join(parts)
 
 
+_INFO = "ckptconf"  # the user_properties entry carrying a conformance test's data
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     report = yield
-    if item.get_closest_marker("ckpt_suite") and report.when in ("setup", "call"):
-        run_report = item.config.stash[_report_key]
-        run_report.record(canonical_id(item), report, item, _exception_text(call))
+    suite = item.get_closest_marker("ckpt_suite")
+    if suite and report.when in ("setup", "call"):
+        level = item.get_closest_marker("ckpt_level")
         backend = item.stash.get(_backend_key, None)
-        if backend is not None and not run_report.backend:
-            run_report.backend = _describe(backend)
+        info = {
+            "id": canonical_id(item),
+            "suite": suite.args[0],
+            "level": level.args[0] if level else None,
+            "exception": _exception_text(call),
+            "backend": _describe(backend) if backend is not None else None,
+        }
+        # user_properties travel with the report to the xdist controller
+        report.user_properties.append((_INFO, info))
     return report
+
+
+class _Recorder:
+    """Records conformance outcomes into the run's report, where the run reports (the
+    xdist controller, or the only process)."""
+
+    def __init__(self, report: Report):
+        self.report = report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        info = next((value for name, value in report.user_properties if name == _INFO), None)
+        if info is None:
+            return
+        self.report.record(
+            info["id"],
+            report,
+            suite=info["suite"],
+            level=info["level"],
+            exception_text=info["exception"],
+        )
+        if info["backend"] and not self.report.backend:
+            self.report.backend = info["backend"]
 
 
 def _exception_text(call) -> str | None:
@@ -231,12 +269,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     report = config.stash.get(_report_key, None)
     if report is None or not report.tests:
         return
-    ids = [t["id"] for t in report.tests]
-    report.unmatched_expectations = [
-        e for x in _expectations_cache.values() for e in x.unmatched(ids)
-    ]
     if not report.backend:
         report.backend = _describe(_backend_of(config))
+    path = config.getoption("ckpt_expectations") or report.backend.get("expectations")
+    if path and not (config.option.keyword or config.option.markexpr):
+        # only an unfiltered run shows that an entry matches no test
+        ids = [t["id"] for t in report.tests]
+        report.unmatched_expectations = Expectations.load(path).unmatched(ids)
     path = config.getoption("ckpt_report")
     if path:
         report.write(path)
@@ -248,6 +287,7 @@ def _describe(backend: Backend) -> dict:
         "spec": backend.spec,
         "description": backend.description,
         "unsupported": sorted(backend.unsupported),
+        "expectations": backend.expectations,
     }
 
 

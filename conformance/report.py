@@ -31,14 +31,20 @@ class Report:
     tests: list[dict[str, Any]] = field(default_factory=list)
     unmatched_expectations: list[str] = field(default_factory=list)
 
-    def record(self, test_id: str, report, item, exception_text: str | None = None) -> None:
+    def record(
+        self,
+        test_id: str,
+        report,
+        *,
+        suite: str | None,
+        level: str | None,
+        exception_text: str | None = None,
+    ) -> None:
         """Add the outcome of a test's setup or call phase (setup only when it did not pass)."""
         if report.when == "setup" and report.passed:
             return
         from .plugin import UNSUPPORTED_PREFIX
 
-        suite = item.get_closest_marker("ckpt_suite")
-        level = item.get_closest_marker("ckpt_level")
         text = report.longreprtext if report.longrepr else ""
         if report.skipped and hasattr(report, "wasxfail"):
             outcome = "expected failure"
@@ -54,8 +60,8 @@ class Report:
             outcome = "passed"
         entry: dict[str, Any] = {
             "id": test_id,
-            "suite": suite.args[0] if suite else None,
-            "level": level.args[0] if level else None,
+            "suite": suite,
+            "level": level,
             "outcome": outcome,
             "duration": round(report.duration, 3),
         }
