@@ -4,8 +4,11 @@ Every problem is reported, not the first. Overlaps and gaps of one tensor are fo
 the grid that the chunk boundaries cut the tensor into: each chunk adds one to the
 cells it covers (a numpy slice per chunk), then a cell counted twice is an overlap and
 a cell counted zero times a gap. Layouts that DTensor and ShardedTensor produce make a
-grid of at most a few cells per chunk, so this is O(n log n) in the number of chunks;
-an irregular layout whose grid would be much larger falls back to a sort-and-sweep.
+grid of at most a few cells per chunk, so this is O(n log n) in the number of chunks.
+An irregular layout whose grid would be much larger (bricks: row blocks cut at other
+columns each) is split into slabs along dims where chunks fall into disjoint intervals,
+recursively, and only chunks no dim separates are swept pairwise; with no overlap, a
+gap shows as a covered volume below the tensor's.
 """
 
 from __future__ import annotations
@@ -133,28 +136,71 @@ def _pairwise_overlaps(key, chunks, involved, owner) -> list[str]:
     return problems
 
 
+def _slabs(ids, lows, highs, dim) -> list[list[int]] | None:
+    """``ids`` grouped by their interval on ``dim``, if those intervals are pairwise disjoint."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i in ids:
+        groups[(lows[i][dim], highs[i][dim])].append(i)
+    intervals = sorted(groups)
+    if any(b[0] < a[1] for a, b in zip(intervals, intervals[1:])):
+        return None
+    return [groups[k] for k in intervals]
+
+
+def _boxes_overlap(i, j, lows, highs) -> bool:
+    return all(max(a, b) < min(c, d) for a, b, c, d in zip(lows[i], lows[j], highs[i], highs[j]))
+
+
+def _swept_pairs(ids, lows, highs, limit) -> list[tuple[int, int]]:
+    """Overlapping pairs by a sweep along the dim where the chunks start at the most places."""
+    dim = max(range(len(lows[ids[0]])), key=lambda d: len({lows[i][d] for i in ids}))
+    pairs: list[tuple[int, int]] = []
+    active: list[int] = []
+    for i in sorted(ids, key=lambda i: (lows[i][dim], lows[i])):
+        active = [j for j in active if highs[j][dim] > lows[i][dim]]
+        pairs += [(j, i) for j in active if _boxes_overlap(i, j, lows, highs)]
+        if len(pairs) >= limit:
+            return pairs[:limit]
+        active.append(i)
+    return pairs
+
+
+def _overlapping_pairs(ids, lows, highs, dims, limit) -> list[tuple[int, int]]:
+    """Up to ``limit`` pairs of overlapping chunks among ``ids``.
+
+    Chunks are split into slabs along a dim where their intervals are disjoint (no chunk of
+    one slab can overlap one of another), recursively over the other dims: O(n log n) for
+    grid, block and brick layouts. Only chunks that no dim separates are swept pairwise.
+    """
+    if len(ids) < 2 or limit <= 0:
+        return []
+    if not dims:  # the same box on every dim
+        return [(ids[0], j) for j in ids[1:]][:limit]
+    for dim in dims:
+        slabs = _slabs(ids, lows, highs, dim)
+        if slabs is not None:
+            rest = [d for d in dims if d != dim]
+            pairs: list[tuple[int, int]] = []
+            for slab in slabs:
+                pairs += _overlapping_pairs(slab, lows, highs, rest, limit - len(pairs))
+                if len(pairs) >= limit:
+                    break
+            return pairs
+    return _swept_pairs(ids, lows, highs, limit)
+
+
 def _sweep_problems(key, size, chunks, filled, owner, require_cover) -> list[str]:
     problems: list[str] = []
-    dim = max(range(len(size)), key=lambda d: len({chunks[i].offsets[d] for i in filled}))
-    order = sorted(filled, key=lambda i: tuple(chunks[i].offsets))
-    order.sort(key=lambda i: chunks[i].offsets[dim])
-    active: list[int] = []
-    overlapping = False
-    for i in order:
-        start = chunks[i].offsets[dim]
-        active = [j for j in active if chunks[j].offsets[dim] + chunks[j].sizes[dim] > start]
-        for j in active:
-            both = chunk_overlap(chunks[i], chunks[j])
-            if both is not None:
-                overlapping = True
-                if len(problems) < _MAX_LISTED:
-                    problems.append(
-                        f"key {key!r}: chunks {_describe(chunks[j], owner(j))} and "
-                        f"{_describe(chunks[i], owner(i))} overlap at {_describe(both)}"
-                    )
-        active.append(i)
+    lows = {i: tuple(int(o) for o in chunks[i].offsets) for i in filled}
+    highs = {i: tuple(o + int(n) for o, n in zip(lows[i], chunks[i].sizes)) for i in filled}
+    pairs = _overlapping_pairs(list(filled), lows, highs, list(range(len(size))), _MAX_LISTED)
+    for j, i in pairs:
+        problems.append(
+            f"key {key!r}: chunks {_describe(chunks[j], owner(j))} and "
+            f"{_describe(chunks[i], owner(i))} overlap at {_describe(chunk_overlap(chunks[i], chunks[j]))}"
+        )
     covered = sum(math.prod(chunks[i].sizes) for i in filled)
-    if require_cover and not overlapping and covered < math.prod(size):
+    if require_cover and not pairs and covered < math.prod(size):
         problems.append(
             f"key {key!r}: {math.prod(size) - covered} of {math.prod(size)} elements are not covered by any chunk"
         )
