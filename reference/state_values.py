@@ -91,6 +91,15 @@ def value_dtype(value: object) -> torch.dtype:
         return value.dtype
     if isinstance(value, _sharded_tensor_type()):
         return value.metadata().tensor_properties.dtype
+    if _is_checkpointable(value) or (
+        isinstance(value, _dtensor_type()) and _is_checkpointable(value._local_tensor)
+    ):
+        # a wrapper subclass's own dtype may be a default (LocalShardsWrapper's is float32
+        # whatever its shards hold): the shards' dtype is what is saved
+        chunks = value.__create_chunk_list__()  # type: ignore[attr-defined]
+        if chunks:
+            index = MetadataIndex("", chunks[0].offsets, 0)
+            return value.__get_tensor_shard__(index).dtype  # type: ignore[attr-defined]
     return value.dtype  # type: ignore[attr-defined]
 
 
@@ -104,10 +113,40 @@ def _in_bounds_if_empty(chunk: ChunkStorageMetadata, size: torch.Size) -> ChunkS
     )
 
 
+def _is_checkpointable(value: object) -> bool:
+    """A tensor implementing DCP's checkpointable protocol itself (not DTensor, which delegates)."""
+    return (
+        isinstance(value, torch.Tensor)
+        and not isinstance(value, _dtensor_type())
+        and hasattr(value, "__create_chunk_list__")
+        and hasattr(value, "__get_tensor_shard__")
+    )
+
+
+def _checkpointable_pieces(fqn: str, value: torch.Tensor) -> list[TensorPiece]:
+    """The value's own chunks. Empty ones are dropped unless the whole tensor is empty: they
+    hold nothing, and one may sit at the offsets of another rank's non-empty chunk (a
+    LocalShardsWrapper of zero rows at row 0), which would make two chunks of one index."""
+    out = []
+    keep_empty = math.prod(value.size()) == 0
+    for i, chunk in enumerate(value.__create_chunk_list__()):  # type: ignore[attr-defined]
+        if not keep_empty and math.prod(chunk.sizes) == 0:
+            continue
+        index = MetadataIndex(fqn, chunk.offsets, i)
+        piece_index = MetadataIndex(fqn, chunk.offsets)
+        view = value.__get_tensor_shard__(index)  # type: ignore[attr-defined]
+        out.append(TensorPiece(piece_index, chunk, view))
+    return out
+
+
 def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
     """The pieces of a tensor value this rank holds (none if it is outside a DTensor's mesh)."""
     if isinstance(value, StagedTensor):
         return list(value.pieces)
+    if isinstance(value, _dtensor_type()) and _is_checkpointable(value._local_tensor):
+        # a DTensor over a LocalShardsWrapper (or another checkpointable local tensor):
+        # its pieces are whatever the local tensor says, not the mesh's even split
+        return _checkpointable_pieces(fqn, value)
     if isinstance(value, _dtensor_type()):
         local = value.to_local()
         out = []
@@ -131,12 +170,8 @@ def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
             )
             out.append(TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, shard.tensor))
         return out
-    if isinstance(value, torch.Tensor) and hasattr(value, "__create_chunk_list__"):
-        out = []
-        for chunk in value.__create_chunk_list__():
-            index = MetadataIndex(fqn, chunk.offsets)
-            out.append(TensorPiece(index, chunk, value.__get_tensor_shard__(index)))
-        return out
+    if _is_checkpointable(value):
+        return _checkpointable_pieces(fqn, value)
     if isinstance(value, torch.Tensor):
         chunk = ChunkStorageMetadata(offsets=torch.Size([0] * value.dim()), sizes=value.size())
         return [TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, value)]
