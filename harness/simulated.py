@@ -4,6 +4,8 @@ No processes and no process group: each simulated rank has its own planner, stor
 object and state dict, and the coordinator step is a function call. Sharded values
 are :class:`~ckptconf.reference.state_values.StagedTensor` built from shard geometry,
 so any mesh shape and placement list can be simulated at thousands of ranks.
+:func:`checkpointable` wraps one as a tensor implementing DCP's checkpointable protocol,
+so DCP's default planners (and any planner built on its helpers) plan it as well.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ __all__ = [
     "simulate_load",
     "mesh_values",
     "index_encoded",
+    "SimulatedShards",
+    "checkpointable",
+    "chunk_list_value",
 ]
 
 
@@ -175,3 +180,104 @@ def index_encoded(
         return value
 
     return fill
+
+
+class SimulatedShards(torch.Tensor):
+    """A simulated rank's value of a sharded tensor, as a tensor DCP's planners can plan.
+
+    It has the global shape and dtype but no data of its own: DCP's checkpointable
+    protocol (``__create_write_items__``, ``__create_chunk_list__``,
+    ``__get_tensor_shard__``) exposes the pieces, whose views hold the data (or are
+    meta tensors for planning only). Torch operations on it raise.
+    """
+
+    _staged: StagedTensor
+
+    @staticmethod
+    def __new__(cls, staged: StagedTensor) -> SimulatedShards:
+        value = torch.Tensor._make_wrapper_subclass(
+            cls, staged.size, dtype=staged.dtype, device="cpu", requires_grad=False
+        )
+        value._staged = staged
+        return value
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise TypeError(
+            f"{func} on a SimulatedShards value: it holds no data of its own, use its pieces"
+        )
+
+    def __repr__(self) -> str:  # the default would run torch operations
+        return f"SimulatedShards({tuple(self.shape)}, {self.dtype}, {len(self._staged.pieces)} piece(s))"
+
+    @property
+    def pieces(self) -> tuple[TensorPiece, ...]:
+        """The pieces this rank holds, with their global chunks and views."""
+        return self._staged.pieces
+
+    @property
+    def staged(self) -> StagedTensor:
+        """The value as the reference's :class:`StagedTensor`."""
+        return self._staged
+
+    def __create_write_items__(self, fqn: str, obj: object) -> list:
+        """One SHARD write item per piece, as DTensor gives for its local shard."""
+        from torch.distributed.checkpoint.metadata import MetadataIndex, TensorProperties
+        from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
+
+        properties = TensorProperties(dtype=self.dtype)
+        return [
+            WriteItem(
+                index=MetadataIndex(fqn, piece.chunk.offsets),
+                type=WriteItemType.SHARD,
+                tensor_data=TensorWriteData(
+                    chunk=piece.chunk, properties=properties, size=self.shape
+                ),
+            )
+            for piece in self._staged.pieces
+        ]
+
+    def __create_chunk_list__(self) -> list:
+        """The global chunk of every piece."""
+        return [piece.chunk for piece in self._staged.pieces]
+
+    def __get_tensor_shard__(self, index) -> torch.Tensor:
+        """The view of the piece whose chunk starts at ``index.offset``."""
+        for piece in self._staged.pieces:
+            if tuple(piece.chunk.offsets) == tuple(index.offset):
+                return piece.view
+        raise ValueError(
+            f"no piece of this simulated value starts at {tuple(index.offset)}; pieces start at "
+            f"{[tuple(p.chunk.offsets) for p in self._staged.pieces]}"
+        )
+
+
+def checkpointable(value: StagedTensor) -> SimulatedShards:
+    """``value`` as a tensor implementing DCP's checkpointable protocol."""
+    return SimulatedShards(value)
+
+
+def chunk_list_value(
+    fqn: str,
+    global_shape: Sequence[int],
+    chunks: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    dtype: torch.dtype = torch.float32,
+    fill: Callable[[tuple[int, ...], tuple[int, ...]], torch.Tensor] | None = None,
+    meta: bool = False,
+) -> StagedTensor:
+    """A rank's value holding the given ``(offsets, sizes)`` chunks, as ShardedTensor local shards."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+    pieces = []
+    for offsets, sizes in chunks:
+        offsets, sizes = tuple(offsets), tuple(sizes)
+        if meta:
+            view = torch.empty(sizes, dtype=dtype, device="meta")
+        elif fill is not None:
+            view = fill(offsets, sizes).to(dtype)
+        else:
+            view = torch.zeros(sizes, dtype=dtype)
+        chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
+        pieces.append(TensorPiece(MetadataIndex(fqn, chunk.offsets), chunk, view))
+    return StagedTensor(torch.Size(global_shape), dtype, False, True, tuple(pieces))

@@ -1,0 +1,473 @@
+"""Plan validation: the backend's planners, run at the planner level on simulated worlds.
+
+No processes: every simulated rank has its own planner and state (shape-only values
+where no data is needed), so cases reach hundreds of ranks and the scale cases 1,000+.
+The planners are the backend's, or DCP's default ones when it gives none. Simulated
+DTensor and ShardedTensor values reach them as tensors implementing DCP's checkpointable
+protocol (``harness.simulated.SimulatedShards``), as DTensor itself does.
+
+core: the metadata describes exactly the saved state; replicated chunks are written
+once, by a rank that holds them, and the writes tile every tensor; planning is
+deterministic; ``create_global_plan`` accepts valid plans and rejects overlapping,
+out-of-bounds, gapped (on two or more ranks) and duplicated writes; a load plan reads
+every destination element once, from a saved chunk that holds it; 1,000+ ranks plan.
+strict: ``create_global_plan`` also rejects ranks that disagree on a tensor's global
+size or dtype, and a gap in a single rank's plan. The reference's
+``validate_global_plan``, the oracle these checks lean on, must name every defect.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ckptconf.reference import validate_global_plan
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ..backend import FEATURES, Backend
+from ..plan_cases import DEFECTS, PlanCase, PlanStateCase, SimLayout, SimTensor
+from ..plan_checks import (
+    canonical_plans,
+    dedup_problems,
+    loaded_value_problems,
+    metadata_differences,
+    metadata_problems,
+    plan_differences,
+    read_plan_problems,
+)
+from ..plan_runner import (
+    failure,
+    global_plan_of,
+    load_planner_factory,
+    plan_save,
+    raised_text,
+    save_planner_factory,
+    save_then_load_in_memory,
+)
+from ..plan_states import build_states
+from ..plugin import UNSUPPORTED_PREFIX
+from ..runner import _failure
+from ..strategies import (
+    ALL_DTYPES,
+    broken_save_plans,
+    plan_reshard_cases,
+    plan_state_cases,
+    valid_save_plans,
+)
+
+__all__ = ["PlanValidationTests"]
+
+_BASIC_DTYPES = ("float32", "float64", "int64")
+_SIM_WORLDS = (1, 2, 3, 4, 8, 16, 64)
+
+_ORACLE_WORDS = {
+    "overlap": "overlap",
+    "gap": "not covered",
+    "out_of_bounds": "out of bounds",
+    "size_mismatch": "global size",
+    "dtype_mismatch": "dtype",
+    "duplicate_write": "written 2 times",
+}
+"""A word of the reference validator's message for each defect (with the key's repr)."""
+
+_DEFECT_NAMES = {
+    "overlap": "overlapping chunks",
+    "gap": "a gap",
+    "out_of_bounds": "an out-of-bounds chunk",
+    "size_mismatch": "ranks disagreeing on a global size",
+    "dtype_mismatch": "ranks disagreeing on a dtype",
+    "duplicate_write": "a duplicated write",
+}
+
+_DEFECT_LEVELS = {
+    # overlapping, out-of-bounds and duplicated writes make a load read one element from two
+    # places or from outside the tensor, and a gap across ranks leaves elements unloaded:
+    # DCP's own validation checks these, so any planner must
+    "overlap": "core",
+    "out_of_bounds": "core",
+    "gap": "core",
+    "duplicate_write": "core",
+    # ranks disagreeing on a key's size or dtype only arise from ranks holding different
+    # tensors under one key; DCP does not check it (the first item wins): hardening
+    "size_mismatch": "strict",
+    "dtype_mismatch": "strict",
+}
+
+
+def _defect_params():
+    return [pytest.param(k, id=k, marks=pytest.mark.ckpt_level(_DEFECT_LEVELS[k])) for k in DEFECTS]
+
+
+def _protocol(backend: Backend) -> bool:
+    """Whether sharded values can reach the planner: simulated DTensor and ShardedTensor values
+    are tensors implementing DCP's checkpointable protocol (a feature tag in newer ckptconf)."""
+    return "checkpointable" not in FEATURES or backend.supports("checkpointable")
+
+
+def _kinds(backend: Backend) -> tuple[str, ...]:
+    kinds = ["plain"]
+    if backend.supports("dtensor") and _protocol(backend):
+        kinds.append("mesh")
+    if backend.supports("sharded_tensor") and _protocol(backend):
+        kinds.append("chunks")
+    return tuple(kinds)
+
+
+def _state_cases(backend: Backend, *, worlds=_SIM_WORLDS, **options) -> st.SearchStrategy:
+    return plan_state_cases(
+        worlds=worlds,
+        kinds=_kinds(backend),
+        dtypes=ALL_DTYPES if backend.supports("dtypes") else _BASIC_DTYPES,
+        objects=backend.supports("objects"),
+        allow_empty=backend.supports("empty_tensors"),
+        min_dims=0 if backend.supports("scalar_tensors") else 1,
+        **options,
+    )
+
+
+@pytest.mark.ckpt_suite("plans")
+class PlanValidationTests:
+    """The backend's save and load planners on simulated worlds of 1 to 2,048 ranks."""
+
+    # 1-3: what a planner makes of a state
+
+    @pytest.mark.ckpt_level("core")
+    @given(data=st.data())
+    def test_metadata_covers_the_state(self, backend, ckpt_repro, data):
+        """Every key with its global size and dtype, objects as bytes, no extra key, and the
+        chunks of each tensor tile it exactly once, in bounds."""
+        factory = save_planner_factory(backend)
+        case = data.draw(_state_cases(backend), label="case")
+        result = plan_save(backend, build_states(case), factory, case.describe(), ckpt_repro)
+        problems = metadata_problems(case, result.metadata)
+        if problems:
+            raise failure(
+                backend,
+                "the global plan's metadata does not describe the saved state",
+                case.describe(),
+                problems,
+                ckpt_repro,
+            )
+
+    @pytest.mark.ckpt_level("core")
+    @given(data=st.data())
+    def test_dedup_writes_each_chunk_once(self, backend, ckpt_repro, data):
+        """Each chunk (replicated or not) is written by exactly one rank that holds it, none is
+        lost, and the final write items of all ranks cover every element once."""
+        factory = save_planner_factory(backend)
+        case = data.draw(_state_cases(backend), label="case")
+        result = plan_save(backend, build_states(case), factory, case.describe(), ckpt_repro)
+        problems = dedup_problems(result.local_plans, result.global_plan, result.metadata)
+        if problems:
+            raise failure(
+                backend,
+                "the final plans do not write every held chunk exactly once",
+                case.describe(),
+                problems,
+                ckpt_repro,
+            )
+
+    @pytest.mark.ckpt_level("core")
+    @given(data=st.data())
+    def test_plans_are_deterministic(self, backend, ckpt_repro, data):
+        """The same state planned twice, by fresh planners, gives the same final plans (per
+        rank, as sorted items) and the same metadata."""
+        factory = save_planner_factory(backend)
+        case = data.draw(_state_cases(backend, worlds=(2, 3, 4, 8, 16)), label="case")
+        text = case.describe()
+        first = plan_save(backend, build_states(case), factory, text, ckpt_repro)
+        second = plan_save(backend, build_states(case), factory, text, ckpt_repro)
+        problems = plan_differences(
+            canonical_plans(first.global_plan), canonical_plans(second.global_plan)
+        )
+        a, b = first.metadata.state_dict_metadata, second.metadata.state_dict_metadata
+        if a != b:
+            problems += [
+                f"metadata of key {k!r} differs: {a.get(k)} vs {b.get(k)}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        if problems:
+            raise failure(
+                backend,
+                "planning the same state twice gave different plans",
+                text,
+                problems,
+                ckpt_repro,
+            )
+
+    # 4: validation of global plans
+
+    @pytest.mark.ckpt_level("core")
+    @given(data=st.data())
+    def test_accepts_valid_plans(self, backend, ckpt_repro, data):
+        """``create_global_plan`` of valid local plans (each chunk held by one rank) does not
+        raise, keeps every item on its rank, and describes them in its metadata."""
+        factory = save_planner_factory(backend)
+        case = data.draw(valid_save_plans(objects=backend.supports("objects")), label="plans")
+        try:
+            plans, metadata = global_plan_of(factory, case.save_plans)
+        except Exception as exc:  # noqa: BLE001 - any error is the finding
+            raise _failure(
+                backend,
+                "create_global_plan rejected a valid plan",
+                case.describe(),
+                raised_text(exc),
+                ckpt_repro,
+            ) from None
+        problems = metadata_differences(case.metadata(), metadata)
+        problems += dedup_problems(case.save_plans(), plans, metadata)
+        if problems:
+            raise failure(
+                backend,
+                "create_global_plan changed a valid plan",
+                case.describe(),
+                problems,
+                ckpt_repro,
+            )
+
+    @pytest.mark.parametrize("kind", _defect_params())
+    @given(data=st.data())
+    def test_rejects_broken_plan(self, backend, ckpt_repro, data, kind):
+        """``create_global_plan`` raises for local plans with the named defect (across two or
+        more ranks for a gap or a size or dtype disagreement); for a duplicated write it may
+        instead keep one copy."""
+        factory = save_planner_factory(backend)
+        case = data.draw(
+            broken_save_plans(
+                kind=kind,
+                min_ranks=1 if kind in ("overlap", "out_of_bounds", "duplicate_write") else 2,
+                objects=backend.supports("objects"),
+            ),
+            label="plans",
+        )
+        self._check_rejected(backend, factory, case, ckpt_repro)
+
+    @pytest.mark.ckpt_level("strict")
+    @given(data=st.data())
+    def test_rejects_gap_on_one_rank(self, backend, ckpt_repro, data):
+        """A single rank's plan that leaves part of a tensor unwritten is rejected too."""
+        factory = save_planner_factory(backend)
+        case = data.draw(
+            broken_save_plans(kind="gap", max_ranks=1, objects=backend.supports("objects")),
+            label="plans",
+        )
+        self._check_rejected(backend, factory, case, ckpt_repro)
+
+    @staticmethod
+    def _check_rejected(backend: Backend, factory, case: PlanCase, repro: str) -> None:
+        try:
+            plans, metadata = global_plan_of(factory, case.save_plans)
+        except Exception:  # noqa: BLE001 - rejected, as it must be
+            return
+        if case.defect == "duplicate_write":
+            problems = validate_global_plan(plans, metadata)
+            problems += dedup_problems(case.save_plans(), plans, metadata)
+            if not problems:
+                return  # deduplicated: one copy written
+            what = "create_global_plan accepted a duplicated write and returned an invalid plan"
+        else:
+            what = f"create_global_plan accepted a plan with {_DEFECT_NAMES[case.defect]}"
+            problems = [f"it returned metadata {_entry(metadata, case.key)}"]
+            problems += [
+                f"the reference validate_global_plan finds in it: {p}"
+                for p in validate_global_plan(plans, metadata)
+            ]
+            problems.append(
+                f"DCP's _validate_global_plan finds in it: {_dcp_verdict(plans, metadata)}"
+            )
+        raise failure(backend, what, case.describe(), problems, repro)
+
+    @pytest.mark.ckpt_level("core")
+    @pytest.mark.parametrize("kind", DEFECTS)
+    @given(data=st.data())
+    def test_reference_oracle_names_each_defect(self, backend, ckpt_repro, data, kind):
+        """The reference's ``validate_global_plan``, which these checks lean on, names every
+        injected defect with its key (backend-independent: the suite's own oracle)."""
+        save_planner_factory(backend)  # not applicable where no planner is (skips)
+        case = data.draw(broken_save_plans(kind=kind), label="plans")
+        problems = validate_global_plan(case.save_plans(), case.metadata())
+        word = _ORACLE_WORDS[kind]
+        if not any(word in p and repr(case.key) in p for p in problems):
+            raise failure(
+                backend,
+                f"the reference validate_global_plan does not name the {kind} on key {case.key!r}",
+                case.describe(),
+                problems or ["(it found no problem)"],
+                ckpt_repro,
+            )
+
+    @pytest.mark.ckpt_level("core")
+    @given(data=st.data())
+    def test_reference_oracle_accepts_valid_plans(self, backend, ckpt_repro, data):
+        """The reference's ``validate_global_plan`` finds no problem in a valid plan."""
+        save_planner_factory(backend)  # not applicable where no planner is (skips)
+        case = data.draw(valid_save_plans(), label="plans")
+        problems = validate_global_plan(case.save_plans(), case.metadata())
+        if problems:
+            raise failure(
+                backend,
+                "the reference validate_global_plan rejects a valid plan",
+                case.describe(),
+                problems,
+                ckpt_repro,
+            )
+
+    # 5: load planning
+
+    @pytest.mark.ckpt_level("core")
+    @pytest.mark.ckpt_requires("resharding", "world_size_change")
+    @given(data=st.data())
+    def test_load_plan_reads_every_element_once(self, backend, ckpt_repro, data):
+        """Saved under layout A on N ranks, loaded under layout B on M ranks (N, M up to 200):
+        the read items cover every destination element once, each from a saved chunk that
+        holds it, and the loaded values are the saved ones."""
+        save_factory = save_planner_factory(backend)
+        load_factory = load_planner_factory(backend)
+        worlds = (1, 2, 3, 4, 7, 16, 64, 200)
+        saved, dest = data.draw(
+            plan_reshard_cases(
+                save_worlds=worlds,
+                load_worlds=worlds,
+                kinds=_kinds(backend),
+                objects=backend.supports("objects"),
+                allow_empty=backend.supports("empty_tensors"),
+                min_dims=0 if backend.supports("scalar_tensors") else 1,
+                max_side=24,
+            ),
+            label="case",
+        )
+        text = f"saved: {saved.describe()}\nloaded: {dest.describe()}"
+        dest_states = build_states(dest, data="sentinel")
+        try:
+            metadata, plans = save_then_load_in_memory(
+                build_states(saved, data="encoded"), dest_states, save_factory, load_factory
+            )
+        except Exception as exc:  # noqa: BLE001 - any planner error is the finding
+            notes = "\n".join(getattr(exc, "__notes__", []))
+            raise _failure(
+                backend,
+                "a simulated save or load raised",
+                text,
+                f"{raised_text(exc)}\n{notes}",
+                ckpt_repro,
+            ) from None
+        problems = read_plan_problems(plans, dest_states, metadata)
+        if problems:
+            raise failure(
+                backend, "the load plans do not read every element once", text, problems, ckpt_repro
+            )
+        problems = loaded_value_problems(dest, dest_states)
+        if problems:
+            raise failure(
+                backend, "loaded values differ from the saved ones", text, problems, ckpt_repro
+            )
+
+    # 6: scale
+
+    @pytest.mark.ckpt_level("core")
+    @pytest.mark.parametrize(
+        "layout",
+        [
+            pytest.param((32, 32), id="1024-ranks-2d"),
+            pytest.param((2048,), id="2048-ranks-1d"),
+            pytest.param(
+                "bricks", id="2048-ranks-bricks", marks=pytest.mark.ckpt_requires("sharded_tensor")
+            ),
+        ],
+    )
+    def test_plans_at_scale(self, backend, ckpt_repro, layout):
+        """A shape-only state on 1,024 or 2,048 simulated ranks plans and validates: its
+        metadata describes the state and every chunk is written once. ``bricks``: 2,048
+        chunks whose column cuts differ from row block to row block (no regular grid)."""
+        factory = save_planner_factory(backend)
+        if layout == "bricks" and not _protocol(backend):
+            pytest.skip(UNSUPPORTED_PREFIX + "checkpointable")
+        case = _bricks_case() if layout == "bricks" else _scale_case(backend, layout)
+        result = plan_save(backend, build_states(case), factory, case.describe(), ckpt_repro)
+        problems = metadata_problems(case, result.metadata)
+        problems += dedup_problems(result.local_plans, result.global_plan, result.metadata)
+        if problems:
+            raise failure(
+                backend,
+                f"the plan of {case.world} simulated ranks is wrong",
+                case.describe(),
+                problems,
+                ckpt_repro,
+            )
+
+
+def _dcp_verdict(plans, metadata) -> str:
+    """What DCP's own validation says (its result is a bool in older torch, a list of errors in
+    newer: told apart by type, not by version)."""
+    try:
+        from torch.distributed.checkpoint.default_planner import _validate_global_plan
+    except ImportError:
+        return "(not available in this torch)"
+    from ckptconf.reference._compat import dcp_validation_errors
+
+    errors = dcp_validation_errors(_validate_global_plan(plans, metadata))
+    return "; ".join(errors) if errors else "no error"
+
+
+def _entry(metadata, key: str | None) -> str:
+    entry = metadata.state_dict_metadata.get(key)
+    if entry is None:
+        return f"without key {key!r}"
+    chunks = getattr(entry, "chunks", None)
+    if chunks is None:
+        return f"{key!r}: {type(entry).__name__}"
+    shown = ", ".join(f"{tuple(c.offsets)}+{tuple(c.sizes)}" for c in chunks[:8])
+    return f"{key!r}: {entry.properties.dtype}{list(entry.size)} chunks {shown}"
+
+
+def _scale_case(backend: Backend, mesh: tuple[int, ...]) -> PlanStateCase:
+    """Sharded, replicated, submesh, chunk-list and plain tensors and an object on prod(mesh) ranks."""
+    world = math.prod(mesh)
+    shard_all = tuple(f"S{d}" for d in range(len(mesh)))
+    tensors = [SimTensor(("model", "norm"), (64,), "float32", SimLayout())]
+    if backend.supports("dtensor") and _protocol(backend):
+        tensors += [
+            SimTensor(("model", "w"), (3000, 96), "bfloat16", SimLayout("mesh", mesh, shard_all)),
+            SimTensor(
+                ("model", "emb"),
+                (1000, 8),
+                "float32",
+                SimLayout("mesh", mesh, ("S0",) + ("R",) * (len(mesh) - 1)),
+            ),
+            SimTensor(
+                ("model", "head"),
+                (50, 7),
+                "float32",
+                SimLayout("mesh", (world // 2,), ("S1",), first_rank=world // 2),
+            ),
+        ]
+    if backend.supports("sharded_tensor") and _protocol(backend):
+        rows = -(-1500 // world)
+        chunks = tuple(
+            (r, (min(r * rows, 1500), 0), (max(0, min(1500, (r + 1) * rows) - r * rows), 4))
+            for r in range(world)
+        )
+        tensors.append(
+            SimTensor(("opt", "exp_avg"), (1500, 4), "float32", SimLayout("chunks", chunks=chunks))
+        )
+    objects = ((("opt", "step"), 1000),) if backend.supports("objects") else ()
+    return PlanStateCase(world, tuple(tensors), objects)
+
+
+def _bricks_case(
+    blocks: int = 64, per_block: int = 32, rows: int = 4, width: int = 4096
+) -> PlanStateCase:
+    """One tensor on ``blocks * per_block`` ranks: row block b is cut into ``per_block`` chunks
+    at columns shifted by a different amount per block, like courses of bricks."""
+    piece = width // per_block
+    chunks = []
+    for b in range(blocks):
+        shift = (b * 37) % piece
+        cuts = [0] + [k * piece + shift for k in range(1, per_block)] + [width]
+        for k, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+            chunks.append((b * per_block + k, (b * rows, lo), (rows, hi - lo)))
+    layout = SimLayout("chunks", chunks=tuple(chunks))
+    tensor = SimTensor(("opt", "exp_avg"), (blocks * rows, width), "float32", layout)
+    return PlanStateCase(blocks * per_block, (tensor,))
