@@ -2,8 +2,12 @@
 
 A backend is its storage writer and reader for a path, optionally its planners, and
 optionally whole-system ``save``/``load`` callables replacing the driver (default:
-``torch.distributed.checkpoint.save/load`` with the parts above). Features it does not
-support are declared, and tests needing them are reported as unsupported, not passed.
+``torch.distributed.checkpoint.save/load`` with the parts above), and optionally a
+``checkpointer`` factory: for a path, an object with ``save(state_dict)``,
+``load(state_dict)`` and optionally ``async_save(state_dict)`` (DCP's ``_Checkpointer``
+shape). Features it does not support are declared, and tests needing them are reported
+as unsupported, not passed; a backend without a ``checkpointer`` factory does not
+support ``checkpointer``.
 
 Backends are sent to the ranks that run the tests. One selected by
 ``--ckpt-backend module:attr`` is rebuilt in each rank from that spec; one given as an
@@ -39,6 +43,10 @@ FEATURES: dict[str, str] = {
     "integrity": "corrupt or truncated data is an error, never a wrong value",
     "strict_keys": "unexpected keys in the checkpoint are an error on load",
     "dtypes": "every dtype of the strategies, including bfloat16, complex and float8",
+    "checkpointable": "tensor subclasses implementing DCP's checkpointable protocol "
+    "(__create_chunk_list__, __get_tensor_shard__, __create_write_items__), LocalShardsWrapper",
+    "checkpointer": "a Checkpointer object with save, load and optionally async_save "
+    "(declared by giving a checkpointer factory)",
 }
 """Feature tags a backend may declare unsupported, with what each covers."""
 
@@ -59,6 +67,8 @@ class Backend:
     description: str = ""
     expectations: str | None = None
     spec: str | None = field(default=None, compare=False)
+    checkpointer: Callable[[str], Any] | None = None
+    """For a path, an object with ``save``, ``load`` and optionally ``async_save`` of a state dict."""
 
     def __post_init__(self) -> None:
         unknown = set(self.unsupported) - set(FEATURES)
@@ -70,9 +80,11 @@ class Backend:
         self.unsupported = frozenset(self.unsupported)
 
     def supports(self, feature: str) -> bool:
-        """Whether the backend has not declared ``feature`` unsupported."""
+        """Whether the backend has not declared ``feature`` unsupported (``checkpointer``: has a factory)."""
         if feature not in FEATURES:
             raise KeyError(f"unknown feature {feature!r}; known: {sorted(FEATURES)}")
+        if feature == "checkpointer" and self.checkpointer is None:
+            return False
         return feature not in self.unsupported
 
     def run_save(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .backend import Backend
 
@@ -59,6 +61,23 @@ def _reference_async_save(state_dict, path, *, process_group=None):
     return async_save(state_dict, path, process_group=process_group)
 
 
+def _reference_checkpointer(path: str):
+    from ckptconf.reference import (
+        Checkpointer,
+        FileSystemReader,
+        FileSystemWriter,
+        ReferenceLoadPlanner,
+        ReferenceSavePlanner,
+    )
+
+    return Checkpointer(
+        FileSystemWriter(path),
+        FileSystemReader(path),
+        save_planner=ReferenceSavePlanner(),
+        load_planner=ReferenceLoadPlanner(),
+    )
+
+
 def reference() -> Backend:
     """ckptconf's reference implementation, with its own drivers."""
     return Backend(
@@ -70,8 +89,30 @@ def reference() -> Backend:
         save=_reference_save,
         load=_reference_load,
         async_save=_reference_async_save,
+        checkpointer=_reference_checkpointer,
         description="ckptconf.reference: FileSystemWriter/Reader, reference planners and drivers",
     )
+
+
+@dataclass(frozen=True)
+class _DcpCheckpointer:
+    """A factory of DCP's ``_Checkpointer`` for a path, from a backend's writer, reader and
+    planner factories (module-level functions, so it pickles); no planner: DCP's defaults."""
+
+    writer: Callable[[str], Any]
+    reader: Callable[[str], Any]
+    save_planner: Callable[[], Any] | None = None
+    load_planner: Callable[[], Any] | None = None
+
+    def __call__(self, path: str):
+        from torch.distributed.checkpoint._checkpointer import _Checkpointer
+
+        return _Checkpointer(
+            self.writer(path),
+            self.reader(path),
+            save_planner=self.save_planner() if self.save_planner else None,
+            load_planner=self.load_planner() if self.load_planner else None,
+        )
 
 
 def _dcp_writer(path: str):
@@ -92,6 +133,7 @@ def torch_dcp() -> Backend:
         name="torch-dcp",
         storage_writer=_dcp_writer,
         storage_reader=_dcp_reader,
+        checkpointer=_DcpCheckpointer(_dcp_writer, _dcp_reader),
         description="torch.distributed.checkpoint FileSystemWriter/Reader with the default planners",
         expectations=str(EXPECTATIONS_DIR / "torch-dcp.txt"),
     )
@@ -115,6 +157,7 @@ def torch_dcp_fsspec() -> Backend:
         name="torch-dcp-fsspec",
         storage_writer=_fsspec_writer,
         storage_reader=_fsspec_reader,
+        checkpointer=_DcpCheckpointer(_fsspec_writer, _fsspec_reader),
         description="torch.distributed.checkpoint FsspecWriter/Reader with the default planners",
         expectations=str(EXPECTATIONS_DIR / "torch-dcp-fsspec.txt"),
     )
@@ -138,6 +181,7 @@ def torch_dcp_hf() -> Backend:
         name="torch-dcp-hf",
         storage_writer=_hf_writer,
         storage_reader=_hf_reader,
+        checkpointer=_DcpCheckpointer(_hf_writer, _hf_reader),
         unsupported=frozenset({"objects", "sharded_tensor", "async_save"}),
         description="torch.distributed.checkpoint HuggingFaceStorageWriter/Reader (safetensors)",
         expectations=str(EXPECTATIONS_DIR / "torch-dcp-hf.txt"),

@@ -1,0 +1,113 @@
+"""The mesh-change suite reports backends broken in ways only a mesh change shows, readably."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "ckptconf.conformance",
+            "--ckpt-backend",
+            spec,
+            "--ckpt-profile",
+            "ci",
+            "--ckpt-report",
+            str(report),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-k",
+            f"TestMeshChange and {tests}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return result, json.loads(report.read_text()) if report.exists() else {}
+
+
+@pytest.mark.parametrize(
+    "attr, name, test, symptom",
+    [
+        (
+            "world_rank_coordinates",
+            "broken-world-rank-coordinate",
+            "test_submesh_tensor",
+            "of ranks",  # the case names the submesh's ranks
+        ),
+        (
+            "flattened_mesh",
+            "broken-flattened-mesh",
+            "test_1d_mesh_to_2d_mesh_and_back",
+            "mesh=(2, 2)",
+        ),
+        (
+            "first_chunk_only",
+            "broken-first-chunk-only",
+            "test_checkpointable_subclass",
+            "checkpointable(",
+        ),
+        (
+            "copying_checkpointer",
+            "broken-copying-checkpointer",
+            "test_checkpointer_save_and_load",
+            "loaded through the Checkpointer differ",
+        ),
+    ],
+)
+def test_a_broken_backend_fails_the_mesh_change_suite(tmp_path, attr, name, test, symptom):
+    spec = f"tests.conformance.broken_mesh:{attr}"
+    result, report = run_suite(spec, test, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"[{name}]" in result.stdout and symptom in result.stdout, output
+    assert f"reproduce: pytest --pyargs ckptconf.conformance --ckpt-backend {spec}" in result.stdout
+    outcomes = {t["id"].split("::")[-1]: t["outcome"] for t in report["tests"]}
+    assert outcomes == {test: "failed"}, outcomes
+
+
+def test_checkpointer_is_supported_only_with_a_factory():
+    from ckptconf.conformance import Backend
+    from ckptconf.reference import FileSystemReader, FileSystemWriter
+
+    bare = Backend(name="bare", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
+    assert not bare.supports("checkpointer")
+    declared = dataclasses.replace(bare, checkpointer=_checkpointer_factory)
+    assert declared.supports("checkpointer")
+    assert not dataclasses.replace(declared, unsupported={"checkpointer"}).supports("checkpointer")
+
+
+def test_built_in_backends_give_a_checkpointer_and_pickle(tmp_path):
+    from ckptconf.conformance.builtin import BUILT_IN
+
+    for make in BUILT_IN.values():
+        backend = make()
+        assert backend.supports("checkpointer")
+        assert pickle.loads(pickle.dumps(backend)) == backend
+        checkpointer = backend.checkpointer(str(tmp_path / backend.name))
+        assert callable(checkpointer.save) and callable(checkpointer.load)
+
+
+def _checkpointer_factory(path: str):
+    from ckptconf.reference import Checkpointer, FileSystemReader, FileSystemWriter
+
+    return Checkpointer(FileSystemWriter(path), FileSystemReader(path))
