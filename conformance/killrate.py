@@ -1,0 +1,403 @@
+"""Kill rate: run the conformance suite against planted-bug backends and count the bugs it catches.
+
+A :class:`PlantedBug` is a backend (``module:attr``, as ``--ckpt-backend`` takes) that
+reintroduces one realistic mistake. :func:`run_killrate` runs the suite against each
+in this process (the warm rank pools are reused from one bug to the next), with
+hypothesis shrinking off: a bug is *killed* when at least one test failed (an expected
+failure or an unsupported test does not count). :class:`KillTable` holds the verdicts
+and renders them as a rich table, JSON or markdown. From a shell::
+
+    python -m ckptconf.conformance.killrate tests.planted:PLANTED --profile ci --fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["PlantedBug", "BugVerdict", "KillTable", "run_killrate", "main"]
+
+_SHOWN_KILLERS = 3
+_REASON_CHARS = 600
+
+
+@dataclass(frozen=True)
+class PlantedBug:
+    """A backend with one planted bug, the suites meant to catch it, and whether it is in the fast subset.
+
+    ``tests`` optionally narrows a ``--fast`` run to the tests expected to kill it (a
+    pytest ``-k`` expression); a full run always runs every test.
+    """
+
+    name: str
+    description: str
+    spec: str
+    target_suites: tuple[str, ...]
+    fast: bool = False
+    tests: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_suites, str):
+            object.__setattr__(self, "target_suites", (self.target_suites,))
+        object.__setattr__(self, "target_suites", tuple(self.target_suites))
+        if ":" not in self.spec:
+            raise ValueError(f"planted bug {self.name!r}: spec {self.spec!r} is not module:attr")
+
+
+@dataclass
+class BugVerdict:
+    """What the suite did to one planted bug."""
+
+    bug: PlantedBug
+    killed: bool
+    killed_by: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    """The failure message of each killing test (shortened), to check a bug dies of its own effect."""
+    outcomes: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The verdict as JSON-ready data."""
+        out = asdict(self.bug)
+        out["target_suites"] = list(self.bug.target_suites)
+        out.update(
+            killed=self.killed,
+            killed_by=self.killed_by,
+            reasons=self.reasons,
+            outcomes=self.outcomes,
+            error=self.error,
+            seconds=round(self.seconds, 1),
+        )
+        return out
+
+
+@dataclass
+class KillTable:
+    """Verdicts for a list of planted bugs, and the kill rate."""
+
+    profile: str
+    fast: bool
+    verdicts: list[BugVerdict] = field(default_factory=list)
+
+    @property
+    def killed(self) -> int:
+        """How many bugs at least one test caught."""
+        return sum(v.killed for v in self.verdicts)
+
+    @property
+    def rate(self) -> float:
+        """Killed bugs over all bugs (0 when there are none)."""
+        return self.killed / len(self.verdicts) if self.verdicts else 0.0
+
+    def survivors(self) -> list[BugVerdict]:
+        """The bugs no test caught (including those whose run errored)."""
+        return [v for v in self.verdicts if not v.killed]
+
+    def to_json(self) -> dict[str, Any]:
+        """The table as JSON-ready data."""
+        return {
+            "profile": self.profile,
+            "fast": self.fast,
+            "killed": self.killed,
+            "total": len(self.verdicts),
+            "rate": round(self.rate, 4),
+            "bugs": [v.to_json() for v in self.verdicts],
+        }
+
+    def to_markdown(self) -> str:
+        """A markdown table: bug, target suites, description, killed by or SURVIVED."""
+        lines = [
+            f"# Planted-bug kill rate: {self.killed}/{len(self.verdicts)} ({self.rate:.1%})",
+            "",
+            f"Profile `{self.profile}`{', fast subset (first kill only)' if self.fast else ''}.",
+            "",
+            "| bug | suites | description | killed by |",
+            "|---|---|---|---|",
+        ]
+        for v in self.verdicts:
+            lines.append(
+                f"| `{v.bug.name}` | {', '.join(v.bug.target_suites)} | {_md(v.bug.description)} "
+                f"| {_md(_verdict_text(v))} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def render(self, console=None) -> None:
+        """Print the table and the kill rate with rich."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        table = Table(
+            title=f"planted bugs (profile {self.profile}{', fast' if self.fast else ''})",
+            show_lines=False,
+        )
+        table.add_column("bug", style="bold", no_wrap=True)
+        table.add_column("description")
+        table.add_column("killed by", overflow="fold")
+        for v in self.verdicts:
+            style = "green" if v.killed else "red"
+            table.add_row(
+                v.bug.name, v.bug.description, f"[{style}]{_escape(_verdict_text(v))}[/{style}]"
+            )
+        console.print(table)
+        colour = "green" if self.survivors() == [] else "yellow"
+        console.print(
+            f"[{colour}]kill rate: {self.killed}/{len(self.verdicts)} = {self.rate:.1%}[/{colour}]"
+        )
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def short_test_id(test_id: str) -> str:
+    """``test_kinds.py::TestKinds::test_scalar_tensors[x]`` -> ``TestKinds::test_scalar_tensors[x]``."""
+    parts = test_id.split("::")
+    return "::".join(parts[1:]) if len(parts) > 1 else test_id
+
+
+def _verdict_text(v: BugVerdict) -> str:
+    if v.killed:
+        shown = [short_test_id(t) for t in v.killed_by[:_SHOWN_KILLERS]]
+        more = len(v.killed_by) - len(shown)
+        return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+    if v.error:
+        return f"SURVIVED (no verdict: {v.error})"
+    return "SURVIVED"
+
+
+class _Collect:
+    """Keeps the conformance report of a run; in fast mode, keeps only the target suites' tests."""
+
+    def __init__(self, suites: Sequence[str] | None):
+        self.suites = set(suites) if suites is not None else None
+        self.report = None
+        self.selected = 0
+
+    def pytest_collection_modifyitems(self, config, items):
+        if self.suites is None:
+            self.selected = len(items)
+            return
+        kept, dropped = [], []
+        for item in items:
+            marker = item.get_closest_marker("ckpt_suite")
+            (kept if marker and marker.args[0] in self.suites else dropped).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+        self.selected = len(kept)
+
+    def pytest_sessionfinish(self, session):
+        from .plugin import report_of
+
+        self.report = report_of(session.config)
+
+
+class _NoShrink:
+    """Loads a copy of the run's hypothesis profile without shrinking and without a database.
+
+    Shrinking only makes a failure readable; here a failure is all that counts. Without
+    a database, one bug's failing examples are not replayed against the next bug.
+    """
+
+    def __init__(self, profile: str):
+        self.profile = profile
+
+    @pytest.hookimpl(trylast=True)  # after the ckptconf plugin loaded the --ckpt-profile profile
+    def pytest_configure(self, config):
+        from hypothesis import HealthCheck, Phase, settings
+
+        name = f"killrate-{self.profile}"
+        parent = settings.get_profile(self.profile)
+        settings.register_profile(
+            name,
+            parent=parent,
+            phases=(Phase.explicit, Phase.generate),
+            database=None,
+            # each run builds new test-class instances; hypothesis would take that for misuse
+            suppress_health_check=[*parent.suppress_health_check, HealthCheck.differing_executors],
+        )
+        settings.load_profile(name)
+
+
+def _run_one(
+    bug: PlantedBug, *, profile: str, fast: bool, k: str | None, isolated: Path
+) -> BugVerdict:
+    args = ["--pyargs", "ckptconf.conformance", "--ckpt-backend", bug.spec]
+    args += ["--ckpt-profile", profile, "-c", str(isolated / "pytest.ini")]
+    args += ["--rootdir", str(isolated), "-p", "no:cacheprovider", "-p", "no:terminal"]
+    expression = " and ".join(f"({e})" for e in (k, bug.tests if fast else None) if e)
+    if expression:
+        args += ["-k", expression]
+    if fast:
+        args.append("-x")
+    collect = _Collect(bug.target_suites if fast else None)
+    start = time.monotonic()
+    status = pytest.main(args, plugins=[collect, _NoShrink(profile)])
+    seconds = time.monotonic() - start
+    report = collect.report
+    if report is None or not report.tests:
+        why = (
+            f"no test of suites {', '.join(bug.target_suites)} ran"
+            if fast and not collect.selected
+            else f"no conformance test ran (pytest exit status {int(status)})"
+        )
+        return BugVerdict(bug, False, error=why, seconds=seconds)
+    failed = [t for t in report.tests if t["outcome"] == "failed"]
+    outcomes: dict[str, int] = {}
+    for test in report.tests:
+        outcomes[test["outcome"]] = outcomes.get(test["outcome"], 0) + 1
+    reasons = {
+        t["id"]: (t.get("failure") or t.get("message") or "")[:_REASON_CHARS] for t in failed
+    }
+    return BugVerdict(
+        bug, bool(failed), [t["id"] for t in failed], reasons, outcomes, seconds=seconds
+    )
+
+
+def run_killrate(
+    bugs: Sequence[PlantedBug],
+    *,
+    profile: str,
+    fast: bool = False,
+    k: str | None = None,
+    on_verdict: Callable[[int, BugVerdict], None] | None = None,
+) -> KillTable:
+    """Run the conformance suite against every bug in this process; the verdicts and the kill rate.
+
+    ``fast``: only bugs with ``fast=True``, only tests of their target suites (and their
+    ``tests`` expression), each run stopped at its first failure. ``k``: a pytest ``-k``
+    expression applied to every run. ``on_verdict(index, verdict)`` is called after each bug.
+    """
+    from hypothesis import settings
+
+    selected = [b for b in bugs if b.fast] if fast else list(bugs)
+    table = KillTable(profile=profile, fast=fast)
+    # An empty config of our own: the suite must not pick up the options of a project's pytest.ini.
+    isolated = Path(tempfile.mkdtemp(prefix="ckptconf-killrate-"))
+    (isolated / "pytest.ini").write_text("[pytest]\n")
+    previous = settings.get_current_profile_name()
+    try:
+        for index, bug in enumerate(selected):
+            verdict = _run_one(bug, profile=profile, fast=fast, k=k, isolated=isolated)
+            table.verdicts.append(verdict)
+            if on_verdict is not None:
+                on_verdict(index, verdict)
+    finally:
+        settings.load_profile(previous)
+    return table
+
+
+def load_bugs(spec: str) -> list[PlantedBug]:
+    """The planted bugs named by ``module:attr`` (a list of PlantedBug, or a callable returning one)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{spec!r} is not module:attr")
+    if os.getcwd() not in sys.path:  # as `python -m` does: planted bugs often live in tests/
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if callable(obj):
+        obj = obj()
+    bugs = list(obj)
+    wrong = [type(b).__name__ for b in bugs if not isinstance(b, PlantedBug)]
+    if wrong:
+        raise TypeError(f"{spec} holds {wrong[0]} values, expected PlantedBug")
+    return bugs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the suite against planted bugs, print the table, exit 1 below ``--min-rate``."""
+    from rich.console import Console
+
+    from .plugin import PROFILES
+
+    parser = argparse.ArgumentParser(
+        prog="ckptconf killrate",
+        description="Run the conformance suite against planted-bug backends and report the kill rate.",
+    )
+    parser.add_argument(
+        "spec",
+        nargs="?",
+        default="tests.planted:PLANTED",
+        metavar="SPEC",
+        help="module:attr naming a list of PlantedBug (default: tests.planted:PLANTED)",
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="ci")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="only bugs marked fast, only their target suites, each stopped at its first kill",
+    )
+    parser.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="only bugs whose name matches one of these comma-separated globs",
+    )
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON")
+    parser.add_argument(
+        "--markdown", default=None, metavar="PATH", help="write the table as markdown"
+    )
+    parser.add_argument(
+        "--min-rate",
+        type=float,
+        default=0.95,
+        help="exit 1 when the kill rate is below this (default 0.95)",
+    )
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        bugs = load_bugs(args.spec)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        console.print(f"[red]cannot load planted bugs from {args.spec}: {exc}[/red]")
+        return 2
+    if args.only:
+        patterns = [p.strip() for p in args.only.split(",") if p.strip()]
+        bugs = [b for b in bugs if any(fnmatch.fnmatch(b.name, p) for p in patterns)]
+    total = sum(b.fast for b in bugs) if args.fast else len(bugs)
+    if not total:
+        console.print("[red]no planted bug selected[/red]")
+        return 2
+
+    def progress(index: int, verdict: BugVerdict) -> None:
+        mark = "[green]killed[/green]" if verdict.killed else "[red]SURVIVED[/red]"
+        console.print(
+            f"[{index + 1}/{total}] {verdict.bug.name}: {mark} ({verdict.seconds:.0f} s)"
+            + (f" {_escape(verdict.error)}" if verdict.error else "")
+        )
+
+    table = run_killrate(bugs, profile=args.profile, fast=args.fast, k=args.k, on_verdict=progress)
+    table.render(console)
+    if args.json:
+        Path(args.json).write_text(json.dumps(table.to_json(), indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table.to_markdown())
+    return 0 if table.rate >= args.min_rate else 1
+
+
+if __name__ == "__main__":
+    # run the imported module's main: PlantedBug must be the class the bug lists import
+    from ckptconf.conformance.killrate import main as _main
+
+    sys.exit(_main())
