@@ -226,6 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--calls", type=int, default=50, help="warm calls per size")
     bench.add_argument("--spawn-calls", type=int, default=3, help="spawn-per-call calls per size")
     bench.set_defaults(handler=_bench)
+    killrate = sub.add_parser(
+        "killrate",
+        help="run the suite against planted-bug backends and print the kill rate",
+        add_help=False,
+    )
+    killrate.set_defaults(handler=None)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["killrate"]:  # its own options: see ckptconf killrate --help
+        from .killrate import main as killrate_main
+
+        return killrate_main(argv[1:])
     args = parser.parse_args(argv)
     return args.handler(args)
 

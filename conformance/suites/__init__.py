@@ -18,17 +18,23 @@ The classes are named ``*Tests`` so pytest does not collect them by themselves.
 - :class:`FaultyStorageTests`: a writer or reader failing at any hook on any rank, a rank killed
 - :class:`StateDictKindsTests`: dtypes, 0-dim, empty, non-contiguous, containers, keys, strict loads
 - :class:`AsyncSaveTests`: async_save saves the state at the call
+- :class:`PlanValidationTests`: the backend's planners at the planner level, up to 2,048 simulated ranks
+- :class:`MeshChangeTests`: 1-D <-> 2-D meshes, submeshes, kind chains, checkpointable values, Checkpointer
 """
 
 from .async_save import AsyncSaveTests
 from .faults import FaultyStorageTests
 from .kinds import StateDictKindsTests
+from .mesh_change import MeshChangeTests
+from .plans import PlanValidationTests
 from .resharding import ReshardingTests
 from .roundtrip import RoundTripTests
 
 __all__ = [
     "AsyncSaveTests",
     "FaultyStorageTests",
+    "MeshChangeTests",
+    "PlanValidationTests",
     "ReshardingTests",
     "RoundTripTests",
     "StateDictKindsTests",
