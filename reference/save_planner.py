@@ -98,10 +98,16 @@ class ReferenceSavePlanner(SavePlanner):
         planner_data: dict[str, Any] = {"paths": self.paths}
         if self.verify_replicas:
             planner_data["crc32"] = {
-                write_item_key(item): zlib.crc32(self._payload(item)) for item in items
+                write_item_key(item): zlib.crc32(self._payload(item))
+                for item in items
+                if not self._is_shape_only(item)  # meta tensors: planning only, nothing to compare
             }
         self.plan = SavePlan(items, planner_data=planner_data)
         return self.plan
+
+    def _is_shape_only(self, item: WriteItem) -> bool:
+        value = self._resolved[item.index]
+        return isinstance(value, torch.Tensor) and value.device.type == "meta"
 
     def _payload(self, item: WriteItem) -> bytes | memoryview:
         value = self._resolved[item.index]
