@@ -42,6 +42,7 @@ FEATURES: dict[str, str] = {
     "atomic_commit": "a failed save leaves the previous checkpoint loadable and the new one invisible",
     "integrity": "corrupt or truncated data is an error, never a wrong value",
     "strict_keys": "unexpected keys in the checkpoint are an error on load",
+    "replica_check": "replicas that differ across ranks are an error on save, not one kept silently",
     "dtypes": "every dtype of the strategies, including bfloat16, complex and float8",
     "checkpointable": "tensor subclasses implementing DCP's checkpointable protocol "
     "(__create_chunk_list__, __get_tensor_shard__, __create_write_items__), LocalShardsWrapper",

@@ -29,7 +29,7 @@ def _reference_reader(path: str):
 def _reference_save_planner():
     from ckptconf.reference import ReferenceSavePlanner
 
-    return ReferenceSavePlanner()
+    return ReferenceSavePlanner(verify_replicas=True)
 
 
 def _reference_load_planner():
@@ -41,9 +41,12 @@ def _reference_load_planner():
 def _reference_save(state_dict, path, *, process_group=None, storage_writer=None):
     from ckptconf.reference import save
 
+    planner = _reference_save_planner()
     if storage_writer is not None:
-        return save(state_dict, process_group=process_group, storage_writer=storage_writer)
-    return save(state_dict, path, process_group=process_group)
+        return save(
+            state_dict, process_group=process_group, storage_writer=storage_writer, planner=planner
+        )
+    return save(state_dict, path, process_group=process_group, planner=planner)
 
 
 def _reference_load(state_dict, path, *, process_group=None, storage_reader=None):
@@ -58,7 +61,9 @@ def _reference_load(state_dict, path, *, process_group=None, storage_reader=None
 def _reference_async_save(state_dict, path, *, process_group=None):
     from ckptconf.reference import async_save
 
-    return async_save(state_dict, path, process_group=process_group)
+    return async_save(
+        state_dict, path, process_group=process_group, planner=_reference_save_planner()
+    )
 
 
 def _reference_checkpointer(path: str):
@@ -73,7 +78,7 @@ def _reference_checkpointer(path: str):
     return Checkpointer(
         FileSystemWriter(path),
         FileSystemReader(path),
-        save_planner=ReferenceSavePlanner(),
+        save_planner=ReferenceSavePlanner(verify_replicas=True),
         load_planner=ReferenceLoadPlanner(),
     )
 
@@ -90,7 +95,8 @@ def reference() -> Backend:
         load=_reference_load,
         async_save=_reference_async_save,
         checkpointer=_reference_checkpointer,
-        description="ckptconf.reference: FileSystemWriter/Reader, reference planners and drivers",
+        description="ckptconf.reference: FileSystemWriter/Reader, reference planners (replicas "
+        "verified) and drivers",
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "Mismatch",
     "placement_from_text",
     "encoded_tensor",
+    "blank_tensor",
     "exact_range",
 ]
 
@@ -155,3 +156,11 @@ def encoded_tensor(shape: tuple[int, ...], dtype_name: str, salt: int = 0):
     if dtype.is_floating_point:
         return values.to(torch.float64).to(dtype)
     return values.to(dtype)
+
+
+def blank_tensor(shape: tuple[int, ...], dtype_name: str, salt: int = 0):
+    """What a load fills: differs from ``encoded_tensor(shape, dtype_name, salt)`` at every element.
+
+    Not zeros: an element the load never writes would pass wherever the encoding is 0.
+    """
+    return encoded_tensor(shape, dtype_name, salt + 1)

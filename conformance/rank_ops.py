@@ -13,7 +13,15 @@ import torch
 import torch.distributed as dist
 
 from .backend import BackendRef
-from .cases import Layout, Mismatch, SaveLoadCase, TensorSpec, encoded_tensor, placement_from_text
+from .cases import (
+    Layout,
+    Mismatch,
+    SaveLoadCase,
+    TensorSpec,
+    blank_tensor,
+    encoded_tensor,
+    placement_from_text,
+)
 
 __all__ = ["build_state", "save_case", "load_case", "compare_state", "blank_state"]
 
@@ -32,9 +40,8 @@ def _mesh(shape: tuple[int, ...]):
 def _value(spec: TensorSpec, layout: Layout, *, blank: bool):
     from ckptconf.harness.world import rank_device
 
-    full = encoded_tensor(spec.shape, spec.dtype, spec.salt)
-    if blank:
-        full = torch.zeros_like(full) if full.dtype != torch.bool else ~full
+    make = blank_tensor if blank else encoded_tensor
+    full = make(spec.shape, spec.dtype, spec.salt)
     full = full.to(rank_device())
     if layout.kind == "plain":
         return full

@@ -9,7 +9,13 @@ from .cases import SaveLoadCase
 from .faults import FaultyStorageReader, FaultyStorageWriter
 from .rank_ops import blank_state, build_state, compare_state
 
-__all__ = ["save_with_fault", "load_with_fault", "load_and_compare", "load_expecting_failure"]
+__all__ = [
+    "save_with_fault",
+    "load_with_fault",
+    "load_and_compare",
+    "load_expecting_failure",
+    "save_killed",
+]
 
 
 def _outcome(fn) -> dict[str, Any]:
@@ -56,3 +62,14 @@ def load_expecting_failure(backend_ref: BackendRef, case: SaveLoadCase, path: st
     if not outcome["raised"]:
         outcome["mismatches"] = [str(m) for m in compare_state(case, state)][:5]
     return outcome
+
+
+def save_killed(
+    backend_ref: BackendRef, case: SaveLoadCase, path: str, rank: int, point: str
+) -> None:
+    """Save through a writer that SIGKILLs ``rank`` at ``point`` (run in fresh processes)."""
+    from ckptconf.harness.faults import KillingWriter
+
+    backend = backend_ref.resolve()
+    writer = KillingWriter(backend.storage_writer(path), rank=rank, point=point)
+    backend.run_save(build_state(case, for_load=False), path, storage_writer=writer)

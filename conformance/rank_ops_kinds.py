@@ -33,6 +33,8 @@ __all__ = [
     "load_into_views",
     "save_tree",
     "load_tree",
+    "save_tree_outcome",
+    "save_divergent_replica",
     "load_expecting_error",
 ]
 
@@ -314,6 +316,38 @@ def _compare_tree(case: TreeCase, state: Any, tensors: dict | None = None) -> li
 def save_tree(backend_ref: BackendRef, case: TreeCase, path: str) -> None:
     """Save the tree's state with the backend on this rank."""
     backend_ref.resolve().run_save(_build_tree(case, blank=False), path)
+
+
+def save_tree_outcome(backend_ref: BackendRef, case: TreeCase, path: str) -> dict[str, Any]:
+    """Save the tree's state; report whether (and with what) the save raised on this rank."""
+    return save_tree_outcome_of(
+        lambda: backend_ref.resolve().run_save(_build_tree(case, blank=False), path)
+    )
+
+
+def save_divergent_replica(
+    backend_ref: BackendRef, case: SaveLoadCase, path: str, divergent_rank: int
+) -> dict[str, Any]:
+    """Save the case with the replicated tensors of ``divergent_rank`` holding other values.
+
+    Returns whether (and with what) the save raised on this rank.
+    """
+    state = build_state(case, for_load=False)
+    if _rank() == divergent_rank:
+        for spec, layout in zip(case.tensors, case.save_layouts):
+            other = encoded_tensor(spec.shape, spec.dtype, spec.salt + 500)
+            value = state[spec.key]
+            local = value._local_tensor if layout.kind == "dtensor" else value
+            local.copy_(other)  # replicated layouts only: the local tensor is the whole tensor
+    return save_tree_outcome_of(lambda: backend_ref.resolve().run_save(state, path))
+
+
+def save_tree_outcome_of(fn) -> dict[str, Any]:
+    """``{"raised": bool, "type", "text"}`` of calling ``fn``."""
+    exc = _error_of(fn)
+    if exc is None:
+        return {"raised": False}
+    return {"raised": True, "type": type(exc).__name__, "text": str(exc)[-600:]}
 
 
 def load_tree(backend_ref: BackendRef, case: TreeCase, path: str) -> list[Mismatch]:

@@ -34,7 +34,15 @@ from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, Wri
 
 from . import rank_ops
 from .backend import BackendRef
-from .cases import Layout, Mismatch, SaveLoadCase, TensorSpec, encoded_tensor, placement_from_text
+from .cases import (
+    Layout,
+    Mismatch,
+    SaveLoadCase,
+    TensorSpec,
+    blank_tensor,
+    encoded_tensor,
+    placement_from_text,
+)
 
 __all__ = [
     "HELD_KINDS",
@@ -237,9 +245,8 @@ def _rank() -> int:
 def _full(spec: TensorSpec, *, blank: bool) -> torch.Tensor:
     from ckptconf.harness.world import rank_device
 
-    full = encoded_tensor(spec.shape, spec.dtype, spec.salt)
-    if blank:
-        full = torch.zeros_like(full) if full.dtype != torch.bool else ~full
+    make = blank_tensor if blank else encoded_tensor
+    full = make(spec.shape, spec.dtype, spec.salt)
     return full.to(rank_device())
 
 

@@ -182,6 +182,7 @@ def save_load_cases(
     max_side: int = 9,
     allow_empty: bool = True,
     nested: bool | None = None,
+    min_dims: int = 0,
 ) -> SaveLoadCase:
     """A case: tensors with layouts to save on one world and to load on another.
 
@@ -202,7 +203,7 @@ def save_load_cases(
     )
     specs, saves, loads = [], [], []
     for i, key in enumerate(keys):
-        shape = draw(global_shapes(max_side=max_side, allow_empty=allow_empty))
+        shape = draw(global_shapes(min_dims=min_dims, max_side=max_side, allow_empty=allow_empty))
         spec = TensorSpec(key, shape, draw(dtype_names(names=dtypes)), salt=i * 1000)
         saved = draw(layouts(world_size=save_world, shape=shape, kinds=kinds, strided=strided))
         loaded = (

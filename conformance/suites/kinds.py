@@ -38,6 +38,37 @@ MAX_SIDE = 6
 TIMEOUT = 120.0
 
 
+OBJECT_KINDS = {
+    "empty_bytes": b"",
+    "bytes": bytes([0, 255, 10, 13]),
+    "bytearray": bytearray(b"ab"),
+    "empty_str": "",
+    "unicode": "ünï ✓ 日本",
+    "big_int": 2**70,
+    "negative_int": -(2**40),
+    "float": 1.5e-300,
+    "infinity": float("-inf"),
+    "none": None,
+    "bool": False,
+    "empty_list": [],
+    "mixed_list": [1, "a", b"b", None, [2.5]],
+    "tuple": (1, (2.0, b"")),
+}
+"""Non-tensor values with a name each (no NaN: it never equals itself; no dict: DCP
+flattens dicts into keys)."""
+
+
+def _clash_leaf(salt: int) -> rank_ops_kinds.Leaf:
+    return rank_ops_kinds.Leaf(TensorSpec("", (4,), "float64", salt), Layout())
+
+
+KEY_CLASHES = {
+    "dotted_key_and_dict": {"a.b": _clash_leaf(1000), "a": {"b": _clash_leaf(2000)}},
+    "dotted_index_and_list": {"l": [_clash_leaf(1000)], "l.0": _clash_leaf(2000)},
+}
+"""States in which two paths flatten to the same dotted key."""
+
+
 def dtypes_for(backend: Backend) -> tuple[str, ...]:
     """Every dtype of the strategies if the backend supports them, else the basic three."""
     return tuple(_available(ALL_DTYPES if backend.supports("dtypes") else BASIC_DTYPES))
@@ -415,6 +446,104 @@ class StateDictKindsTests:
                 text,
                 _listing(found),
                 repro,
+            )
+
+    @pytest.mark.ckpt_requires("objects")
+    @pytest.mark.parametrize("kind", sorted(OBJECT_KINDS))
+    @pytest.mark.parametrize("depth", ["top", "nested"])
+    def test_object_values(self, backend, ckpt_path, ckpt_repro, kind, depth):
+        """Each kind of non-tensor value (empty bytes, bytearray, unicode, big ints, inf, None,
+        bools, lists and tuples) round-trips with its type, at the top level and nested."""
+        leaf = rank_ops_kinds.Obj(OBJECT_KINDS[kind])
+        weight = rank_ops_kinds.Leaf(TensorSpec("", (3,), "float64", 1000))
+        tree = {"weight": weight, "value": leaf}
+        if depth == "nested":
+            tree = {"model": {"weight": weight}, "extra": {"meta": {"value": leaf}}}
+        self._check_tree(backend, rank_ops_kinds.TreeCase(tree, 1), ckpt_path(), ckpt_repro)
+
+    @pytest.mark.ckpt_level("strict")
+    @pytest.mark.parametrize("shape_of_clash", sorted(KEY_CLASHES))
+    def test_colliding_keys_are_an_error_or_kept_apart(
+        self, backend, ckpt_path, ckpt_repro, shape_of_clash
+    ):
+        """Two paths that flatten to one key (``{"a.b": x, "a": {"b": y}}``): the save raises on
+        every rank, or both values load back; never one value silently under both paths."""
+        tree = KEY_CLASHES[shape_of_clash]
+        case = rank_ops_kinds.TreeCase(tree, 2)
+        ref, path, text = BackendRef.of(backend), ckpt_path(), case.describe()
+        outcomes = _run(
+            backend, 2, "save", text, ckpt_repro, rank_ops_kinds.save_tree_outcome, ref, case, path
+        )
+        raised = [o["raised"] for o in outcomes]
+        if all(raised):
+            return
+        if any(raised):
+            raise _failure(
+                backend,
+                "a save of colliding keys raised on some ranks only",
+                text,
+                "\n".join(f"  rank {r}: {o}" for r, o in enumerate(outcomes)),
+                ckpt_repro,
+            )
+        found = [
+            m
+            for r in _run(
+                backend, 2, "load", text, ckpt_repro, rank_ops_kinds.load_tree, ref, case, path
+            )
+            for m in r
+        ]
+        if found:
+            raise _failure(
+                backend,
+                "two paths that flatten to one key were saved without an error, "
+                "and one value was lost",
+                text,
+                _listing(found),
+                ckpt_repro,
+            )
+
+    @pytest.mark.ckpt_level("strict")
+    @pytest.mark.ckpt_requires("replica_check")
+    @given(data=st.data())
+    def test_differing_replicas_are_an_error(self, backend, ckpt_path, ckpt_repro, data):
+        """A replicated tensor (plain on every rank, or DTensor ``R``) whose value differs on
+        one rank: the save raises on every rank naming the key, instead of keeping one copy."""
+        kinds = ["plain"] + (["dtensor"] if backend.supports("dtensor") else [])
+        kind = data.draw(st.sampled_from(kinds), label="kind")
+        shape = data.draw(
+            global_shapes(min_dims=1, max_dims=2, max_side=MAX_SIDE, allow_empty=False),
+            label="shape",
+        )
+        layout = Layout() if kind == "plain" else Layout("dtensor", (2,), ("R",))
+        spec = TensorSpec("replicated.weight", shape, "float32", 1000)
+        case = SaveLoadCase((spec,), (layout,), (layout,), 2, 2)
+        divergent = data.draw(st.integers(0, 1), label="divergent rank")
+        text = case.describe() + f"\n  rank {divergent} holds other values"
+        outcomes = _run(
+            backend,
+            2,
+            "save",
+            text,
+            ckpt_repro,
+            rank_ops_kinds.save_divergent_replica,
+            BackendRef.of(backend),
+            case,
+            ckpt_path(),
+            divergent,
+        )
+        silent = [r for r, o in enumerate(outcomes) if not o["raised"]]
+        unnamed = [r for r, o in enumerate(outcomes) if o["raised"] and spec.key not in o["text"]]
+        if silent or unnamed:
+            raise _failure(
+                backend,
+                "a save of replicas that differ must raise on every rank, naming the key",
+                text,
+                "\n".join(
+                    f"  rank {r}: "
+                    + (f"raised {o['type']}: {o['text'][-300:]}" if o["raised"] else "no error")
+                    for r, o in enumerate(outcomes)
+                ),
+                ckpt_repro,
             )
 
     @given(data=st.data())

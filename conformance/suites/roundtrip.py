@@ -61,6 +61,24 @@ class RoundTripTests:
         )
         check_save_then_load(backend, case, ckpt_path(), repro=ckpt_repro)
 
+    @pytest.mark.ckpt_requires("sharded_tensor")
+    @given(data=st.data())
+    def test_round_trip_sharded_tensor_on_two_ranks(self, backend, ckpt_path, ckpt_repro, data):
+        """ShardedTensors (ChunkShardingSpec on any dim) only, on 2 and 3 ranks, uneven included."""
+        case = data.draw(
+            save_load_cases(
+                save_worlds=(2, 3),
+                same_layout=True,
+                kinds=("sharded_tensor",),
+                strided=False,
+                objects=False,
+                allow_empty=backend.supports("empty_tensors"),
+                min_dims=1,
+            ),
+            label="case",
+        )
+        check_save_then_load(backend, case, ckpt_path(), repro=ckpt_repro)
+
     @pytest.mark.ckpt_requires("dtensor", "strided_shard")
     @given(data=st.data())
     def test_round_trip_strided_shard(self, backend, ckpt_path, ckpt_repro, data):
