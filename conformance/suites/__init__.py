@@ -19,6 +19,7 @@ The classes are named ``*Tests`` so pytest does not collect them by themselves.
 - :class:`StateDictKindsTests`: dtypes, 0-dim, empty, non-contiguous, containers, keys, strict loads
 - :class:`AsyncSaveTests`: async_save saves the state at the call
 - :class:`PlanValidationTests`: the backend's planners at the planner level, up to 2,048 simulated ranks
+- :class:`StorageTests`: metadata through the storage, corruption, re-save, sibling saves, short reads
 - :class:`MeshChangeTests`: 1-D <-> 2-D meshes, submeshes, kind chains, checkpointable values, Checkpointer
 """
 
@@ -29,6 +30,7 @@ from .mesh_change import MeshChangeTests
 from .plans import PlanValidationTests
 from .resharding import ReshardingTests
 from .roundtrip import RoundTripTests
+from .storage import StorageTests
 
 __all__ = [
     "AsyncSaveTests",
@@ -38,4 +40,5 @@ __all__ = [
     "ReshardingTests",
     "RoundTripTests",
     "StateDictKindsTests",
+    "StorageTests",
 ]

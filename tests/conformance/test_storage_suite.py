@@ -1,0 +1,93 @@
+"""The storage suite reports planted storage bugs, each by the test meant for it, readably.
+
+Each broken backend of ``broken_storage`` runs, in a subprocess, the storage test that
+must catch it and one it must still pass (so the failure is the planted bug, not a
+backend that cannot work at all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_storage_suite(spec: str, selection: str, tmp_path: Path) -> tuple[str, dict[str, dict]]:
+    """Run ``TestStorage`` tests matching ``selection`` against ``spec``; output and outcomes."""
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "ckptconf.conformance",
+            "--ckpt-backend",
+            spec,
+            "--ckpt-profile",
+            "ci",
+            "--ckpt-report",
+            str(report),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-k",
+            f"TestStorage and ({selection})",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert report.exists(), result.stdout + result.stderr
+    tests = {t["id"].split("::")[-1]: t for t in json.loads(report.read_text())["tests"]}
+    return result.stdout + result.stderr, tests
+
+
+@pytest.mark.parametrize(
+    "name, caught_by, failure, still_passes",
+    [
+        (
+            "unverified_checksums",
+            "test_flipped_bit_is_an_error_or_harmless",
+            "a corrupted checkpoint loaded without error",
+            "test_short_read_is_an_error",
+        ),
+        (
+            "overwrites_in_place",
+            "test_resave_other_keys_and_shapes",
+            "over the previous one raised",
+            "test_metadata_matches_the_saved_state",
+        ),
+        (
+            "prefix_listing",
+            "test_sibling_checkpoints_saved_concurrently",
+            "is in the metadata but was not saved",
+            "test_metadata_matches_the_saved_state",
+        ),
+        (
+            "zero_fill_short_read",
+            "test_short_read_is_an_error",
+            "without error",
+            "test_metadata_matches_the_saved_state",
+        ),
+    ],
+)
+def test_a_planted_storage_bug_is_caught(tmp_path, name, caught_by, failure, still_passes):
+    spec = f"tests.conformance.broken_storage:{name}"
+    output, tests = run_storage_suite(spec, f"{caught_by} or {still_passes}", tmp_path)
+    assert tests[still_passes]["outcome"] == "passed", output
+    caught = tests[caught_by]
+    assert caught["outcome"] == "failed", output
+    assert caught["failure"].startswith("[broken-"), caught["failure"]
+    assert failure in caught["failure"], caught["failure"]
+    assert caught["reproduce"].startswith(
+        f"pytest --pyargs ckptconf.conformance --ckpt-backend {spec}"
+    ), caught
