@@ -8,9 +8,7 @@ every rank's error reports the failing rank's exception.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ckptconf.reference._compat import accepts_kwargs
+from ckptconf.harness.forwarding import ForwardingStorageReader, ForwardingStorageWriter
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 from torch.futures import Future
 
@@ -66,98 +64,42 @@ def _failed_future(error: BaseException) -> Future:
     return future
 
 
-class _Faulty:
-    def __init__(self, inner: Any, hook: str, rank: int, hooks: tuple[str, ...]):
-        if hook not in hooks:
-            raise ValueError(f"unknown hook {hook!r}; expected one of {hooks}")
-        self.inner, self.hook, self.fault_rank = inner, hook, rank
-
-    def _maybe_fail(self, hook: str) -> None:
-        if hook == self.hook and _rank() == self.fault_rank:
-            raise InjectedFault(hook, self.fault_rank)
-
-    def _future_fails(self, hook: str) -> bool:
-        return hook + "_future" == self.hook and _rank() == self.fault_rank
+def _check_hook(hook: str, hooks: tuple[str, ...]) -> None:
+    if hook not in hooks:
+        raise ValueError(f"unknown hook {hook!r}; expected one of {hooks}")
 
 
-class FaultyStorageWriter(_Faulty, StorageWriter):
+class FaultyStorageWriter(ForwardingStorageWriter):
     """A storage writer failing at ``hook`` (one of :data:`WRITER_HOOKS`) on rank ``rank``."""
 
     def __init__(self, inner: StorageWriter, *, hook: str, rank: int):
-        super().__init__(inner, hook, rank, WRITER_HOOKS)
+        _check_hook(hook, WRITER_HOOKS)
+        super().__init__(inner)
+        self.hook, self.fault_rank = hook, rank
 
-    def reset(self, checkpoint_id=None) -> None:
-        self.inner.reset(checkpoint_id)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return False
-
-    def storage_meta(self):
-        return self.inner.storage_meta()
-
-    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
-        self._maybe_fail("set_up_storage_writer")
-        if accepts_kwargs(self.inner.set_up_storage_writer):
-            self.inner.set_up_storage_writer(is_coordinator, *args, **kwargs)
-        else:
-            self.inner.set_up_storage_writer(is_coordinator)
-
-    def prepare_local_plan(self, plan):
-        self._maybe_fail("prepare_local_plan")
-        return self.inner.prepare_local_plan(plan)
-
-    def prepare_global_plan(self, plans):
-        self._maybe_fail("prepare_global_plan")
-        return self.inner.prepare_global_plan(plans)
+    def before(self, hook: str) -> None:
+        if hook == self.hook and _rank() == self.fault_rank:
+            raise InjectedFault(hook, self.fault_rank)
 
     def write_data(self, plan, planner):
-        self._maybe_fail("write_data")
-        if self._future_fails("write_data"):
+        if self.hook == "write_data_future" and _rank() == self.fault_rank:
             return _failed_future(InjectedFault(self.hook, self.fault_rank))
-        return self.inner.write_data(plan, planner)
-
-    def finish(self, metadata, results) -> None:
-        self._maybe_fail("finish")
-        self.inner.finish(metadata, results)
+        return super().write_data(plan, planner)
 
 
-class FaultyStorageReader(_Faulty, StorageReader):
+class FaultyStorageReader(ForwardingStorageReader):
     """A storage reader failing at ``hook`` (one of :data:`READER_HOOKS`) on rank ``rank``."""
 
     def __init__(self, inner: StorageReader, *, hook: str, rank: int):
-        super().__init__(inner, hook, rank, READER_HOOKS)
+        _check_hook(hook, READER_HOOKS)
+        super().__init__(inner)
+        self.hook, self.fault_rank = hook, rank
 
-    def reset(self, checkpoint_id=None) -> None:
-        self.inner.reset(checkpoint_id)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return False
-
-    def read_metadata(self):
-        self._maybe_fail("read_metadata")
-        return self.inner.read_metadata()
-
-    def set_up_storage_reader(
-        self, metadata, is_coordinator: bool, *args: Any, **kwargs: Any
-    ) -> None:
-        self._maybe_fail("set_up_storage_reader")
-        if accepts_kwargs(self.inner.set_up_storage_reader):
-            self.inner.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
-        else:
-            self.inner.set_up_storage_reader(metadata, is_coordinator)
-
-    def prepare_local_plan(self, plan):
-        self._maybe_fail("prepare_local_plan")
-        return self.inner.prepare_local_plan(plan)
-
-    def prepare_global_plan(self, plans):
-        self._maybe_fail("prepare_global_plan")
-        return self.inner.prepare_global_plan(plans)
+    def before(self, hook: str) -> None:
+        if hook == self.hook and _rank() == self.fault_rank:
+            raise InjectedFault(hook, self.fault_rank)
 
     def read_data(self, plan, planner):
-        self._maybe_fail("read_data")
-        if self._future_fails("read_data"):
+        if self.hook == "read_data_future" and _rank() == self.fault_rank:
             return _failed_future(InjectedFault(self.hook, self.fault_rank))
-        return self.inner.read_data(plan, planner)
+        return super().read_data(plan, planner)

@@ -13,6 +13,8 @@ from typing import Any
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageWriter
 
+from .forwarding import ForwardingStorageWriter
+
 __all__ = ["KILL_POINTS", "KillingWriter"]
 
 KILL_POINTS = (
@@ -58,54 +60,31 @@ class _KillAfterFirstItem(SavePlanner):
         return self.inner.resolve_data(write_item)
 
 
-class KillingWriter(StorageWriter):
+class KillingWriter(ForwardingStorageWriter):
     """Wraps ``inner`` and SIGKILLs rank ``rank`` at ``point`` (one of :data:`KILL_POINTS`)."""
 
     def __init__(self, inner: StorageWriter, *, rank: int, point: str):
         if point not in KILL_POINTS:
             raise ValueError(f"unknown kill point {point!r}; expected one of {KILL_POINTS}")
-        self.inner, self.kill_rank, self.point = inner, rank, point
+        super().__init__(inner)
+        self.kill_rank, self.point = rank, point
         self.rank = 0
 
-    def _at(self, point: str) -> None:
-        if point == self.point and self.rank == self.kill_rank:
+    def before(self, hook: str) -> None:
+        if hook == self.point and self.rank == self.kill_rank:
             _kill_self()
-
-    def reset(self, checkpoint_id=None) -> None:
-        self.inner.reset(checkpoint_id)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return False
-
-    def storage_meta(self):
-        return self.inner.storage_meta()
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         import torch.distributed as dist
 
         self.rank = int(kwargs.get("rank", dist.get_rank() if dist.is_initialized() else 0))
-        self._at("set_up_storage_writer")
-        self.inner.set_up_storage_writer(is_coordinator, *args, **kwargs)
-
-    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        self._at("prepare_local_plan")
-        return self.inner.prepare_local_plan(plan)
-
-    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        self._at("prepare_global_plan")
-        return self.inner.prepare_global_plan(plans)
+        super().set_up_storage_writer(is_coordinator, *args, **kwargs)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner):
-        self._at("write_data")
         if self.point == "mid_write" and self.rank == self.kill_rank:
             planner = _KillAfterFirstItem(planner)
-        future = self.inner.write_data(plan, planner)
+        future = super().write_data(plan, planner)
         if self.point == "after_write" and self.rank == self.kill_rank:
             future.wait()
             _kill_self()
         return future
-
-    def finish(self, metadata, results) -> None:
-        self._at("finish")
-        self.inner.finish(metadata, results)

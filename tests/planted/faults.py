@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 import torch.distributed as dist
 from ckptconf.conformance import Backend
+from ckptconf.harness.forwarding import ForwardingStorageReader, ForwardingStorageWriter
 from ckptconf.reference import CheckpointError, FileSystemWriter
 from ckptconf.reference import driver as reference_driver
-from ckptconf.reference._compat import accepts_kwargs
 from ckptconf.reference.filesystem import METADATA_FILE, DirectoryStore
 from ckptconf.reference.metadata_format import FORMAT_NAME
 from ckptconf.reference.storage import ReferenceStorageWriter
-from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 from . import _common
 from ._common import completed, log, planted_backend
@@ -30,71 +28,8 @@ __all__ = [
 ]
 
 
-class WriterProxy(StorageWriter):
-    """Passes every call to ``inner``; a bug overrides one hook."""
-
-    def __init__(self, inner: StorageWriter):
-        self.inner = inner
-
-    def reset(self, checkpoint_id=None) -> None:
-        self.inner.reset(checkpoint_id)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return False
-
-    def storage_meta(self):
-        return self.inner.storage_meta()
-
-    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
-        if accepts_kwargs(self.inner.set_up_storage_writer):
-            self.inner.set_up_storage_writer(is_coordinator, *args, **kwargs)
-        else:
-            self.inner.set_up_storage_writer(is_coordinator)
-
-    def prepare_local_plan(self, plan):
-        return self.inner.prepare_local_plan(plan)
-
-    def prepare_global_plan(self, plans):
-        return self.inner.prepare_global_plan(plans)
-
-    def write_data(self, plan, planner):
-        return self.inner.write_data(plan, planner)
-
-    def finish(self, metadata, results) -> None:
-        self.inner.finish(metadata, results)
-
-
-class ReaderProxy(StorageReader):
-    """Passes every call to ``inner``; a bug overrides one hook."""
-
-    def __init__(self, inner: StorageReader):
-        self.inner = inner
-
-    def reset(self, checkpoint_id=None) -> None:
-        self.inner.reset(checkpoint_id)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return False
-
-    def read_metadata(self):
-        return self.inner.read_metadata()
-
-    def set_up_storage_reader(self, metadata, is_coordinator: bool, *args: Any, **kwargs: Any):
-        if accepts_kwargs(self.inner.set_up_storage_reader):
-            self.inner.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
-        else:
-            self.inner.set_up_storage_reader(metadata, is_coordinator)
-
-    def prepare_local_plan(self, plan):
-        return self.inner.prepare_local_plan(plan)
-
-    def prepare_global_plan(self, plans):
-        return self.inner.prepare_global_plan(plans)
-
-    def read_data(self, plan, planner):
-        return self.inner.read_data(plan, planner)
+WriterProxy = ForwardingStorageWriter
+ReaderProxy = ForwardingStorageReader
 
 
 # --- exception swallowed on a non-coordinator rank -----------------------------------------------

@@ -1,0 +1,91 @@
+"""Storage writers and readers that pass every call to another one: the base of fault wrappers.
+
+Subclass and override one hook (calling ``super()``) to fail, kill or corrupt there;
+everything else reaches ``inner`` unchanged. ``before(hook)`` runs on entry to every
+protocol hook, so a wrapper that acts "at hook X" needs only that method.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+
+__all__ = ["ForwardingStorageWriter", "ForwardingStorageReader"]
+
+
+def _takes_kwargs(fn) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
+class _Forwarding:
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def before(self, hook: str) -> None:
+        """Called on entry to every protocol hook with its name; does nothing by default."""
+
+    def reset(self, checkpoint_id=None) -> None:
+        self.inner.reset(checkpoint_id)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+        return False  # a wrapper is always passed explicitly, never picked for a path
+
+    def prepare_local_plan(self, plan):
+        self.before("prepare_local_plan")
+        return self.inner.prepare_local_plan(plan)
+
+    def prepare_global_plan(self, plans):
+        self.before("prepare_global_plan")
+        return self.inner.prepare_global_plan(plans)
+
+
+class ForwardingStorageWriter(_Forwarding, StorageWriter):
+    """A StorageWriter passing every call to ``inner``."""
+
+    def __init__(self, inner: StorageWriter):
+        super().__init__(inner)
+
+    def storage_meta(self):
+        return self.inner.storage_meta()
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.before("set_up_storage_writer")
+        if _takes_kwargs(self.inner.set_up_storage_writer):  # DCP passes rank= etc. only then
+            self.inner.set_up_storage_writer(is_coordinator, *args, **kwargs)
+        else:
+            self.inner.set_up_storage_writer(is_coordinator)
+
+    def write_data(self, plan, planner):
+        self.before("write_data")
+        return self.inner.write_data(plan, planner)
+
+    def finish(self, metadata, results) -> None:
+        self.before("finish")
+        self.inner.finish(metadata, results)
+
+
+class ForwardingStorageReader(_Forwarding, StorageReader):
+    """A StorageReader passing every call to ``inner``."""
+
+    def __init__(self, inner: StorageReader):
+        super().__init__(inner)
+
+    def read_metadata(self):
+        self.before("read_metadata")
+        return self.inner.read_metadata()
+
+    def set_up_storage_reader(
+        self, metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        self.before("set_up_storage_reader")
+        if _takes_kwargs(self.inner.set_up_storage_reader):
+            self.inner.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
+        else:
+            self.inner.set_up_storage_reader(metadata, is_coordinator)
+
+    def read_data(self, plan, planner):
+        self.before("read_data")
+        return self.inner.read_data(plan, planner)
