@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .suite_runner import run_conformance
 
 
 def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
-    report = tmp_path / "report.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--pyargs",
-            "ckptconf.conformance",
-            "--ckpt-backend",
-            spec,
-            "--ckpt-profile",
-            "ci",
-            "--ckpt-report",
-            str(report),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-k",
-            f"TestMeshChange and {tests}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return result, json.loads(report.read_text()) if report.exists() else {}
+    return run_conformance(spec, f"TestMeshChange and {tests}", tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,37 +14,11 @@ from ckptconf.harness.simulated import simulate_save_planning
 from ckptconf.reference import ReferenceSavePlanner
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
-ROOT = Path(__file__).resolve().parents[2]
+from .suite_runner import run_conformance
 
 
 def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
-    report = tmp_path / "report.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--pyargs",
-            "ckptconf.conformance",
-            "--ckpt-backend",
-            spec,
-            "--ckpt-profile",
-            "ci",
-            "--ckpt-report",
-            str(report),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-k",
-            f"TestPlans and ({tests})",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return result, json.loads(report.read_text()) if report.exists() else {}
+    return run_conformance(spec, f"TestPlans and ({tests})", tmp_path)
 
 
 @pytest.mark.parametrize(

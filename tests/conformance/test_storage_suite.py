@@ -7,47 +7,18 @@ backend that cannot work at all).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .suite_runner import run_conformance
 
 
 def run_storage_suite(spec: str, selection: str, tmp_path: Path) -> tuple[str, dict[str, dict]]:
     """Run ``TestStorage`` tests matching ``selection`` against ``spec``; output and outcomes."""
-    report = tmp_path / "report.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--pyargs",
-            "ckptconf.conformance",
-            "--ckpt-backend",
-            spec,
-            "--ckpt-profile",
-            "ci",
-            "--ckpt-report",
-            str(report),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-k",
-            f"TestStorage and ({selection})",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert report.exists(), result.stdout + result.stderr
-    tests = {t["id"].split("::")[-1]: t for t in json.loads(report.read_text())["tests"]}
+    result, report = run_conformance(spec, f"TestStorage and ({selection})", tmp_path)
+    assert report, result.stdout + result.stderr
+    tests = {t["id"].split("::")[-1]: t for t in report["tests"]}
     return result.stdout + result.stderr, tests
 
 

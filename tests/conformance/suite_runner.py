@@ -1,0 +1,31 @@
+"""Running the conformance suite in a subprocess against a (broken) backend, for meta-tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_conformance(
+    spec: str, selection: str, tmp_path: Path, *, timeout: float = 900
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """``pytest --pyargs ckptconf.conformance -k selection`` against ``spec`` under the ci
+    profile, from the repository root (so ``tests.*`` backends import in the ranks); the
+    finished process and the JSON report (empty if none was written)."""
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "ckptconf.conformance"]
+        + ["--ckpt-backend", spec, "--ckpt-profile", "ci", "--ckpt-report", str(report)]
+        + ["-p", "no:cacheprovider", "-q", "-k", selection],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return result, (json.loads(report.read_text()) if report.exists() else {})
