@@ -1,11 +1,32 @@
 """Break the reference on purpose, one planted bug at a time, and check a test catches each.
 
-Run: .venv/bin/python scripts/hand_mutations.py [index ...]; prints KILLED or SURVIVED per mutation.
+Run: .venv/bin/python scripts/hand_mutations.py [index ...]; prints KILLED or SURVIVED per
+mutation. Each mutation is applied to an isolated copy in a temporary folder (the package
+laid out by import name, first on PYTHONPATH, also for spawned ranks), never to this
+checkout, which others may be importing from. A clean run of the chosen test files must
+pass first, so that a failure means the mutation was caught.
+
+Complements scripts/mutation (mutmut over the geometry and planning modules): these 18
+hand-written bugs are in the modules mutmut is not run on here (storage checksums and
+commit, metadata version, coordination, flatten, safe decoding, staging) and each needs
+one test file, so the set runs in minutes.
 """
 
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+PACKAGE_DIRS = {
+    "ckptconf": "_ckptconf",
+    "ckptconf/reference": "reference",
+    "ckptconf/harness": "harness",
+    "ckptconf/conformance": "conformance",
+}
 
 M = [
     (
@@ -118,20 +139,56 @@ M = [
     ),
 ]
 only = sys.argv[1:]
-for i, (f, old, new, tests) in enumerate(M):
-    if only and str(i) not in only:
-        continue
-    p = pathlib.Path(f)
-    src = p.read_text()
-    assert old in src, (f, old)
-    p.write_text(src.replace(old, new, 1))
-    try:
-        r = subprocess.run(
-            [".venv/bin/python", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", tests],
+chosen = [(i, m) for i, m in enumerate(M) if not only or str(i) in only]
+ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
+work = pathlib.Path(tempfile.mkdtemp(prefix="ckptconf-hand-mutations-"))
+try:
+    for target, source in PACKAGE_DIRS.items():
+        if target == "ckptconf":
+            (work / target).mkdir(parents=True)
+            for f in (ROOT / source).glob("*.py"):
+                shutil.copy2(f, work / target / f.name)
+        else:
+            shutil.copytree(ROOT / source, work / target, ignore=ignore)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")
+    env = dict(os.environ, PYTHONPATH=str(work), CKPTCONF_PROFILE="ci", PYTHONDONTWRITEBYTECODE="1")
+    probe = subprocess.run(
+        [str(PYTHON), "-c", "import ckptconf.reference as r; print(r.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if not probe.stdout.startswith(str(work)):
+        sys.exit(
+            f"isolation check failed: ckptconf.reference imports from {probe.stdout or probe.stderr}"
+        )
+
+    def run(tests):
+        return subprocess.run(
+            [str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=work,
+            env=env,
             capture_output=True,
             text=True,
             timeout=600,
         )
-    finally:
-        p.write_text(src)
-    print(i, "KILLED" if r.returncode != 0 else "SURVIVED", f, new[:60].strip(), flush=True)
+
+    clean = run(sorted({m[3] for _, m in chosen}))
+    if clean.returncode != 0:
+        sys.exit(
+            f"the unmutated copy fails its tests; no mutation result would mean anything:\n{clean.stdout[-3000:]}"
+        )
+    for i, (f, old, new, tests) in chosen:
+        path = work / "ckptconf" / f
+        src = path.read_text()
+        assert old in src, (f, old)
+        path.write_text(src.replace(old, new, 1))
+        try:
+            r = run([tests])
+        finally:
+            path.write_text(src)
+        print(i, "KILLED" if r.returncode != 0 else "SURVIVED", f, new[:60].strip(), flush=True)
+finally:
+    shutil.rmtree(work, ignore_errors=True)
