@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,16 @@ from hypothesis import strategies as st
 
 from .. import rank_ops, rank_ops_storage
 from ..backend import Backend, BackendRef
-from ..cases import SaveLoadCase, TensorSpec, encoded_tensor
+from ..cases import SaveLoadCase, TensorSpec
+from ..checkpoint_files import (
+    DataSpan,
+    checkpoint_files,
+    data_spans,
+    describe_offset,
+    nonempty_files,
+    set_byte,
+    truncate_file,
+)
 from ..rank_ops_storage import HandCase, HandTensor, Piece
 from ..runner import ConformanceFailure, _failure, _listing
 from ..strategies import (
@@ -49,7 +58,6 @@ __all__ = ["StorageTests"]
 
 MAX_SIDE = 6
 TIMEOUT = 60.0
-_MIN_PATTERN = 8  # bytes: shorter chunk data could match anywhere
 _MAX_PROBED = 4096  # metadata bytes probed for changes the reader accepts, per example
 _SCALE = 1 << 16
 _NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
@@ -96,7 +104,14 @@ def _sized_cases(draw, backend: Backend) -> SaveLoadCase:
         dtype = draw(st.sampled_from(["float64", "int64", "float32"]))
         specs.append(TensorSpec(key, shape, dtype, salt=i * 1000))
         lays.append(
-            draw(layouts(world_size=world, shape=shape, kinds=kinds_for(backend), strided=False))
+            draw(
+                layouts(
+                    world_size=world,
+                    shape=shape,
+                    kinds=kinds_for(backend),
+                    strided=False,
+                )
+            )
         )
     objects = ()
     if backend.supports("objects"):
@@ -116,7 +131,10 @@ def _resalted(case: SaveLoadCase, salt: int = 777) -> SaveLoadCase:
 def _other_case(draw, backend: Backend, first: SaveLoadCase) -> SaveLoadCase:
     """Another state: other keys, shapes and world, some keys taken over by new shapes."""
     second = draw(_cases(backend), label="second state")
-    reuse = draw(st.integers(0, min(len(first.tensors), len(second.tensors))), label="keys reused")
+    reuse = draw(
+        st.integers(0, min(len(first.tensors), len(second.tensors))),
+        label="keys reused",
+    )
     tensors = [
         dataclasses.replace(t, key=first.tensors[i].key if i < reuse else t.key, salt=t.salt + 500)
         for i, t in enumerate(second.tensors)
@@ -147,7 +165,13 @@ def _hand_cases(draw, backend: Backend) -> HandCase:
         else:
             dim = draw(st.integers(0, len(shape) - 1))
             cuts = sorted(
-                draw(st.lists(st.integers(0, shape[dim]), min_size=world - 1, max_size=world - 1))
+                draw(
+                    st.lists(
+                        st.integers(0, shape[dim]),
+                        min_size=world - 1,
+                        max_size=world - 1,
+                    )
+                )
             )
             if not backend.supports("uneven_shards"):
                 step = -(-shape[dim] // world)
@@ -322,87 +346,17 @@ def _check_checkpoint(example: _Example, case: SaveLoadCase, path: str, when: st
         )
 
 
-# --- the checkpoint's files --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Span:
-    """Where the saved bytes of one chunk were found in a file of the checkpoint."""
-
-    file: str
-    start: int
-    end: int
-    label: str
-    unique: bool  # the only place these bytes were found: a reader cannot get them elsewhere
-
-
-def _files(path: str) -> list[str]:
-    """Every regular file under ``path``, relative, sorted."""
-    out = []
-    for root, _, names in os.walk(path):
-        out += [os.path.relpath(os.path.join(root, n), path) for n in names]
-    return sorted(f for f in out if os.path.isfile(os.path.join(path, f)))
-
-
-def _find_all(data: bytes, pattern: bytes) -> list[int]:
-    found, start = [], data.find(pattern)
-    while start >= 0:
-        found.append(start)
-        start = data.find(pattern, start + 1)
-    return found
-
-
-def _data_spans(path: str, files: list[str], case: SaveLoadCase, summary: dict) -> list[_Span]:
-    """The saved bytes of every chunk the metadata lists, found in the files by their value."""
-    import torch
-
-    contents = {f: Path(path, f).read_bytes() for f in files}
-    spans = []
-    for spec in case.tensors:
-        entry = summary.get(spec.key, {})
-        if entry.get("kind") != "tensor" or entry.get("size") != tuple(spec.shape):
-            continue
-        full = encoded_tensor(spec.shape, spec.dtype, spec.salt)
-        for offsets, sizes in entry["chunks"]:
-            piece = full[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))]
-            pattern = piece.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            if len(pattern) < _MIN_PATTERN:
-                continue
-            hits = [(f, i) for f, data in contents.items() for i in _find_all(data, pattern)]
-            label = f"the saved bytes of {spec.key!r} (chunk at offsets {tuple(offsets)}, sizes {tuple(sizes)})"
-            spans += [_Span(f, i, i + len(pattern), label, len(hits) == 1) for f, i in hits]
-    return spans
-
-
-def _where(spans: list[_Span], file: str, offset: int) -> str:
-    for s in spans:
-        if s.file == file and s.start <= offset < s.end:
-            return f"byte {offset - s.start} of {s.label}"
-    return "outside every chunk's saved bytes found"
+# --- the checkpoint's files ----------------------------------------------------------------------
 
 
 def _saved(example: _Example, case: SaveLoadCase, path: str) -> tuple[list[str], dict]:
     """Save ``case``; return the checkpoint's files and rank 0's metadata summary."""
     example.run(case.save_world, "save", rank_ops.save_case, example.ref, case, path)
-    files = _files(path)
+    files = checkpoint_files(path)
     if not files:
         pytest.skip("unsupported by backend: it wrote no files under the checkpoint path")
     read = rank_ops_storage.read_metadata_summary
     return files, example.run(1, "read_metadata", read, example.ref, path)[0]
-
-
-def _set_byte(path: str, file: str, offset: int, change: Callable[[int], int]) -> int:
-    """Replace byte ``offset`` of ``file`` by ``change(old)``; return the old byte."""
-    target = Path(path, file)
-    data = bytearray(target.read_bytes())
-    old = data[offset]
-    data[offset] = change(old)
-    target.write_bytes(bytes(data))
-    return old
-
-
-def _nonempty(path: str, files: list[str]) -> list[str]:
-    return [f for f in files if os.path.getsize(os.path.join(path, f))]
 
 
 def _pick(data, items: Sequence, label: str):
@@ -410,13 +364,6 @@ def _pick(data, items: Sequence, label: str):
     sizes vary a little between runs (paths and ids in them), and hypothesis must draw
     with the same bounds when it replays an example."""
     return items[data.draw(st.integers(0, _SCALE - 1), label=label) * len(items) // _SCALE]
-
-
-def _truncate(path: str, file: str, size: int) -> int:
-    target = Path(path, file)
-    before = target.stat().st_size
-    os.truncate(target, size)
-    return before
 
 
 def _check_corrupted_load(
@@ -564,21 +511,21 @@ class StorageTests:
         case = data.draw(_sized_cases(backend), label="case")
         example, path = _Example(backend, case.describe(), ckpt_repro), ckpt_path()
         files, summary = _saved(example, case, path)
-        unique = [s for s in _data_spans(path, files, case, summary) if s.unique]
+        unique = [s for s in data_spans(path, files, case, summary) if s.unique]
         drop = data.draw(st.integers(1, 16), label="bytes dropped")
         if unique:
             span = _pick(data, unique, "chunk cut")
             drop = min(drop, span.end - span.start)
-            before = _truncate(path, span.file, span.end - drop)
+            before = truncate_file(path, span.file, span.end - drop)
             change = (
                 f"{span.file!r} cut from {before} to {span.end - drop} bytes: the last {drop} "
                 f"byte(s) of {span.label} (file bytes [{span.start}, {span.end})) and all after"
             )
         else:
-            file = _pick(data, _nonempty(path, files), "file")
+            file = _pick(data, nonempty_files(path, files), "file")
             size = os.path.getsize(os.path.join(path, file))
             drop = min(drop, size)
-            _truncate(path, file, size - drop)
+            truncate_file(path, file, size - drop)
             change = f"{file!r} cut from {size} to {size - drop} bytes (no saved bytes found)"
         _check_corrupted_load(example, case, path, change, must_raise=bool(unique))
 
@@ -592,18 +539,18 @@ class StorageTests:
         case = data.draw(_sized_cases(backend), label="case")
         example, path = _Example(backend, case.describe(), ckpt_repro), ckpt_path()
         files, summary = _saved(example, case, path)
-        spans = _data_spans(path, files, case, summary)
+        spans = data_spans(path, files, case, summary)
         if data.draw(st.booleans(), label="inside saved bytes") and spans:
             span = _pick(data, spans, "chunk")
             file, offset = span.file, _pick(data, range(span.start, span.end), "byte")
         else:
-            file = _pick(data, _nonempty(path, files), "file")
+            file = _pick(data, nonempty_files(path, files), "file")
             offset = _pick(data, range(os.path.getsize(os.path.join(path, file))), "byte")
         bit = data.draw(st.integers(0, 7), label="bit")
-        old = _set_byte(path, file, offset, lambda b: b ^ (1 << bit))
+        old = set_byte(path, file, offset, lambda b: b ^ (1 << bit))
         change = (
             f"bit {bit} of byte {offset} of {file!r} flipped (0x{old:02x} -> "
-            f"0x{old ^ (1 << bit):02x}), {_where(spans, file, offset)}"
+            f"0x{old ^ (1 << bit):02x}), {describe_offset(spans, file, offset)}"
         )
         _check_corrupted_load(example, case, path, change, must_raise=False)
 
@@ -616,13 +563,13 @@ class StorageTests:
         case = data.draw(_sized_cases(backend), label="case")
         example, path = _Example(backend, case.describe(), ckpt_repro), ckpt_path()
         files, summary = _saved(example, case, path)
-        spans = _data_spans(path, files, case, summary)
+        spans = data_spans(path, files, case, summary)
         file = _pick(data, files, "file")
         size = os.path.getsize(os.path.join(path, file))
         to_zero = data.draw(st.booleans(), label="to zero")
         keep = 0 if to_zero or size == 0 else _pick(data, range(size), "bytes kept")
-        _truncate(path, file, keep)
-        change = f"{file!r} truncated from {size} to {keep} bytes (at {_where(spans, file, keep)})"
+        truncate_file(path, file, keep)
+        change = f"{file!r} truncated from {size} to {keep} bytes (at {describe_offset(spans, file, keep)})"
         _check_corrupted_load(example, case, path, change, must_raise=False)
 
     @pytest.mark.ckpt_level("strict")
@@ -656,15 +603,21 @@ class StorageTests:
         os.makedirs(hide_dir)
         depends = rank_ops_storage.files_metadata_depends_on
         found = example.run(
-            1, "read_metadata without each file", depends, example.ref, path, files, hide_dir
+            1,
+            "read_metadata without each file",
+            depends,
+            example.ref,
+            path,
+            files,
+            hide_dir,
         )
-        metadata_files = _nonempty(path, found[0])
+        metadata_files = nonempty_files(path, found[0])
         if not metadata_files:
             pytest.skip("no file of the checkpoint changes what read_metadata returns")
         file = _pick(data, metadata_files, "metadata file")
-        spans = [s for s in _data_spans(path, files, case, summary) if s.file == file]
+        spans = [s for s in data_spans(path, files, case, summary) if s.file == file]
         offset, change, what = _metadata_change(data, example, path, file, spans, summary)
-        old = _set_byte(path, file, offset, change)
+        old = set_byte(path, file, offset, change)
         context = Path(path, file).read_bytes()[max(0, offset - 24) : offset + 24]
         description = (
             f"byte {offset} of metadata file {file!r}: {what} (0x{old:02x} -> 0x{change(old):02x});"
@@ -673,7 +626,7 @@ class StorageTests:
         _check_corrupted_load(example, case, path, description, must_raise=False)
 
 
-def _metadata_change(data, example: _Example, path: str, file: str, spans: list[_Span], summary):
+def _metadata_change(data, example: _Example, path: str, file: str, spans: list[DataSpan], summary):
     """``(offset, change, what)``: a byte of ``file`` outside ``spans`` and how to change it.
 
     Three ways, drawn: a change the reader accepts and that changes what it says (found
@@ -694,7 +647,14 @@ def _metadata_change(data, example: _Example, path: str, file: str, spans: list[
         mask = data.draw(st.sampled_from([1, 2]), label="bit probed")
         probe = rank_ops_storage.accepted_metadata_changes
         found = example.run(
-            1, "read_metadata of tampered metadata", probe, example.ref, path, file, window, mask
+            1,
+            "read_metadata of tampered metadata",
+            probe,
+            example.ref,
+            path,
+            file,
+            window,
+            mask,
         )[0]
         by_kind: dict[str, list[int]] = {}
         for position, after in found:
@@ -709,6 +669,10 @@ def _metadata_change(data, example: _Example, path: str, file: str, spans: list[
     if mode == "digit" and digits:
         plus = data.draw(st.integers(1, 9), label="plus")
         offset = _pick(data, digits, "digit")
-        return offset, lambda b: 48 + (b - 48 + plus) % 10, f"digit changed (+{plus} mod 10)"
+        return (
+            offset,
+            lambda b: 48 + (b - 48 + plus) % 10,
+            f"digit changed (+{plus} mod 10)",
+        )
     bit = data.draw(st.integers(0, 7), label="bit")
     return _pick(data, outside, "byte"), lambda b: b ^ (1 << bit), f"bit {bit} flipped"
