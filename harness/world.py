@@ -133,7 +133,9 @@ def _worker(
                     RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc()),
                 )
         sys.stdout.flush()
-        output = Path(log_path).read_bytes()[start:].decode(errors="replace")
+        # from the open descriptor, not the path: the log may have been removed or replaced
+        end = os.lseek(log.fileno(), 0, os.SEEK_END)
+        output = os.pread(log.fileno(), end - start, start).decode(errors="replace")
         try:
             conn.send((call_id, ok, value, output))
         except Exception as exc:  # noqa: BLE001 - the result did not pickle
@@ -238,7 +240,10 @@ class World:
         self.start()
         self._call_id += 1
         call_id = self._call_id
-        self._call_log_start = [os.path.getsize(p) for p in self._logs()]
+        # a rank killed before it opened its log has none: its death is reported below
+        self._call_log_start = [
+            os.path.getsize(p) if os.path.exists(p) else 0 for p in self._logs()
+        ]
         for conn in self._conns:
             conn.send(("call", call_id, payload))
         replies = self._collect(

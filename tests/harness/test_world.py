@@ -89,6 +89,13 @@ def test_a_dead_rank_is_reported_with_its_exit_and_the_pool_restarts(how, expect
         assert world.run(rf.rank_and_size, "after") == [(0, 2, "after"), (1, 2, "after")]
 
 
+def test_a_rank_without_a_log_file_does_not_break_a_call():
+    with World(2) as world:
+        world.start()
+        os.remove(world._logs()[1])  # as when a rank is killed before it opens its log
+        assert world.run(rf.rank_and_size, "x") == [(0, 2, "x"), (1, 2, "x")]
+
+
 def test_cuda_modes_skip_cleanly_without_a_gpu(world_factory):
     import torch
 
