@@ -425,53 +425,22 @@ class MeshChangeTests:
         tensors = tuple(dataclasses.replace(t, salt=t.salt + 1) for t in case.tensors)
         return dataclasses.replace(case, tensors=tensors)
 
-    @pytest.mark.ckpt_requires("checkpointer")
-    @settings(max_examples=5)
-    @given(data=st.data())
-    def test_checkpointer_save_and_load(self, backend, ckpt_path, ckpt_repro, data):
-        """``checkpointer(path).save(state)`` then ``.load(blank)`` on the same object."""
+    def _check_checkpointer(self, backend, ckpt_path, ckpt_repro, data, use_async: bool) -> None:
+        """Round-trip a case through one Checkpointer object; fail on any differing value."""
         case = self._checkpointer_case(backend, data)
         text = case.describe()
+        how = "async_save" if use_async else "save"
         results = _run(
             backend,
             case.save_world,
-            "Checkpointer save or load",
+            f"Checkpointer {how} or load",
             text,
             ckpt_repro,
             ops.checkpointer_round_trip,
             BackendRef.of(backend),
             case,
             ckpt_path(),
-            False,
-        )
-        found = [m for r in results for m in r]
-        if found:
-            raise _failure(
-                backend,
-                f"{len(found)} value(s) loaded through the Checkpointer differ from what was saved",
-                text,
-                _listing(found),
-                ckpt_repro,
-            )
-
-    @pytest.mark.ckpt_requires("checkpointer", "async_save")
-    @settings(max_examples=5)
-    @given(data=st.data())
-    def test_checkpointer_async_save_and_load(self, backend, ckpt_path, ckpt_repro, data):
-        """``checkpointer(path).async_save(state)``, wait, then ``.load(blank)``."""
-        case = self._checkpointer_case(backend, data)
-        text = case.describe()
-        results = _run(
-            backend,
-            case.save_world,
-            "Checkpointer async_save or load",
-            text,
-            ckpt_repro,
-            ops.checkpointer_round_trip,
-            BackendRef.of(backend),
-            case,
-            ckpt_path(),
-            True,
+            use_async,
         )
         if any(r is None for r in results):
             pytest.skip("unsupported by backend: its checkpointer has no async_save")
@@ -479,11 +448,25 @@ class MeshChangeTests:
         if found:
             raise _failure(
                 backend,
-                f"{len(found)} value(s) loaded after Checkpointer.async_save differ from what was saved",
+                f"{len(found)} value(s) loaded after Checkpointer.{how} differ from what was saved",
                 text,
                 _listing(found),
                 ckpt_repro,
             )
+
+    @pytest.mark.ckpt_requires("checkpointer")
+    @settings(max_examples=5)
+    @given(data=st.data())
+    def test_checkpointer_save_and_load(self, backend, ckpt_path, ckpt_repro, data):
+        """``checkpointer(path).save(state)`` then ``.load(blank)`` on the same object."""
+        self._check_checkpointer(backend, ckpt_path, ckpt_repro, data, use_async=False)
+
+    @pytest.mark.ckpt_requires("checkpointer", "async_save")
+    @settings(max_examples=5)
+    @given(data=st.data())
+    def test_checkpointer_async_save_and_load(self, backend, ckpt_path, ckpt_repro, data):
+        """``checkpointer(path).async_save(state)``, wait, then ``.load(blank)``."""
+        self._check_checkpointer(backend, ckpt_path, ckpt_repro, data, use_async=True)
 
     @pytest.mark.ckpt_requires("checkpointable", "resharding", "world_size_change")
     @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.Complet
             "copying_checkpointer",
             "broken-copying-checkpointer",
             "test_checkpointer_save_and_load",
-            "loaded through the Checkpointer differ",
+            "loaded after Checkpointer.save differ",
         ),
     ],
 )
