@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -110,42 +111,32 @@ def _copying_checkpointer(path: str) -> LoadsIntoACopy:
     return LoadsIntoACopy(FileSystemWriter(path), FileSystemReader(path))
 
 
+def _with_files(name: str, **parts: Any) -> Backend:
+    """A backend on the reference file storage with the given broken parts."""
+    return Backend(
+        name=name, storage_writer=FileSystemWriter, storage_reader=FileSystemReader, **parts
+    )
+
+
 def world_rank_coordinates() -> Backend:
     """DCP with a load planner that takes the world rank for the mesh coordinate."""
-    return Backend(
-        name="broken-world-rank-coordinate",
-        storage_writer=FileSystemWriter,
-        storage_reader=FileSystemReader,
-        load_planner=WorldRankAsCoordinate,
-    )
+    return _with_files("broken-world-rank-coordinate", load_planner=WorldRankAsCoordinate)
 
 
 def flattened_mesh() -> Backend:
     """DCP with a load planner that flattens 2-D meshes."""
-    return Backend(
-        name="broken-flattened-mesh",
-        storage_writer=FileSystemWriter,
-        storage_reader=FileSystemReader,
-        load_planner=FlattenedMesh,
-    )
+    return _with_files("broken-flattened-mesh", load_planner=FlattenedMesh)
 
 
 def first_chunk_only() -> Backend:
     """DCP with a save planner that keeps one chunk per rank of a checkpointable subclass."""
-    return Backend(
-        name="broken-first-chunk-only",
-        storage_writer=FileSystemWriter,
-        storage_reader=FileSystemReader,
-        save_planner=FirstChunkOnly,
-    )
+    return _with_files("broken-first-chunk-only", save_planner=FirstChunkOnly)
 
 
 def copying_checkpointer() -> Backend:
     """The reference, with a Checkpointer whose load does not fill the state dict it is given."""
-    return Backend(
-        name="broken-copying-checkpointer",
-        storage_writer=FileSystemWriter,
-        storage_reader=FileSystemReader,
+    return _with_files(
+        "broken-copying-checkpointer",
         checkpointer=_copying_checkpointer,
         unsupported=frozenset({"sharded_tensor"}),
     )

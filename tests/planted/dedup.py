@@ -44,6 +44,24 @@ def _holders(plans: Sequence[SavePlan], key_of) -> dict:
     return holders
 
 
+def _assign_single_holders(plans: Sequence[SavePlan], holders: dict):
+    """Owners of the items one rank holds, the bytes each rank then writes, every item's size,
+    and the replicated keys still to assign (in first-seen order)."""
+    load = [0] * len(plans)
+    owner, sizes = {}, {}
+    for plan in plans:
+        for item in plan.items:
+            sizes.setdefault(write_item_key(item), write_item_bytes(item))
+    replicated = []
+    for key, ranks in holders.items():
+        if len(ranks) == 1:
+            owner[key] = ranks[0]
+            load[ranks[0]] += sizes[key]
+        else:
+            replicated.append(key)
+    return owner, load, sizes, replicated
+
+
 # --- a chunk lost: dedup keyed on the name alone -------------------------------------------------
 
 
@@ -78,18 +96,8 @@ def balanced_dedup_any_rank(plans: Sequence[SavePlan]) -> list[SavePlan]:
     """The mistake: each replicated item goes to the least-loaded rank of the whole world,
     not the least-loaded rank holding it; if that rank does not hold it, no rank writes it."""
     holders = _holders(plans, write_item_key)
-    load = [0] * len(plans)
-    owner, sizes = {}, {}
-    for plan in plans:
-        for item in plan.items:
-            sizes.setdefault(write_item_key(item), write_item_bytes(item))
-    for key, ranks in holders.items():
-        if len(ranks) == 1:
-            owner[key] = ranks[0]
-            load[ranks[0]] += sizes[key]
-    for key in sorted(
-        (k for k, r in holders.items() if len(r) > 1), key=lambda k: (-sizes[k], repr(k))
-    ):
+    owner, load, sizes, replicated = _assign_single_holders(plans, holders)
+    for key in sorted(replicated, key=lambda k: (-sizes[k], repr(k))):
         chosen = min(range(len(plans)), key=lambda r: (load[r], r))
         owner[key] = chosen
         load[chosen] += sizes[key]
@@ -193,18 +201,7 @@ def shuffled_dedup(plans: Sequence[SavePlan], rng: random.Random) -> list[SavePl
     """The mistake: replicated items are balanced in a random order ("shuffle to spread large
     items") instead of a fixed one, so which rank writes what changes from one save to the next."""
     holders = _holders(plans, write_item_key)
-    load = [0] * len(plans)
-    owner, sizes = {}, {}
-    for plan in plans:
-        for item in plan.items:
-            sizes.setdefault(write_item_key(item), write_item_bytes(item))
-    replicated = []
-    for key, ranks in holders.items():
-        if len(ranks) == 1:
-            owner[key] = ranks[0]
-            load[ranks[0]] += sizes[key]
-        else:
-            replicated.append(key)
+    owner, load, sizes, replicated = _assign_single_holders(plans, holders)
     rng.shuffle(replicated)
     for key in replicated:
         ranks = list(holders[key])
