@@ -8,6 +8,9 @@ failure or an unsupported test does not count). :class:`KillTable` holds the ver
 and renders them as a rich table, JSON or markdown. From a shell::
 
     python -m ckptconf.conformance.killrate tests.planted:PLANTED --profile ci --fast
+
+The JSON and markdown tables are rewritten after every bug, and ``--resume`` picks a
+stopped run up where it ended.
 """
 
 from __future__ import annotations
@@ -83,6 +86,19 @@ class BugVerdict:
         )
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any], bug: PlantedBug) -> BugVerdict:
+        """A verdict written by :meth:`to_json`, for ``bug``."""
+        return cls(
+            bug,
+            bool(data["killed"]),
+            list(data.get("killed_by") or []),
+            dict(data.get("reasons") or {}),
+            dict(data.get("outcomes") or {}),
+            data.get("error"),
+            float(data.get("seconds") or 0.0),
+        )
+
 
 @dataclass
 class KillTable:
@@ -91,6 +107,14 @@ class KillTable:
     profile: str
     fast: bool
     verdicts: list[BugVerdict] = field(default_factory=list)
+    planned: int | None = None
+    """How many bugs the run selected; more than ``len(verdicts)`` while it is under way."""
+    first_kill: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Whether every selected bug has a verdict."""
+        return self.planned is None or len(self.verdicts) >= self.planned
 
     @property
     def killed(self) -> int:
@@ -111,6 +135,9 @@ class KillTable:
         return {
             "profile": self.profile,
             "fast": self.fast,
+            "first_kill": self.first_kill,
+            "complete": self.complete,
+            "planned": self.planned if self.planned is not None else len(self.verdicts),
             "killed": self.killed,
             "total": len(self.verdicts),
             "rate": round(self.rate, 4),
@@ -122,8 +149,18 @@ class KillTable:
         lines = [
             f"# Planted-bug kill rate: {self.killed}/{len(self.verdicts)} ({self.rate:.1%})",
             "",
-            f"Profile `{self.profile}`{', fast subset (first kill only)' if self.fast else ''}.",
+            f"Profile `{self.profile}`{', fast subset (first kill only)' if self.fast else ''}"
+            f"{', each bug stopped at its first kill' if self.first_kill and not self.fast else ''}.",
             "",
+            *(
+                [
+                    f"**Partial**: {len(self.verdicts)} of {self.planned} bugs have a verdict "
+                    "(the run is under way or was stopped).",
+                    "",
+                ]
+                if not self.complete
+                else []
+            ),
             "| bug | suites | description | killed by |",
             "|---|---|---|---|",
         ]
@@ -133,6 +170,18 @@ class KillTable:
                 f"| {_md(_verdict_text(v))} |"
             )
         return "\n".join(lines) + "\n"
+
+    def write(self, json_path: str | Path | None, markdown_path: str | Path | None) -> None:
+        """Write the table as JSON and/or markdown, each file replaced atomically."""
+        for path, text in (
+            (json_path, lambda: json.dumps(self.to_json(), indent=2) + "\n"),
+            (markdown_path, self.to_markdown),
+        ):
+            if path is not None:
+                target = Path(path)
+                partial = target.with_name(target.name + ".partial")
+                partial.write_text(text())
+                os.replace(partial, target)
 
     def render(self, console=None) -> None:
         """Print the table and the kill rate with rich."""
@@ -240,7 +289,7 @@ class _NoShrink:
 
 
 def _run_one(
-    bug: PlantedBug, *, profile: str, fast: bool, k: str | None, isolated: Path
+    bug: PlantedBug, *, profile: str, fast: bool, first_kill: bool, k: str | None, isolated: Path
 ) -> BugVerdict:
     args = ["--pyargs", "ckptconf.conformance", "--ckpt-backend", bug.spec]
     args += ["--ckpt-profile", profile, "-c", str(isolated / "pytest.ini")]
@@ -248,7 +297,7 @@ def _run_one(
     expression = " and ".join(f"({e})" for e in (k, bug.tests if fast else None) if e)
     if expression:
         args += ["-k", expression]
-    if fast:
+    if fast or first_kill:
         args.append("-x")
     collect = _Collect(bug.target_suites if fast else None)
     start = time.monotonic()
@@ -279,29 +328,39 @@ def run_killrate(
     *,
     profile: str,
     fast: bool = False,
+    first_kill: bool = False,
     k: str | None = None,
-    on_verdict: Callable[[int, BugVerdict], None] | None = None,
+    known: dict[str, BugVerdict] | None = None,
+    on_verdict: Callable[[int, BugVerdict, KillTable], None] | None = None,
 ) -> KillTable:
     """Run the conformance suite against every bug in this process; the verdicts and the kill rate.
 
     ``fast``: only bugs with ``fast=True``, only tests of their target suites (and their
-    ``tests`` expression), each run stopped at its first failure. ``k``: a pytest ``-k``
-    expression applied to every run. ``on_verdict(index, verdict)`` is called after each bug.
+    ``tests`` expression), each run stopped at its first failure. ``first_kill``: every
+    test, but each bug's run stops at its first failure (a bug that hangs costs one
+    timeout, not one per test). ``k``: a pytest ``-k`` expression applied to every run.
+    ``known``: verdicts by bug name, kept instead of running those bugs (to resume a
+    stopped run). ``on_verdict(index, verdict, table)`` is called after each bug.
     """
     from hypothesis import settings
 
     selected = [b for b in bugs if b.fast] if fast else list(bugs)
-    table = KillTable(profile=profile, fast=fast)
+    table = KillTable(profile=profile, fast=fast, planned=len(selected), first_kill=first_kill)
+    known = known or {}
     # An empty config of our own: the suite must not pick up the options of a project's pytest.ini.
     isolated = Path(tempfile.mkdtemp(prefix="ckptconf-killrate-"))
     (isolated / "pytest.ini").write_text("[pytest]\n")
     previous = settings.get_current_profile_name()
     try:
         for index, bug in enumerate(selected):
-            verdict = _run_one(bug, profile=profile, fast=fast, k=k, isolated=isolated)
+            verdict = known.get(bug.name)
+            if verdict is None:
+                verdict = _run_one(
+                    bug, profile=profile, fast=fast, first_kill=first_kill, k=k, isolated=isolated
+                )
             table.verdicts.append(verdict)
             if on_verdict is not None:
-                on_verdict(index, verdict)
+                on_verdict(index, verdict, table)
     finally:
         settings.load_profile(previous)
     return table
@@ -324,6 +383,34 @@ def load_bugs(spec: str) -> list[PlantedBug]:
     if wrong:
         raise TypeError(f"{spec} holds {wrong[0]} values, expected PlantedBug")
     return bugs
+
+
+def resumable_verdicts(
+    path: str | Path, bugs: Sequence[PlantedBug], *, profile: str, fast: bool, first_kill: bool
+) -> dict[str, BugVerdict]:
+    """Verdicts of a JSON table written by an earlier run with the same settings, by bug name.
+
+    Only bugs that are still in ``bugs`` with the same spec are kept, and only verdicts
+    that ran (an error such as "no test ran" is run again).
+    """
+    target = Path(path)
+    if not target.exists():
+        return {}
+    data = json.loads(target.read_text())
+    settings_then = (data.get("profile"), data.get("fast"), data.get("first_kill", False))
+    if settings_then != (profile, fast, first_kill):
+        raise ValueError(
+            f"{target} was written with profile={settings_then[0]}, fast={settings_then[1]}, "
+            f"first_kill={settings_then[2]}; expected profile={profile}, fast={fast}, "
+            f"first_kill={first_kill}: resume with the same options or another --json path"
+        )
+    by_name = {b.name: b for b in bugs}
+    kept = {}
+    for entry in data.get("bugs", []):
+        bug = by_name.get(entry.get("name"))
+        if bug is not None and entry.get("spec") == bug.spec and entry.get("error") is None:
+            kept[bug.name] = BugVerdict.from_json(entry, bug)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,13 +436,28 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only bugs marked fast, only their target suites, each stopped at its first kill",
     )
+    parser.add_argument(
+        "--first-kill",
+        action="store_true",
+        help="run every test, but stop each bug at its first failure (much faster for bugs that hang)",
+    )
     parser.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
     parser.add_argument(
         "--only",
         default=None,
         help="only bugs whose name matches one of these comma-separated globs",
     )
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON")
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="write the table as JSON (rewritten after every bug, so a stopped run keeps its verdicts)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the verdicts already in the --json file (same options) and run only the other bugs",
+    )
     parser.add_argument(
         "--markdown", default=None, metavar="PATH", help="write the table as markdown"
     )
@@ -379,20 +481,39 @@ def main(argv: list[str] | None = None) -> int:
     if not total:
         console.print("[red]no planted bug selected[/red]")
         return 2
+    if args.resume and not args.json:
+        console.print("[red]--resume needs --json PATH (the table to resume)[/red]")
+        return 2
+    known: dict[str, BugVerdict] = {}
+    if args.resume:
+        try:
+            known = resumable_verdicts(
+                args.json, bugs, profile=args.profile, fast=args.fast, first_kill=args.first_kill
+            )
+        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            console.print(f"[red]cannot resume from {args.json}: {_escape(str(exc))}[/red]")
+            return 2
 
-    def progress(index: int, verdict: BugVerdict) -> None:
+    def progress(index: int, verdict: BugVerdict, table: KillTable) -> None:
         mark = "[green]killed[/green]" if verdict.killed else "[red]SURVIVED[/red]"
+        kept = " (kept from the earlier run)" if known.get(verdict.bug.name) is verdict else ""
         console.print(
-            f"[{index + 1}/{total}] {verdict.bug.name}: {mark} ({verdict.seconds:.0f} s)"
+            f"[{index + 1}/{total}] {verdict.bug.name}: {mark} ({verdict.seconds:.0f} s){kept}"
             + (f" {_escape(verdict.error)}" if verdict.error else "")
         )
+        table.write(args.json, args.markdown)
 
-    table = run_killrate(bugs, profile=args.profile, fast=args.fast, k=args.k, on_verdict=progress)
+    table = run_killrate(
+        bugs,
+        profile=args.profile,
+        fast=args.fast,
+        first_kill=args.first_kill,
+        k=args.k,
+        known=known,
+        on_verdict=progress,
+    )
     table.render(console)
-    if args.json:
-        Path(args.json).write_text(json.dumps(table.to_json(), indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(table.to_markdown())
+    table.write(args.json, args.markdown)
     return 0 if table.rate >= args.min_rate else 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from ckptconf.conformance.killrate import BugVerdict, KillTable, PlantedBug, short_test_id
+from ckptconf.conformance.killrate import (
+    BugVerdict,
+    KillTable,
+    PlantedBug,
+    main,
+    resumable_verdicts,
+    run_killrate,
+    short_test_id,
+)
 
 from tests.planted import PLANTED
 
@@ -32,6 +41,78 @@ def test_table_counts_renders_and_serialises():
     data = table.to_json()
     assert data["killed"] == 1 and data["bugs"][2]["error"] == "no test of suites plans ran"
     assert short_test_id("test_a.py::TestA::test_x") == "TestA::test_x"
+
+
+def _bugs(n: int) -> list[PlantedBug]:
+    return [PlantedBug(f"b{i}", f"bug {i}", f"m:b{i}", ("roundtrip",)) for i in range(n)]
+
+
+def test_a_partial_table_says_so_and_round_trips(tmp_path):
+    bugs = _bugs(3)
+    table = KillTable(profile="ci", fast=False, planned=3)
+    table.verdicts = [BugVerdict(bugs[0], True, ["t.py::T::test_a"], {"t.py::T::test_a": "x"})]
+    table.write(tmp_path / "k.json", tmp_path / "k.md")
+    assert "**Partial**: 1 of 3 bugs" in (tmp_path / "k.md").read_text()
+    data = json.loads((tmp_path / "k.json").read_text())
+    assert (data["complete"], data["planned"], data["killed"]) == (False, 3, 1)
+    again = BugVerdict.from_json(data["bugs"][0], bugs[0])
+    assert again == table.verdicts[0]
+    table.verdicts += [BugVerdict(bugs[1], False), BugVerdict(bugs[2], False, error="none ran")]
+    table.write(None, tmp_path / "k.md")
+    assert "Partial" not in (tmp_path / "k.md").read_text()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_resume_keeps_verdicts_of_the_same_settings_and_bugs(tmp_path):
+    bugs = _bugs(4)
+    table = KillTable(profile="ci", fast=False, planned=4)
+    table.verdicts = [
+        BugVerdict(bugs[0], True, ["t.py::test_a"]),
+        BugVerdict(bugs[1], False),
+        BugVerdict(bugs[2], False, error="no conformance test ran"),
+    ]
+    path = tmp_path / "k.json"
+    table.write(path, None)
+    moved = [*bugs[:1], dataclasses.replace(bugs[1], spec="m:elsewhere"), *bugs[2:]]
+    kept = resumable_verdicts(path, moved, profile="ci", fast=False, first_kill=False)
+    # b1's spec changed and b2 errored: only b0 is kept; b3 never ran
+    assert list(kept) == ["b0"] and kept["b0"].killed_by == ["t.py::test_a"]
+    with pytest.raises(ValueError, match="profile=ci, fast=False, first_kill=False"):
+        resumable_verdicts(path, bugs, profile="thorough", fast=False, first_kill=False)
+    assert (
+        resumable_verdicts(tmp_path / "none.json", bugs, profile="ci", fast=False, first_kill=False)
+        == {}
+    )
+
+
+def test_known_verdicts_are_not_run_again_and_each_is_reported(tmp_path):
+    bugs = _bugs(2)
+    known = {b.name: BugVerdict(b, True, [f"t.py::test_{b.name}"]) for b in bugs}
+    seen = []
+    table = run_killrate(
+        bugs,
+        profile="ci",
+        known=known,
+        on_verdict=lambda i, v, t: seen.append((i, v.bug.name, len(t.verdicts))),
+    )
+    assert seen == [(0, "b0", 1), (1, "b1", 2)]
+    assert table.complete and table.killed == 2
+
+
+def test_the_cli_resumes_from_its_own_json(tmp_path, monkeypatch):
+    module = tmp_path / "fake_planted.py"
+    module.write_text(
+        "from ckptconf.conformance.killrate import PlantedBug\n"
+        "BUGS = [PlantedBug('b0', 'bug 0', 'm:b0', ('roundtrip',))]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out, md = tmp_path / "k.json", tmp_path / "k.md"
+    table = KillTable(profile="ci", fast=False, planned=1)
+    table.verdicts = [BugVerdict(_bugs(1)[0], True, ["t.py::test_a"])]
+    table.write(out, None)
+    assert main(["fake_planted:BUGS", "--json", str(out), "--resume", "--markdown", str(md)]) == 0
+    assert "| `b0` | roundtrip | bug 0 | test_a |" in md.read_text()
+    assert main(["fake_planted:BUGS", "--resume"]) == 2  # nothing to resume from
 
 
 @pytest.mark.multiprocess
