@@ -105,7 +105,8 @@ def _grid_problems(key, size, chunks, filled, bounds, owner, require_cover) -> l
         widths = [np.diff(np.asarray(b, dtype=np.int64)) for b in bounds]
         missing = 0
         listed = []
-        for cell in zip(*np.nonzero(counts == 0)):
+        gap_cells = list(zip(*np.nonzero(counts == 0)))
+        for cell in gap_cells:
             volume = math.prod(int(widths[d][j]) for d, j in enumerate(cell))
             missing += volume
             if len(listed) < _MAX_LISTED:
@@ -115,7 +116,7 @@ def _grid_problems(key, size, chunks, filled, bounds, owner, require_cover) -> l
                 )
         problems.append(
             f"key {key!r}: {missing} of {math.prod(size)} elements are not covered by any chunk "
-            f"(gaps at {'; '.join(listed)}{'; ...' if missing and len(listed) == _MAX_LISTED else ''})"
+            f"(gaps at {'; '.join(listed)}{'; ...' if len(gap_cells) > len(listed) else ''})"
         )
     return problems
 

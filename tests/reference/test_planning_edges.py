@@ -189,6 +189,13 @@ def test_gap_listing_stops_at_ten_cells():
     )
 
 
+def test_exactly_ten_gaps_are_all_listed_without_an_ellipsis():
+    chunks = [chunk((2 * i,), (1,)) for i in range(11)]  # 10 gaps on a line of 21
+    (problem,) = chunk_layout_problems("k", (21,), chunks)
+    gaps = "; ".join(f"offsets ({2 * i + 1},) sizes (1,)" for i in range(10))
+    assert problem == f"key 'k': 10 of 21 elements are not covered by any chunk (gaps at {gaps})"
+
+
 def test_gap_widths_and_volumes_are_summed_per_cell():
     problems = chunk_layout_problems(
         "k", (6, 5), [chunk((0, 0), (6, 2)), chunk((0, 4), (3, 1))], owners=["rank 0", "rank 1"]
