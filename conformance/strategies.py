@@ -287,9 +287,11 @@ def sim_layouts(
     shape: tuple[int, ...],
     kinds: Sequence[str] = ("plain", "mesh", "chunks"),
     submesh: bool = True,
+    strided: bool = False,
 ) -> SimLayout:
     """How ``world`` simulated ranks hold a tensor of ``shape``: plain copies, a DeviceMesh on all
-    ranks or (``submesh``) on a run of them, or ShardedTensor-like chunk lists."""
+    ranks or (``submesh``) on a run of them, or ShardedTensor-like chunk lists. ``strided``: mesh
+    placements may be ``_StridedShard`` (several pieces per rank)."""
     allowed = [k for k in kinds if not (k == "chunks" and len(shape) == 0)]
     kind = draw(st.sampled_from(allowed), label="layout kind")
     if kind == "plain":
@@ -300,7 +302,7 @@ def sim_layouts(
         mesh = draw(meshes(world_size=size))
         first = draw(st.integers(0, world - size))
         return SimLayout(
-            "mesh", mesh, draw(placements(mesh=mesh, ndim=len(shape), strided=False)), first
+            "mesh", mesh, draw(placements(mesh=mesh, ndim=len(shape), strided=strided)), first
         )
     if draw(st.booleans(), label="chunk spec"):
         # ChunkShardingSpec: dim split over every rank like torch.chunk, placements rotated
@@ -362,6 +364,7 @@ def plan_state_cases(
     min_dims: int = 0,
     max_dims: int = 3,
     submesh: bool = True,
+    strided: bool = False,
 ) -> PlanStateCase:
     """A simulated world's state: tensors under nested paths with layouts, and objects."""
     world = draw(st.sampled_from(list(worlds)), label="world")
@@ -380,7 +383,11 @@ def plan_state_cases(
                 path,
                 shape,
                 draw(dtype_names(names=dtypes)),
-                draw(sim_layouts(world=world, shape=shape, kinds=kinds, submesh=submesh)),
+                draw(
+                    sim_layouts(
+                        world=world, shape=shape, kinds=kinds, submesh=submesh, strided=strided
+                    )
+                ),
             )
         )
     items = tuple((path, draw(object_values())) for path in paths[count:])
@@ -400,9 +407,11 @@ def plan_reshard_cases(
     max_side: int = 9,
     allow_empty: bool = True,
     min_dims: int = 0,
+    strided: bool = False,
 ) -> tuple[PlanStateCase, PlanStateCase]:
     """``(saved, destination)``: the same tensors and objects, each tensor under an independent
-    layout on ``load_worlds`` ranks in the destination."""
+    layout on ``load_worlds`` ranks in the destination (``strided``: on either side, mesh
+    placements may be ``_StridedShard``)."""
     saved = draw(
         plan_state_cases(
             worlds=save_worlds,
@@ -413,6 +422,7 @@ def plan_reshard_cases(
             max_side=max_side,
             allow_empty=allow_empty,
             min_dims=min_dims,
+            strided=strided,
         ),
         label="saved",
     )
@@ -422,7 +432,10 @@ def plan_reshard_cases(
             t.path,
             t.shape,
             t.dtype,
-            draw(sim_layouts(world=world, shape=t.shape, kinds=kinds), label=f"{t.key} loaded as"),
+            draw(
+                sim_layouts(world=world, shape=t.shape, kinds=kinds, strided=strided),
+                label=f"{t.key} loaded as",
+            ),
         )
         for t in saved.tensors
     )

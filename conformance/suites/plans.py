@@ -323,8 +323,6 @@ class PlanValidationTests:
         """Saved under layout A on N ranks, loaded under layout B on M ranks (N, M up to 200):
         the read items cover every destination element once, each from a saved chunk that
         holds it, and the loaded values are the saved ones."""
-        save_factory = save_planner_factory(backend)
-        load_factory = load_planner_factory(backend)
         worlds = (1, 2, 3, 4, 7, 16, 64, 200)
         saved, dest = data.draw(
             plan_reshard_cases(
@@ -338,31 +336,32 @@ class PlanValidationTests:
             ),
             label="case",
         )
-        text = f"saved: {saved.describe()}\nloaded: {dest.describe()}"
-        dest_states = build_states(dest, data="sentinel")
-        try:
-            metadata, plans = save_then_load_in_memory(
-                build_states(saved, data="encoded"), dest_states, save_factory, load_factory
-            )
-        except Exception as exc:  # noqa: BLE001 - any planner error is the finding
-            notes = "\n".join(getattr(exc, "__notes__", []))
-            raise _failure(
-                backend,
-                "a simulated save or load raised",
-                text,
-                f"{raised_text(exc)}\n{notes}",
-                ckpt_repro,
-            ) from None
-        problems = read_plan_problems(plans, dest_states, metadata)
-        if problems:
-            raise failure(
-                backend, "the load plans do not read every element once", text, problems, ckpt_repro
-            )
-        problems = loaded_value_problems(dest, dest_states)
-        if problems:
-            raise failure(
-                backend, "loaded values differ from the saved ones", text, problems, ckpt_repro
-            )
+        _check_simulated_reshard(backend, ckpt_repro, saved, dest)
+
+    @pytest.mark.ckpt_level("core")
+    @pytest.mark.ckpt_requires("resharding", "world_size_change", "dtensor", "strided_shard")
+    @given(data=st.data())
+    def test_strided_shard_plans(self, backend, ckpt_repro, data):
+        """As above, with ``_StridedShard`` among the mesh placements on either side (several
+        pieces per rank, as FSDP2 over TP lays them out) on up to 64 simulated ranks; the
+        saved metadata must also tile each tensor exactly."""
+        if not _protocol(backend):
+            pytest.skip(UNSUPPORTED_PREFIX + "checkpointable")
+        worlds = (2, 4, 6, 8, 16, 64)
+        saved, dest = data.draw(
+            plan_reshard_cases(
+                save_worlds=worlds,
+                load_worlds=worlds,
+                kinds=("plain", "mesh"),
+                objects=False,
+                allow_empty=backend.supports("empty_tensors"),
+                min_dims=1,
+                max_side=24,
+                strided=True,
+            ),
+            label="case",
+        )
+        _check_simulated_reshard(backend, ckpt_repro, saved, dest, check_metadata=True)
 
     # 6: scale
 
@@ -375,16 +374,29 @@ class PlanValidationTests:
             pytest.param(
                 "bricks", id="2048-ranks-bricks", marks=pytest.mark.ckpt_requires("sharded_tensor")
             ),
+            pytest.param(
+                "strided",
+                id="1024-ranks-strided",
+                marks=pytest.mark.ckpt_requires("dtensor", "strided_shard"),
+            ),
         ],
     )
     def test_plans_at_scale(self, backend, ckpt_repro, layout):
         """A shape-only state on 1,024 or 2,048 simulated ranks plans and validates: its
         metadata describes the state and every chunk is written once. ``bricks``: 2,048
-        chunks whose column cuts differ from row block to row block (no regular grid)."""
+        chunks whose column cuts differ from row block to row block (no regular grid).
+        ``strided``: FSDP2 over TP on a 32 x 32 mesh (``_StridedShard`` then ``Shard`` on one
+        dim: one piece per rank, not where ``Shard, Shard`` puts it) and a ``_StridedShard``
+        alone (four pieces per rank)."""
         factory = save_planner_factory(backend)
-        if layout == "bricks" and not _protocol(backend):
+        if layout in ("bricks", "strided") and not _protocol(backend):
             pytest.skip(UNSUPPORTED_PREFIX + "checkpointable")
-        case = _bricks_case() if layout == "bricks" else _scale_case(backend, layout)
+        if layout == "bricks":
+            case = _bricks_case()
+        elif layout == "strided":
+            case = _strided_scale_case()
+        else:
+            case = _scale_case(backend, layout)
         result = plan_save(backend, build_states(case), factory, case.describe(), ckpt_repro)
         problems = metadata_problems(case, result.metadata)
         problems += dedup_problems(result.local_plans, result.global_plan, result.metadata)
@@ -396,6 +408,52 @@ class PlanValidationTests:
                 problems,
                 ckpt_repro,
             )
+
+
+def _check_simulated_reshard(
+    backend: Backend,
+    ckpt_repro: str,
+    saved: PlanStateCase,
+    dest: PlanStateCase,
+    *,
+    check_metadata: bool = False,
+) -> None:
+    """Plan a save of ``saved`` and a load into ``dest`` in memory; fail on read items that do
+    not cover every destination element once, wrong loaded values or (``check_metadata``) saved
+    metadata that does not describe ``saved``."""
+    text = f"saved: {saved.describe()}\nloaded: {dest.describe()}"
+    dest_states = build_states(dest, data="sentinel")
+    try:
+        metadata, plans = save_then_load_in_memory(
+            build_states(saved, data="encoded"),
+            dest_states,
+            save_planner_factory(backend),
+            load_planner_factory(backend),
+        )
+    except Exception as exc:  # noqa: BLE001 - any planner error is the finding
+        notes = "\n".join(getattr(exc, "__notes__", []))
+        raise _failure(
+            backend,
+            "a simulated save or load raised",
+            text,
+            f"{raised_text(exc)}\n{notes}",
+            ckpt_repro,
+        ) from None
+    problems = metadata_problems(saved, metadata) if check_metadata else []
+    if problems:
+        raise failure(
+            backend, "the saved metadata does not describe the state", text, problems, ckpt_repro
+        )
+    problems = read_plan_problems(plans, dest_states, metadata)
+    if problems:
+        raise failure(
+            backend, "the load plans do not read every element once", text, problems, ckpt_repro
+        )
+    problems = loaded_value_problems(dest, dest_states)
+    if problems:
+        raise failure(
+            backend, "loaded values differ from the saved ones", text, problems, ckpt_repro
+        )
 
 
 def _dcp_verdict(plans, metadata) -> str:
@@ -454,6 +512,21 @@ def _scale_case(backend: Backend, mesh: tuple[int, ...]) -> PlanStateCase:
         )
     objects = ((("opt", "step"), 1000),) if backend.supports("objects") else ()
     return PlanStateCase(world, tuple(tensors), objects)
+
+
+def _strided_scale_case(dp: int = 32, tp: int = 32) -> PlanStateCase:
+    """Weights of a model on ``dp * tp`` ranks as FSDP2 over TP shards them: dim 0 split by TP,
+    each TP part split again by FSDP (``_StridedShard(0, split_factor=tp)`` then ``Shard(0)``),
+    including a side that does not divide evenly; and optimizer state under a ``_StridedShard``
+    of split factor 4 alone, which gives every rank four pieces."""
+    mesh, placements = (dp, tp), (f"SS0x{tp}", "S0")
+    tensors = (
+        SimTensor(("model", "w"), (4096, 64), "bfloat16", SimLayout("mesh", mesh, placements)),
+        SimTensor(("model", "emb"), (1000, 8), "float32", SimLayout("mesh", mesh, placements)),
+        SimTensor(("model", "norm"), (64,), "float32", SimLayout()),
+        SimTensor(("opt", "m"), (30, 1000), "float32", SimLayout("mesh", mesh, ("R", "SS1x4"))),
+    )
+    return PlanStateCase(dp * tp, tensors)
 
 
 def _bricks_case(

@@ -104,6 +104,22 @@ class DoubleReadLoadPlanner(DefaultLoadPlanner):
         return plan
 
 
+class FirstPieceLoadPlanner(DefaultLoadPlanner):
+    """Fills only the first local piece of each destination value (a loop that assumes one
+    piece per rank, as ``Shard`` gives and ``_StridedShard`` does not)."""
+
+    def create_local_plan(self):
+        plan = super().create_local_plan()
+        first: dict[str, tuple] = {}
+        for item in plan.items:
+            offset = tuple(item.dest_index.offset or ())
+            first[item.dest_index.fqn] = min(first.get(item.dest_index.fqn, offset), offset)
+        kept = [
+            i for i in plan.items if tuple(i.dest_index.offset or ()) == first[i.dest_index.fqn]
+        ]
+        return dataclasses.replace(plan, items=kept)
+
+
 def _backend(name: str, **planners) -> Backend:
     return Backend(
         name=name, storage_writer=FileSystemWriter, storage_reader=FileSystemReader, **planners
@@ -150,3 +166,8 @@ def _whole_load(state_dict, path, *, process_group=None):
 def whole_system() -> Backend:
     """Not broken: its own save and load, and no planners for the plan suite to run."""
     return _backend("whole-system", save=_whole_save, load=_whole_load)
+
+
+def first_piece() -> Backend:
+    """A load planner that fills only the first piece of each destination value."""
+    return _backend("broken-first-piece", load_planner=FirstPieceLoadPlanner)

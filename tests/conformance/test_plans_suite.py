@@ -56,6 +56,11 @@ def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.Complet
             "test_load_plan_reads_every_element_once",
             {"test_load_plan_reads_every_element_once": "covered by more than one of the reads"},
         ),
+        (
+            "first_piece",
+            "test_strided_shard_plans",
+            {"test_strided_shard_plans": "covered by none of the reads"},
+        ),
     ],
 )
 def test_a_broken_planner_fails_the_suite(tmp_path, backend, tests, failing):
@@ -79,7 +84,7 @@ def test_a_backend_without_planners_is_unsupported(tmp_path):
         spec, "scale or oracle_accepts or load_plan or deterministic", tmp_path
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert len(report["tests"]) == 6
+    assert len(report["tests"]) == 7
     for test in report["tests"]:
         assert test["outcome"] == "unsupported", test
         assert "exposes no save planner" in test["message"], test
