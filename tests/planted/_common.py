@@ -41,6 +41,7 @@ __all__ = [
     "current_rank",
     "completed",
     "planted_backend",
+    "VerifiedSavePlanner",
     "HookedSavePlanner",
     "HookedLoadPlanner",
     "reference_parts",
@@ -123,7 +124,7 @@ def planted_backend(
     *,
     writer: Callable[[str], Any] = FileSystemWriter,
     reader: Callable[[str], Any] = FileSystemReader,
-    save_planner: Callable[[], Any] = ReferenceSavePlanner,
+    save_planner: Callable[[], Any] | None = None,
     load_planner: Callable[[], Any] = ReferenceLoadPlanner,
     save_driver: Callable[..., Any] = reference_driver.save,
     load_driver: Callable[..., Any] = reference_driver.load,
@@ -132,10 +133,15 @@ def planted_backend(
 ) -> Backend:
     """The reference backend with some parts replaced: its drivers run the given parts.
 
+    Its save planner verifies replicas by default, as the built-in reference's does: a
+    planted bug must differ from the reference by its bug alone, or every bug would be
+    "killed" by the test that differing replicas raise.
+
     Unlike the built-in reference backend, ``save``/``load``/``async_save`` and the
     ``checkpointer`` use the backend's own planners, so a planner bug is exercised by
     every suite.
     """
+    save_planner = save_planner or VerifiedSavePlanner
     return Backend(
         name=name,
         storage_writer=writer,
@@ -152,7 +158,14 @@ def planted_backend(
     )
 
 
-class HookedSavePlanner(ReferenceSavePlanner):
+class VerifiedSavePlanner(ReferenceSavePlanner):
+    """The reference save planner as the built-in reference backend uses it: replicas verified."""
+
+    def __init__(self, *, verify_replicas: bool = True, **options: Any):
+        super().__init__(verify_replicas=verify_replicas, **options)
+
+
+class HookedSavePlanner(VerifiedSavePlanner):
     """The reference save planner with its global step split into overridable parts."""
 
     def dedup_plans(self, plans: list[SavePlan]) -> list[SavePlan]:

@@ -6,13 +6,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ckptconf.conformance import Backend
-from ckptconf.reference import FileSystemWriter, ReferenceSavePlanner
+from ckptconf.reference import FileSystemWriter
 from ckptconf.reference import driver as reference_driver
 from ckptconf.reference.flatten import flatten_state_dict, set_by_path
 from ckptconf.reference.staging import stage_state_dict
 from ckptconf.reference.state_values import is_tensor_value
 
-from ._common import planted_backend
+from ._common import VerifiedSavePlanner, planted_backend
 
 __all__ = [
     "async_reads_live_tensors",
@@ -33,7 +33,7 @@ def _save(state_dict: dict[str, Any], path: str, process_group) -> Any:
     return reference_driver.save(
         state_dict,
         process_group=process_group,
-        planner=ReferenceSavePlanner(),
+        planner=VerifiedSavePlanner(),
         storage_writer=FileSystemWriter(path),
     )
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 from ckptconf.conformance import Backend
-from ckptconf.reference import LoadContractError, ReferenceLoadPlanner, ReferenceSavePlanner
+from ckptconf.reference import LoadContractError, ReferenceLoadPlanner
 from ckptconf.reference import driver as reference_driver
 from ckptconf.reference.flatten import flatten_state_dict, set_by_path
 from ckptconf.reference.state_values import is_tensor_value
 
-from ._common import HookedLoadPlanner, log, planted_backend
+from ._common import HookedLoadPlanner, VerifiedSavePlanner, log, planted_backend
 
 __all__ = [
     "missing_key_ignored",
@@ -153,7 +153,7 @@ def nested_objects_set_by_flat_key() -> Backend:
 _STATE_TYPES = (torch.Tensor, int, float, bool, str, list, tuple, dict, type(None))
 
 
-class StateTypesSavePlanner(ReferenceSavePlanner):
+class StateTypesSavePlanner(VerifiedSavePlanner):
     """Saves only values of a fixed list of "state" types, which forgets bytes."""
 
     def set_up_planner(self, state_dict, storage_meta=None, is_coordinator=False) -> None:
