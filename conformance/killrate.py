@@ -16,6 +16,7 @@ stopped run up where it ended.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import importlib
 import json
@@ -71,6 +72,8 @@ class BugVerdict:
     outcomes: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    ran: list[str] = field(default_factory=list, repr=False, compare=False)
+    """Every test that ran (not written to JSON)."""
 
     def to_json(self) -> dict[str, Any]:
         """The verdict as JSON-ready data."""
@@ -110,6 +113,10 @@ class KillTable:
     planned: int | None = None
     """How many bugs the run selected; more than ``len(verdicts)`` while it is under way."""
     first_kill: bool = False
+    control_spec: str | None = None
+    """The scaffold without a bug that every killing test was re-run against (None: no control)."""
+    control_failed: dict[str, bool] = field(default_factory=dict)
+    """Each killing test (short id) re-run on the control, and whether it failed there too."""
 
     @property
     def complete(self) -> bool:
@@ -138,6 +145,8 @@ class KillTable:
             "first_kill": self.first_kill,
             "complete": self.complete,
             "planned": self.planned if self.planned is not None else len(self.verdicts),
+            "control": self.control_spec,
+            "control_failed": self.control_failed,
             "killed": self.killed,
             "total": len(self.verdicts),
             "rate": round(self.rate, 4),
@@ -151,6 +160,8 @@ class KillTable:
             "",
             f"Profile `{self.profile}`{', fast subset (first kill only)' if self.fast else ''}"
             f"{', each bug stopped at its first kill' if self.first_kill and not self.fast else ''}.",
+            "",
+            _control_text(self.control_spec, self.control_failed),
             "",
             *(
                 [
@@ -208,6 +219,22 @@ class KillTable:
         )
 
 
+def _control_text(spec: str | None, failed: dict[str, bool]) -> str:
+    if spec is None:
+        return "No control run: a test that fails without any bug would count as a kill."
+    bad = sorted(t for t, f in failed.items() if f)
+    text = (
+        f"Control: each of the {len(failed)} killing tests was re-run against `{spec}`, the "
+        "scaffold without a bug"
+    )
+    if not bad:
+        return text + "; none failed there."
+    return (
+        text + f"; {len(bad)} failed there too, so they count as no kill and were left out of "
+        f"the bugs' runs: {', '.join(bad)}."
+    )
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -237,19 +264,27 @@ def _verdict_text(v: BugVerdict) -> str:
 class _Collect:
     """Keeps the conformance report of a run; in fast mode, keeps only the target suites' tests."""
 
-    def __init__(self, suites: Sequence[str] | None):
+    def __init__(
+        self,
+        suites: Sequence[str] | None,
+        exclude: frozenset[str] = frozenset(),
+        include: frozenset[str] | None = None,
+    ):
         self.suites = set(suites) if suites is not None else None
+        self.exclude = exclude
+        self.include = include
         self.report = None
         self.selected = 0
 
     def pytest_collection_modifyitems(self, config, items):
-        if self.suites is None:
-            self.selected = len(items)
-            return
         kept, dropped = [], []
         for item in items:
             marker = item.get_closest_marker("ckpt_suite")
-            (kept if marker and marker.args[0] in self.suites else dropped).append(item)
+            wanted = self.suites is None or bool(marker and marker.args[0] in self.suites)
+            short = short_test_id(item.nodeid)
+            if short in self.exclude or (self.include is not None and short not in self.include):
+                wanted = False
+            (kept if wanted else dropped).append(item)
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
@@ -289,7 +324,16 @@ class _NoShrink:
 
 
 def _run_one(
-    bug: PlantedBug, *, profile: str, fast: bool, first_kill: bool, k: str | None, isolated: Path
+    bug: PlantedBug,
+    *,
+    profile: str,
+    fast: bool,
+    first_kill: bool,
+    k: str | None,
+    isolated: Path,
+    exclude: frozenset[str] = frozenset(),
+    include: frozenset[str] | None = None,
+    stop_early: bool | None = None,
 ) -> BugVerdict:
     args = ["--pyargs", "ckptconf.conformance", "--ckpt-backend", bug.spec]
     args += ["--ckpt-profile", profile, "-c", str(isolated / "pytest.ini")]
@@ -297,9 +341,9 @@ def _run_one(
     expression = " and ".join(f"({e})" for e in (k, bug.tests if fast else None) if e)
     if expression:
         args += ["-k", expression]
-    if fast or first_kill:
+    if (fast or first_kill) if stop_early is None else stop_early:
         args.append("-x")
-    collect = _Collect(bug.target_suites if fast else None)
+    collect = _Collect(bug.target_suites if fast else None, exclude, include)
     start = time.monotonic()
     status = pytest.main(args, plugins=[collect, _NoShrink(profile)])
     seconds = time.monotonic() - start
@@ -319,7 +363,13 @@ def _run_one(
         t["id"]: (t.get("failure") or t.get("message") or "")[:_REASON_CHARS] for t in failed
     }
     return BugVerdict(
-        bug, bool(failed), [t["id"] for t in failed], reasons, outcomes, seconds=seconds
+        bug,
+        bool(failed),
+        [t["id"] for t in failed],
+        reasons,
+        outcomes,
+        seconds=seconds,
+        ran=[t["id"] for t in report.tests],
     )
 
 
@@ -331,6 +381,7 @@ def run_killrate(
     first_kill: bool = False,
     k: str | None = None,
     known: dict[str, BugVerdict] | None = None,
+    control: PlantedBug | None = None,
     on_verdict: Callable[[int, BugVerdict, KillTable], None] | None = None,
 ) -> KillTable:
     """Run the conformance suite against every bug in this process; the verdicts and the kill rate.
@@ -340,30 +391,81 @@ def run_killrate(
     test, but each bug's run stops at its first failure (a bug that hangs costs one
     timeout, not one per test). ``k``: a pytest ``-k`` expression applied to every run.
     ``known``: verdicts by bug name, kept instead of running those bugs (to resume a
-    stopped run). ``on_verdict(index, verdict, table)`` is called after each bug.
+    stopped run). ``control``: the scaffold without a bug; every killing test is re-run
+    against it, and a test that fails there too is no kill: it is dropped from the verdict,
+    left out of later runs, and a bug left without a killer is run again without it.
+    ``on_verdict(index, verdict, table)`` is called after each bug.
     """
     from hypothesis import settings
 
     selected = [b for b in bugs if b.fast] if fast else list(bugs)
-    table = KillTable(profile=profile, fast=fast, planned=len(selected), first_kill=first_kill)
+    table = KillTable(
+        profile=profile,
+        fast=fast,
+        planned=len(selected),
+        first_kill=first_kill,
+        control_spec=control.spec if control is not None else None,
+    )
     known = known or {}
     # An empty config of our own: the suite must not pick up the options of a project's pytest.ini.
     isolated = Path(tempfile.mkdtemp(prefix="ckptconf-killrate-"))
     (isolated / "pytest.ini").write_text("[pytest]\n")
     previous = settings.get_current_profile_name()
+    options = dict(profile=profile, fast=fast, first_kill=first_kill, k=k, isolated=isolated)
     try:
         for index, bug in enumerate(selected):
             verdict = known.get(bug.name)
             if verdict is None:
-                verdict = _run_one(
-                    bug, profile=profile, fast=fast, first_kill=first_kill, k=k, isolated=isolated
-                )
+                verdict = _run_one(bug, exclude=_excluded(table), **options)
+            while control is not None and verdict.killed:
+                _check_on_control(control, verdict, table, options)
+                false_kills = {
+                    t for t in verdict.killed_by if table.control_failed[short_test_id(t)]
+                }
+                if not false_kills:
+                    break
+                kept = [t for t in verdict.killed_by if t not in false_kills]
+                if kept:
+                    reasons = {t: r for t, r in verdict.reasons.items() if t in kept}
+                    verdict = dataclasses.replace(verdict, killed_by=kept, reasons=reasons)
+                else:
+                    verdict = _run_one(bug, exclude=_excluded(table), **options)
             table.verdicts.append(verdict)
             if on_verdict is not None:
                 on_verdict(index, verdict, table)
     finally:
         settings.load_profile(previous)
     return table
+
+
+def _excluded(table: KillTable) -> frozenset[str]:
+    """The tests that failed on the control: no bug's run includes them."""
+    return frozenset(t for t, failed in table.control_failed.items() if failed)
+
+
+def _check_on_control(
+    control: PlantedBug, verdict: BugVerdict, table: KillTable, options: dict[str, Any]
+) -> None:
+    """Re-run the verdict's killing tests not yet checked against the control; record each result."""
+    unchecked = frozenset(short_test_id(t) for t in verdict.killed_by) - set(table.control_failed)
+    if not unchecked:
+        return
+    options = {**options, "fast": False, "first_kill": False}
+    result = _run_one(control, include=unchecked, stop_early=False, **options)
+    ran = {short_test_id(t) for t in result.ran}
+    failed = {short_test_id(t) for t in result.killed_by}
+    for test in unchecked:
+        # a killing test the control did not run at all cannot vouch for the kill
+        table.control_failed[test] = test in failed or test not in ran
+
+
+def load_control(spec: str) -> PlantedBug | None:
+    """The ``CONTROL`` PlantedBug of the module named by ``spec`` (module:attr), if it has one."""
+    module = importlib.import_module(spec.partition(":")[0])
+    control = getattr(module, "CONTROL", None)
+    if control is not None and not isinstance(control, PlantedBug):
+        raise TypeError(f"{spec}: CONTROL is a {type(control).__name__}, expected PlantedBug")
+    return control
 
 
 def load_bugs(spec: str) -> list[PlantedBug]:
@@ -441,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every test, but stop each bug at its first failure (much faster for bugs that hang)",
     )
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="do not re-run the killing tests against the module's CONTROL (the scaffold without a bug)",
+    )
     parser.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
     parser.add_argument(
         "--only",
@@ -471,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         bugs = load_bugs(args.spec)
+        control = None if args.no_control else load_control(args.spec)
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
         console.print(f"[red]cannot load planted bugs from {args.spec}: {exc}[/red]")
         return 2
@@ -510,9 +618,14 @@ def main(argv: list[str] | None = None) -> int:
         first_kill=args.first_kill,
         k=args.k,
         known=known,
+        control=control,
         on_verdict=progress,
     )
     table.render(console)
+    if table.control_spec is not None:
+        colour = "yellow" if any(table.control_failed.values()) else "green"
+        text = _control_text(table.control_spec, table.control_failed)
+        console.print(f"[{colour}]{_escape(text)}[/{colour}]")
     table.write(args.json, args.markdown)
     return 0 if table.rate >= args.min_rate else 1
 

@@ -1,7 +1,8 @@
 """Planted-bug backends: the reference (or its parts) with one realistic mistake each.
 
 ``PLANTED`` lists them for ``ckptconf killrate`` (``ckptconf.conformance.killrate``): the
-conformance suite must fail at least one test against each. Every bug is a module-level
+conformance suite must fail at least one test against each. ``CONTROL`` is the same scaffold
+with no bug: the suite must pass it, and a test it fails does not count as a kill. Every bug is a module-level
 function returning a :class:`ckptconf.conformance.Backend` named after it, so ranks rebuild it
 from its ``module:attr`` spec; its docstring is the one-line class of mistake it models.
 Modules by area: geometry, dedup, storage, faults, checkpointer, asyncsave, loading, kinds,
@@ -12,9 +13,20 @@ from __future__ import annotations
 
 from ckptconf.conformance.killrate import PlantedBug
 
-from . import asyncsave, checkpointer, dedup, faults, geometry, kinds, loading, storage, validation
+from . import (
+    asyncsave,
+    checkpointer,
+    control,
+    dedup,
+    faults,
+    geometry,
+    kinds,
+    loading,
+    storage,
+    validation,
+)
 
-__all__ = ["PLANTED", "by_name"]
+__all__ = ["PLANTED", "CONTROL", "by_name"]
 
 
 def _bug(
@@ -29,6 +41,13 @@ def _bug(
         fast=fast,
         tests=tests,
     )
+
+
+CONTROL = _bug(
+    control,
+    "control",
+    ("roundtrip", "resharding", "plans", "kinds", "storage", "faults", "async", "mesh_change"),
+)
 
 
 PLANTED: list[PlantedBug] = [

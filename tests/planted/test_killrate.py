@@ -99,6 +99,38 @@ def test_known_verdicts_are_not_run_again_and_each_is_reported(tmp_path):
     assert table.complete and table.killed == 2
 
 
+def test_a_killing_test_that_fails_without_a_bug_is_no_kill(monkeypatch):
+    from ckptconf.conformance import killrate
+
+    # "t_bad" fails on every backend (the control too); "t_good" fails only on bug b0
+    failing = {"b0": ["s.py::t_bad", "s.py::t_good"], "b1": ["s.py::t_bad"], "ctl": ["s.py::t_bad"]}
+    calls = []
+
+    def fake_run(bug, *, exclude=frozenset(), include=None, stop_early=None, **options):
+        calls.append((bug.name, sorted(exclude), sorted(include or [])))
+        tests = [t for t in ("s.py::t_bad", "s.py::t_good") if short_test_id(t) not in exclude]
+        tests = [t for t in tests if include is None or short_test_id(t) in include]
+        failed = [t for t in failing[bug.name] if t in tests][:1]  # first kill only
+        return BugVerdict(bug, bool(failed), failed, {t: "x" for t in failed}, ran=tests)
+
+    monkeypatch.setattr(killrate, "_run_one", fake_run)
+    control = PlantedBug("ctl", "no bug", "m:ctl", ("roundtrip",))
+    table = run_killrate(_bugs(2), profile="ci", first_kill=True, control=control)
+    assert [(v.bug.name, v.killed, v.killed_by) for v in table.verdicts] == [
+        ("b0", True, ["s.py::t_good"]),
+        ("b1", False, []),
+    ]
+    assert table.control_failed == {"t_bad": True, "t_good": False}
+    assert calls == [
+        ("b0", [], []),
+        ("ctl", [], ["t_bad"]),
+        ("b0", ["t_bad"], []),
+        ("ctl", [], ["t_good"]),
+        ("b1", ["t_bad"], []),
+    ]
+    assert "1 failed there too" in table.to_markdown() and "t_bad" in table.to_markdown()
+
+
 def test_the_cli_resumes_from_its_own_json(tmp_path, monkeypatch):
     module = tmp_path / "fake_planted.py"
     module.write_text(
@@ -110,7 +142,8 @@ def test_the_cli_resumes_from_its_own_json(tmp_path, monkeypatch):
     table = KillTable(profile="ci", fast=False, planned=1)
     table.verdicts = [BugVerdict(_bugs(1)[0], True, ["t.py::test_a"])]
     table.write(out, None)
-    assert main(["fake_planted:BUGS", "--json", str(out), "--resume", "--markdown", str(md)]) == 0
+    args = ["fake_planted:BUGS", "--json", str(out), "--resume", "--markdown", str(md)]
+    assert main(args) == 0
     assert "| `b0` | roundtrip | bug 0 | test_a |" in md.read_text()
     assert main(["fake_planted:BUGS", "--resume"]) == 2  # nothing to resume from
 
@@ -137,6 +170,9 @@ def test_planted_bugs_are_killed(tmp_path, request):
     data = json.loads(out.read_text())
     expected = [b.name for b in PLANTED if full or b.fast]
     assert [b["name"] for b in data["bugs"]] == expected
+    # every killing test was re-run on the scaffold without a bug, and passed there
+    assert data["control"] == "tests.planted.control:control"
+    assert data["control_failed"] and not any(data["control_failed"].values()), data
     survivors = {b["name"]: b["error"] for b in data["bugs"] if not b["killed"]}
     assert not survivors, f"{survivors}\n{result.stdout[-4000:]}"
     for bug in data["bugs"]:  # killed by its own effect: the failure names the backend
