@@ -262,7 +262,8 @@ def _verdict_text(v: BugVerdict) -> str:
 
 
 class _Collect:
-    """Keeps the conformance report of a run; in fast mode, keeps only the target suites' tests."""
+    """Keeps the conformance report of a run, and only the tests it is told to: of ``suites``
+    (all when None), not in ``exclude``, and in ``include`` when given (short test ids)."""
 
     def __init__(
         self,
@@ -328,12 +329,11 @@ def _run_one(
     *,
     profile: str,
     fast: bool,
-    first_kill: bool,
+    stop_early: bool,
     k: str | None,
     isolated: Path,
     exclude: frozenset[str] = frozenset(),
     include: frozenset[str] | None = None,
-    stop_early: bool | None = None,
 ) -> BugVerdict:
     args = ["--pyargs", "ckptconf.conformance", "--ckpt-backend", bug.spec]
     args += ["--ckpt-profile", profile, "-c", str(isolated / "pytest.ini")]
@@ -341,7 +341,7 @@ def _run_one(
     expression = " and ".join(f"({e})" for e in (k, bug.tests if fast else None) if e)
     if expression:
         args += ["-k", expression]
-    if (fast or first_kill) if stop_early is None else stop_early:
+    if stop_early:
         args.append("-x")
     collect = _Collect(bug.target_suites if fast else None, exclude, include)
     start = time.monotonic()
@@ -411,7 +411,9 @@ def run_killrate(
     isolated = Path(tempfile.mkdtemp(prefix="ckptconf-killrate-"))
     (isolated / "pytest.ini").write_text("[pytest]\n")
     previous = settings.get_current_profile_name()
-    options = dict(profile=profile, fast=fast, first_kill=first_kill, k=k, isolated=isolated)
+    options = dict(
+        profile=profile, fast=fast, stop_early=fast or first_kill, k=k, isolated=isolated
+    )
     try:
         for index, bug in enumerate(selected):
             verdict = known.get(bug.name)
@@ -450,8 +452,8 @@ def _check_on_control(
     unchecked = frozenset(short_test_id(t) for t in verdict.killed_by) - set(table.control_failed)
     if not unchecked:
         return
-    options = {**options, "fast": False, "first_kill": False}
-    result = _run_one(control, include=unchecked, stop_early=False, **options)
+    options = {**options, "fast": False, "stop_early": False}
+    result = _run_one(control, include=unchecked, **options)
     ran = {short_test_id(t) for t in result.ran}
     failed = {short_test_id(t) for t in result.killed_by}
     for test in unchecked:
@@ -609,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[{index + 1}/{total}] {verdict.bug.name}: {mark} ({verdict.seconds:.0f} s){kept}"
             + (f" {_escape(verdict.error)}" if verdict.error else "")
         )
-        table.write(args.json, args.markdown)
+        table.write(args.json, args.markdown)  # after every bug, the last included
 
     table = run_killrate(
         bugs,
@@ -626,7 +628,6 @@ def main(argv: list[str] | None = None) -> int:
         colour = "yellow" if any(table.control_failed.values()) else "green"
         text = _control_text(table.control_spec, table.control_failed)
         console.print(f"[{colour}]{_escape(text)}[/{colour}]")
-    table.write(args.json, args.markdown)
     return 0 if table.rate >= args.min_rate else 1
 
 

@@ -106,8 +106,8 @@ def test_a_killing_test_that_fails_without_a_bug_is_no_kill(monkeypatch):
     failing = {"b0": ["s.py::t_bad", "s.py::t_good"], "b1": ["s.py::t_bad"], "ctl": ["s.py::t_bad"]}
     calls = []
 
-    def fake_run(bug, *, exclude=frozenset(), include=None, stop_early=None, **options):
-        calls.append((bug.name, sorted(exclude), sorted(include or [])))
+    def fake_run(bug, *, exclude=frozenset(), include=None, stop_early, **options):
+        calls.append((bug.name, sorted(exclude), sorted(include or []), stop_early))
         tests = [t for t in ("s.py::t_bad", "s.py::t_good") if short_test_id(t) not in exclude]
         tests = [t for t in tests if include is None or short_test_id(t) in include]
         failed = [t for t in failing[bug.name] if t in tests][:1]  # first kill only
@@ -121,12 +121,12 @@ def test_a_killing_test_that_fails_without_a_bug_is_no_kill(monkeypatch):
         ("b1", False, []),
     ]
     assert table.control_failed == {"t_bad": True, "t_good": False}
-    assert calls == [
-        ("b0", [], []),
-        ("ctl", [], ["t_bad"]),
-        ("b0", ["t_bad"], []),
-        ("ctl", [], ["t_good"]),
-        ("b1", ["t_bad"], []),
+    assert calls == [  # bugs stop at their first kill; the control runs every test it is given
+        ("b0", [], [], True),
+        ("ctl", [], ["t_bad"], False),
+        ("b0", ["t_bad"], [], True),
+        ("ctl", [], ["t_good"], False),
+        ("b1", ["t_bad"], [], True),
     ]
     assert "1 failed there too" in table.to_markdown() and "t_bad" in table.to_markdown()
 
