@@ -118,13 +118,20 @@ def _checkpointer(
     return cls(writer(path), reader(path), save_planner=save_planner(), load_planner=load_planner())
 
 
+class VerifiedSavePlanner(ReferenceSavePlanner):
+    """The reference save planner as the built-in reference backend uses it: replicas verified."""
+
+    def __init__(self, *, verify_replicas: bool = True, **options: Any):
+        super().__init__(verify_replicas=verify_replicas, **options)
+
+
 def planted_backend(
     name: str,
     description: str,
     *,
     writer: Callable[[str], Any] = FileSystemWriter,
     reader: Callable[[str], Any] = FileSystemReader,
-    save_planner: Callable[[], Any] | None = None,
+    save_planner: Callable[[], Any] = VerifiedSavePlanner,
     load_planner: Callable[[], Any] = ReferenceLoadPlanner,
     save_driver: Callable[..., Any] = reference_driver.save,
     load_driver: Callable[..., Any] = reference_driver.load,
@@ -141,7 +148,6 @@ def planted_backend(
     ``checkpointer`` use the backend's own planners, so a planner bug is exercised by
     every suite.
     """
-    save_planner = save_planner or VerifiedSavePlanner
     return Backend(
         name=name,
         storage_writer=writer,
@@ -156,13 +162,6 @@ def planted_backend(
         ),
         description=description,
     )
-
-
-class VerifiedSavePlanner(ReferenceSavePlanner):
-    """The reference save planner as the built-in reference backend uses it: replicas verified."""
-
-    def __init__(self, *, verify_replicas: bool = True, **options: Any):
-        super().__init__(verify_replicas=verify_replicas, **options)
 
 
 class HookedSavePlanner(VerifiedSavePlanner):
