@@ -13,20 +13,27 @@ Backends are sent to the ranks that run the tests. One selected by
 ``--ckpt-backend module:attr`` is rebuilt in each rank from that spec; one given as an
 object (the class-based style) must pickle, so use module-level functions or classes,
 not lambdas, for its callables.
+
+Call order, as the suites use a backend on every rank of a step: ``run_save`` (the
+backend's ``save``, or DCP's driver with ``storage_writer(path)`` and ``save_planner()``),
+then on the same or other ranks ``run_load`` (``load``, or DCP's driver with
+``storage_reader(path)`` and ``load_planner()``); ``run_async_save`` returns a future.
+Fault tests wrap the storage writer or reader and pass it in.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
-from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+if TYPE_CHECKING:  # torch is imported when a backend is used, not when this module is
+    from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
+    from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-__all__ = ["Backend", "FEATURES", "BackendRef", "StorageInjectionUnsupported"]
+__all__ = ["Backend", "FEATURES", "StorageInjectionUnsupported"]
 
 FEATURES: dict[str, str] = {
     "dtensor": "DTensor values (Shard, Replicate) on 1-D and 2-D meshes",
@@ -87,6 +94,39 @@ class Backend:
         if feature == "checkpointer" and self.checkpointer is None:
             return False
         return feature not in self.unsupported
+
+    def used_save_planner(self) -> Callable[[], SavePlanner] | None:
+        """The save planner factory ``run_save`` plans with: the backend's own, DCP's default
+        under DCP's driver, or ``None`` where its own ``save`` exposes no planner."""
+        if self.save_planner is not None:
+            return self.save_planner
+        if self.save is not None:
+            return None
+        from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+        return DefaultSavePlanner
+
+    def used_load_planner(self) -> Callable[[], LoadPlanner] | None:
+        """The load planner factory ``run_load`` plans with (as :meth:`used_save_planner`)."""
+        if self.load_planner is not None:
+            return self.load_planner
+        if self.load is not None:
+            return None
+        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+        return DefaultLoadPlanner
+
+    def injection_unsupported(self, storage: str) -> str | None:
+        """Why a wrapped ``storage`` (``"storage_writer"`` or ``"storage_reader"``) cannot be
+        passed to this backend's save or load (faults are injected that way), or ``None``."""
+        own = self.save if storage == "storage_writer" else self.load
+        if own is None or _takes(own, storage):
+            return None
+        step = "save" if storage == "storage_writer" else "load"
+        return (
+            f"its own {step} takes no {storage!r} argument, so no fault can be injected into "
+            "its storage"
+        )
 
     def run_save(
         self,
@@ -168,41 +208,14 @@ class StorageInjectionUnsupported(TypeError):
     """A whole-system backend's save/load does not accept a storage writer/reader to wrap."""
 
 
-def _require_parameter(fn: Callable, name: str, backend: str) -> None:
-    import inspect
-
+def _takes(fn: Callable, name: str) -> bool:
     parameters = inspect.signature(fn).parameters
-    if name not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _require_parameter(fn: Callable, name: str, backend: str) -> None:
+    if not _takes(fn, name):
         raise StorageInjectionUnsupported(
-            f"backend {backend!r}: its own save/load takes no {name!r} argument, so faults cannot be injected"
+            f"backend {backend!r}: its own save/load takes no {name!r} argument, so faults "
+            "cannot be injected"
         )
-
-
-@dataclass(frozen=True)
-class BackendRef:
-    """How ranks get the backend: by spec (rebuilt there) or by pickled object."""
-
-    spec: str | None
-    payload: bytes | None
-
-    @classmethod
-    def of(cls, backend: Backend) -> BackendRef:
-        """A reference that ranks can resolve to ``backend``."""
-        if backend.spec is not None:
-            return cls(backend.spec, None)
-        try:
-            return cls(None, pickle.dumps(backend))
-        except Exception as exc:  # noqa: BLE001 - pickling raises several types
-            raise TypeError(
-                f"backend {backend.name!r} cannot be sent to the ranks ({exc}); make its callables "
-                "module-level functions or classes, or select it with --ckpt-backend module:attr"
-            ) from exc
-
-    def resolve(self) -> Backend:
-        """The backend, in this process."""
-        if self.spec is not None:
-            from .loading import load_backend
-
-            return load_backend(self.spec)
-        assert self.payload is not None
-        return pickle.loads(self.payload)

@@ -13,7 +13,8 @@ __all__ = ["main"]
 
 
 class _Progress:
-    """A pytest plugin showing a live progress bar and keeping the report."""
+    """A pytest plugin showing progress: a live bar on a terminal, one line per test otherwise
+    (a log or CI shows where a long run is)."""
 
     def __init__(self, console):
         from rich.progress import (
@@ -24,6 +25,8 @@ class _Progress:
             TimeElapsedColumn,
         )
 
+        self.console = console
+        self.live = console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -33,23 +36,42 @@ class _Progress:
             transient=True,
         )
         self.task = None
+        self.total = 0
+        self.done = 0
         self.report = None
-        self.failed = 0
 
     def pytest_collection_finish(self, session):
-        self.progress.start()
-        self.task = self.progress.add_task("collecting", total=len(session.items))
+        self.total = len(session.items)
+        if self.live:
+            self.progress.start()
+            self.task = self.progress.add_task("collecting", total=self.total)
 
     def pytest_runtest_logstart(self, nodeid, location):
-        self.progress.update(self.task, description=nodeid.split("::", 1)[-1][:60])
+        if self.live:
+            self.progress.update(self.task, description=nodeid.split("::", 1)[-1][:60])
+
+    def pytest_runtest_logreport(self, report):
+        if self.live or report.when != "call" and not (report.when == "setup" and report.skipped):
+            return
+        outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
+        self.console.print(
+            f"[{self.done + 1}/{self.total}] {outcome:7} {report.nodeid.split('::', 1)[-1]} "
+            f"({report.duration:.1f} s)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def pytest_runtest_logfinish(self, nodeid, location):
-        self.progress.advance(self.task)
+        self.done += 1
+        if self.live:
+            self.progress.advance(self.task)
 
     def pytest_sessionfinish(self, session):
         from .plugin import report_of
 
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
         self.report = report_of(session.config)
 
 
@@ -68,39 +90,51 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from .kit.failures import render_failure
     from .loading import BackendSpecError, load_backend
     from .report import OUTCOMES
 
-    console = Console()
+    console = Console(soft_wrap=not sys.stdout.isatty())
     try:
         backend = load_backend(args.backend)
     except BackendSpecError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
+    if args.device != "cpu":
+        from ckptconf.harness import device_available
+
+        reason = device_available(args.device, 1)
+        if reason is not None:
+            console.print(
+                f"[red]cannot run in {args.device} mode here: {reason}. Run on a machine with "
+                "a GPU, or use --device cpu.[/red]"
+            )
+            return 2
     report_path = os.path.abspath(args.report)
-    # An empty config of our own: the suite must not pick up the options of a project's pytest.ini.
-    isolated = Path(tempfile.mkdtemp(prefix="ckptconf-run-"))
-    (isolated / "pytest.ini").write_text("[pytest]\n")
     pytest_args = ["--pyargs", "ckptconf.conformance", "--ckpt-backend", args.backend]
-    pytest_args += [
-        "--ckpt-report",
-        report_path,
-        "-c",
-        str(isolated / "pytest.ini"),
-        "--rootdir",
-        str(isolated),
-    ]
+    pytest_args += ["--ckpt-report", report_path, "--ckpt-device", args.device]
     pytest_args += ["-p", "no:cacheprovider", "-p", "no:terminal"]
     if args.profile:
         pytest_args += ["--ckpt-profile", args.profile]
+    if args.expectations:
+        pytest_args += ["--ckpt-expectations", os.path.abspath(args.expectations)]
     if args.k:
         pytest_args += ["-k", args.k]
+    if args.exitfirst:
+        pytest_args += ["-x"]
+    if args.numprocesses:
+        pytest_args += ["-n", str(args.numprocesses)]
+    pytest_args += args.pytest_args
     console.print(
         f"ckptconf: running the conformance suite against [bold]{backend.name}[/bold] "
-        f"({backend.description or backend.spec})"
+        f"({backend.description or backend.spec}), device {args.device}"
     )
     progress = _Progress(console)
-    status = pytest.main(pytest_args, plugins=[progress])
+    # An empty config of our own: the suite must not pick up the options of a project's pytest.ini.
+    with tempfile.TemporaryDirectory(prefix="ckptconf-run-") as isolated:
+        (Path(isolated) / "pytest.ini").write_text("[pytest]\n")
+        config = ["-c", str(Path(isolated) / "pytest.ini"), "--rootdir", isolated]
+        status = pytest.main(pytest_args + config, plugins=[progress])
     report = progress.report
     if report is None or not report.tests:
         console.print(f"[red]no conformance test ran (pytest exit status {int(status)})[/red]")
@@ -115,16 +149,18 @@ def _run(args: argparse.Namespace) -> int:
         table.add_row(suite, *(str(counts[suite][c]) for c in columns))
     console.print(table)
     for test in report.tests:
-        if test["outcome"] == "failed":
-            console.rule(f"[red]{test['outcome']}[/red]: {test['id']} ({test['level']})")
-            console.print(
-                test.get("failure") or test.get("message") or "", markup=False, highlight=False
-            )
-            if test.get("minimal_case"):
-                console.print("minimal case:", markup=False)
-                console.print(test["minimal_case"], markup=False, highlight=False)
-            if test.get("reproduce"):
-                console.print(f"reproduce: {test['reproduce']}", markup=False)
+        if test["outcome"] != "failed":
+            continue
+        console.rule(f"[red]{test['outcome']}[/red]: {test['id']} ({test['level']})")
+        failure = test["failure"]
+        console.print(
+            render_failure({**failure, "reproduction": None}), markup=False, highlight=False
+        )
+        if failure.get("minimal_case"):
+            console.print("minimal case:", markup=False)
+            console.print(failure["minimal_case"], markup=False, highlight=False)
+        if failure.get("reproduction"):
+            console.print(f"reproduce: {failure['reproduction']}", markup=False, highlight=False)
     for test in report.tests:
         if test["outcome"] == "unexpected pass":
             console.print(
@@ -211,6 +247,26 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON report path (default: ./ckptconf-report.json)",
     )
     run.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
+    run.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "cuda-shared"],
+        default="cpu",
+        help="where the ranks' tensors live: cpu (gloo, default), cuda (NCCL, a GPU per rank), "
+        "cuda-shared (ranks share GPU 0, gloo control plane)",
+    )
+    run.add_argument(
+        "--expectations",
+        default=None,
+        metavar="FILE",
+        help="expectations file (default: the backend's own)",
+    )
+    run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    run.add_argument(
+        "-n", "--numprocesses", default=None, help="run tests in N processes (pytest-xdist)"
+    )
+    run.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="after --: arguments passed to pytest"
+    )
     run.set_defaults(handler=_run)
     backends = sub.add_parser("backends", help="list built-in backends")
     backends.set_defaults(handler=_backends)
@@ -226,18 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--calls", type=int, default=50, help="warm calls per size")
     bench.add_argument("--spawn-calls", type=int, default=3, help="spawn-per-call calls per size")
     bench.set_defaults(handler=_bench)
-    killrate = sub.add_parser(
-        "killrate",
-        help="run the suite against planted-bug backends and print the kill rate",
-        add_help=False,
-    )
-    killrate.set_defaults(handler=None)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["killrate"]:  # its own options: see ckptconf killrate --help
-        from .killrate import main as killrate_main
-
-        return killrate_main(argv[1:])
     args = parser.parse_args(argv)
+    if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
+        args.pytest_args = args.pytest_args[1:]
     return args.handler(args)
 
 

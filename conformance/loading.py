@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from dataclasses import replace
 
 from .backend import Backend
 
-__all__ = ["load_backend", "BackendSpecError"]
+__all__ = ["BackendSpecError", "load_backend"]
 
 
 class BackendSpecError(ValueError):
@@ -15,34 +15,33 @@ class BackendSpecError(ValueError):
 
 
 def load_backend(spec: str) -> Backend:
-    """The backend named by ``spec``: a built-in name, or ``module:attr`` (a Backend or a factory)."""
+    """The backend named by ``spec``: a built-in name, or ``module:attr`` (a Backend or a
+    zero-argument callable returning one); ``attr`` may be dotted."""
     from .builtin import BUILT_IN
 
     if spec in BUILT_IN:
         return replace(BUILT_IN[spec](), spec=spec)
     if ":" not in spec:
         raise BackendSpecError(
-            f"unknown backend {spec!r}: use a built-in name ({', '.join(sorted(BUILT_IN))}) or module:attr"
+            f"unknown backend {spec!r}: use a built-in name ({', '.join(sorted(BUILT_IN))}) "
+            "or module:attr"
         )
     module_name, _, attr_path = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        obj = pkgutil.resolve_name(spec)
     except ImportError as exc:
         raise BackendSpecError(
             f"backend {spec!r}: cannot import module {module_name!r}: {exc}"
         ) from exc
-    obj = module
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise BackendSpecError(
-                f"backend {spec!r}: module {module_name!r} has no attribute {attr_path!r}"
-            )
-        obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise BackendSpecError(
+            f"backend {spec!r}: module {module_name!r} has no attribute {attr_path!r} ({exc})"
+        ) from exc
     if not isinstance(obj, Backend):
         if not callable(obj):
             raise BackendSpecError(
-                f"backend {spec!r} is a {type(obj).__name__}, expected a ckptconf.conformance.Backend "
-                "or a zero-argument callable returning one"
+                f"backend {spec!r} is a {type(obj).__name__}, expected a "
+                "ckptconf.conformance.Backend or a zero-argument callable returning one"
             )
         try:
             obj = obj()
@@ -52,6 +51,7 @@ def load_backend(spec: str) -> Backend:
             ) from exc
         if not isinstance(obj, Backend):
             raise BackendSpecError(
-                f"backend {spec!r} returned a {type(obj).__name__}, expected a ckptconf.conformance.Backend"
+                f"backend {spec!r} returned a {type(obj).__name__}, expected a "
+                "ckptconf.conformance.Backend"
             )
     return replace(obj, spec=spec)

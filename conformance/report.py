@@ -1,24 +1,27 @@
-"""The run report: per-test outcomes, a suite x outcome matrix, JSON on disk, markdown."""
+"""The run report: per-test outcomes with their structured failures, a suite x outcome matrix,
+JSON on disk, markdown.
+
+Nothing here parses a failure's text: a failed conformance test carries its
+:class:`~ckptconf.conformance.kit.failures.ConformanceFailure` fields, which the JSON
+report stores as they are and :func:`~ckptconf.conformance.kit.failures.render_failure`
+turns into text.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Report", "OUTCOMES", "render_markdown"]
+from .kit.failures import render_failure
+
+__all__ = ["OUTCOMES", "Report", "render_markdown"]
 
 OUTCOMES = ("passed", "failed", "unsupported", "expected failure", "unexpected pass", "skipped")
-_DRAWN_CASE = re.compile(r"(Draw 1 \(.*?)(?:\nExplanation:|\nYou can reproduce|\Z)", re.S)
-_EXAMPLE = re.compile(
-    r"((?:Falsifying example|Failing test case):.*?)(?:\nExplanation:|\nYou can reproduce|\Z)", re.S
-)
-_FAILURE = re.compile(r"(\[[^\]\n]+\] .*?)(?:\nreproduce: |\Z)", re.S)
-_REPRODUCE = re.compile(r"^reproduce: (.*)$", re.M)
+_UNSUPPORTED_PREFIX = "unsupported by backend: "  # kit.fixtures.UNSUPPORTED_PREFIX, without torch
 
 
 @dataclass
@@ -31,27 +34,22 @@ class Report:
     tests: list[dict[str, Any]] = field(default_factory=list)
     unmatched_expectations: list[str] = field(default_factory=list)
 
-    def record(
-        self,
-        test_id: str,
-        report,
-        *,
-        suite: str | None,
-        level: str | None,
-        exception_text: str | None = None,
-    ) -> None:
-        """Add the outcome of a test's setup or call phase (setup only when it did not pass)."""
+    def record(self, info: dict[str, Any], report) -> None:
+        """Add the outcome of a test's setup or call phase (setup only when it did not pass).
+
+        ``info`` is what the suites' plugin attached to the test report: id, suite, level,
+        backend, and for a phase that raised its failure fields (or error text) and
+        hypothesis' falsifying example.
+        """
         if report.when == "setup" and report.passed:
             return
-        from .plugin import UNSUPPORTED_PREFIX
-
-        text = report.longreprtext if report.longrepr else ""
+        if info.get("backend") and not self.backend:
+            self.backend = info["backend"]
+        reason = _skip_reason(report)
         if report.skipped and hasattr(report, "wasxfail"):
             outcome = "expected failure"
         elif report.skipped:
-            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else text
-            outcome = "unsupported" if UNSUPPORTED_PREFIX in reason else "skipped"
-            text = reason
+            outcome = "unsupported" if reason.startswith(_UNSUPPORTED_PREFIX) else "skipped"
         elif report.passed and hasattr(report, "wasxfail"):
             outcome = "unexpected pass"
         elif report.failed:
@@ -59,23 +57,30 @@ class Report:
         else:
             outcome = "passed"
         entry: dict[str, Any] = {
-            "id": test_id,
-            "suite": suite,
-            "level": level,
+            "id": info["id"],
+            "suite": info.get("suite"),
+            "level": info.get("level"),
             "outcome": outcome,
             "duration": round(report.duration, 3),
         }
-        if outcome in ("failed", "expected failure", "unexpected pass", "unsupported", "skipped"):
-            entry["message"] = _summary(text, getattr(report, "wasxfail", None))
+        if outcome in ("unsupported", "skipped"):
+            entry["message"] = reason
+        elif outcome in ("expected failure", "unexpected pass"):
+            entry["message"] = report.wasxfail
         if outcome in ("failed", "expected failure"):
-            text = exception_text or text
-            example = _DRAWN_CASE.search(text) or _EXAMPLE.search(text)
-            failure = _FAILURE.search(text)
-            reproduce = _REPRODUCE.search(text)
-            entry["minimal_case"] = example.group(1).strip() if example else None
-            entry["failure"] = failure.group(1).strip()[:4000] if failure else None
-            entry["reproduce"] = reproduce.group(1).strip() if reproduce else None
-        self.tests = [t for t in self.tests if t["id"] != test_id] + [entry]
+            failure = info.get("failure")
+            if failure is None:  # not a ConformanceFailure: an error of the test or of pytest
+                failure = {
+                    "backend": (info.get("backend") or {}).get("name"),
+                    "suite": info.get("suite"),
+                    "test": info["id"],
+                    "what": info.get("error") or _last_line(report.longreprtext),
+                    "details": report.longreprtext[-4000:],
+                    "minimal_case": info.get("minimal_case"),
+                }
+            entry["failure"] = failure
+            entry["message"] = entry.get("message") or failure.get("what")
+        self.tests = [t for t in self.tests if t["id"] != info["id"]] + [entry]
 
     def counts(self) -> dict[str, Counter]:
         """Outcome counts per suite."""
@@ -90,14 +95,13 @@ class Report:
         columns = [o for o in OUTCOMES if any(c[o] for c in counts.values())] or ["passed"]
         width = max([len("suite")] + [len(s) for s in counts])
         lines = ["  ".join(["suite".ljust(width)] + [c.rjust(max(6, len(c))) for c in columns])]
+        total: Counter = Counter()
         for suite in sorted(counts):
+            total.update(counts[suite])
             row = [suite.ljust(width)] + [
                 str(counts[suite][c]).rjust(max(6, len(c))) for c in columns
             ]
             lines.append("  ".join(row))
-        total = Counter()
-        for c in counts.values():
-            total.update(c)
         lines.append(
             "  ".join(
                 ["total".ljust(width)] + [str(total[c]).rjust(max(6, len(c))) for c in columns]
@@ -131,17 +135,21 @@ class Report:
         }
 
     def write(self, path: str | Path) -> None:
-        """Write the JSON report."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=2, default=repr) + "\n")
+        """Write the JSON report (atomically: a reader never sees half of it)."""
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(self.to_json(), indent=2, default=repr) + "\n")
+        temporary.replace(path)
 
 
-def _summary(text: str, wasxfail: str | None) -> str:
-    if wasxfail:
-        return wasxfail
+def _skip_reason(report) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return report.longrepr[2].removeprefix("Skipped: ")
+    return ""
+
+
+def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("E ") or "ConformanceFailure" in line:
-            return line.removeprefix("E").strip()[:300]
     return (lines[-1] if lines else "")[:300]
 
 
@@ -170,14 +178,14 @@ def render_markdown(data: dict[str, Any]) -> str:
     if failures:
         out += ["", "## Failures and expected failures", ""]
         for test in failures:
-            out.append(f"### `{test['id']}`: {test['outcome']}")
-            out.append("")
-            out.append(test.get("message") or "")
-            for key in ("failure", "minimal_case"):
-                if test.get(key):
-                    out += ["", "```", test[key], "```"]
-            if test.get("reproduce"):
-                out += ["", f"Reproduce: `{test['reproduce']}`"]
+            out += [f"### `{test['id']}`: {test['outcome']}", "", test.get("message") or ""]
+            failure = test.get("failure")
+            if failure:
+                out += ["", "```", render_failure({**failure, "reproduction": None}), "```"]
+                if failure.get("minimal_case"):
+                    out += ["", "Minimal case:", "", "```", failure["minimal_case"], "```"]
+                if failure.get("reproduction"):
+                    out += ["", f"Reproduce: `{failure['reproduction']}`"]
             out.append("")
     if data.get("unmatched_expectations"):
         out += ["", "## Expectations matching no test", ""] + [

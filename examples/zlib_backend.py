@@ -1,10 +1,8 @@
 """A custom storage backend in a few lines: reference-format checkpoints with zlib-compressed data files.
 
-Check it with the conformance suite:
+Check it with the conformance suite (from the repository root, so that ``examples`` imports):
 
-    ckptconf run --backend examples.zlib_backend:backend
-
-(from the repository root, so that ``examples`` is importable).
+    .venv/bin/python -m ckptconf.conformance.cli run --backend examples.zlib_backend:backend
 """
 
 from __future__ import annotations
@@ -13,9 +11,14 @@ import zlib
 from contextlib import contextmanager
 
 from ckptconf.conformance import Backend
-from ckptconf.reference import ReferenceLoadPlanner, ReferenceSavePlanner
-from ckptconf.reference.filesystem import DirectoryStore
-from ckptconf.reference.storage import BlobSink, ReferenceStorageReader, ReferenceStorageWriter
+from ckptconf.reference import (
+    BlobSink,
+    DirectoryStore,
+    ReferenceLoadPlanner,
+    ReferenceSavePlanner,
+    ReferenceStorageReader,
+    ReferenceStorageWriter,
+)
 
 
 class _Collect(BlobSink):
@@ -44,16 +47,24 @@ class ZlibDirectoryStore(DirectoryStore):
         return len(zlib.decompress((self.path / name).read_bytes()))
 
 
+def zlib_writer(path: str) -> ReferenceStorageWriter:
+    return ReferenceStorageWriter(ZlibDirectoryStore(path))
+
+
+def zlib_reader(path: str) -> ReferenceStorageReader:
+    return ReferenceStorageReader(ZlibDirectoryStore(path))
+
+
 def backend() -> Backend:
     """The backend the suite runs: zlib storage, the reference planners, DCP's save/load driver.
 
     Without the planners DCP's default ones are used, and their known defects (see
-    ``ckptconf backends`` and the torch-dcp expectations) would show up as failures too.
+    docs/dcp-findings.md) would show up as failures too.
     """
     return Backend(
         name="zlib",
-        storage_writer=lambda path: ReferenceStorageWriter(ZlibDirectoryStore(path)),
-        storage_reader=lambda path: ReferenceStorageReader(ZlibDirectoryStore(path)),
+        storage_writer=zlib_writer,  # module-level functions: the backend pickles to ranks
+        storage_reader=zlib_reader,
         save_planner=ReferenceSavePlanner,
         load_planner=ReferenceLoadPlanner,
         description="reference format, data files compressed with zlib",

@@ -7,16 +7,12 @@ protocol hook, so a wrapper that acts "at hook X" needs only that method.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
+from ckptconf.reference._compat import accepts_kwargs
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 __all__ = ["ForwardingStorageWriter", "ForwardingStorageReader"]
-
-
-def _takes_kwargs(fn) -> bool:
-    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
 
 
 class _Forwarding:
@@ -53,7 +49,7 @@ class ForwardingStorageWriter(_Forwarding, StorageWriter):
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.before("set_up_storage_writer")
-        if _takes_kwargs(self.inner.set_up_storage_writer):  # DCP passes rank= etc. only then
+        if accepts_kwargs(self.inner.set_up_storage_writer):  # DCP passes rank= etc. only then
             self.inner.set_up_storage_writer(is_coordinator, *args, **kwargs)
         else:
             self.inner.set_up_storage_writer(is_coordinator)
@@ -81,7 +77,7 @@ class ForwardingStorageReader(_Forwarding, StorageReader):
         self, metadata, is_coordinator: bool, *args: Any, **kwargs: Any
     ) -> None:
         self.before("set_up_storage_reader")
-        if _takes_kwargs(self.inner.set_up_storage_reader):
+        if accepts_kwargs(self.inner.set_up_storage_reader):
             self.inner.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
         else:
             self.inner.set_up_storage_reader(metadata, is_coordinator)

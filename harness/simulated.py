@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from ckptconf.reference._compat import (
+    set_up_save_planner,
+    set_up_storage_reader,
+    set_up_storage_writer,
+)
 from ckptconf.reference.geometry import local_pieces, mesh_coordinates
 from ckptconf.reference.state_values import StagedTensor, TensorPiece
 from torch.distributed.checkpoint.metadata import Metadata
@@ -100,7 +105,7 @@ def simulate_save_planning(
     planners = [planner_factory() for _ in state_dicts]
     local_plans = []
     for rank, (planner, state_dict) in enumerate(zip(planners, state_dicts)):
-        planner.set_up_planner(state_dict, None, rank == coordinator_rank)
+        set_up_save_planner(planner, state_dict, rank == coordinator_rank)
         local_plans.append(planner.create_local_plan())
     global_plan, metadata = planners[coordinator_rank].create_global_plan(local_plans)
     final = [planner.finish_plan(plan) for planner, plan in zip(planners, global_plan)]
@@ -121,10 +126,8 @@ def simulate_save(
     local_plans = []
     for rank in range(n):
         meta = writers[rank].storage_meta()
-        planners[rank].set_up_planner(state_dicts[rank], meta, rank == coordinator_rank)
-        writers[rank].set_up_storage_writer(
-            rank == coordinator_rank, rank=rank, use_collectives=True
-        )
+        set_up_save_planner(planners[rank], state_dicts[rank], rank == coordinator_rank, meta)
+        set_up_storage_writer(writers[rank], rank == coordinator_rank, rank)
         local_plans.append(writers[rank].prepare_local_plan(planners[rank].create_local_plan()))
     global_plan, metadata = planners[coordinator_rank].create_global_plan(local_plans)
     global_plan = writers[coordinator_rank].prepare_global_plan(global_plan)
@@ -154,7 +157,7 @@ def simulate_load(
     for rank in range(n):
         metadata = readers[rank].read_metadata()
         planners[rank].set_up_planner(state_dicts[rank], metadata, rank == coordinator_rank)
-        readers[rank].set_up_storage_reader(metadata, rank == coordinator_rank)
+        set_up_storage_reader(readers[rank], metadata, rank == coordinator_rank, rank)
         local_plans.append(readers[rank].prepare_local_plan(planners[rank].create_local_plan()))
     global_plan = readers[coordinator_rank].prepare_global_plan(
         planners[coordinator_rank].create_global_plan(local_plans)

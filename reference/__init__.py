@@ -3,6 +3,12 @@
 Entry points: :func:`save`, :func:`load`, :func:`async_save`, :class:`Checkpointer`;
 the parts they are made of (planners, storage, validation, geometry) plug into
 ``torch.distributed.checkpoint.save/load`` as well.
+
+Storage extension points: a :class:`BlobStore` is where one checkpoint lives (data files,
+one metadata document committed atomically); :class:`ReferenceStorageWriter` and
+:class:`ReferenceStorageReader` put the reference format on any store (the filesystem's
+:class:`DirectoryStore`, memory's :class:`MemoryStore`, or your own, e.g. one that
+compresses every :class:`BlobSink` it writes).
 """
 
 from .checkpointer import Checkpointer
@@ -15,18 +21,22 @@ from .errors import (
     PlanValidationError,
     RankFailure,
 )
-from .filesystem import FileSystemReader, FileSystemWriter
+from .filesystem import DirectoryStore, FileSystemReader, FileSystemWriter
 from .geometry import chunk_overlap, chunk_volume, local_pieces, local_runs, local_shape
 from .load_planner import ReferenceLoadPlanner
 from .memory import InMemoryReader, InMemoryWriter, MemoryStore
 from .metadata_format import parse_metadata
 from .save_planner import ReferenceSavePlanner
 from .staging import StagingPool
+from .storage import BlobSink, BlobStore, ReferenceStorageReader, ReferenceStorageWriter
 from .validation import validate_global_plan
 
 __all__ = [
+    "BlobSink",
+    "BlobStore",
     "Checkpointer",
     "CheckpointError",
+    "DirectoryStore",
     "FileSystemReader",
     "FileSystemWriter",
     "InMemoryReader",
@@ -39,6 +49,8 @@ __all__ = [
     "RankFailure",
     "ReferenceLoadPlanner",
     "ReferenceSavePlanner",
+    "ReferenceStorageReader",
+    "ReferenceStorageWriter",
     "StagingPool",
     "async_save",
     "chunk_overlap",

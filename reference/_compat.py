@@ -9,8 +9,16 @@ Versions named are the ones these facts were read from; the code never compares 
 | ``set_up_storage_writer``/``reader`` kwargs | ``rank``, ``use_collectives`` passed only if the method takes ``**kwargs`` | signature |
 | ``SavePlanner.set_up_planner(storage_meta=)`` | older planners lack the parameter          | signature |
 | ``_validate_global_plan`` result         | bool in older torch, list of errors in 2.13     | result type |
-| ``async_save`` result                    | ``Future`` or ``AsyncSaveResponse``             | isinstance |
+| ``async_save`` result                    | ``Future`` or ``AsyncSaveResponse``             | attribute (``upload_completion``) |
 | ``_Checkpointer.save``                   | 2.13 passes a removed ``coordinator_rank``: TypeError | not used; ours is reference.Checkpointer |
+| checkpointable protocol                  | ``torch.distributed._checkpointable`` in newer torch only | module lookup |
+| ``LocalShardsWrapper``                   | absent, or without the checkpointable protocol  | import and attributes |
+| ``StorageWriter.set_up_storage_writer``  | ``rank``/``use_collectives`` keywords newer     | signature (``accepts_kwargs``) |
+| ``torch.serialization.safe_globals``     | newer torch only                                | attribute |
+| ``BaseException.add_note``               | Python 3.11+ (not torch; kept here with the rest) | attribute |
+
+The whole distribution detects these here: ``ckptconf.harness`` and
+``ckptconf.conformance`` import from this module rather than probing torch themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +27,19 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DCP_FORMAT_VERSION", "accepts_kwargs", "accepts_parameter", "dcp_validation_errors"]
+__all__ = [
+    "DCP_FORMAT_VERSION",
+    "add_note",
+    "accepts_kwargs",
+    "accepts_parameter",
+    "async_save_future",
+    "checkpointable_protocol",
+    "dcp_validation_errors",
+    "local_shards_wrapper",
+    "set_up_save_planner",
+    "set_up_storage_reader",
+    "set_up_storage_writer",
+]
 
 try:
     from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION as DCP_FORMAT_VERSION
@@ -44,3 +64,67 @@ def dcp_validation_errors(result: Any) -> list[str]:
     if isinstance(result, bool):
         return [] if result else ["DCP's _validate_global_plan rejected the plan"]
     return list(result)
+
+
+def async_save_future(response: Any) -> Any:
+    """The future of an ``async_save`` result: ``AsyncSaveResponse.upload_completion`` in newer
+    torch, the result itself (a ``Future``) in older."""
+    return getattr(response, "upload_completion", response)
+
+
+def checkpointable_protocol() -> bool:
+    """Whether this torch defines DCP's checkpointable protocol for tensor subclasses."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch.distributed._checkpointable") is not None
+
+
+def local_shards_wrapper() -> type | None:
+    """torch's ``LocalShardsWrapper`` if this torch has it with the checkpointable protocol."""
+    try:
+        from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
+    except ImportError:
+        return None
+    needed = ("__create_chunk_list__", "__get_tensor_shard__", "__create_write_items__")
+    return LocalShardsWrapper if all(hasattr(LocalShardsWrapper, n) for n in needed) else None
+
+
+def set_up_save_planner(
+    planner: Any, state_dict: Any, is_coordinator: bool, storage_meta: Any = None
+) -> None:
+    """``planner.set_up_planner`` with ``storage_meta`` where the planner takes it (older
+    planners have the two-argument form, which DCP still accepts)."""
+    if accepts_parameter(planner.set_up_planner, "storage_meta"):
+        planner.set_up_planner(state_dict, storage_meta=storage_meta, is_coordinator=is_coordinator)
+    else:
+        planner.set_up_planner(state_dict, is_coordinator)
+
+
+def set_up_storage_writer(writer: Any, is_coordinator: bool, rank: int) -> None:
+    """``writer.set_up_storage_writer``, with ``rank`` and ``use_collectives`` where it takes
+    keyword arguments (as DCP's driver passes them)."""
+    if accepts_kwargs(writer.set_up_storage_writer):
+        writer.set_up_storage_writer(is_coordinator, rank=rank, use_collectives=True)
+    else:
+        writer.set_up_storage_writer(is_coordinator)
+
+
+def set_up_storage_reader(reader: Any, metadata: Any, is_coordinator: bool, rank: int) -> None:
+    """``reader.set_up_storage_reader``, with ``rank`` and ``use_collectives`` where it takes
+    keyword arguments (as DCP's driver passes them)."""
+    if accepts_kwargs(reader.set_up_storage_reader):
+        reader.set_up_storage_reader(metadata, is_coordinator, rank=rank, use_collectives=True)
+    else:
+        reader.set_up_storage_reader(metadata, is_coordinator)
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` (Python 3.11+), or the same ``__notes__`` list on Python 3.10."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # 3.10: the attribute 3.11 reads; never replaces the exception being reported
+        notes = getattr(exc, "__notes__", None)
+        if not isinstance(notes, list):
+            notes = []
+            exc.__notes__ = notes  # type: ignore[attr-defined]
+        notes.append(note)

@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-from ._compat import accepts_kwargs, accepts_parameter
+from ._compat import set_up_save_planner, set_up_storage_reader, set_up_storage_writer
 from .coordination import Coordination
 from .filesystem import FileSystemReader, FileSystemWriter
 from .load_planner import ReferenceLoadPlanner
@@ -62,19 +62,8 @@ def save(
     metadata_box: dict[str, Metadata] = {}
 
     def local_plan():
-        storage_meta = writer.storage_meta()
-        if accepts_parameter(planner.set_up_planner, "storage_meta"):
-            planner.set_up_planner(
-                state_dict, storage_meta=storage_meta, is_coordinator=coord.is_coordinator
-            )
-        else:
-            planner.set_up_planner(state_dict, coord.is_coordinator)  # type: ignore[arg-type]
-        if accepts_kwargs(writer.set_up_storage_writer):
-            writer.set_up_storage_writer(
-                coord.is_coordinator, rank=coord.rank, use_collectives=True
-            )
-        else:
-            writer.set_up_storage_writer(coord.is_coordinator)
+        set_up_save_planner(planner, state_dict, coord.is_coordinator, writer.storage_meta())
+        set_up_storage_writer(writer, coord.is_coordinator, coord.rank)
         return writer.prepare_local_plan(planner.create_local_plan())
 
     def global_plan(all_plans):
@@ -118,12 +107,7 @@ def load(
     def local_plan():
         metadata = reader.read_metadata()
         planner.set_up_planner(state_dict, metadata, coord.is_coordinator)
-        if accepts_kwargs(reader.set_up_storage_reader):
-            reader.set_up_storage_reader(
-                metadata, coord.is_coordinator, rank=coord.rank, use_collectives=True
-            )
-        else:
-            reader.set_up_storage_reader(metadata, coord.is_coordinator)
+        set_up_storage_reader(reader, metadata, coord.is_coordinator, coord.rank)
         return reader.prepare_local_plan(planner.create_local_plan())
 
     def global_plan(all_plans):

@@ -12,10 +12,13 @@ import pytest
 from hypothesis import Phase, settings
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(trylast=True)  # after tests/conftest.py loaded the session's profile
 def pytest_configure(config: pytest.Config) -> None:
-    profile = getattr(config.option, "ckpt_profile", None) or "ci"
-    base = settings.get_profile(profile)
+    from ckptconf.conformance.kit.profiles import profile_settings
+    from ckptconf.conformance.plugin import session_profile
+
+    profile = session_profile(config)
+    base = profile_settings(profile)
     settings.register_profile(
         f"{profile}-mutation",
         parent=base,

@@ -1,6 +1,18 @@
-"""Test configuration. Hypothesis profiles (ci, dev, thorough) come from the ckptconf plugin:
-``--ckpt-profile`` or ``CKPTCONF_PROFILE``; ``ci`` when ``CI`` is set, else ``dev``."""
+"""Test configuration: the project's own hypothesis tests run under the ckptconf profile of the
+session (``--ckpt-profile`` or ``CKPTCONF_PROFILE``; ``ci`` when ``CI`` is set, else ``dev``)."""
 
 from __future__ import annotations
 
+import pytest
+
 pytest_plugins = ["ckptconf.harness.fixtures"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from ckptconf.conformance.kit.profiles import profile_settings
+    from ckptconf.conformance.plugin import session_profile
+    from hypothesis import settings
+
+    profile = session_profile(config)
+    settings.register_profile(f"ckptconf-tests-{profile}", profile_settings(profile))
+    settings.load_profile(f"ckptconf-tests-{profile}")

@@ -1,42 +1,67 @@
-"""Abstract conformance suites: subclass one in a test module to run it against your backend.
+"""The conformance suites: subclass one in a test module to run it against your backend.
 
     import pytest
     from ckptconf.conformance import Backend
     from ckptconf.conformance.suites import RoundTripTests
 
     @pytest.fixture(scope="session")
-    def backend():
+    def ckpt_backend():  # a fixture named ``backend`` works too
         return Backend(name="mine", storage_writer=MyWriter, storage_reader=MyReader)
 
     class TestMine(RoundTripTests):
         pass
 
+A suite is a package ``suites/<name>/``: its test class (``suite.py``), its cases and
+strategies (``cases.py``), what its ranks run (``ranks.py``) and the module that runs it
+against ``--ckpt-backend`` (``test_<name>.py``). Its one name is the package, the
+``ckpt_suite`` marker, the report's row and the test module; the class is ``<Name>Tests``.
 The classes are named ``*Tests`` so pytest does not collect them by themselves.
 
-- :class:`RoundTripTests`: what is saved loads back unchanged (1 and 2 ranks)
-- :class:`ReshardingTests`: placement change and world-size change
-- :class:`FaultyStorageTests`: a writer or reader failing at any hook on any rank, a rank killed
-- :class:`StateDictKindsTests`: dtypes, 0-dim, empty, non-contiguous, containers, keys, strict loads
-- :class:`AsyncSaveTests`: async_save saves the state at the call
-- :class:`PlanValidationTests`: the backend's planners at the planner level, up to 2,048 simulated ranks
-- :class:`StorageTests`: metadata through the storage, corruption, re-save, sibling saves, short reads
-- :class:`MeshChangeTests`: 1-D <-> 2-D meshes, submeshes, kind chains, checkpointable values, Checkpointer
+- :class:`RoundTripTests` (``roundtrip``): what is saved loads back unchanged
+- :class:`ReshardingTests` (``resharding``): placement change and world-size change
+- :class:`FaultsTests` (``faults``): a writer or reader failing at any hook, a rank killed
+- :class:`KindsTests` (``kinds``): dtypes, 0-dim, empty, non-contiguous, containers, keys, strict loads
+- :class:`AsyncSaveTests` (``async_save``): async_save saves the state at the call
+- :class:`PlansTests` (``plans``): the backend's planners at the planner level, up to 2,048 simulated ranks
+- :class:`StorageTests` (``storage``): metadata through the storage, corruption, re-save, sibling saves
+- :class:`MeshChangeTests` (``mesh_change``): 1-D <-> 2-D meshes, submeshes, kind chains, Checkpointer
+
+Importing this package in a pytest session switches ckptconf on for it (its fixtures).
 """
 
+from ..plugin import activate
 from .async_save import AsyncSaveTests
-from .faults import FaultyStorageTests
-from .kinds import StateDictKindsTests
+from .faults import FaultsTests, FaultyStorageTests
+from .kinds import KindsTests, StateDictKindsTests
 from .mesh_change import MeshChangeTests
-from .plans import PlanValidationTests
+from .plans import PlansTests, PlanValidationTests
 from .resharding import ReshardingTests
 from .roundtrip import RoundTripTests
 from .storage import StorageTests
 
+SUITES: dict[str, type] = {
+    "async_save": AsyncSaveTests,
+    "faults": FaultsTests,
+    "kinds": KindsTests,
+    "mesh_change": MeshChangeTests,
+    "plans": PlansTests,
+    "resharding": ReshardingTests,
+    "roundtrip": RoundTripTests,
+    "storage": StorageTests,
+}
+"""Every suite by its name."""
+
+activate()
+
 __all__ = [
+    "SUITES",
     "AsyncSaveTests",
+    "FaultsTests",
     "FaultyStorageTests",
+    "KindsTests",
     "MeshChangeTests",
     "PlanValidationTests",
+    "PlansTests",
     "ReshardingTests",
     "RoundTripTests",
     "StateDictKindsTests",

@@ -29,3 +29,10 @@ def run_conformance(
         env={**os.environ, "COLUMNS": "200"},
     )
     return result, (json.loads(report.read_text()) if report.exists() else {})
+
+
+def failure_text(test: dict) -> str:
+    """A failed test's failure from the JSON report, as the person reading it sees it."""
+    from ckptconf.conformance.kit.failures import render_failure
+
+    return render_failure(test["failure"])

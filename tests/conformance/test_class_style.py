@@ -1,14 +1,16 @@
 """A third party's way in: subclass the abstract suites and give a ``backend`` fixture.
 
 This module is exactly what a backend author writes (fsspec's abstract-test style); here
-it runs the round-trip suite against the in-memory-free reference backend built by hand,
-an object that is sent to the ranks by pickling rather than by a spec string.
+it runs the round-trip suite against the reference backend built by hand, an object that
+is sent to the ranks by pickling rather than by a spec string. The fixture is named
+``backend``, the alias of ``ckpt_backend`` existing users have.
 """
 
 from __future__ import annotations
 
 import pytest
-from ckptconf.conformance import Backend, BackendRef
+from ckptconf.conformance import Backend
+from ckptconf.conformance.kit.running import _BackendRef
 from ckptconf.conformance.suites import RoundTripTests
 from ckptconf.reference import (
     FileSystemReader,
@@ -35,7 +37,7 @@ class TestHandBuilt(RoundTripTests):
 
 
 def test_a_backend_object_reaches_ranks_by_pickle(backend):
-    ref = BackendRef.of(backend)
+    ref = _BackendRef(backend)
     assert ref.spec is None and ref.payload
     assert ref.resolve() == backend
 
@@ -47,7 +49,7 @@ def test_an_unpicklable_backend_is_a_clear_error():
         storage_reader=FileSystemReader,
     )
     with pytest.raises(TypeError, match="backend 'lambdas' cannot be sent to the ranks"):
-        BackendRef.of(closure)
+        _BackendRef(closure)
 
 
 def test_unknown_features_are_rejected():

@@ -51,9 +51,10 @@ def test_a_broken_backend_fails_the_mesh_change_suite(tmp_path, attr, name, test
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"[{name}]" in result.stdout and symptom in result.stdout, output
-    assert f"reproduce: pytest --pyargs ckptconf.conformance --ckpt-backend {spec}" in result.stdout
     outcomes = {t["id"].split("::")[-1]: t["outcome"] for t in report["tests"]}
     assert outcomes == {test: "failed"}, outcomes
+    (failed,) = report["tests"]
+    assert f"--ckpt-backend {spec}" in failed["failure"]["reproduction"]
 
 
 def test_checkpointer_is_supported_only_with_a_factory():

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckptconf.conformance.plan_cases import PlanStateCase, SimLayout, SimTensor
-from ckptconf.conformance.plan_checks import cover_problems, dedup_problems, metadata_problems
-from ckptconf.conformance.plan_states import build_states
+from ckptconf.conformance.kit.oracle import cover_problems
+from ckptconf.conformance.suites.plans.cases import PlanStateCase, SimLayout, SimTensor
+from ckptconf.conformance.suites.plans.checks import dedup_problems, metadata_problems
+from ckptconf.conformance.suites.plans.states import build_states
 from ckptconf.harness.simulated import simulate_save_planning
 from ckptconf.reference import ReferenceSavePlanner
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
-from .suite_runner import run_conformance
+from .suite_runner import failure_text, run_conformance
 
 
 def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
@@ -72,10 +73,10 @@ def test_a_broken_planner_fails_the_suite(tmp_path, backend, tests, failing):
         outcomes
     )
     for name, message in failing.items():
-        text = outcomes[name]["failure"]
+        text = failure_text(outcomes[name])
         assert text.startswith(f"[broken-{backend.replace('_', '-')}]"), text
         assert message in text, text
-        assert f"--ckpt-backend {spec}" in outcomes[name]["reproduce"]
+        assert f"--ckpt-backend {spec}" in outcomes[name]["failure"]["reproduction"]
 
 
 def test_a_backend_without_planners_is_unsupported(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ckptconf.conformance import ConformanceFailure
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
 from ckptconf.conformance.report import render_markdown
 
@@ -97,10 +98,21 @@ def test_markdown_lists_failures_with_case_and_reproduction():
             {
                 "id": "test_kinds.py::TestKinds::test_x",
                 "outcome": "failed",
-                "message": "[b] 1 loaded value(s) differ",
-                "failure": "[b] 1 loaded value(s) differ\nrank 0, key 'w'",
-                "minimal_case": "Draw 1 (case): SaveLoadCase(...)",
-                "reproduce": "pytest --pyargs ckptconf.conformance -k x",
+                "message": "1 loaded value(s) differ",
+                "failure": ConformanceFailure(
+                    "1 loaded value(s) differ",
+                    backend="b",
+                    suite="kinds",
+                    test="test_kinds.py::TestKinds::test_x",
+                    case="save on 1 rank(s)",
+                    rank=0,
+                    key="w",
+                    index=(2, 1),
+                    expected=14.0,
+                    actual=7.0,
+                    minimal_case="Draw 1 (case): SaveLoadCase(...)",
+                    reproduction="python -m pytest t.py::TestKinds::test_x",
+                ).fields(),
             }
         ],
         "unmatched_expectations": ["exp.txt:3 test_gone"],
@@ -108,7 +120,9 @@ def test_markdown_lists_failures_with_case_and_reproduction():
     text = render_markdown(data)
     assert "| kinds | 3 | 1 | 0 | 0 | 0 | 0 |" in text
     assert "### `test_kinds.py::TestKinds::test_x`: failed" in text
-    assert "rank 0, key 'w'" in text and "Draw 1 (case)" in text
-    assert "Reproduce: `pytest --pyargs ckptconf.conformance -k x`" in text
+    assert "[b] 1 loaded value(s) differ\ncase:\nsave on 1 rank(s)\n" in text
+    assert "first difference: rank 0, key 'w', global index (2, 1), expected 14.0, got 7.0" in text
+    assert "Minimal case:" in text and "Draw 1 (case)" in text
+    assert "Reproduce: `python -m pytest t.py::TestKinds::test_x`" in text
     assert "- exp.txt:3 test_gone" in text
     assert "declared unsupported: dtensor" in text

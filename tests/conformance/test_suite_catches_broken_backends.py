@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .suite_runner import failure_text
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,19 +58,16 @@ def test_a_broken_backend_fails_with_a_minimal_case_and_a_reproduction(tmp_path,
     result, report = run_cli("--backend", spec, "-k", tests, tmp_path=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"[{name}]" in result.stdout
-    assert (
-        "minimal case:" in result.stdout
-        and "reproduce: pytest --pyargs ckptconf.conformance" in result.stdout
-    )
+    assert "minimal case:" in result.stdout and "reproduce: cd " in result.stdout
     failed = [t for t in report["tests"] if t["outcome"] == "failed"]
     assert failed, report
     for test in failed:
-        assert (
-            test["minimal_case"].startswith("Draw 1 (")
-            and "(case): SaveLoadCase(" in test["minimal_case"]
-        )
-        assert f"--ckpt-backend {spec}" in test["reproduce"]
-        assert "differ from what was saved" in test["failure"] or "raised" in test["failure"]
+        failure = test["failure"]
+        assert failure["backend"] == name and failure["test"] == test["id"], failure
+        assert failure["minimal_case"].startswith("Draw 1 (case): SaveLoadCase("), failure
+        assert f"--ckpt-backend {spec}" in failure["reproduction"]
+        text = failure_text(test)
+        assert "differ from what was saved" in text or "raised" in text, text
     assert report["backend"]["name"] == name
 
 

@@ -64,3 +64,20 @@ def cuda_shared_local_value():
     from ckptconf.harness import rank_device
 
     return torch.full((2,), float(dist.get_rank()), device=rank_device()).sum().item()
+
+
+# rank functions of the conformance runner: fn(backend, *args)
+
+
+def backend_name_and_rank(backend):
+    return backend.name, dist.get_rank()
+
+
+def fail_on_rank_with_backend(backend, rank):
+    if dist.get_rank() == rank:
+        raise ValueError(f"rank {rank} failed on purpose")
+    return f"rank {dist.get_rank()} fine"
+
+
+def hang_on_rank_with_backend(backend, rank):
+    return stuck_in_a_collective_on(rank)

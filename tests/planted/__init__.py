@@ -1,6 +1,6 @@
 """Planted-bug backends: the reference (or its parts) with one realistic mistake each.
 
-``PLANTED`` lists them for ``ckptconf killrate`` (``ckptconf.conformance.killrate``): the
+``PLANTED`` lists them for the kill-rate runner (:mod:`tests.planted.killrate`): the
 conformance suite must fail at least one test against each. ``CONTROL`` is the same scaffold
 with no bug: a killing test that fails on it too does not count as a kill. Every bug is a
 module-level function returning a :class:`ckptconf.conformance.Backend` named after it, so
@@ -11,8 +11,6 @@ validation.
 """
 
 from __future__ import annotations
-
-from ckptconf.conformance.killrate import PlantedBug
 
 from . import (
     asyncsave,
@@ -26,6 +24,7 @@ from . import (
     storage,
     validation,
 )
+from .killrate import PlantedBug
 
 __all__ = ["PLANTED", "CONTROL", "by_name"]
 
@@ -117,9 +116,9 @@ PLANTED: list[PlantedBug] = [
     # checkpointer
     _bug(checkpointer, "checkpointer_passes_removed_argument", ("mesh_change",)),
     # async save
-    _bug(asyncsave, "async_reads_live_tensors", ("async",), fast=True),
-    _bug(asyncsave, "async_future_resolves_before_write", ("async",)),
-    _bug(asyncsave, "async_objects_not_copied", ("async",)),
+    _bug(asyncsave, "async_reads_live_tensors", ("async_save",), fast=True),
+    _bug(asyncsave, "async_future_resolves_before_write", ("async_save",)),
+    _bug(asyncsave, "async_objects_not_copied", ("async_save",)),
     # loading
     _bug(
         loading,

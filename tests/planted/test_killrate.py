@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from ckptconf.conformance.killrate import (
+
+from tests.planted import PLANTED
+from tests.planted.killrate import (
     BugVerdict,
     KillTable,
     PlantedBug,
@@ -19,8 +21,6 @@ from ckptconf.conformance.killrate import (
     run_killrate,
     short_test_id,
 )
-
-from tests.planted import PLANTED
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_known_verdicts_are_not_run_again_and_each_is_reported(tmp_path):
 
 
 def test_a_killing_test_that_fails_without_a_bug_is_no_kill(monkeypatch):
-    from ckptconf.conformance import killrate
+    from tests.planted import killrate
 
     # "t_bad" fails on every backend (the control too); "t_good" fails only on bug b0
     failing = {"b0": ["s.py::t_bad", "s.py::t_good"], "b1": ["s.py::t_bad"], "ctl": ["s.py::t_bad"]}
@@ -134,7 +134,7 @@ def test_a_killing_test_that_fails_without_a_bug_is_no_kill(monkeypatch):
 def test_the_cli_resumes_from_its_own_json(tmp_path, monkeypatch):
     module = tmp_path / "fake_planted.py"
     module.write_text(
-        "from ckptconf.conformance.killrate import PlantedBug\n"
+        "from tests.planted.killrate import PlantedBug\n"
         "BUGS = [PlantedBug('b0', 'bug 0', 'm:b0', ('roundtrip',))]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -152,10 +152,12 @@ def test_the_cli_resumes_from_its_own_json(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_planted_bugs_are_killed(tmp_path, request):
     """The fast subset under ci and dev; every planted bug under thorough (hours)."""
-    profile = request.config.option.ckpt_profile
+    from ckptconf.conformance.plugin import session_profile
+
+    profile = session_profile(request.config)
     full = profile == "thorough"
     out = tmp_path / "killrate.json"
-    command = [sys.executable, "-m", "ckptconf.conformance.killrate", "tests.planted:PLANTED"]
+    command = [sys.executable, "-m", "tests.planted.killrate", "tests.planted:PLANTED"]
     command += [] if full else ["--fast"]
     command += ["--profile", "thorough" if full else "ci", "--json", str(out), "--min-rate", "1.0"]
     result = subprocess.run(
@@ -178,3 +180,10 @@ def test_planted_bugs_are_killed(tmp_path, request):
     for bug in data["bugs"]:  # killed by its own effect: the failure names the backend
         assert any(f"[{bug['name']}]" in reason for reason in bug["reasons"].values()), bug
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_planted_bug_targets_suites_that_exist():
+    from ckptconf.conformance.suites import SUITES
+
+    unknown = {b.name: b.target_suites for b in PLANTED if set(b.target_suites) - set(SUITES)}
+    assert not unknown, f"target suites not in {sorted(SUITES)}: {unknown}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from ckptconf.conformance import load_backend
-from ckptconf.conformance.faults import FaultyStorageWriter
+from ckptconf.conformance.suites.faults.injection import FaultyStorageWriter
 from ckptconf.harness.simulated import (
     checkpointable,
     chunk_list_value,
@@ -221,12 +221,18 @@ def test_checkpointable_subclass_ignored():
 def _loads_wrong_on_two_ranks(tmp_path: Path, bug: str, saved: tuple, loaded: tuple) -> None:
     """Save ``w`` (5 x 3) under ``saved`` on 2 ranks, load under ``loaded``: the reference loads
     every value, the bug does not."""
-    from ckptconf.conformance.cases import Layout, SaveLoadCase, TensorSpec
-    from ckptconf.conformance.runner import save_then_load
+    from ckptconf.conformance import (
+        ConformanceFailure,
+        Layout,
+        SaveLoadCase,
+        TensorSpec,
+        check_save_then_load,
+    )
 
     case = SaveLoadCase((TensorSpec("w", (5, 3)),), (Layout(*saved),), (Layout(*loaded),), 2, 2)
-    assert save_then_load(load_backend(REFERENCE), case, str(tmp_path / "good")) == []
-    assert save_then_load(backend_of(bug), case, str(tmp_path / "bad")) != []
+    check_save_then_load(load_backend(REFERENCE), case, tmp_path / "good")
+    with pytest.raises(ConformanceFailure, match="loaded value.* differ from what was saved"):
+        check_save_then_load(backend_of(bug), case, tmp_path / "bad")
 
 
 @pytest.mark.multiprocess

@@ -1,0 +1,15 @@
+"""The kit: what two suites share, one module per role.
+
+- :mod:`.cases`: cases and value encoding (plain data drawn in the controller)
+- :mod:`.strategies`: the hypothesis strategies of those cases
+- :mod:`.values`: on the ranks, a case's state built, saved, loaded and compared
+- :mod:`.running`: running a step on every rank (:class:`~.running.Ranks`, the pools)
+- :mod:`.trial`: a drawn case of a test against a backend; failures with every field
+- :mod:`.failures`: :class:`~.failures.ConformanceFailure` and :class:`~.failures.Mismatch`
+- :mod:`.oracle`: the coverage oracle (chunks tiling a tensor, metadata describing a state)
+- :mod:`.profiles`: the suites' hypothesis profiles and :func:`~.profiles.property_test`
+- :mod:`.fixtures`: the pytest fixtures (``ckpt`` and friends), registered when asked for
+
+For writing a suite (``docs/architecture.md``); a plug-in author needs only what
+:mod:`ckptconf.conformance` exports.
+"""

@@ -1,0 +1,190 @@
+"""What goes wrong in a conformance test: a loaded value that differs, and the one failure type.
+
+A :class:`ConformanceFailure` is data first: its fields (backend, suite, test, case,
+rank, key, global index, expected, actual, details, minimal case, reproduction) feed
+the JSON report as they are, and :func:`render_failure` makes the text a person reads
+from the same fields, whether from the exception or from a report on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConformanceFailure",
+    "FAILURE_FIELDS",
+    "Mismatch",
+    "exception_text",
+    "listing",
+    "render_failure",
+]
+
+_MAX_SHOWN = 8
+
+FAILURE_FIELDS = (
+    "backend",
+    "suite",
+    "test",
+    "what",
+    "case",
+    "rank",
+    "key",
+    "index",
+    "expected",
+    "actual",
+    "details",
+    "minimal_case",
+    "reproduction",
+)
+"""The fields of a failure, in the order the report lists them."""
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A loaded value that differs from what was saved: where (rank, key, global index) and how."""
+
+    key: str
+    rank: int
+    detail: str
+    global_index: tuple[int, ...] | None = None
+    expected: Any = None
+    actual: Any = None
+    count: int = 1
+    local_shape: tuple[int, ...] | None = field(default=None)
+
+    def __str__(self) -> str:
+        where = f" at global index {self.global_index}" if self.global_index is not None else ""
+        values = (
+            f": expected {self.expected!r}, got {self.actual!r}"
+            if self.expected is not None
+            else ""
+        )
+        many = f" ({self.count} elements differ)" if self.count > 1 else ""
+        return f"rank {self.rank}, key {self.key!r}{where}{values}{many} - {self.detail}"
+
+
+def listing(items: Sequence[Any], limit: int = _MAX_SHOWN) -> str:
+    """Up to ``limit`` items, one indented line each, then how many more there are."""
+    shown = [f"  {item}" for item in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"  ... {len(items) - limit} more")
+    return "\n".join(shown)
+
+
+def exception_text(exc: BaseException, frames: int = 3) -> str:
+    """``Type: message`` and the innermost ``frames`` frames (function, file:line) of where it
+    was raised: what a failure says of an exception raised in the controller."""
+    import traceback
+
+    tb = traceback.extract_tb(exc.__traceback__)[-frames:]
+    where = " <- ".join(
+        f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})" for f in reversed(tb)
+    )
+    message = str(exc)
+    if len(message) > 1500:
+        message = message[:1500] + " ... (truncated)"
+    return f"{type(exc).__name__}: {message}\n  raised in {where}"
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, or the text itself when it already is one (a failure rebuilt from fields)."""
+    return value if isinstance(value, _Shown) else _Shown(repr(value))
+
+
+class _Shown(str):
+    """A value already shown as text."""
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready form of a field value: scalars stay, tuples become lists, the rest repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value):
+        return list(value)
+    return repr(value)
+
+
+class ConformanceFailure(AssertionError):
+    """A backend broke the contract: what, on which case, where, and how to reproduce it.
+
+    ``what`` is the one-line headline; ``case`` the drawn case as a person reads it;
+    ``rank``, ``key``, ``index`` (global element index), ``expected`` and ``actual`` say
+    where the first wrong value is, when there is one; ``details`` holds the rest (every
+    mismatch, every rank's error and traceback); ``minimal_case`` is the falsifying
+    example hypothesis reports after shrinking (filled in by the pytest plugin);
+    ``reproduction`` a command that re-runs the test.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        backend: str = "",
+        suite: str | None = None,
+        test: str | None = None,
+        case: str = "",
+        rank: int | None = None,
+        key: str | None = None,
+        index: tuple[int, ...] | None = None,
+        expected: Any = None,
+        actual: Any = None,
+        details: str = "",
+        minimal_case: str | None = None,
+        reproduction: str | None = None,
+    ):
+        self.what, self.backend, self.suite, self.test = what, backend, suite, test
+        self.case, self.rank, self.key, self.index = case, rank, key, index
+        self.expected, self.actual, self.details = expected, actual, details
+        self.minimal_case, self.reproduction = minimal_case, reproduction
+        super().__init__(render_failure(self.fields()))
+
+    def fields(self) -> dict[str, Any]:
+        """The failure as JSON-ready data; ``expected`` and ``actual`` as their repr."""
+        data = {name: _plain(getattr(self, name)) for name in FAILURE_FIELDS}
+        for name in ("expected", "actual"):
+            value = getattr(self, name)
+            data[name] = None if value is None else _shown(value)
+        return data
+
+    @classmethod
+    def from_fields(cls, data: dict[str, Any]) -> ConformanceFailure:
+        """The failure whose :meth:`fields` are ``data``."""
+        known = {k: v for k, v in data.items() if k in FAILURE_FIELDS and k != "what"}
+        for name in ("expected", "actual"):
+            if known.get(name) is not None:
+                known[name] = _Shown(known[name])
+        if known.get("index") is not None:
+            known["index"] = tuple(known["index"])
+        return cls(data.get("what", ""), **known)
+
+    def __reduce__(self):
+        return (_rebuild, (self.fields(),))
+
+
+def _rebuild(data: dict[str, Any]) -> ConformanceFailure:
+    return ConformanceFailure.from_fields(data)
+
+
+def render_failure(fields: dict[str, Any]) -> str:
+    """The text of a failure from its fields: headline, case, where, details, reproduction."""
+    lines = [f"[{fields.get('backend') or '?'}] {fields.get('what', '')}"]
+    if fields.get("case"):
+        lines += ["case:", str(fields["case"]).rstrip()]
+    where = []
+    if fields.get("rank") is not None:
+        where.append(f"rank {fields['rank']}")
+    if fields.get("key") is not None:
+        where.append(f"key {fields['key']!r}")
+    if fields.get("index") is not None:
+        where.append(f"global index {tuple(fields['index'])}")
+    if fields.get("expected") is not None or fields.get("actual") is not None:
+        where.append(f"expected {fields.get('expected')}, got {fields.get('actual')}")
+    if where:
+        lines.append("first difference: " + ", ".join(where))
+    if fields.get("details"):
+        lines.append(str(fields["details"]).rstrip())
+    if fields.get("reproduction"):
+        lines.append(f"reproduce: {fields['reproduction']}")
+    return "\n".join(lines)

@@ -1,0 +1,263 @@
+"""The strategies the suites share: dtypes, meshes, placements, shapes, layouts, objects, cases.
+
+Every strategy draws plain data (tuples, strings, :mod:`.cases` dataclasses) that pickles
+to ranks; nothing here touches torch.distributed or has import-time side effects.
+Public through :mod:`ckptconf.conformance.strategies`, with the plan strategies.
+
+- :func:`meshes`: DeviceMesh shapes, 1-D and 2-D, sizes 1-8 (or exactly a world size)
+- :func:`placements`: placement names for a mesh and tensor rank (``S<d>``, ``R``, ``SS<d>x<f>``)
+- :func:`global_shapes`: shapes including 0-dim, size-0 dims and dims smaller than a mesh
+- :func:`dtype_names`: every dtype the suite covers that this torch has
+- :func:`layouts`: plain, DTensor or ShardedTensor layouts for a world size
+- :func:`save_load_cases`: whole cases, same layout or resharded, with objects
+- :func:`object_values`: non-tensor values (bytes, numbers, strings, containers)
+- :func:`tensor_keys`: state-dict keys, dotted and unusual
+- :func:`supported_options`: the options of :func:`save_load_cases` a backend supports
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes
+
+from .cases import Layout, SaveLoadCase, TensorSpec
+
+__all__ = [
+    "ALL_DTYPES",
+    "BASIC_DTYPES",
+    "available_dtypes",
+    "dtype_names",
+    "global_shapes",
+    "layout_kinds",
+    "layouts",
+    "meshes",
+    "no_prefix_clash",
+    "object_values",
+    "placements",
+    "save_load_cases",
+    "supported_dtypes",
+    "supported_options",
+    "tensor_keys",
+]
+
+ALL_DTYPES = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int8",
+    "int32",
+    "int64",
+    "uint8",
+    "bool",
+    "complex64",
+    "float8_e4m3fn",
+    "float8_e5m2",
+)
+"""Dtype names the suite covers; :func:`dtype_names` keeps those this torch has."""
+
+BASIC_DTYPES = ("float32", "float64", "int64")
+"""The dtypes every backend must handle; the others need the ``dtypes`` feature."""
+
+
+def available_dtypes(names: Sequence[str]) -> list[str]:
+    """The names in ``names`` that are dtypes of this torch."""
+    import torch
+
+    return [n for n in names if isinstance(getattr(torch, n, None), torch.dtype)]
+
+
+def dtype_names(*, names: Sequence[str] = ALL_DTYPES) -> st.SearchStrategy[str]:
+    """A dtype name from ``names`` that this torch defines."""
+    return st.sampled_from(available_dtypes(names))
+
+
+def _factorizations(n: int, max_dims: int) -> list[tuple[int, ...]]:
+    out = [(n,)]
+    if max_dims >= 2:
+        out += [(a, n // a) for a in range(2, n) if n % a == 0]
+    return out
+
+
+@st.composite
+def meshes(
+    draw, *, world_size: int | None = None, max_dims: int = 2, max_size: int = 8
+) -> tuple[int, ...]:
+    """A mesh shape; exactly ``world_size`` ranks if given, else 1 to ``max_size``."""
+    size = world_size if world_size is not None else draw(st.integers(1, max_size))
+    return draw(st.sampled_from(_factorizations(size, max_dims)))
+
+
+@st.composite
+def placements(
+    draw, *, mesh: tuple[int, ...], ndim: int, strided: bool = True, replicate: bool = True
+) -> tuple[str, ...]:
+    """One placement name per mesh dim for a tensor of ``ndim`` dims."""
+    out = []
+    for _ in mesh:
+        kinds = (["R"] if replicate or ndim == 0 else []) + (["S", "SS"] if strided else ["S"]) * (
+            ndim > 0
+        )
+        kind = draw(st.sampled_from(kinds or ["R"]))
+        if kind == "R":
+            out.append("R")
+        elif kind == "S":
+            out.append(f"S{draw(st.integers(0, ndim - 1))}")
+        else:
+            out.append(f"SS{draw(st.integers(0, ndim - 1))}x{draw(st.integers(2, 3))}")
+    return tuple(out)
+
+
+def global_shapes(
+    *, min_dims: int = 0, max_dims: int = 3, max_side: int = 9, allow_empty: bool = True
+) -> st.SearchStrategy[tuple[int, ...]]:
+    """A global shape; sides from 0 (if ``allow_empty``) or 1 up to ``max_side``."""
+    return array_shapes(
+        min_dims=min_dims, max_dims=max_dims, min_side=0 if allow_empty else 1, max_side=max_side
+    )
+
+
+@st.composite
+def layouts(
+    draw,
+    *,
+    world_size: int,
+    shape: tuple[int, ...],
+    kinds: Sequence[str] = ("plain", "dtensor", "sharded_tensor"),
+    strided: bool = True,
+) -> Layout:
+    """A layout of a tensor of ``shape`` over ``world_size`` ranks."""
+    allowed = [k for k in kinds if not (k == "sharded_tensor" and len(shape) == 0)]
+    kind = draw(st.sampled_from(allowed))
+    if kind == "plain":
+        return Layout()
+    if kind == "sharded_tensor":
+        return Layout("sharded_tensor", shard_dim=draw(st.integers(0, len(shape) - 1)))
+    mesh = draw(meshes(world_size=world_size))
+    return Layout("dtensor", mesh, draw(placements(mesh=mesh, ndim=len(shape), strided=strided)))
+
+
+def object_values() -> st.SearchStrategy:
+    """Non-tensor values a state dict may hold: bytes, numbers, strings, None, lists and tuples.
+
+    No dicts: DCP flattens dicts into keys, so a dict value is a container, not an object.
+    """
+    leaves = st.one_of(
+        st.binary(max_size=8),
+        st.integers(-(2**40), 2**40),
+        st.floats(allow_nan=False, width=64),
+        st.text(max_size=6),
+        st.none(),
+        st.booleans(),
+    )
+    return st.recursive(
+        leaves, lambda c: st.one_of(st.lists(c, max_size=3), st.tuples(c, c)), max_leaves=6
+    )
+
+
+def tensor_keys() -> st.SearchStrategy[str]:
+    """Keys, some with dots, some unusual characters."""
+    return st.one_of(
+        st.sampled_from(["weight", "bias", "layers.0.weight", "embed.tok", "w-1", "ünï"]),
+        st.from_regex(r"[a-z][a-z0-9_.]{0,8}", fullmatch=True).filter(
+            lambda k: ".." not in k and not k.endswith(".")
+        ),
+    )
+
+
+@st.composite
+def save_load_cases(
+    draw,
+    *,
+    save_worlds: Sequence[int] = (1, 2),
+    load_worlds: Sequence[int] | None = None,
+    same_layout: bool = False,
+    kinds: Sequence[str] = ("plain", "dtensor", "sharded_tensor"),
+    dtypes: Sequence[str] = ("float64", "int64", "float32"),
+    strided: bool = True,
+    objects: bool = True,
+    max_tensors: int = 3,
+    max_side: int = 9,
+    allow_empty: bool = True,
+    nested: bool | None = None,
+    min_dims: int = 0,
+) -> SaveLoadCase:
+    """A case: tensors with layouts to save on one world and to load on another.
+
+    ``same_layout`` loads every tensor as it was saved (on the same world); otherwise
+    each tensor gets an independent destination layout on a world from ``load_worlds``.
+    """
+    save_world = draw(st.sampled_from(list(save_worlds)))
+    load_world = (
+        save_world
+        if same_layout or load_worlds is None
+        else draw(st.sampled_from(list(load_worlds)))
+    )
+    count = draw(st.integers(1, max_tensors))
+    keys = draw(
+        st.lists(tensor_keys(), min_size=count, max_size=count, unique=True).filter(no_prefix_clash)
+    )
+    specs, saves, loads = [], [], []
+    for i, key in enumerate(keys):
+        shape = draw(global_shapes(min_dims=min_dims, max_side=max_side, allow_empty=allow_empty))
+        spec = TensorSpec(key, shape, draw(dtype_names(names=dtypes)), salt=i * 1000)
+        saved = draw(layouts(world_size=save_world, shape=shape, kinds=kinds, strided=strided))
+        loaded = (
+            saved
+            if same_layout
+            else draw(layouts(world_size=load_world, shape=shape, kinds=kinds, strided=strided))
+        )
+        specs.append(spec)
+        saves.append(saved)
+        loads.append(loaded)
+    object_items: tuple = ()
+    if objects:
+        names = draw(
+            st.lists(st.sampled_from(["step", "config", "rng", "tag"]), max_size=2, unique=True)
+        )
+        object_items = tuple((f"obj_{n}", draw(object_values())) for n in names)
+    return SaveLoadCase(
+        tensors=tuple(specs),
+        save_layouts=tuple(saves),
+        load_layouts=tuple(loads),
+        save_world=save_world,
+        load_world=load_world,
+        objects=object_items,
+        nested=draw(st.booleans()) if nested is None else nested,
+    )
+
+
+def no_prefix_clash(keys: Sequence[str]) -> bool:
+    """Keys that cannot collide once nested containers are flattened with dots."""
+    return not any(
+        a != b and (b.startswith(a + ".") or a.startswith(b + ".")) for a in keys for b in keys
+    )
+
+
+def layout_kinds(backend: Any) -> tuple[str, ...]:
+    """The tensor layouts (``plain``, ``dtensor``, ``sharded_tensor``) ``backend`` supports."""
+    kinds = ["plain"]
+    kinds += [k for k in ("dtensor", "sharded_tensor") if backend.supports(k)]
+    return tuple(kinds)
+
+
+def supported_dtypes(backend: Any) -> tuple[str, ...]:
+    """Every dtype of :data:`ALL_DTYPES` this torch has if ``backend`` supports ``dtypes``, else
+    :data:`BASIC_DTYPES`."""
+    return tuple(available_dtypes(ALL_DTYPES if backend.supports("dtypes") else BASIC_DTYPES))
+
+
+def supported_options(backend: Any, **overrides: Any) -> dict[str, Any]:
+    """The options of :func:`save_load_cases` that keep a case within what ``backend``
+    supports: its layout kinds, objects, empty and 0-dim tensors (``overrides`` on top)."""
+    options = {
+        "kinds": layout_kinds(backend),
+        "strided": False,
+        "objects": backend.supports("objects"),
+        "allow_empty": backend.supports("empty_tensors"),
+        "min_dims": 0 if backend.supports("scalar_tensors") else 1,
+    }
+    return {**options, **overrides}

@@ -1,0 +1,308 @@
+"""A trial: one drawn case of one conformance test against one backend.
+
+Every suite runs its cases through a :class:`Trial`: each step of the case (save, load,
+read metadata, ...) runs on the ranks of :class:`~.running.Ranks`, and whatever goes
+wrong (a rank raising where it must not, a hang, a dead rank, a wrong value) becomes one
+:class:`~.failures.ConformanceFailure` with backend, suite, test, case, rank, key,
+global index, expected and actual values and the reproduction filled in. The ``ckpt``
+fixture (:class:`Checker`) makes trials for a test; :func:`check_save_then_load` is the
+same check without pytest, for a plug-in author's own property tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ckptconf.conformance.backend import Backend
+
+from .failures import ConformanceFailure, Mismatch, listing
+from .running import PoolRanks, RankOutcome, Ranks, RanksLost
+
+__all__ = ["UNSUPPORTED_PREFIX", "Checker", "Trial", "check_save_then_load", "describe_outcomes"]
+
+UNSUPPORTED_PREFIX = "unsupported by backend: "
+"""How a skip for a feature the backend lacks starts (the report counts such skips apart)."""
+
+DEFAULT_TIMEOUT = 120.0
+"""Seconds a step may take on its ranks before they are stopped and their stacks shown."""
+
+
+def describe_outcomes(outcomes: Sequence[RankOutcome], *, tracebacks: bool = True) -> str:
+    """Every rank's error (ranks that failed alike listed once), tracebacks and output."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for o in outcomes:
+        if o.raised:
+            groups.setdefault((o.error_type or "", o.message, o.traceback), []).append(o.rank)
+    lines = []
+    for (kind, message, _), ranks in groups.items():
+        lines.append(f"  {_ranks(ranks)}: {kind}: {message.strip()[-3000:]}")
+    if tracebacks:
+        for (_, _, trace), ranks in groups.items():
+            if trace.strip():
+                lines.append(f"--- {_ranks(ranks)} ---\n{trace.rstrip()[-6000:]}")
+        for o in outcomes:
+            if o.output.strip():
+                lines.append(f"--- output of rank {o.rank} ---\n{o.output.rstrip()[-4000:]}")
+    return "\n".join(lines)
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+
+
+class Trial:
+    """One case of one test against ``backend``: runs its steps, fails with every field filled.
+
+    ``case`` is the case as a person reads it (a string, or an object with ``describe()``).
+    Steps that cannot run here (``ranks.unavailable``) are skipped through ``skip``
+    (``pytest.skip`` in a test; by default a RuntimeError).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        case: Any,
+        *,
+        ranks: Ranks | None = None,
+        suite: str | None = None,
+        test: str | None = None,
+        reproduction: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        skip: Callable[[str], Any] | None = None,
+    ):
+        self.backend = backend
+        self.case = case if isinstance(case, str) else case.describe()
+        self.ranks = ranks or PoolRanks()
+        self.suite, self.test, self.reproduction = suite, test, reproduction
+        self.timeout = timeout
+        self._skip = skip or _cannot_run
+
+    def about(self, case: Any) -> Trial:
+        """This trial, for ``case`` instead (the same case with a change made, say)."""
+        return Trial(
+            self.backend,
+            case,
+            ranks=self.ranks,
+            suite=self.suite,
+            test=self.test,
+            reproduction=self.reproduction,
+            timeout=self.timeout,
+            skip=self._skip,
+        )
+
+    def fail(
+        self, what: str, details: str = "", *, mismatch: Mismatch | None = None, **where: Any
+    ) -> ConformanceFailure:
+        """The failure to raise: ``what`` went wrong in this trial; ``mismatch`` (or ``where``:
+        rank, key, index, expected, actual) says where the first wrong value is."""
+        if mismatch is not None:
+            where = {
+                "rank": mismatch.rank,
+                "key": mismatch.key,
+                "index": mismatch.global_index,
+                "expected": mismatch.expected,
+                "actual": mismatch.actual,
+                **where,
+            }
+        return ConformanceFailure(
+            what,
+            backend=self.backend.name,
+            suite=self.suite,
+            test=self.test,
+            case=self.case,
+            details=details,
+            reproduction=self.reproduction,
+            **where,
+        )
+
+    def outcomes(
+        self,
+        step: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        world: int,
+        timeout: float | None = None,
+    ) -> list[RankOutcome]:
+        """``fn(backend, *args)`` on ``world`` ranks; a rank's exception is data, but a hang or a
+        dead rank fails the trial, naming ``step`` and showing every stuck rank's stack."""
+        self._check_available(world)
+        try:
+            return self.ranks.run(
+                self.backend, fn, args, world=world, timeout=timeout or self.timeout
+            )
+        except RanksLost as exc:
+            raise self._lost(step, exc) from None
+
+    def run(
+        self,
+        step: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        world: int,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """What ``fn(backend, *args)`` returned on each of ``world`` ranks; a rank that raises, a
+        hang or a dead rank fails the trial, naming ``step``."""
+        outcomes = self.outcomes(step, fn, *args, world=world, timeout=timeout)
+        failed = [o for o in outcomes if o.raised]
+        if failed:
+            raise self.fail(
+                f"{step} raised on {_ranks([o.rank for o in failed])}",
+                describe_outcomes(outcomes),
+                rank=failed[0].rank,
+            )
+        return [o.value for o in outcomes]
+
+    def run_fresh(
+        self,
+        step: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        world: int,
+        timeout: float | None = None,
+    ) -> list[RankOutcome] | RanksLost:
+        """As :meth:`outcomes` on new processes, for a step that kills a rank: a lost rank is
+        returned, not raised."""
+        self._check_available(world)
+        try:
+            return self.ranks.run_fresh(
+                self.backend, fn, args, world=world, timeout=timeout or self.timeout
+            )
+        except RanksLost as exc:
+            return exc
+
+    def check_values(self, mismatches: Sequence[Mismatch], what: str) -> None:
+        """Fail listing every mismatch if there is any; ``what`` is prefixed with their count."""
+        if mismatches:
+            raise self.fail(
+                f"{len(mismatches)} {what}", listing(mismatches), mismatch=mismatches[0]
+            )
+
+    def save_then_load(self, case: Any, path: str) -> None:
+        """Save ``case`` on ``case.save_world`` ranks, load it on ``case.load_world`` ranks into
+        blank tensors of its load layouts, and compare every element of every local piece."""
+        from . import values
+
+        self.run("save", values.save_case, case, path, world=case.save_world)
+        loaded = self.run("load", values.load_case, case, path, world=case.load_world)
+        self.check_values(
+            [m for rank in loaded for m in rank], "loaded value(s) differ from what was saved"
+        )
+
+    def _check_available(self, world: int) -> None:
+        reason = self.ranks.unavailable(world)
+        if reason is not None:
+            self._skip(reason)
+            raise RuntimeError(f"cannot run this step here: {reason}")  # skip() returned
+
+    def _lost(self, step: str, exc: RanksLost) -> ConformanceFailure:
+        what = "hung" if exc.hung else "lost a rank"
+        return self.fail(
+            f"{step} {what}: {exc.reason}",
+            describe_outcomes(exc.outcomes),
+            rank=exc.outcomes[0].rank if exc.outcomes else None,
+        )
+
+
+def _cannot_run(reason: str) -> None:
+    raise RuntimeError(f"cannot run this step here: {reason}")
+
+
+class Checker:
+    """The ``ckpt`` fixture of a conformance test: the backend, new checkpoint paths, trials.
+
+    ``ckpt.trial(case)`` starts a :class:`Trial` of a drawn case; ``ckpt.path()`` is a new,
+    not yet existing path under the session's temporary folder; ``ckpt.check_save_then_load``
+    is the round trip most tests make.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        ranks: Ranks,
+        paths: Callable[[], str],
+        suite: str | None = None,
+        test: str | None = None,
+        reproduction: str | None = None,
+        skip: Callable[[str], Any] | None = None,
+    ):
+        self.backend, self.ranks = backend, ranks
+        self.suite, self.test, self.reproduction = suite, test, reproduction
+        self._paths, self._skip = paths, skip
+
+    def supports(self, feature: str) -> bool:
+        """Whether the backend has not declared ``feature`` unsupported."""
+        return self.backend.supports(feature)
+
+    def path(self) -> str:
+        """A new checkpoint path (not yet created) in the session's temporary folder."""
+        return self._paths()
+
+    def save_planner(self) -> Callable[[], Any]:
+        """The save planner factory the backend plans with; a whole-system backend that
+        exposes none is unsupported at the planner level (skipped)."""
+        return self._planner(self.backend.used_save_planner(), "save")
+
+    def load_planner(self) -> Callable[[], Any]:
+        """The load planner factory the backend plans with (as :meth:`save_planner`)."""
+        return self._planner(self.backend.used_load_planner(), "load")
+
+    def _planner(self, factory: Callable[[], Any] | None, step: str) -> Callable[[], Any]:
+        if factory is None:
+            (self._skip or _cannot_run)(
+                f"{UNSUPPORTED_PREFIX}its own {step} replaces the driver and it exposes no "
+                f"{step} planner, so there is nothing to run at the planner level"
+            )
+        return factory
+
+    def trial(self, case: Any, *, timeout: float = DEFAULT_TIMEOUT) -> Trial:
+        """A trial of ``case`` (a string or an object with ``describe()``) for this test."""
+        return Trial(
+            self.backend,
+            case,
+            ranks=self.ranks,
+            suite=self.suite,
+            test=self.test,
+            reproduction=self.reproduction,
+            timeout=timeout,
+            skip=self._skip,
+        )
+
+    def check_save_then_load(self, case: Any) -> None:
+        """Save the case, load it under its load layouts, compare every value."""
+        self.trial(case).save_then_load(case, self.path())
+
+
+def check_save_then_load(
+    backend: Backend,
+    case: Any,
+    path: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    timeout: float = DEFAULT_TIMEOUT,
+) -> None:
+    """Save ``case`` (a :class:`~ckptconf.conformance.kit.cases.SaveLoadCase`) with ``backend``
+    on warm ranks in ``device`` mode, load it under its load layouts and compare every value.
+
+    Raises :class:`~ckptconf.conformance.kit.failures.ConformanceFailure` on a rank's error,
+    a hang (after ``timeout`` seconds) or any wrong value. Without ``path`` a temporary
+    folder is used and removed. For a property test of your own::
+
+        @given(save_load_cases(save_worlds=(2,)))
+        def test_mine(case):
+            check_save_then_load(my_backend(), case)
+    """
+    trial = Trial(backend, case, ranks=PoolRanks(device), timeout=timeout)
+    if path is not None:
+        trial.save_then_load(case, os.fspath(path))
+        return
+    parent = tempfile.mkdtemp(prefix="ckptconf-check-")
+    try:
+        trial.save_then_load(case, os.path.join(parent, "checkpoint"))
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

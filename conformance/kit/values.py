@@ -1,0 +1,234 @@
+"""Value encoding on the ranks: build a case's state, save it, load into blank state, compare.
+
+Expected local values come from DTensor's own distribution of the full encoded tensor
+(``distribute_tensor(..., src_data_rank=None)``: each rank slices locally), not from
+any geometry of ckptconf's, so the oracle is independent of the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ckptconf.conformance.backend import Backend
+
+from .cases import (
+    Layout,
+    SaveLoadCase,
+    TensorSpec,
+    blank_tensor,
+    encoded_tensor,
+    placement_from_text,
+)
+from .failures import Mismatch
+
+__all__ = [
+    "blank_state",
+    "call_outcome",
+    "build_state",
+    "compare_state",
+    "device_mesh",
+    "load_case",
+    "local_pieces",
+    "object_mismatch",
+    "piece_mismatches",
+    "save_case",
+    "sharded_tensor_of",
+    "tensor_value",
+]
+
+_MESHES: dict[tuple[int, ...], Any] = {}
+
+
+def device_mesh(shape: tuple[int, ...]):
+    """This process's DeviceMesh of ``shape`` over every rank, on the rank's device type."""
+    from ckptconf.harness.world import rank_device
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if shape not in _MESHES:  # one mesh per shape per process: new_group is collective and costly
+        _MESHES[shape] = init_device_mesh(rank_device().type, shape)
+    return _MESHES[shape]
+
+
+def tensor_value(spec: TensorSpec, layout: Layout, *, blank: bool):
+    """This rank's value of ``spec`` held as ``layout``: encoded, or blank (to load into), on
+    the rank's device."""
+    from ckptconf.harness.world import rank_device
+
+    make = blank_tensor if blank else encoded_tensor
+    full = make(spec.shape, spec.dtype, spec.salt)
+    full = full.to(rank_device())
+    if layout.kind == "plain":
+        return full
+    if layout.kind == "dtensor":
+        from torch.distributed.tensor import distribute_tensor
+
+        placements = [placement_from_text(p) for p in layout.placements]
+        return distribute_tensor(full, device_mesh(layout.mesh), placements, src_data_rank=None)
+    if layout.kind == "sharded_tensor":
+        return sharded_tensor_of(full, layout.shard_dim)
+    raise ValueError(f"unknown layout kind {layout.kind!r}")
+
+
+def sharded_tensor_of(full: torch.Tensor, dim: int):
+    """A ShardedTensor (ChunkShardingSpec on ``dim`` over every rank) holding ``full``."""
+    from torch.distributed._shard import sharded_tensor as st
+    from torch.distributed._shard.sharding_spec import ChunkShardingSpec
+
+    device = full.device.type
+    spec = ChunkShardingSpec(
+        dim=dim, placements=[f"rank:{r}/{device}" for r in range(dist.get_world_size())]
+    )
+    value = st.empty(spec, *full.shape, dtype=full.dtype)
+    for shard in value.local_shards():
+        box = tuple(
+            slice(o, o + n)
+            for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+        )
+        shard.tensor.copy_(full[box])
+    return value
+
+
+def build_state(case: SaveLoadCase, *, for_load: bool) -> dict[str, Any]:
+    """This rank's state dict for the case: value-encoded, or blank (to load into)."""
+    layouts = case.load_layouts if for_load else case.save_layouts
+    tensors = {
+        spec.key: tensor_value(spec, layout, blank=for_load)
+        for spec, layout in zip(case.tensors, layouts)
+    }
+    objects = {key: (None if for_load else value) for key, value in case.objects}
+    if case.nested:
+        return {"model": tensors, "extra": objects} if objects else {"model": tensors}
+    return {**tensors, **objects}
+
+
+def blank_state(case: SaveLoadCase) -> dict[str, Any]:
+    """The state a load fills."""
+    return build_state(case, for_load=True)
+
+
+def save_case(backend: Backend, case: SaveLoadCase, path: str) -> None:
+    """Rank function: save the case's state with the backend."""
+    backend.run_save(build_state(case, for_load=False), path)
+
+
+def load_case(backend: Backend, case: SaveLoadCase, path: str) -> list[Mismatch]:
+    """Rank function: load into blank state; every mismatch against the encoded values."""
+    state = blank_state(case)
+    backend.run_load(state, path)
+    return compare_state(case, state)
+
+
+def _expected_local(
+    spec: TensorSpec, layout: Layout
+) -> list[tuple[torch.Tensor, tuple[int, ...] | None]]:
+    """``(expected local tensor, global offsets or None where not one box)`` pieces of this rank."""
+    full = encoded_tensor(spec.shape, spec.dtype, spec.salt)
+    if layout.kind == "plain":
+        return [(full, (0,) * full.dim())]
+    if layout.kind == "dtensor":
+        from torch.distributed.tensor import distribute_tensor
+
+        placements = [placement_from_text(p) for p in layout.placements]
+        dt = distribute_tensor(full, device_mesh(layout.mesh), placements, src_data_rank=None)
+        offsets = None  # a _StridedShard piece is not one box: no single offset
+        if not any(p.startswith("SS") for p in layout.placements):
+            from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+            offsets = tuple(
+                compute_local_shape_and_global_offset(dt.shape, dt.device_mesh, dt.placements)[1]
+            )
+        return [(dt.to_local().cpu(), offsets)]
+    value = sharded_tensor_of(full, layout.shard_dim)
+    return [(s.tensor.cpu(), tuple(s.metadata.shard_offsets)) for s in value.local_shards()]
+
+
+def local_pieces(value: Any, layout: Layout) -> list[torch.Tensor]:
+    """The local tensors this rank holds of ``value`` (copied to the CPU), in a fixed order."""
+    if layout.kind == "dtensor":
+        return [value.to_local().cpu()]
+    if layout.kind == "sharded_tensor":
+        return [s.tensor.cpu() for s in value.local_shards()]
+    return [value.cpu()]
+
+
+def piece_mismatches(
+    key: str,
+    rank: int,
+    what: str,
+    got: torch.Tensor,
+    want: torch.Tensor,
+    offsets: tuple[int, ...] | None,
+) -> list[Mismatch]:
+    """How local piece ``got`` differs from ``want`` (NaN equals NaN): its dtype or shape, or
+    the first differing element, by global index when the piece's ``offsets`` are known."""
+    got, want = got.cpu(), want.cpu()
+    if got.shape != want.shape or got.dtype != want.dtype:
+        detail = f"{what} is {got.dtype}{list(got.shape)}, expected {want.dtype}{list(want.shape)}"
+        return [Mismatch(key, rank, detail)]
+    differ = got != want
+    if want.dtype.is_floating_point or want.dtype.is_complex:
+        differ &= ~(torch.isnan(got) & torch.isnan(want))
+    if not differ.any():
+        return []
+    first = tuple(int(i) for i in differ.nonzero()[0])
+    where = tuple(f + o for f, o in zip(first, offsets)) if offsets is not None else None
+    return [
+        Mismatch(
+            key,
+            rank,
+            f"local index {first} of the {what}",
+            where,
+            want[first].item(),
+            got[first].item(),
+            int(differ.sum()),
+        )
+    ]
+
+
+def object_mismatch(key: str, rank: int, got: Any, want: Any) -> list[Mismatch]:
+    """A mismatch if a loaded object differs from the saved one in value or type."""
+    if got != want or type(got) is not type(want):
+        return [Mismatch(key, rank, "object differs", expected=want, actual=got)]
+    return []
+
+
+def compare_state(case: SaveLoadCase, state: dict[str, Any]) -> list[Mismatch]:
+    """Every difference between ``state`` (after a load) and the case's encoded values."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    tensors = state["model"] if case.nested else state
+    objects = state.get("extra", {}) if case.nested else state
+    out: list[Mismatch] = []
+    for spec, layout in zip(case.tensors, case.load_layouts):
+        value = tensors.get(spec.key)
+        expected = _expected_local(spec, layout)
+        actual = local_pieces(value, layout) if value is not None else []
+        if len(actual) != len(expected):
+            out.append(
+                Mismatch(spec.key, rank, f"{len(actual)} local pieces, expected {len(expected)}")
+            )
+            continue
+        for (want, offsets), got in zip(expected, actual):
+            out += piece_mismatches(spec.key, rank, f"{layout} piece", got, want, offsets)
+    for key, value in case.objects:
+        out += object_mismatch(key, rank, objects.get(key), value)
+    return out
+
+
+def call_outcome(fn, *, limit: int = 6000) -> dict[str, Any]:
+    """``{"raised": False}``, or ``{"raised": True, "type": ..., "text": ...}`` for what calling
+    ``fn`` raised (the last ``limit`` characters): a step whose error is data, not a failure.
+
+    A backend that cannot take a wrapped storage is not such an outcome: that error, like
+    interrupts, propagates.
+    """
+    from ckptconf.conformance.backend import StorageInjectionUnsupported
+
+    try:
+        fn()
+    except (KeyboardInterrupt, SystemExit, StorageInjectionUnsupported):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+        return {"raised": True, "type": type(exc).__name__, "text": str(exc)[-limit:]}
+    return {"raised": False}

@@ -1,0 +1,40 @@
+"""Async save: what is saved is the state at the time of the call, whatever happens to it after."""
+
+from __future__ import annotations
+
+import pytest
+
+from ...kit import values
+from ...kit.profiles import property_test
+from ...kit.strategies import save_load_cases, supported_options
+from . import ranks
+
+__all__ = ["AsyncSaveTests"]
+
+
+@pytest.mark.ckpt_suite("async_save")
+@pytest.mark.ckpt_level("core")
+@pytest.mark.ckpt_requires("async_save")
+class AsyncSaveTests:
+    """``run_async_save`` snapshots the state before it returns."""
+
+    @property_test()
+    def test_state_changed_after_call_is_not_saved(self, ckpt, data):
+        """Start an async save, at once change every tensor element in place and replace
+        (and mutate) every object, then wait: a load gives the values at the call."""
+        options = supported_options(
+            ckpt.backend, dtypes=("float32", "float64", "int64"), max_side=6
+        )
+        case = data.draw(
+            save_load_cases(save_worlds=(1, 2), same_layout=True, **options), label="case"
+        )
+        trial, path = ckpt.trial(case), ckpt.path()
+        world = case.save_world
+        trial.run("async_save", ranks.async_save_then_clobber, case, path, world=world)
+        loaded = trial.run("load after the async save", values.load_case, case, path, world=world)
+        trial.check_values(
+            [m for rank in loaded for m in rank],
+            "loaded value(s) differ from the state at the async_save call (the state was "
+            "changed in place after the call returned; tensors x -> -x-1, objects replaced by "
+            f"{ranks.CHANGED_OBJECT!r})",
+        )

@@ -1,0 +1,152 @@
+"""The one failure type, the trial that fills it in, and the runner's per-rank outcomes."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from ckptconf.conformance import (
+    Backend,
+    ConformanceFailure,
+    Layout,
+    Mismatch,
+    SaveLoadCase,
+    TensorSpec,
+    check_save_then_load,
+)
+from ckptconf.conformance.kit.failures import render_failure
+from ckptconf.conformance.kit.running import PoolRanks, RanksLost
+from ckptconf.conformance.kit.trial import Trial, describe_outcomes
+from ckptconf.reference import FileSystemReader, FileSystemWriter
+
+from tests.harness import rank_functions
+
+
+def test_a_failure_is_its_fields_and_reads_as_text():
+    failure = ConformanceFailure(
+        "2 loaded value(s) differ from what was saved",
+        backend="mine",
+        suite="roundtrip",
+        test="test_roundtrip.py::TestRoundTrip::test_round_trip",
+        case="save on 2 rank(s), load on 2 rank(s)\n  'w': float32[4]: plain -> plain",
+        rank=1,
+        key="w",
+        index=(3,),
+        expected=21.0,
+        actual=0.0,
+        details="  rank 1, key 'w' at global index (3,): expected 21.0, got 0.0",
+        reproduction="python -m pytest x.py::T::t",
+    )
+    fields = failure.fields()
+    assert fields["index"] == [3] and fields["expected"] == "21.0" and fields["actual"] == "0.0"
+    assert ConformanceFailure.from_fields(fields).fields() == fields
+    assert pickle.loads(pickle.dumps(failure)).fields() == fields
+    assert str(failure) == render_failure(fields)
+    assert str(failure).splitlines() == [
+        "[mine] 2 loaded value(s) differ from what was saved",
+        "case:",
+        "save on 2 rank(s), load on 2 rank(s)",
+        "  'w': float32[4]: plain -> plain",
+        "first difference: rank 1, key 'w', global index (3,), expected 21.0, got 0.0",
+        "  rank 1, key 'w' at global index (3,): expected 21.0, got 0.0",
+        "reproduce: python -m pytest x.py::T::t",
+    ]
+
+
+def test_a_trial_fails_with_the_first_mismatch_in_the_fields():
+    backend = Backend("b", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
+    trial = Trial(backend, "the case", suite="s", test="t", reproduction="again")
+    mismatches = [
+        Mismatch("w", 1, "local index (0,)", (2,), 14.0, 7.0, 3),
+        Mismatch("b", 0, "object differs", expected=b"x", actual=None),
+    ]
+    with pytest.raises(ConformanceFailure) as caught:
+        trial.check_values(mismatches, "loaded value(s) differ")
+    fields = caught.value.fields()
+    assert (fields["what"], fields["rank"], fields["key"], fields["index"]) == (
+        "2 loaded value(s) differ",
+        1,
+        "w",
+        [2],
+    )
+    assert (fields["expected"], fields["actual"]) == ("14.0", "7.0")
+    assert (fields["backend"], fields["suite"], fields["test"]) == ("b", "s", "t")
+    assert fields["case"] == "the case" and fields["reproduction"] == "again"
+    assert "key 'b'" in fields["details"] and "(3 elements differ)" in fields["details"]
+    trial.check_values([], "never raised")
+
+
+@pytest.mark.multiprocess
+def test_the_pool_runner_returns_every_rank_and_loses_none_on_an_error():
+    backend = Backend("b", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
+    ranks = PoolRanks("cpu")
+    outcomes = ranks.run(backend, rank_functions.backend_name_and_rank, (), world=2, timeout=60)
+    assert [(o.rank, o.value, o.raised) for o in outcomes] == [
+        (0, ("b", 0), False),
+        (1, ("b", 1), False),
+    ]
+    outcomes = ranks.run(
+        backend, rank_functions.fail_on_rank_with_backend, (1,), world=2, timeout=60
+    )
+    assert [o.raised for o in outcomes] == [False, True]
+    assert outcomes[0].value == "rank 0 fine"
+    assert (outcomes[1].error_type, outcomes[1].message) == (
+        "ValueError",
+        "rank 1 failed on purpose",
+    )
+    assert "fail_on_rank_with_backend" in outcomes[1].traceback
+    text = describe_outcomes(outcomes)
+    assert "rank 1: ValueError: rank 1 failed on purpose" in text
+
+
+@pytest.mark.multiprocess
+def test_a_hang_is_lost_ranks_with_their_stacks_and_a_trial_failure():
+    backend = Backend("b", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
+    with pytest.raises(RanksLost) as caught:
+        PoolRanks("cpu").run(
+            backend, rank_functions.hang_on_rank_with_backend, (1,), world=2, timeout=5
+        )
+    assert caught.value.hung
+    stuck = {o.rank: o for o in caught.value.outcomes}
+    assert stuck[1].error_type == "Stuck" and "hang_on_rank_with_backend" in stuck[1].traceback
+    trial = Trial(backend, "a hanging case", timeout=5)
+    with pytest.raises(ConformanceFailure, match=r"^\[b\] a step hung: ") as failed:
+        trial.run("a step", rank_functions.hang_on_rank_with_backend, 1, world=2)
+    assert "hang_on_rank_with_backend" in failed.value.fields()["details"]
+
+
+def test_an_unavailable_device_mode_is_a_clear_skip_or_error():
+    backend = Backend("b", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
+    ranks = PoolRanks("cuda-shared")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert ranks.unavailable(2) == "cuda-shared mode, 2 rank(s): CUDA is not available"
+    skipped = []
+    trial = Trial(backend, "case", ranks=ranks, skip=skipped.append)
+    with pytest.raises(RuntimeError):  # skip() returned: the trial must not go on regardless
+        trial.outcomes("save", rank_functions.backend_name_and_rank, world=2)
+    assert skipped == ["cuda-shared mode, 2 rank(s): CUDA is not available"]
+    with pytest.raises(ValueError, match="unknown device mode 'tpu'"):
+        PoolRanks("tpu")
+
+
+@pytest.mark.multiprocess
+def test_check_save_then_load_passes_the_reference_and_names_a_wrong_value(tmp_path):
+    case = SaveLoadCase(
+        (TensorSpec("w", (5, 3), "float32"),),
+        (Layout("dtensor", (2,), ("S0",)),),
+        (Layout("dtensor", (2,), ("S1",)),),
+        2,
+        2,
+    )
+    from ckptconf.conformance import load_backend
+
+    check_save_then_load(load_backend("reference"), case)
+    broken = load_backend("tests.conformance.broken_backends:shifted_reader")
+    with pytest.raises(ConformanceFailure) as caught:
+        check_save_then_load(broken, case, tmp_path / "c")
+    fields = caught.value.fields()
+    assert fields["backend"] == "broken-shifted-read" and fields["key"] == "w"
+    assert fields["expected"] != fields["actual"] and len(fields["index"]) == 2

@@ -1,0 +1,103 @@
+"""Installed, the pytest plugin stays out of other projects' runs until a run asks for ckptconf.
+
+Each test runs pytest in a subprocess (``pytester.runpytest_subprocess``), as a project that
+merely has ckptconf installed would: the entry-point plugin loads, and must register its
+markers and do nothing else.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+_UNRELATED = """
+import sys
+
+import hypothesis.core
+from hypothesis import given, settings, strategies as st
+
+
+def test_no_torch_and_hypothesis_untouched():
+    assert "torch" not in sys.modules, "the ckptconf plugin imported torch"
+    assert settings._current_profile == "default", settings._current_profile
+    assert settings.default.max_examples == 100
+    assert hypothesis.core.global_force_seed is None
+
+
+@given(st.integers())
+def test_a_property(x):
+    assert isinstance(x, int)
+
+
+def test_markers_are_registered(pytestconfig):
+    markers = "\\n".join(pytestconfig.getini("markers"))
+    assert "ckpt_suite(name)" in markers and "ckpt_requires(*features)" in markers
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_unrelated=_UNRELATED)
+    pytester.makeini("[pytest]\naddopts = --strict-markers\n")
+    return pytester
+
+
+def test_an_unrelated_session_keeps_its_settings_and_imports_no_torch(project, monkeypatch):
+    monkeypatch.delenv("CKPTCONF_PROFILE", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    output = result.stdout.str()
+    assert "ckptconf:" not in output and "ckptconf conformance" not in output  # header, summary
+
+
+def test_an_unrelated_session_sees_no_ckptconf_fixture(project, monkeypatch):
+    monkeypatch.delenv("CKPTCONF_PROFILE", raising=False)
+    result = project.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
+    assert result.ret == 0
+    listed = result.stdout.str()
+    for name in ("ckpt_backend", "ckpt_path", "ckpt_repro", "ckpt ", "backend "):
+        assert f"\n{name}" not in listed, name
+
+
+def test_a_ckpt_option_switches_ckptconf_on(project, monkeypatch):
+    monkeypatch.delenv("CKPTCONF_PROFILE", raising=False)
+    result = project.runpytest_subprocess(
+        "--fixtures", "-p", "no:cacheprovider", "--ckpt-profile", "ci"
+    )
+    assert result.ret == 0
+    assert "ckptconf: backend reference (reference)" in result.stdout.str()
+    result.stdout.fnmatch_lines(["ckpt_backend*", "*backend under test*"])
+
+
+def test_a_module_subclassing_a_suite_gets_the_fixtures(pytester, monkeypatch):
+    """The class-style way: importing a suite switches ckptconf on for the session."""
+    monkeypatch.delenv("CKPTCONF_PROFILE", raising=False)
+    pytester.makepyfile(
+        test_mine="""
+import pytest
+from ckptconf.conformance.suites import RoundTripTests
+
+
+@pytest.fixture(scope="session")
+def backend():
+    from ckptconf.conformance import load_backend
+
+    return load_backend("reference")
+
+
+class TestMine(RoundTripTests):
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "test_round_trip and not strided and not sharded and not dtensor",
+        "--co",
+        "-q",
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["test_mine.py::TestMine::test_round_trip"])
