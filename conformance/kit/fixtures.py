@@ -119,10 +119,10 @@ def reproduction(item: pytest.Item, backend: Backend) -> str:
     if seed is not None and plugin.session_profile(config) != "ci":
         parts += ["--hypothesis-seed", str(seed)]
     device = config.getoption("ckpt_device")
-    if device:
+    if device and device != "cpu":
         parts += ["--ckpt-device", device]
     folder = str(config.invocation_params.dir)
-    if backend.spec in BUILT_IN and not device:
+    if backend.spec in BUILT_IN:
         return shlex.join(parts)
     return f"cd {shlex.quote(folder)} && {shlex.join(parts)}"
 

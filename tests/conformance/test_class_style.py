@@ -8,16 +8,26 @@ is sent to the ranks by pickling rather than by a spec string. The fixture is na
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from ckptconf.conformance import Backend
 from ckptconf.conformance.kit.running import _BackendRef
 from ckptconf.conformance.suites import RoundTripTests
+
 from ckptconf.reference import (
     FileSystemReader,
     FileSystemWriter,
     ReferenceLoadPlanner,
     ReferenceSavePlanner,
 )
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +72,54 @@ def test_unknown_features_are_rejected():
             storage_reader=FileSystemReader,
             unsupported={"telepathy"},
         )
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
+    """A backend given by a fixture has no spec: its reproduction runs the user's own test by
+    node id, from the folder pytest ran in, and fails the same way from any folder."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_mine.py").write_text(
+        "import pytest\n"
+        "from ckptconf.conformance.suites import RoundTripTests\n"
+        "from tests.conformance.broken_backends import dropped_last_item\n\n\n"
+        "@pytest.fixture(scope='session')\n"
+        "def backend():\n"
+        "    return dropped_last_item()\n\n\n"
+        "class TestMine(RoundTripTests):\n"
+        "    pass\n"
+    )
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    selection = ["-k", "test_round_trip_dtensor_on_two_ranks", "-p", "no:cacheprovider"]
+    first = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_mine.py", *selection, "--ckpt-profile", "ci"]
+        + ["--ckpt-report", str(report)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert first.returncode == 1, first.stdout[-3000:]
+    (failed,) = json.loads(report.read_text())["tests"]
+    failure = failed["failure"]
+    assert failure["backend"] == "broken-dropped-item"
+    command = failure["reproduction"]
+    assert command.startswith(f"cd {project} && python -m pytest ")
+    assert f"{project}/test_mine.py::TestMine::test_round_trip_dtensor_on_two_ranks" in command
+    assert "--ckpt-backend" not in command
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = subprocess.run(
+        ["bash", "-c", command + " -p no:cacheprovider"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        env={**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        timeout=600,
+    )
+    assert again.returncode == 1 and "1 failed" in again.stdout, again.stdout[-3000:]
+    assert "[broken-dropped-item]" in again.stdout
