@@ -18,14 +18,12 @@ import pytest
 from ckptconf.conformance import Backend
 from ckptconf.conformance.kit.running import _BackendRef
 from ckptconf.conformance.suites import RoundTripTests
-
 from ckptconf.reference import (
     FileSystemReader,
     FileSystemWriter,
     ReferenceLoadPlanner,
     ReferenceSavePlanner,
 )
-
 
 ROOT = Path(__file__).resolve().parents[2]
 
