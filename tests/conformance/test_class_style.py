@@ -82,10 +82,10 @@ def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
     (project / "test_mine.py").write_text(
         "import pytest\n"
         "from ckptconf.conformance.suites import RoundTripTests\n"
-        "from tests.conformance.broken_backends import dropped_last_item\n\n\n"
+        "from tests.planted.storage import last_chunk_skipped\n\n\n"
         "@pytest.fixture(scope='session')\n"
         "def backend():\n"
-        "    return dropped_last_item()\n\n\n"
+        "    return last_chunk_skipped()\n\n\n"
         "class TestMine(RoundTripTests):\n"
         "    pass\n"
     )
@@ -104,7 +104,7 @@ def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
     assert first.returncode == 1, first.stdout[-3000:]
     (failed,) = json.loads(report.read_text())["tests"]
     failure = failed["failure"]
-    assert failure["backend"] == "broken-dropped-item"
+    assert failure["backend"] == "last_chunk_skipped"
     command = failure["reproduction"]
     assert command.startswith(f"cd {project} && python -m pytest ")
     assert f"{project}/test_mine.py::TestMine::test_round_trip_dtensor_on_two_ranks" in command
@@ -120,4 +120,4 @@ def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
         timeout=600,
     )
     assert again.returncode == 1 and "1 failed" in again.stdout, again.stdout[-3000:]
-    assert "[broken-dropped-item]" in again.stdout
+    assert "[last_chunk_skipped]" in again.stdout

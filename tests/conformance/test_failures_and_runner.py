@@ -144,9 +144,9 @@ def test_check_save_then_load_passes_the_reference_and_names_a_wrong_value(tmp_p
     from ckptconf.conformance import load_backend
 
     check_save_then_load(load_backend("reference"), case)
-    broken = load_backend("tests.conformance.broken_backends:shifted_reader")
+    broken = load_backend("tests.planted.storage:reader_ignores_storage_offsets")
     with pytest.raises(ConformanceFailure) as caught:
         check_save_then_load(broken, case, tmp_path / "c")
     fields = caught.value.fields()
-    assert fields["backend"] == "broken-shifted-read" and fields["key"] == "w"
+    assert fields["backend"] == "reader_ignores_storage_offsets" and fields["key"] == "w"
     assert fields["expected"] != fields["actual"] and len(fields["index"]) == 2

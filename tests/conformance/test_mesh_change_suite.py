@@ -21,32 +21,32 @@ def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.Complet
     [
         (
             "world_rank_coordinates",
-            "broken-world-rank-coordinate",
+            "world_rank_coordinates",
             "test_submesh_tensor",
             "of ranks",  # the case names the submesh's ranks
         ),
         (
             "flattened_mesh",
-            "broken-flattened-mesh",
+            "flattened_mesh",
             "test_1d_mesh_to_2d_mesh_and_back",
             "mesh=(2, 2)",
         ),
         (
             "first_chunk_only",
-            "broken-first-chunk-only",
+            "first_chunk_only",
             "test_checkpointable_subclass",
             "checkpointable(",
         ),
         (
             "copying_checkpointer",
-            "broken-copying-checkpointer",
+            "copying_checkpointer",
             "test_checkpointer_save_and_load",
             "loaded after Checkpointer.save differ",
         ),
     ],
 )
 def test_a_broken_backend_fails_the_mesh_change_suite(tmp_path, attr, name, test, symptom):
-    spec = f"tests.conformance.broken_mesh:{attr}"
+    spec = f"tests.planted.dcp_mesh:{attr}"
     result, report = run_suite(spec, test, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output

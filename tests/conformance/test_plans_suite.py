@@ -65,7 +65,7 @@ def run_suite(spec: str, tests: str, tmp_path: Path) -> tuple[subprocess.Complet
     ],
 )
 def test_a_broken_planner_fails_the_suite(tmp_path, backend, tests, failing):
-    spec = f"tests.conformance.broken_planners:{backend}"
+    spec = f"tests.planted.dcp_planners:{backend}"
     result, report = run_suite(spec, tests, tmp_path)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     outcomes = {t["id"].split("::")[-1]: t for t in report["tests"]}
@@ -74,13 +74,13 @@ def test_a_broken_planner_fails_the_suite(tmp_path, backend, tests, failing):
     )
     for name, message in failing.items():
         text = failure_text(outcomes[name])
-        assert text.startswith(f"[broken-{backend.replace('_', '-')}]"), text
+        assert text.startswith(f"[{backend}]"), text
         assert message in text, text
         assert f"--ckpt-backend {spec}" in outcomes[name]["failure"]["reproduction"]
 
 
 def test_a_backend_without_planners_is_unsupported(tmp_path):
-    spec = "tests.conformance.broken_planners:whole_system"
+    spec = "tests.planted.dcp_planners:whole_system"
     result, report = run_suite(
         spec, "scale or oracle_accepts or load_plan or deterministic", tmp_path
     )

@@ -1,6 +1,6 @@
 """The storage suite reports planted storage bugs, each by the test meant for it, readably.
 
-Each broken backend of ``broken_storage`` runs, in a subprocess, the storage test that
+Each planted storage bug (``tests.planted.storage``) runs, in a subprocess, the storage test that
 must catch it and one it must still pass (so the failure is the planted bug, not a
 backend that cannot work at all).
 """
@@ -26,7 +26,7 @@ def run_storage_suite(spec: str, selection: str, tmp_path: Path) -> tuple[str, d
     "name, caught_by, failure, still_passes",
     [
         (
-            "unverified_checksums",
+            "checksum_not_verified",
             "test_flipped_bit_is_an_error_or_harmless",
             "a corrupted checkpoint loaded without error",
             "test_short_read_is_an_error",
@@ -52,12 +52,12 @@ def run_storage_suite(spec: str, selection: str, tmp_path: Path) -> tuple[str, d
     ],
 )
 def test_a_planted_storage_bug_is_caught(tmp_path, name, caught_by, failure, still_passes):
-    spec = f"tests.conformance.broken_storage:{name}"
+    spec = f"tests.planted.storage:{name}"
     output, tests = run_storage_suite(spec, f"{caught_by} or {still_passes}", tmp_path)
     assert tests[still_passes]["outcome"] == "passed", output
     caught = tests[caught_by]
     assert caught["outcome"] == "failed", output
     text = failure_text(caught)
-    assert text.startswith("[broken-"), text
+    assert text.startswith(f"[{name}]"), text
     assert failure in text, text
     assert f"--ckpt-backend {spec}" in caught["failure"]["reproduction"], caught

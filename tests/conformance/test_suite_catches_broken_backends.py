@@ -43,13 +43,13 @@ def run_cli(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, di
     "spec, name, tests",
     [
         (
-            "tests.conformance.broken_backends:shifted_reader",
-            "broken-shifted-read",
+            "tests.planted.storage:reader_ignores_storage_offsets",
+            "reader_ignores_storage_offsets",
             "test_world_size_change",
         ),
         (
-            "tests.conformance.broken_backends:dropped_last_item",
-            "broken-dropped-item",
+            "tests.planted.storage:last_chunk_skipped",
+            "last_chunk_skipped",
             "test_round_trip and not strided",
         ),
     ],
@@ -85,7 +85,7 @@ def test_the_example_zlib_backend_passes(tmp_path):
 
 def test_a_wrong_backend_spec_is_a_clear_error(tmp_path):
     result, _ = run_cli(
-        "--backend", "tests.conformance.broken_backends:nothing_here", tmp_path=tmp_path
+        "--backend", "tests.planted.storage:nothing_here", tmp_path=tmp_path
     )
     assert result.returncode == 2
     assert "has no attribute 'nothing_here'" in result.stdout

@@ -1,13 +1,19 @@
-"""Planted-bug backends: the reference (or its parts) with one realistic mistake each.
+"""The catalogue of deliberately broken backends: every one the project's tests use is here.
 
-``PLANTED`` lists them for the kill-rate runner (:mod:`tests.planted.killrate`): the
-conformance suite must fail at least one test against each. ``CONTROL`` is the same scaffold
-with no bug: a killing test that fails on it too does not count as a kill. Every bug is a
-module-level function returning a :class:`ckptconf.conformance.Backend` named after it, so
-ranks rebuild it from its ``module:attr`` spec; its docstring is the one-line class of
-mistake it models.
-Modules by area: geometry, dedup, storage, faults, checkpointer, asyncsave, loading, kinds,
-validation.
+Planted bugs: the reference (or its parts) with one realistic mistake each. ``PLANTED``
+lists them for the kill-rate runner (:mod:`tests.planted.killrate`): the conformance suite
+must fail at least one test against each. ``CONTROL`` is the same scaffold with no bug: a
+killing test that fails on it too does not count as a kill. Modules by area: geometry,
+dedup, storage, faults, checkpointer, asyncsave, loading, kinds, validation.
+
+On DCP's default planners (``dcp_planners``, ``dcp_mesh``): one broken planner or
+checkpointer each, for the meta-tests of the plans and mesh_change suites
+(``tests/conformance``). They are not in ``PLANTED``: the kill rate's control is the
+reference scaffold, which cannot vouch for a kill of a backend built on DCP's planners.
+
+Every backend is a module-level function returning a :class:`ckptconf.conformance.Backend`
+named after it, so ranks rebuild it from its ``module:attr`` spec; its docstring is the
+one-line class of mistake it models.
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ PLANTED: list[PlantedBug] = [
     _bug(storage, "stale_metadata_cache", ("storage",)),
     _bug(storage, "resave_leaves_old_keys", ("storage",)),
     _bug(storage, "metadata_missing_bytes_entries", ("roundtrip", "storage")),
+    _bug(storage, "overwrites_in_place", ("storage",)),
+    _bug(storage, "prefix_listing", ("storage",)),
+    _bug(storage, "zero_fill_short_read", ("storage",)),
     # failures
     _bug(faults, "exception_swallowed_on_non_coordinator", ("faults",)),
     _bug(faults, "failed_write_future_ignored", ("faults",)),

@@ -8,13 +8,14 @@ import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from ckptconf.conformance import Backend
 from ckptconf.reference import FileSystemReader, FileSystemWriter, IntegrityError
-from ckptconf.reference.filesystem import DirectoryStore
+from ckptconf.reference.filesystem import METADATA_FILE, DirectoryStore
 from ckptconf.reference.metadata_format import parse_metadata
-from ckptconf.reference.storage import BlobSink, ReferenceStorageWriter
+from ckptconf.reference.storage import BlobSink, ReferenceStorageReader, ReferenceStorageWriter
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 from torch.distributed.checkpoint.storage import WriteResult
 
@@ -27,6 +28,9 @@ __all__ = [
     "truncated_final_write",
     "reader_ignores_storage_offsets",
     "checksum_not_verified",
+    "overwrites_in_place",
+    "prefix_listing",
+    "zero_fill_short_read",
     "read_errors_become_zeros",
     "stale_metadata_cache",
     "resave_leaves_old_keys",
@@ -328,4 +332,110 @@ def metadata_missing_bytes_entries() -> Backend:
         "metadata_missing_bytes_entries",
         "metadata built from tensor items only: objects written but missing BytesStorageMetadata",
         save_planner=TensorOnlyMetadataPlanner,
+    )
+
+
+# --- in-place re-save, prefix listing, zero-filled short reads ---------------------------------
+
+
+class _InPlaceStore(DirectoryStore):
+    """Overwrites the same files in place: no generation folders, no truncation, no rename."""
+
+    def create_generation(self, generation: str) -> None:
+        (self.path / generation).mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def open_sink(self, name: str):
+        target = self.path / name
+        with open(target, "r+b" if target.exists() else "wb") as file:
+            yield _Sink(file)
+
+    def commit_metadata(self, data: bytes) -> None:
+        fd = os.open(self.path / METADATA_FILE, os.O_WRONLY | os.O_CREAT, 0o644)  # no O_TRUNC
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+
+class _Sink:
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data) -> None:
+        self.file.write(data)
+
+
+class InPlaceWriter(ReferenceStorageWriter):
+    """Writes every save into the same data files and the same metadata file, in place."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(_InPlaceStore(path))
+
+    def storage_meta(self):
+        meta = super().storage_meta()
+        self._save_id = "in-place"  # the same generation folder for every save
+        return meta
+
+
+def overwrites_in_place() -> Backend:
+    """A re-save overwrites files in place without truncating them: a shorter new metadata
+    document keeps the old one's tail."""
+    return planted_backend(
+        "overwrites_in_place",
+        "every save writes the same data and metadata files in place, never truncated",
+        writer=InPlaceWriter,
+    )
+
+
+class PrefixGlobReader(FileSystemReader):
+    """Finds metadata with ``glob(path + "*")``: a sibling whose name extends this one's
+    (``step_1`` and ``step_10``) has its keys merged in."""
+
+    def read_metadata(self):
+        metadata = super().read_metadata()
+        here = Path(self.store.location)
+        for other in sorted(here.parent.glob(here.name + "*")):
+            if other != here and (other / METADATA_FILE).exists():
+                extra = FileSystemReader(other).read_metadata()
+                for key, entry in extra.state_dict_metadata.items():
+                    metadata.state_dict_metadata.setdefault(key, entry)
+        self.metadata = metadata
+        return metadata
+
+
+def prefix_listing() -> Backend:
+    """Reads the metadata of every checkpoint whose path starts with this one's."""
+    return planted_backend(
+        "prefix_listing",
+        "metadata found with glob(path + '*'): step_10's keys merged into step_1's",
+        reader=PrefixGlobReader,
+    )
+
+
+class _ZeroPaddingStore(DirectoryStore):
+    """Pads a short read with zeros and claims every data file is long enough."""
+
+    def read_range(self, name: str, start: int, end: int) -> memoryview:
+        data = bytes(super().read_range(name, start, end))
+        return memoryview(bytearray(data + b"\0" * (end - start - len(data))))
+
+    def size(self, name: str) -> int:
+        super().size(name)  # a missing file is still an error
+        return 1 << 62
+
+
+class ZeroPaddingReader(ReferenceStorageReader):
+    """Fills what a short data file lacks with zeros (and verifies no checksum)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(_ZeroPaddingStore(path), verify_checksums=False)
+
+
+def zero_fill_short_read() -> Backend:
+    """A truncated data file loads with zeros where its missing bytes were."""
+    return planted_backend(
+        "zero_fill_short_read",
+        "a short read is padded with zeros and every data file claims to be long enough",
+        reader=ZeroPaddingReader,
     )

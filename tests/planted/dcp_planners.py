@@ -128,27 +128,27 @@ def _backend(name: str, **planners) -> Backend:
 
 def dropping_dedup() -> Backend:
     """A save planner whose dedup loses every replicated item."""
-    return _backend("broken-dropping-dedup", save_planner=DroppingDedupPlanner)
+    return _backend("dropping_dedup", save_planner=DroppingDedupPlanner)
 
 
 def random_dedup() -> Backend:
     """A save planner whose dedup choice of holder changes from one plan to the next."""
-    return _backend("broken-random-dedup", save_planner=RandomDedupPlanner)
+    return _backend("random_dedup", save_planner=RandomDedupPlanner)
 
 
 def unvalidated() -> Backend:
     """A save planner that validates nothing."""
-    return _backend("broken-unvalidated", save_planner=UnvalidatedPlanner)
+    return _backend("unvalidated", save_planner=UnvalidatedPlanner)
 
 
 def volume_only() -> Backend:
     """A save planner that only compares chunk volumes with tensor volumes."""
-    return _backend("broken-volume-only", save_planner=VolumeOnlyPlanner)
+    return _backend("volume_only", save_planner=VolumeOnlyPlanner)
 
 
 def double_read() -> Backend:
     """A load planner that reads one region twice."""
-    return _backend("broken-double-read", load_planner=DoubleReadLoadPlanner)
+    return _backend("double_read", load_planner=DoubleReadLoadPlanner)
 
 
 def _whole_save(state_dict, path, *, process_group=None):
@@ -165,9 +165,9 @@ def _whole_load(state_dict, path, *, process_group=None):
 
 def whole_system() -> Backend:
     """Not broken: its own save and load, and no planners for the plan suite to run."""
-    return _backend("whole-system", save=_whole_save, load=_whole_load)
+    return _backend("whole_system", save=_whole_save, load=_whole_load)
 
 
 def first_piece() -> Backend:
     """A load planner that fills only the first piece of each destination value."""
-    return _backend("broken-first-piece", load_planner=FirstPieceLoadPlanner)
+    return _backend("first_piece", load_planner=FirstPieceLoadPlanner)

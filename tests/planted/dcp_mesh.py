@@ -120,23 +120,23 @@ def _with_files(name: str, **parts: Any) -> Backend:
 
 def world_rank_coordinates() -> Backend:
     """DCP with a load planner that takes the world rank for the mesh coordinate."""
-    return _with_files("broken-world-rank-coordinate", load_planner=WorldRankAsCoordinate)
+    return _with_files("world_rank_coordinates", load_planner=WorldRankAsCoordinate)
 
 
 def flattened_mesh() -> Backend:
     """DCP with a load planner that flattens 2-D meshes."""
-    return _with_files("broken-flattened-mesh", load_planner=FlattenedMesh)
+    return _with_files("flattened_mesh", load_planner=FlattenedMesh)
 
 
 def first_chunk_only() -> Backend:
     """DCP with a save planner that keeps one chunk per rank of a checkpointable subclass."""
-    return _with_files("broken-first-chunk-only", save_planner=FirstChunkOnly)
+    return _with_files("first_chunk_only", save_planner=FirstChunkOnly)
 
 
 def copying_checkpointer() -> Backend:
     """The reference, with a Checkpointer whose load does not fill the state dict it is given."""
     return _with_files(
-        "broken-copying-checkpointer",
+        "copying_checkpointer",
         checkpointer=_copying_checkpointer,
         unsupported=frozenset({"sharded_tensor"}),
     )
