@@ -18,7 +18,7 @@ import random
 
 import pytest
 
-__all__ = ["activate", "report_of", "session_profile", "session_seed"]
+__all__ = ["activate", "report_of", "run_seed", "session_profile", "session_seed"]
 
 _OPTIONS = ("ckpt_backend", "ckpt_report", "ckpt_profile", "ckpt_expectations", "ckpt_device")
 _PROFILE_NAMES = ("ci", "dev", "thorough")
@@ -129,6 +129,14 @@ def session_seed(config: pytest.Config | None = None) -> int | None:
     return config._ckptconf_seed  # type: ignore[attr-defined]
 
 
+def run_seed(config: pytest.Config | None = None) -> int | None:
+    """The seed this run's suite tests use: ``None`` under a derandomized profile (``ci``)."""
+    from .kit.profiles import PROFILES
+
+    profile = session_profile(config)
+    return None if PROFILES[profile].get("derandomize") else session_seed(config)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     """xdist controller: give every worker this session's seed."""
@@ -143,12 +151,12 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     from .kit.fixtures import backend_from_options
 
     backend = backend_from_options(config)
-    profile = session_profile(config)
-    seed = "derandomized" if profile == "ci" else session_seed(config)
+    seed = run_seed(config)
     device = config.getoption("ckpt_device") or "cpu"
     return [
         f"ckptconf: backend {backend.name} ({backend.spec}), torch {torch.__version__}, "
-        f"profile {profile}, seed {seed}, device {device}"
+        f"profile {session_profile(config)}, seed {'derandomized' if seed is None else seed}, "
+        f"device {device}"
     ]
 
 
@@ -170,9 +178,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     from .report import Report
 
     if _report_key not in _config.stash:
-        profile = session_profile(_config)
         _config.stash[_report_key] = Report(
-            profile=profile, seed=None if profile == "ci" else session_seed(_config)
+            profile=session_profile(_config), seed=run_seed(_config)
         )
     _config.stash[_report_key].record(info, report)
 

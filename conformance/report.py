@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .kit.failures import render_failure
+from .kit.trial import UNSUPPORTED_PREFIX
 
 __all__ = ["OUTCOMES", "Report", "render_markdown"]
 
 OUTCOMES = ("passed", "failed", "unsupported", "expected failure", "unexpected pass", "skipped")
-_UNSUPPORTED_PREFIX = "unsupported by backend: "  # kit.fixtures.UNSUPPORTED_PREFIX, without torch
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Report:
         if report.skipped and hasattr(report, "wasxfail"):
             outcome = "expected failure"
         elif report.skipped:
-            outcome = "unsupported" if reason.startswith(_UNSUPPORTED_PREFIX) else "skipped"
+            outcome = "unsupported" if reason.startswith(UNSUPPORTED_PREFIX) else "skipped"
         elif report.passed and hasattr(report, "wasxfail"):
             outcome = "unexpected pass"
         elif report.failed:

@@ -115,8 +115,8 @@ def reproduction(item: pytest.Item, backend: Backend) -> str:
     if backend is config.stash.get(_option_backend, None):
         parts += ["--ckpt-backend", backend.spec or backend.name]
     parts += ["--ckpt-profile", plugin.session_profile(config)]
-    seed = plugin.session_seed(config)
-    if seed is not None and plugin.session_profile(config) != "ci":
+    seed = plugin.run_seed(config)
+    if seed is not None:
         parts += ["--hypothesis-seed", str(seed)]
     device = config.getoption("ckpt_device")
     if device and device != "cpu":
