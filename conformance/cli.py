@@ -122,6 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         pytest_args += ["-k", args.k]
     if args.exitfirst:
         pytest_args += ["-x"]
+    if args.timeout:
+        pytest_args += ["--ckpt-timeout", str(args.timeout)]
     if args.numprocesses:
         pytest_args += ["-n", str(args.numprocesses)]
     pytest_args += args.pytest_args
@@ -261,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         help="expectations file (default: the backend's own)",
     )
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds every step may take on its ranks (default 120; a hang fails its test "
+        "at once, with every rank's stack)",
+    )
     run.add_argument(
         "-n", "--numprocesses", default=None, help="run tests in N processes (pytest-xdist)"
     )

@@ -20,7 +20,14 @@ import pytest
 
 __all__ = ["activate", "report_of", "run_seed", "session_profile", "session_seed"]
 
-_OPTIONS = ("ckpt_backend", "ckpt_report", "ckpt_profile", "ckpt_expectations", "ckpt_device")
+_OPTIONS = (
+    "ckpt_backend",
+    "ckpt_report",
+    "ckpt_profile",
+    "ckpt_expectations",
+    "ckpt_device",
+    "ckpt_timeout",
+)
 _PROFILE_NAMES = ("ci", "dev", "thorough")
 _SEED = "ckptconf_seed"  # workerinput key: the controller's seed, for every xdist worker
 
@@ -56,6 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("cpu", "cuda", "cuda-shared"),
         help="where the ranks' tensors live: cpu (gloo, default), cuda (NCCL, a GPU per rank), "
         "cuda-shared (ranks share GPU 0, gloo control plane)",
+    )
+    group.addoption(
+        "--ckpt-timeout",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="seconds every step may take on its ranks before they are stopped and their stacks "
+        "shown (default: 120, 60 for fault tests); a hang fails its test at once, unshrunk",
     )
 
 

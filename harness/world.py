@@ -207,7 +207,11 @@ class World:
             proc = ctx.Process(
                 target=_worker,
                 args=(rank, self.size, self.device, store, child_end, log, os.getpid()),
-                daemon=True,
+                # not daemonic: a daemonic process may not start children, and backends do
+                # (async writer processes, managers, coordinators). Ranks still die with the
+                # controller: PR_SET_PDEATHSIG, and shutdown_all at exit (before
+                # multiprocessing joins non-daemonic children: atexit runs it first).
+                daemon=False,
                 name=f"ckptconf-rank{rank}",
             )
             proc.start()

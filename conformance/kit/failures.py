@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "ConformanceFailure",
+    "HangFailure",
     "FAILURE_FIELDS",
     "Mismatch",
     "exception_text",
@@ -161,6 +162,23 @@ class ConformanceFailure(AssertionError):
 
     def __reduce__(self):
         return (_rebuild, (self.fields(),))
+
+
+class HangFailure(BaseException):
+    """A step hung: its :class:`ConformanceFailure` (``failure``), raised past hypothesis.
+
+    A ``BaseException`` on purpose: hypothesis shrinks ``Exception``s by re-running smaller
+    examples, and every re-run of a hang waits out the whole timeout (one run spent 19
+    minutes in its first test that way). This stops the test at once with the case that
+    hung; pytest reports it as a failure like any other.
+    """
+
+    def __init__(self, failure: ConformanceFailure):
+        super().__init__(str(failure))
+        self.failure = failure
+
+    def __reduce__(self):
+        return (type(self), (self.failure,))
 
 
 def _rebuild(data: dict[str, Any]) -> ConformanceFailure:

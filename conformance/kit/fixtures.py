@@ -163,6 +163,7 @@ def ckpt(
         test=canonical_id(item),
         reproduction=ckpt_repro,
         skip=pytest.skip,
+        timeout=request.config.getoption("ckpt_timeout"),
     )
 
 
@@ -196,7 +197,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:
     """The structured failure of a phase that raised, and hypothesis' falsifying example."""
-    from .failures import ConformanceFailure
+    from .failures import ConformanceFailure, HangFailure
 
     if call.excinfo is None:
         return {}
@@ -205,6 +206,10 @@ def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:
         value = next(
             (e for e in value.exceptions if isinstance(e, ConformanceFailure)), value.exceptions[0]
         )
+    if isinstance(value, HangFailure):  # not shrunk: the case that hung is the one to show
+        hung = value.failure.fields()
+        hung["minimal_case"] = f"(not shrunk: a hang is not re-run)\n{hung['case']}"
+        return {"minimal_case": hung["minimal_case"], "failure": hung}
     notes = list(getattr(value, "__notes__", []))
     out: dict[str, Any] = {"minimal_case": _falsifying_example(notes)}
     if isinstance(value, ConformanceFailure):

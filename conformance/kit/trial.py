@@ -19,7 +19,7 @@ from typing import Any
 
 from ckptconf.conformance.backend import Backend
 
-from .failures import ConformanceFailure, Mismatch, listing
+from .failures import ConformanceFailure, HangFailure, Mismatch, listing
 from .running import PoolRanks, RankOutcome, Ranks, RanksLost
 
 __all__ = ["UNSUPPORTED_PREFIX", "Checker", "Trial", "check_save_then_load", "describe_outcomes"]
@@ -128,7 +128,8 @@ class Trial:
         timeout: float | None = None,
     ) -> list[RankOutcome]:
         """``fn(backend, *args)`` on ``world`` ranks; a rank's exception is data, but a hang or a
-        dead rank fails the trial, naming ``step`` and showing every stuck rank's stack."""
+        dead rank fails the trial, naming ``step`` and showing every stuck rank's stack (a hang
+        as a :class:`~.failures.HangFailure`, not shrunk)."""
         self._check_available(world)
         try:
             return self.ranks.run(
@@ -199,13 +200,16 @@ class Trial:
             self._skip(reason)
             raise RuntimeError(f"cannot run this step here: {reason}")  # skip() returned
 
-    def _lost(self, step: str, exc: RanksLost) -> ConformanceFailure:
+    def _lost(self, step: str, exc: RanksLost) -> BaseException:
+        """The failure of a step whose ranks were lost; a hang is a :class:`HangFailure`, which
+        hypothesis does not shrink (each re-run would wait out the timeout again)."""
         what = "hung" if exc.hung else "lost a rank"
-        return self.fail(
+        failure = self.fail(
             f"{step} {what}: {exc.reason}",
             describe_outcomes(exc.outcomes),
             rank=exc.outcomes[0].rank if exc.outcomes else None,
         )
+        return HangFailure(failure) if exc.hung else failure
 
 
 def _cannot_run(reason: str) -> None:
@@ -230,10 +234,12 @@ class Checker:
         test: str | None = None,
         reproduction: str | None = None,
         skip: Callable[[str], Any] | None = None,
+        timeout: float | None = None,
     ):
         self.backend, self.ranks = backend, ranks
         self.suite, self.test, self.reproduction = suite, test, reproduction
         self._paths, self._skip = paths, skip
+        self._timeout = timeout  # the run's --ckpt-timeout: every step's, when given
 
     def supports(self, feature: str) -> bool:
         """Whether the backend has not declared ``feature`` unsupported."""
@@ -261,7 +267,8 @@ class Checker:
         return factory
 
     def trial(self, case: Any, *, timeout: float = DEFAULT_TIMEOUT) -> Trial:
-        """A trial of ``case`` (a string or an object with ``describe()``) for this test."""
+        """A trial of ``case`` (a string or an object with ``describe()``) for this test; its
+        steps time out after ``timeout`` seconds, or the run's ``--ckpt-timeout``."""
         return Trial(
             self.backend,
             case,
@@ -269,7 +276,7 @@ class Checker:
             suite=self.suite,
             test=self.test,
             reproduction=self.reproduction,
-            timeout=timeout,
+            timeout=self._timeout or timeout,
             skip=self._skip,
         )
 

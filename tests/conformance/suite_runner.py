@@ -12,7 +12,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_conformance(
-    spec: str, selection: str, tmp_path: Path, *, timeout: float = 900
+    spec: str,
+    selection: str,
+    tmp_path: Path,
+    *,
+    timeout: float = 900,
+    extra: list[str] | None = None,
 ) -> tuple[subprocess.CompletedProcess, dict]:
     """``pytest --pyargs ckptconf.conformance -k selection`` against ``spec`` under the ci
     profile, from the repository root (so ``tests.*`` backends import in the ranks); the
@@ -21,7 +26,7 @@ def run_conformance(
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", "ckptconf.conformance"]
         + ["--ckpt-backend", spec, "--ckpt-profile", "ci", "--ckpt-report", str(report)]
-        + ["-p", "no:cacheprovider", "-q", "-k", selection],
+        + ["-p", "no:cacheprovider", "-q", "-k", selection, *(extra or [])],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from ckptconf.conformance import (
     TensorSpec,
     check_save_then_load,
 )
-from ckptconf.conformance.kit.failures import render_failure
+from ckptconf.conformance.kit.failures import HangFailure, render_failure
 from ckptconf.conformance.kit.running import PoolRanks, RanksLost
 from ckptconf.conformance.kit.trial import Trial, describe_outcomes
 from ckptconf.reference import FileSystemReader, FileSystemWriter
@@ -110,9 +110,10 @@ def test_a_hang_is_lost_ranks_with_their_stacks_and_a_trial_failure():
     stuck = {o.rank: o for o in caught.value.outcomes}
     assert stuck[1].error_type == "Stuck" and "hang_on_rank_with_backend" in stuck[1].traceback
     trial = Trial(backend, "a hanging case", timeout=5)
-    with pytest.raises(ConformanceFailure, match=r"^\[b\] a step hung: ") as failed:
+    with pytest.raises(HangFailure, match=r"^\[b\] a step hung: ") as failed:
         trial.run("a step", rank_functions.hang_on_rank_with_backend, 1, world=2)
-    assert "hang_on_rank_with_backend" in failed.value.fields()["details"]
+    assert "hang_on_rank_with_backend" in failed.value.failure.fields()["details"]
+    assert not isinstance(failed.value, Exception)  # hypothesis does not shrink it
 
 
 def test_an_unavailable_device_mode_is_a_clear_skip_or_error():

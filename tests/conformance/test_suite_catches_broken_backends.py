@@ -84,9 +84,7 @@ def test_the_example_zlib_backend_passes(tmp_path):
 
 
 def test_a_wrong_backend_spec_is_a_clear_error(tmp_path):
-    result, _ = run_cli(
-        "--backend", "tests.planted.storage:nothing_here", tmp_path=tmp_path
-    )
+    result, _ = run_cli("--backend", "tests.planted.storage:nothing_here", tmp_path=tmp_path)
     assert result.returncode == 2
     assert "has no attribute 'nothing_here'" in result.stdout
     result, _ = run_cli("--backend", "no_such_module_xyz:backend", tmp_path=tmp_path)

@@ -1,0 +1,95 @@
+"""Backends that test the suite's verdicts rather than the contract: each once drew a wrong
+verdict from it (a pass for a backend that could not even plan, a failure for a backend that
+starts processes, a hang shrunk for minutes). Used by tests/conformance/test_verdicts.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import threading
+
+import torch.distributed as dist
+from ckptconf.conformance import Backend
+from ckptconf.reference import (
+    FileSystemReader,
+    FileSystemWriter,
+    ReferenceLoadPlanner,
+    ReferenceSavePlanner,
+)
+
+__all__ = ["hangs_on_save", "starts_child_processes", "unbuildable_planner"]
+
+ATTEMPTS = "CKPTCONF_TEST_ATTEMPTS"
+"""Environment variable naming a file: every save attempt of ``hangs_on_save`` appends a line."""
+
+
+class _HangingWriter(FileSystemWriter):
+    """Rank 1 waits forever in ``write_data``, as a writer blocked on a lost peer would."""
+
+    def write_data(self, plan, planner):
+        if os.environ.get(ATTEMPTS) and dist.get_rank() == 0:
+            with open(os.environ[ATTEMPTS], "a") as attempts:
+                attempts.write("save\n")
+        if dist.get_rank() == 1:
+            threading.Event().wait()
+        return super().write_data(plan, planner)
+
+
+def hangs_on_save() -> Backend:
+    """A save that hangs on rank 1: the test must fail once, not be shrunk hang by hang."""
+    return Backend(
+        name="hangs_on_save",
+        storage_writer=_HangingWriter,
+        storage_reader=FileSystemReader,
+        save_planner=ReferenceSavePlanner,
+        load_planner=ReferenceLoadPlanner,
+    )
+
+
+def _missing_planner():
+    raise AttributeError("module 'mypkg.planners' has no attribute 'SavePlanner'")
+
+
+def unbuildable_planner() -> Backend:
+    """A save planner factory that cannot build a planner (as an adapter with a wrong import):
+    no test that expects an error may pass on it."""
+    return Backend(
+        name="unbuildable_planner",
+        storage_writer=FileSystemWriter,
+        storage_reader=FileSystemReader,
+        save_planner=_missing_planner,
+        load_planner=ReferenceLoadPlanner,
+    )
+
+
+def _helper(path: str) -> None:
+    with open(path, "w") as done:
+        done.write("helper ran\n")
+
+
+class _ChildProcessWriter(FileSystemWriter):
+    """Starts a helper process on every rank before it writes (as async writers do) and
+    waits for it: impossible in a daemonic rank process."""
+
+    def set_up_storage_writer(self, is_coordinator, *args, **kwargs):
+        super().set_up_storage_writer(is_coordinator, *args, **kwargs)
+        marker = os.path.join(tempfile.gettempdir(), f"ckptconf-helper-{os.getpid()}")
+        child = multiprocessing.get_context("spawn").Process(target=_helper, args=(marker,))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"the helper process failed with exit code {child.exitcode}")
+        os.remove(marker)
+
+
+def starts_child_processes() -> Backend:
+    """Not broken: its writer starts a child process on every rank."""
+    return Backend(
+        name="starts_child_processes",
+        storage_writer=_ChildProcessWriter,
+        storage_reader=FileSystemReader,
+        save_planner=ReferenceSavePlanner,
+        load_planner=ReferenceLoadPlanner,
+    )
