@@ -74,9 +74,14 @@ class Backend:
     unsupported: frozenset[str] = frozenset()
     description: str = ""
     expectations: str | None = None
+    """Path of the backend's expectations file: its known failures, each with a reason."""
     spec: str | None = field(default=None, compare=False)
     checkpointer: Callable[[str], Any] | None = None
     """For a path, an object with ``save``, ``load`` and optionally ``async_save`` of a state dict."""
+    inherits: str | None = None
+    """A built-in backend this one is built on (``"torch-dcp"`` for a backend using DCP's
+    planners or driver): a failure listed in that backend's expectations is reported as
+    *inherited*, with its reason, apart from the backend's own failures."""
 
     def __post_init__(self) -> None:
         unknown = set(self.unsupported) - set(FEATURES)
@@ -86,6 +91,14 @@ class Backend:
                 f"known features: {sorted(FEATURES)}"
             )
         self.unsupported = frozenset(self.unsupported)
+        if self.inherits is not None:
+            from .builtin import BUILT_IN
+
+            if self.inherits not in BUILT_IN:
+                raise ValueError(
+                    f"backend {self.name!r} inherits from {self.inherits!r}, which is not a "
+                    f"built-in backend ({', '.join(sorted(BUILT_IN))})"
+                )
 
     def supports(self, feature: str) -> bool:
         """Whether the backend has not declared ``feature`` unsupported (``checkpointer``: has a factory)."""

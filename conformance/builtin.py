@@ -9,7 +9,7 @@ from typing import Any
 
 from .backend import Backend
 
-__all__ = ["BUILT_IN", "EXPECTATIONS_DIR"]
+__all__ = ["BUILT_IN", "EXPECTATIONS_DIR", "expectations_file"]
 
 EXPECTATIONS_DIR = Path(__file__).parent / "expectations"
 
@@ -192,6 +192,12 @@ def torch_dcp_hf() -> Backend:
         description="torch.distributed.checkpoint HuggingFaceStorageWriter/Reader (safetensors)",
         expectations=str(EXPECTATIONS_DIR / "torch-dcp-hf.txt"),
     )
+
+
+def expectations_file(name: str) -> Path | None:
+    """The expectations file of built-in backend ``name``, if it has one."""
+    path = EXPECTATIONS_DIR / f"{name}.txt"
+    return path if path.exists() else None
 
 
 BUILT_IN: dict[str, Callable[[], Backend]] = {

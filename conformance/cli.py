@@ -81,6 +81,7 @@ def _outcome_style(outcome: str) -> str:
         "failed": "red",
         "unexpected pass": "yellow",
         "expected failure": "yellow",
+        "inherited failure": "magenta",
         "unsupported": "cyan",
     }.get(outcome, "white")
 
@@ -118,6 +119,8 @@ def _run(args: argparse.Namespace) -> int:
         pytest_args += ["--ckpt-profile", args.profile]
     if args.expectations:
         pytest_args += ["--ckpt-expectations", os.path.abspath(args.expectations)]
+    if args.inherit:
+        pytest_args += ["--ckpt-inherit", args.inherit]
     if args.k:
         pytest_args += ["-k", args.k]
     if args.exitfirst:
@@ -131,6 +134,15 @@ def _run(args: argparse.Namespace) -> int:
         f"ckptconf: running the conformance suite against [bold]{backend.name}[/bold] "
         f"({backend.description or backend.spec}), device {args.device}"
     )
+    if not args.no_preflight:
+        problem = _preflight(backend, args.device)
+        if problem is not None:
+            console.print(
+                "[red]preflight failed: the backend cannot save and load one float32[4] tensor "
+                "on one rank; every test would fail the same way, so none ran:[/red]"
+            )
+            console.print(problem, markup=False, highlight=False)
+            return 2
     progress = _Progress(console)
     # An empty config of our own: the suite must not pick up the options of a project's pytest.ini.
     with tempfile.TemporaryDirectory(prefix="ckptconf-run-") as isolated:
@@ -163,6 +175,13 @@ def _run(args: argparse.Namespace) -> int:
             console.print(failure["minimal_case"], markup=False, highlight=False)
         if failure.get("reproduction"):
             console.print(f"reproduce: {failure['reproduction']}", markup=False, highlight=False)
+        for name, reason in test.get("known_in", {}).items():
+            console.print(
+                f"known: {name} fails this test too ({reason}); a backend built on DCP's "
+                f"planners or driver declares inherits={name!r} (or --inherit {name})",
+                markup=False,
+                highlight=False,
+            )
     for test in report.tests:
         if test["outcome"] == "unexpected pass":
             console.print(
@@ -178,6 +197,28 @@ def _run(args: argparse.Namespace) -> int:
     if int(status) not in (0, 1):
         return int(status)
     return 1 if core else 0
+
+
+def _preflight(backend, device: str) -> str | None:
+    """One save and one load of a one-tensor state on one rank: why it failed, or ``None``.
+
+    A backend that cannot do this (an adapter that does not import, a writer that always
+    raises) would fail every test the same way, for minutes; this says so in seconds.
+    """
+    from .kit.cases import Layout, SaveLoadCase, TensorSpec
+    from .kit.failures import ConformanceFailure, HangFailure
+    from .kit.trial import check_save_then_load
+
+    case = SaveLoadCase((TensorSpec("preflight.w", (4,), "float32", 1),), (Layout(),), (Layout(),))
+    try:
+        check_save_then_load(backend, case, device=device, timeout=120)
+    except ConformanceFailure as exc:
+        return str(exc)
+    except HangFailure as exc:
+        return str(exc.failure)
+    except Exception as exc:  # noqa: BLE001 - the backend could not even be sent to the ranks
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -262,7 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="expectations file (default: the backend's own)",
     )
+    run.add_argument(
+        "--inherit",
+        default=None,
+        metavar="NAME",
+        help="a built-in backend the backend is built on (e.g. torch-dcp): its known failures "
+        "are reported as inherited and do not count against the exit code",
+    )
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    run.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the one-save-one-load check that stops a run at once when nothing can pass",
+    )
     run.add_argument(
         "--timeout",
         type=float,

@@ -27,6 +27,7 @@ _OPTIONS = (
     "ckpt_expectations",
     "ckpt_device",
     "ckpt_timeout",
+    "ckpt_inherit",
 )
 _PROFILE_NAMES = ("ci", "dev", "thorough")
 _SEED = "ckptconf_seed"  # workerinput key: the controller's seed, for every xdist worker
@@ -71,6 +72,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="seconds every step may take on its ranks before they are stopped and their stacks "
         "shown (default: 120, 60 for fault tests); a hang fails its test at once, unshrunk",
+    )
+
+    group.addoption(
+        "--ckpt-inherit",
+        default=None,
+        metavar="NAME",
+        help="a built-in backend (e.g. torch-dcp) the backend is built on: failures that one "
+        "is known for are reported as inherited, apart from the backend's own",
     )
 
 
@@ -197,6 +206,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             profile=session_profile(_config), seed=run_seed(_config)
         )
     _config.stash[_report_key].record(info, report)
+    path = _config.getoption("ckpt_report")
+    if path:  # after every test: a stopped run keeps what it found
+        _config.stash[_report_key].write(path)
 
 
 def report_of(config: pytest.Config):
@@ -214,7 +226,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if not report.backend and requested(config):
         from .kit.fixtures import backend_from_options, describe_backend
 
-        report.backend = describe_backend(backend_from_options(config))
+        report.backend = describe_backend(backend_from_options(config), config)
     path = config.getoption("ckpt_expectations") or report.backend.get("expectations")
     if path and not (config.option.keyword or config.option.markexpr):
         # only an unfiltered run shows that an entry matches no test

@@ -21,7 +21,17 @@ from .kit.trial import UNSUPPORTED_PREFIX
 
 __all__ = ["OUTCOMES", "Report", "render_markdown"]
 
-OUTCOMES = ("passed", "failed", "unsupported", "expected failure", "unexpected pass", "skipped")
+OUTCOMES = (
+    "passed",
+    "failed",
+    "unsupported",
+    "expected failure",
+    "inherited failure",
+    "unexpected pass",
+    "skipped",
+)
+"""``inherited failure``: a test the built-in backend this one inherits from (``inherits``)
+is known to fail, failing here too."""
 
 
 @dataclass
@@ -46,12 +56,14 @@ class Report:
         if info.get("backend") and not self.backend:
             self.backend = info["backend"]
         reason = _skip_reason(report)
+        inherited = getattr(report, "wasxfail", "").startswith("inherited from ")
         if report.skipped and hasattr(report, "wasxfail"):
-            outcome = "expected failure"
+            outcome = "inherited failure" if inherited else "expected failure"
         elif report.skipped:
             outcome = "unsupported" if reason.startswith(UNSUPPORTED_PREFIX) else "skipped"
         elif report.passed and hasattr(report, "wasxfail"):
-            outcome = "unexpected pass"
+            # an inherited defect this backend does not have is no stale expectation of its own
+            outcome = "passed" if inherited else "unexpected pass"
         elif report.failed:
             outcome = "failed"
         else:
@@ -65,9 +77,9 @@ class Report:
         }
         if outcome in ("unsupported", "skipped"):
             entry["message"] = reason
-        elif outcome in ("expected failure", "unexpected pass"):
+        elif outcome in ("expected failure", "inherited failure", "unexpected pass"):
             entry["message"] = report.wasxfail
-        if outcome in ("failed", "expected failure"):
+        if outcome in ("failed", "expected failure", "inherited failure"):
             failure = info.get("failure")
             if failure is None:  # not a ConformanceFailure: an error of the test or of pytest
                 failure = {
@@ -80,6 +92,10 @@ class Report:
                 }
             entry["failure"] = failure
             entry["message"] = entry.get("message") or failure.get("what")
+        if outcome == "failed":
+            known = known_dcp_findings(info["id"])
+            if known:
+                entry["known_in"] = known
         self.tests = [t for t in self.tests if t["id"] != info["id"]] + [entry]
 
     def counts(self) -> dict[str, Counter]:
@@ -110,7 +126,7 @@ class Report:
         return lines
 
     def core_failures(self) -> int:
-        """Failed tests of level core."""
+        """Failed tests of level core (inherited failures are not the backend's own)."""
         return sum(1 for t in self.tests if t["outcome"] == "failed" and t["level"] != "strict")
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +158,21 @@ class Report:
         temporary.replace(path)
 
 
+def known_dcp_findings(test_id: str) -> dict[str, str]:
+    """The built-in DCP backends whose expectations list ``test_id``, with their reasons: a
+    backend built on DCP's planners or driver may have inherited the failure (``inherits``)."""
+    from .builtin import BUILT_IN, expectations_file
+    from .expectations import Expectations
+
+    found = {}
+    for name in BUILT_IN:
+        path = expectations_file(name)
+        entry = Expectations.load(path).match(test_id) if path else None
+        if entry is not None:
+            found[name] = entry.reason
+    return found
+
+
 def _skip_reason(report) -> str:
     if report.skipped and isinstance(report.longrepr, tuple):
         return report.longrepr[2].removeprefix("Skipped: ")
@@ -162,6 +193,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         f"- backend: `{backend.get('spec')}` - {backend.get('description', '')}",
         f"- declared unsupported: {', '.join(backend.get('unsupported', [])) or 'nothing'}",
+        f"- inherits from: {backend.get('inherits') or 'nothing'}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"- profile: {data.get('profile')}, seed: {data.get('seed')}",
         "",
@@ -173,7 +205,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     failures = [
         t
         for t in data.get("tests", [])
-        if t["outcome"] in ("failed", "unexpected pass", "expected failure")
+        if t["outcome"] in ("failed", "unexpected pass", "expected failure", "inherited failure")
     ]
     if failures:
         out += ["", "## Failures and expected failures", ""]
@@ -186,6 +218,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                     out += ["", "Minimal case:", "", "```", failure["minimal_case"], "```"]
                 if failure.get("reproduction"):
                     out += ["", f"Reproduce: `{failure['reproduction']}`"]
+            for name, reason in test.get("known_in", {}).items():
+                out += ["", f"{name} fails this test too: {reason}"]
             out.append("")
     if data.get("unmatched_expectations"):
         out += ["", "## Expectations matching no test", ""] + [

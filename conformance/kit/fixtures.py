@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from ckptconf.conformance.backend import FEATURES, Backend
-from ckptconf.conformance.builtin import BUILT_IN
+from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations
 from ckptconf.conformance.loading import BackendSpecError, load_backend
 
@@ -42,7 +42,7 @@ def canonical_id(item: pytest.Item) -> str:
     return "::".join([Path(parts[0]).name, *parts[1:]])
 
 
-def describe_backend(backend: Backend) -> dict[str, Any]:
+def describe_backend(backend: Backend, config: pytest.Config | None = None) -> dict[str, Any]:
     """What the report says of a backend."""
     return {
         "name": backend.name,
@@ -50,6 +50,7 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
         "description": backend.description,
         "unsupported": sorted(backend.unsupported),
         "expectations": backend.expectations,
+        "inherits": inherited_from(config, backend) if config is not None else backend.inherits,
     }
 
 
@@ -148,12 +149,10 @@ def ckpt(
     ]
     if missing:
         pytest.skip(UNSUPPORTED_PREFIX + ", ".join(dict.fromkeys(missing)))
-    entry = _expectations_of(request.config, ckpt_backend).match(canonical_id(item))
-    if entry is not None:
+    reason = _expected_failure(request.config, ckpt_backend, canonical_id(item))
+    if reason is not None:
         # not strict: a property test may draw no failing case in a run; the report flags the pass
-        request.applymarker(
-            pytest.mark.xfail(reason=f"expected failure: {entry.reason}", strict=False)
-        )
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
     suite = item.get_closest_marker("ckpt_suite")
     return Checker(
         ckpt_backend,
@@ -167,13 +166,41 @@ def ckpt(
     )
 
 
-def _expectations_of(config: pytest.Config, backend: Backend) -> Expectations:
-    path = config.getoption("ckpt_expectations") or backend.expectations
+EXPECTED = "expected failure: "
+INHERITED = "inherited from {}: "
+"""How the xfail reason of a listed failure starts: the report tells the two kinds apart."""
+
+
+def _load(path: str | None) -> Expectations:
     if not path:
         return Expectations([])
     if path not in _expectations:
         _expectations[path] = Expectations.load(path)
     return _expectations[path]
+
+
+def inherited_from(config: pytest.Config, backend: Backend) -> str | None:
+    """The built-in backend whose failures this one inherits: ``--ckpt-inherit``, else its own
+    ``inherits``."""
+    chosen = config.getoption("ckpt_inherit")
+    if chosen is not None and chosen not in BUILT_IN:
+        raise pytest.UsageError(
+            f"--ckpt-inherit {chosen!r} is not a built-in backend ({', '.join(sorted(BUILT_IN))})"
+        )
+    return chosen or backend.inherits
+
+
+def _expected_failure(config: pytest.Config, backend: Backend, test_id: str) -> str | None:
+    """The xfail reason of a test the backend's expectations list, or that the built-in
+    backend it inherits from fails (its own entry first)."""
+    own = _load(config.getoption("ckpt_expectations") or backend.expectations).match(test_id)
+    if own is not None:
+        return EXPECTED + own.reason
+    parent = inherited_from(config, backend)
+    if parent is None:
+        return None
+    inherited = _load(str(expectations_file(parent) or "")).match(test_id)
+    return None if inherited is None else INHERITED.format(parent) + inherited.reason
 
 
 @pytest.hookimpl(wrapper=True)
@@ -187,7 +214,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             "id": canonical_id(item),
             "suite": suite.args[0],
             "level": level.args[0] if level else None,
-            "backend": describe_backend(backend) if backend is not None else None,
+            "backend": describe_backend(backend, item.config) if backend is not None else None,
             **_failure_info(call),
         }
         # user_properties travel with the report to the xdist controller

@@ -5,6 +5,7 @@ starts processes, a hang shrunk for minutes). Used by tests/conformance/test_ver
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import tempfile
@@ -19,7 +20,14 @@ from ckptconf.reference import (
     ReferenceSavePlanner,
 )
 
-__all__ = ["hangs_on_save", "starts_child_processes", "unbuildable_planner"]
+__all__ = [
+    "dcp_planners",
+    "dcp_planners_inheriting",
+    "fails_every_save",
+    "hangs_on_save",
+    "starts_child_processes",
+    "unbuildable_planner",
+]
 
 ATTEMPTS = "CKPTCONF_TEST_ATTEMPTS"
 """Environment variable naming a file: every save attempt of ``hangs_on_save`` appends a line."""
@@ -92,4 +100,31 @@ def starts_child_processes() -> Backend:
         storage_reader=FileSystemReader,
         save_planner=ReferenceSavePlanner,
         load_planner=ReferenceLoadPlanner,
+    )
+
+
+def dcp_planners() -> Backend:
+    """Not broken itself: the reference storage under DCP's default planners and driver, so
+    DCP's planner defects are its failures too."""
+    return Backend(
+        name="dcp_planners",
+        storage_writer=FileSystemWriter,
+        storage_reader=FileSystemReader,
+    )
+
+
+def dcp_planners_inheriting() -> Backend:
+    """The same, declaring what it is built on: DCP's defects are reported as inherited."""
+    return dataclasses.replace(dcp_planners(), name="dcp_planners_inheriting", inherits="torch-dcp")
+
+
+class _RefusingWriter(FileSystemWriter):
+    def set_up_storage_writer(self, is_coordinator, *args, **kwargs):
+        raise PermissionError("access denied to the bucket (an adapter configured wrongly)")
+
+
+def fails_every_save() -> Backend:
+    """Every save raises at once: the run must stop after its preflight, in seconds."""
+    return Backend(
+        name="fails_every_save", storage_writer=_RefusingWriter, storage_reader=FileSystemReader
     )

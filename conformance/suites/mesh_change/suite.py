@@ -19,7 +19,7 @@ import pytest
 from ckptconf.reference._compat import checkpointable_protocol, local_shards_wrapper
 from hypothesis import Phase
 
-from ...kit.cases import SaveLoadCase
+from ...kit.cases import SaveLoadCase, TensorSpec
 from ...kit.failures import exception_text
 from ...kit.fixtures import UNSUPPORTED_PREFIX
 from ...kit.profiles import property_test
@@ -28,7 +28,9 @@ from ...kit.trial import Trial
 from . import ranks
 from .cases import (
     DTYPES,
+    Held,
     MeshCase,
+    Step,
     chain_cases,
     chain_kinds,
     mesh_change_cases,
@@ -120,6 +122,18 @@ class MeshChangeTests:
         if local_shards_wrapper() is None:
             pytest.skip("this torch has no LocalShardsWrapper with the checkpointable protocol")
         case = data.draw(with_kind_cases(ckpt.backend, "local_shards"), label="case")
+        _check_mesh_case(ckpt.trial(case), case, ckpt)
+
+    @pytest.mark.ckpt_requires("checkpointable", "dtensor", "uneven_shards", "resharding")
+    def test_local_shards_wrapper_with_an_empty_shard(self, ckpt):
+        """A LocalShardsWrapper DTensor on 2 ranks whose rank 0 holds no rows, at the offset
+        where rank 1's rows start, loaded as a plain tensor on 1 rank: every run, not only
+        when the property test above draws it."""
+        if local_shards_wrapper() is None:
+            pytest.skip("this torch has no LocalShardsWrapper with the checkpointable protocol")
+        spec = TensorSpec("w", (4, 3), "float64", salt=1)
+        empty_first = Held("local_shards", slabs=(((0, 0),), ((0, 4),)))
+        case = MeshCase((spec,), (Step(2, (empty_first,)), Step(1, (Held(),))))
         _check_mesh_case(ckpt.trial(case), case, ckpt)
 
     @staticmethod

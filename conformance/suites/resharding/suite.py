@@ -5,10 +5,33 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
+from ...kit.cases import Layout, SaveLoadCase, TensorSpec
 from ...kit.profiles import property_test
 from ...kit.strategies import save_load_cases, supported_options
 
 __all__ = ["ReshardingTests"]
+
+_ST, _DT = "sharded_tensor", "dtensor"
+
+
+def _boundary(shape, saved: Layout, save_world: int, loaded: Layout, load_world: int, *needs):
+    case = SaveLoadCase(
+        (TensorSpec("w", shape, "float64", salt=1),), (saved,), (loaded,), save_world, load_world
+    )
+    name = f"{shape[0]}-rows-{saved.kind}-on-{save_world}-to-{loaded.kind}-on-{load_world}"
+    marks = [pytest.mark.ckpt_requires(*needs)] if needs else []
+    return pytest.param(case, id=name, marks=marks)
+
+
+MORE_RANKS_THAN_ROWS = [
+    _boundary((1, 3), Layout(_ST), 3, Layout(), 3, _ST),
+    _boundary((5, 2), Layout(_ST), 4, Layout(_DT, (2,), ("S0",)), 2, _ST, _DT, "world_size_change"),
+    _boundary((2, 3), Layout(_DT, (4,), ("S0",)), 4, Layout(_ST), 3, _ST, _DT, "world_size_change"),
+    _boundary((1, 5), Layout(_DT, (2, 2), ("S0", "S1")), 4, Layout(_DT, (4,), ("S1",)), 4, _DT),
+    _boundary((3,), Layout(), 1, Layout(_DT, (4,), ("S0",)), 4, _DT, "world_size_change"),
+]
+"""Layouts with more ranks than rows on the sharded dim: empty shards, and DCP's ShardedTensor
+chunks placed past the end. Property tests draw such cases now and then; these always run."""
 
 
 @pytest.mark.ckpt_suite("resharding")
@@ -17,7 +40,8 @@ __all__ = ["ReshardingTests"]
 class ReshardingTests:
     """Any destination layout loads from any saved layout (DTensor, ShardedTensor, plain)."""
 
-    @property_test()
+    # three times the profile's examples: cheap cases, and the core of what resharding means
+    @property_test(max_examples=lambda n: 3 * n)
     def test_placement_change(self, ckpt, data):
         """Same world (1 to 4 ranks), each tensor loaded under an independently drawn layout."""
         world = data.draw(st.sampled_from([1, 2, 3, 4]), label="world")
@@ -27,8 +51,15 @@ class ReshardingTests:
         )
         ckpt.check_save_then_load(case)
 
+    @pytest.mark.ckpt_requires("uneven_shards", "empty_tensors")
+    @pytest.mark.parametrize("case", MORE_RANKS_THAN_ROWS)
+    def test_more_ranks_than_rows(self, ckpt, case):
+        """Saved or loaded with more ranks than the sharded dim has rows (empty local shards),
+        under ShardedTensor and DTensor layouts: every value loads."""
+        ckpt.check_save_then_load(case)
+
     @pytest.mark.ckpt_requires("world_size_change")
-    @property_test()
+    @property_test(max_examples=lambda n: 3 * n)
     def test_world_size_change(self, ckpt, data):
         """Saved on N ranks, loaded on M ranks (1 to 4 each)."""
         options = supported_options(ckpt.backend)
