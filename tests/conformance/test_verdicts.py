@@ -3,7 +3,11 @@ no hang shrunk for minutes (the backends are in tests/planted/verdicts.py)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from ckptconf.conformance import (
@@ -17,6 +21,8 @@ from ckptconf.conformance import (
 from tests.planted.verdicts import ATTEMPTS
 
 from .suite_runner import run_conformance
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.multiprocess
@@ -82,3 +88,64 @@ def test_a_hang_fails_its_test_once_unshrunk(tmp_path):
     assert "_HangingWriter" in failure["details"] or "write_data" in failure["details"]
     assert failure["minimal_case"].startswith("(not shrunk: a hang is not re-run)")
     assert attempts.read_text() == "save\n"  # one attempt: hypothesis did not re-run the hang
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ckptconf.conformance.cli", "run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.multiprocess
+def test_failures_inherited_from_dcp_are_reported_apart_and_do_not_fail_the_run(tmp_path):
+    """A backend on DCP's planners fails what DCP fails: without the declaration those are its
+    failures, each saying DCP fails it too; with ``inherits`` (or ``--inherit``) they are
+    inherited failures and the exit code follows its own failures only."""
+    selection = "TestPlans and size_mismatch and rejects"
+    report = tmp_path / "plain.json"
+    plain = _cli(
+        "--backend",
+        "tests.planted.verdicts:dcp_planners",
+        "-k",
+        selection,
+        "--report",
+        str(report),
+        cwd=tmp_path,
+    )
+    assert plain.returncode == 0, plain.stdout[-3000:]  # a strict test: failed, not core
+    (test,) = json.loads(report.read_text())["tests"]
+    assert test["outcome"] == "failed"
+    assert "global size" in test["known_in"]["torch-dcp"]
+    assert "known: torch-dcp fails this test too" in plain.stdout
+    for how in (
+        ["--backend", "tests.planted.verdicts:dcp_planners_inheriting"],
+        ["--backend", "tests.planted.verdicts:dcp_planners", "--inherit", "torch-dcp"],
+    ):
+        report = tmp_path / "inherited.json"
+        result = _cli(*how, "-k", selection, "--report", str(report), cwd=tmp_path)
+        data = json.loads(report.read_text())
+        (test,) = data["tests"]
+        assert test["outcome"] == "inherited failure", result.stdout[-3000:]
+        assert test["message"].startswith("inherited from torch-dcp: strict: ranks disagreeing")
+        assert data["backend"]["inherits"] == "torch-dcp"
+        assert result.returncode == 0
+
+
+@pytest.mark.multiprocess
+def test_a_backend_that_cannot_save_stops_the_run_after_its_preflight(tmp_path):
+    result = _cli(
+        "--backend",
+        "tests.planted.verdicts:fails_every_save",
+        "--report",
+        str(tmp_path / "r.json"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "preflight failed" in result.stdout
+    assert "access denied to the bucket" in result.stdout
+    assert not (tmp_path / "r.json").exists()  # no test ran
