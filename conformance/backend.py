@@ -55,17 +55,34 @@ FEATURES: dict[str, str] = {
     "(__create_chunk_list__, __get_tensor_shard__, __create_write_items__), LocalShardsWrapper",
     "checkpointer": "a Checkpointer object with save, load and optionally async_save "
     "(declared by giving a checkpointer factory)",
+    "nested_state_dicts": "state dicts with nested dicts and lists (a backend for flat state "
+    "dicts only, as Megatron builds them for its planners, declares it unsupported)",
+    "storage": "a storage writer and reader that work on their own, driven through DCP's "
+    "protocol outside the backend's own save and load (read_metadata, the protocol by hand, "
+    "fault-injecting wrappers); unsupported without a storage_writer and storage_reader, or "
+    "declared so by a backend whose writer works only under its own driver",
 }
 """Feature tags a backend may declare unsupported, with what each covers."""
 
 
 @dataclass
 class Backend:
-    """A checkpoint implementation under test."""
+    """A checkpoint implementation under test.
+
+    Give ``storage_writer`` and ``storage_reader`` (factories: path -> DCP StorageWriter /
+    StorageReader), and the suite drives them with DCP's ``save``/``load`` and your planners
+    (``save_planner``/``load_planner`` factories, DCP's defaults if omitted). A whole-system
+    backend gives its own ``save(state_dict, path, *, process_group=None)`` and ``load(...)``
+    (optionally taking ``storage_writer=``/``storage_reader=`` so faults can be injected, and
+    ``async_save``) and may leave the storage out: the tests that need it are unsupported.
+    ``checkpointer`` is a factory: for a path, an object with ``save(state_dict)``,
+    ``load(state_dict)`` and optionally ``async_save(state_dict)`` (DCP's ``_Checkpointer``
+    shape); without it the ``checkpointer`` tests are unsupported.
+    """
 
     name: str
-    storage_writer: Callable[[str], StorageWriter]
-    storage_reader: Callable[[str], StorageReader]
+    storage_writer: Callable[[str], StorageWriter] | None = None
+    storage_reader: Callable[[str], StorageReader] | None = None
     save_planner: Callable[[], SavePlanner] | None = None
     load_planner: Callable[[], LoadPlanner] | None = None
     save: Callable[..., Any] | None = None
@@ -91,6 +108,15 @@ class Backend:
                 f"known features: {sorted(FEATURES)}"
             )
         self.unsupported = frozenset(self.unsupported)
+        for step, own, storage in (
+            ("save", self.save, self.storage_writer),
+            ("load", self.load, self.storage_reader),
+        ):
+            if own is None and storage is None:
+                raise ValueError(
+                    f"backend {self.name!r} has neither its own {step} nor a storage "
+                    f"{'writer' if step == 'save' else 'reader'} for DCP's {step} to drive"
+                )
         if self.inherits is not None:
             from .builtin import BUILT_IN
 
@@ -101,10 +127,13 @@ class Backend:
                 )
 
     def supports(self, feature: str) -> bool:
-        """Whether the backend has not declared ``feature`` unsupported (``checkpointer``: has a factory)."""
+        """Whether the backend has not declared ``feature`` unsupported (``checkpointer``: it has
+        a factory; ``storage``: it has a storage writer and reader)."""
         if feature not in FEATURES:
             raise KeyError(f"unknown feature {feature!r}; known: {sorted(FEATURES)}")
         if feature == "checkpointer" and self.checkpointer is None:
+            return False
+        if feature == "storage" and (self.storage_writer is None or self.storage_reader is None):
             return False
         return feature not in self.unsupported
 

@@ -262,7 +262,8 @@ def supported_dtypes(backend: Any) -> tuple[str, ...]:
 
 def supported_options(backend: Any, **overrides: Any) -> dict[str, Any]:
     """The options of :func:`save_load_cases` that keep a case within what ``backend``
-    supports: its layout kinds, objects, empty and 0-dim tensors (``overrides`` on top)."""
+    supports: its layout kinds, objects, empty and 0-dim tensors, nesting (``overrides`` on
+    top)."""
     options = {
         "kinds": layout_kinds(backend),
         "strided": False,
@@ -270,4 +271,6 @@ def supported_options(backend: Any, **overrides: Any) -> dict[str, Any]:
         "allow_empty": backend.supports("empty_tensors"),
         "min_dims": 0 if backend.supports("scalar_tensors") else 1,
     }
+    if not backend.supports("nested_state_dicts"):
+        options["nested"] = False
     return {**options, **overrides}

@@ -90,6 +90,7 @@ def _check_previous_checkpoint(trial: Trial, old, path: str, after: str) -> None
 
 
 @pytest.mark.ckpt_suite("faults")
+@pytest.mark.ckpt_requires("storage")
 class FaultsTests:
     """Storage failing at every hook, on the coordinator and on other ranks."""
 

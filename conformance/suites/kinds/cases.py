@@ -146,8 +146,10 @@ def shaped_cases(
     dtypes: Sequence[str],
     objects: bool,
     max_tensors: int = 3,
+    nested: bool = True,
 ) -> SaveLoadCase:
-    """A same-layout case whose tensor shapes come from ``shapes``."""
+    """A same-layout case whose tensor shapes come from ``shapes`` (flat unless ``nested``
+    may be drawn)."""
     world = draw(st.sampled_from(list(worlds)))
     count = draw(st.integers(1, max_tensors))
     keys = draw(
@@ -163,7 +165,13 @@ def shaped_cases(
         names = draw(st.lists(st.sampled_from(["step", "tag"]), max_size=2, unique=True))
         items = tuple((f"obj_{n}", draw(object_values())) for n in names)
     return SaveLoadCase(
-        tuple(specs), tuple(lays), tuple(lays), world, world, items, nested=draw(st.booleans())
+        tuple(specs),
+        tuple(lays),
+        tuple(lays),
+        world,
+        world,
+        items,
+        nested=nested and draw(st.booleans()),
     )
 
 

@@ -106,6 +106,7 @@ class KindsTests:
                 kinds=layout_kinds(ckpt.backend),
                 dtypes=supported_dtypes(ckpt.backend),
                 objects=ckpt.supports("objects"),
+                nested=ckpt.supports("nested_state_dicts"),
             ),
             label="case",
         )
@@ -122,6 +123,7 @@ class KindsTests:
                 kinds=layout_kinds(ckpt.backend),
                 dtypes=BASIC_DTYPES,
                 objects=False,
+                nested=ckpt.supports("nested_state_dicts"),
             ),
             label="case",
         )
@@ -182,7 +184,10 @@ class KindsTests:
 
     @pytest.mark.ckpt_requires("objects")
     @pytest.mark.parametrize("kind", sorted(OBJECT_KINDS))
-    @pytest.mark.parametrize("depth", ["top", "nested"])
+    @pytest.mark.parametrize(
+        "depth",
+        ["top", pytest.param("nested", marks=pytest.mark.ckpt_requires("nested_state_dicts"))],
+    )
     def test_object_values(self, ckpt, kind, depth):
         """Each kind of non-tensor value (empty bytes, bytearray, unicode, big ints, inf, None,
         bools, lists and tuples) round-trips with its type, at the top level and nested."""
@@ -193,6 +198,7 @@ class KindsTests:
             tree = {"model": {"weight": weight}, "extra": {"meta": {"value": leaf}}}
         _check_tree(ckpt, TreeCase(tree, 1))
 
+    @pytest.mark.ckpt_requires("nested_state_dicts")
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.parametrize("shape_of_clash", sorted(KEY_CLASHES))
     def test_colliding_keys_are_an_error_or_kept_apart(self, ckpt, shape_of_clash):
@@ -255,6 +261,7 @@ class KindsTests:
             )
         trial.save_then_load(case, ckpt.path())
 
+    @pytest.mark.ckpt_requires("nested_state_dicts")
     @property_test()
     def test_nested_containers(self, ckpt, data):
         """Dicts in dicts with dotted and unusual keys, lists of tensors, objects at any depth;
@@ -265,6 +272,7 @@ class KindsTests:
         )
         _check_tree(ckpt, TreeCase(tree, world))
 
+    @pytest.mark.ckpt_requires("nested_state_dicts")
     @property_test()
     def test_optimizer_state(self, ckpt, data):
         """A model and its optimizer's state_dict(): int-keyed per-parameter state with a
@@ -289,6 +297,7 @@ class KindsTests:
             tree[key] = Leaf(TensorSpec("", shape, "float64", i * 1000), lay)
         _check_tree(ckpt, TreeCase(tree, world))
 
+    @pytest.mark.ckpt_requires("nested_state_dicts")
     @property_test()
     def test_tied_tensors(self, ckpt, data):
         """One tensor object under two keys (tied weights) saves and loads under both."""

@@ -171,6 +171,7 @@ def _check_corrupted_load(
 
 
 @pytest.mark.ckpt_suite("storage")
+@pytest.mark.ckpt_requires("storage")
 class StorageTests:
     """The backend's storage: metadata, re-saves, siblings, and corrupted files."""
 
