@@ -55,7 +55,9 @@ def run_cli(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, di
     ],
 )
 def test_a_broken_backend_fails_with_a_minimal_case_and_a_reproduction(tmp_path, spec, name, tests):
-    result, report = run_cli("--backend", spec, "-k", tests, tmp_path=tmp_path)
+    # no preflight: a reader that skips the last chunk fails even its one-tensor save and load,
+    # and this test is about the suite's report of such a failure
+    result, report = run_cli("--backend", spec, "-k", tests, "--no-preflight", tmp_path=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"[{name}]" in result.stdout
     assert "minimal case:" in result.stdout and "reproduce: cd " in result.stdout

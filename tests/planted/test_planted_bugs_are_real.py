@@ -430,6 +430,42 @@ def test_metadata_missing_bytes_entries(path):
     assert set(entries) == {"t"}
 
 
+def test_overwrites_in_place(path):
+    for name in ("reference", "overwrites_in_place"):
+        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        target = f"{path}-{name}"
+        backend.run_save(
+            {"first_key_with_a_long_name": torch.zeros(2), "b": torch.zeros(3)}, target
+        )
+        error = raises(lambda b=backend, t=target: b.run_save({"a": torch.ones(2)}, t))
+        if error is None:  # the shorter metadata document was written over the longer one
+            error = raises(lambda b=backend, t=target: b.run_load({"a": torch.zeros(2)}, t))
+        assert (error is None) == (name == "reference"), (name, error)
+
+
+def test_prefix_listing(path):
+    for name in ("reference", "prefix_listing"):
+        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend.run_save({"a": torch.zeros(2)}, f"{path}-{name}/step_1")
+        backend.run_save({"b": torch.ones(2)}, f"{path}-{name}/step_10")
+        keys = set(
+            backend.storage_reader(f"{path}-{name}/step_1").read_metadata().state_dict_metadata
+        )
+        assert keys == ({"a"} if name == "reference" else {"a", "b"}), name
+
+
+def test_zero_fill_short_read(path):
+    state = {"a": torch.arange(8.0) + 1}
+    load_backend(REFERENCE).run_save(state, path)
+    data_file = next(Path(path).glob("gen-*/r0.bin"))
+    data_file.write_bytes(data_file.read_bytes()[:-8])  # the last two float32 elements cut
+    error = raises(lambda: load_backend(REFERENCE).run_load({"a": torch.zeros(8)}, path))
+    assert isinstance(error, CheckpointError), error
+    dest = {"a": torch.full((8,), 5.0)}
+    backend_of("zero_fill_short_read").run_load(dest, path)
+    assert torch.equal(dest["a"], torch.cat([state["a"][:-2], torch.zeros(2)]))
+
+
 # --- faults --------------------------------------------------------------------------------------
 
 
