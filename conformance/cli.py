@@ -127,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         pytest_args += ["-x"]
     if args.timeout:
         pytest_args += ["--ckpt-timeout", str(args.timeout)]
+    if args.no_shrink:
+        pytest_args += ["--ckpt-no-shrink"]
     if args.numprocesses:
         pytest_args += ["-n", str(args.numprocesses)]
     pytest_args += args.pytest_args
@@ -311,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         "are reported as inherited and do not count against the exit code",
     )
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    run.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="report each failing example as found, unshrunk (faster triage)",
+    )
     run.add_argument(
         "--no-preflight",
         action="store_true",

@@ -28,6 +28,7 @@ _OPTIONS = (
     "ckpt_device",
     "ckpt_timeout",
     "ckpt_inherit",
+    "ckpt_no_shrink",
 )
 _PROFILE_NAMES = ("ci", "dev", "thorough")
 _SEED = "ckptconf_seed"  # workerinput key: the controller's seed, for every xdist worker
@@ -74,6 +75,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "shown (default: 120, 60 for fault tests); a hang fails its test at once, unshrunk",
     )
 
+    group.addoption(
+        "--ckpt-no-shrink",
+        action="store_true",
+        default=None,
+        help="report each failing example as found, unshrunk: faster (triage, meta-tests), but "
+        "the minimal case is not minimal",
+    )
     group.addoption(
         "--ckpt-inherit",
         default=None,
@@ -134,6 +142,12 @@ def session_profile(config: pytest.Config | None = None) -> str:
     config = config or _config
     chosen = config.getoption("ckpt_profile", None) if config is not None else None
     return chosen or os.environ.get("CKPTCONF_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+
+
+def session_shrinks(config: pytest.Config | None = None) -> bool:
+    """Whether the suites' failing examples are shrunk (not under ``--ckpt-no-shrink``)."""
+    config = config or _config
+    return not (config is not None and config.getoption("ckpt_no_shrink", None))
 
 
 def session_seed(config: pytest.Config | None = None) -> int | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 __all__ = ["PROFILES", "profile_settings", "property_test", "tune"]
@@ -55,12 +55,15 @@ def tune(**overrides: Any) -> None:
 
 def profile_settings(name: str | None = None) -> settings:
     """The hypothesis settings of ckptconf profile ``name`` (default: this session's)."""
-    from ckptconf.conformance.plugin import session_profile
+    from ckptconf.conformance.plugin import session_profile, session_shrinks
 
     name = name or session_profile()
     if name not in PROFILES:
         raise ValueError(f"unknown ckptconf profile {name!r}; expected one of {sorted(PROFILES)}")
-    return settings(**{**_COMMON, **PROFILES[name], **_tuning})
+    options = {**_COMMON, **PROFILES[name], **_tuning}
+    if not session_shrinks():
+        options["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
+    return settings(**options)
 
 
 def property_test(

@@ -18,15 +18,19 @@ def run_conformance(
     *,
     timeout: float = 900,
     extra: list[str] | None = None,
+    shrink: bool = False,
 ) -> tuple[subprocess.CompletedProcess, dict]:
     """``pytest --pyargs ckptconf.conformance -k selection`` against ``spec`` under the ci
     profile, from the repository root (so ``tests.*`` backends import in the ranks); the
-    finished process and the JSON report (empty if none was written)."""
+    finished process and the JSON report (empty if none was written). Failing examples are
+    not shrunk unless ``shrink``: a meta-test checks that a bug is caught and how it is told,
+    and shrinking takes most of the time."""
     report = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", "ckptconf.conformance"]
         + ["--ckpt-backend", spec, "--ckpt-profile", "ci", "--ckpt-report", str(report)]
-        + ["-p", "no:cacheprovider", "-q", "-k", selection, *(extra or [])],
+        + ["-p", "no:cacheprovider", "-q", "-k", selection, *(extra or [])]
+        + ([] if shrink else ["--ckpt-no-shrink"]),
         cwd=ROOT,
         capture_output=True,
         text=True,

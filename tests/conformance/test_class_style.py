@@ -92,6 +92,7 @@ def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
     report = tmp_path / "report.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     selection = ["-k", "test_round_trip_dtensor_on_two_ranks", "-p", "no:cacheprovider"]
+    selection += ["--ckpt-no-shrink"]
     first = subprocess.run(
         [sys.executable, "-m", "pytest", "test_mine.py", *selection, "--ckpt-profile", "ci"]
         + ["--ckpt-report", str(report)],
@@ -112,7 +113,7 @@ def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     again = subprocess.run(
-        ["bash", "-c", command + " -p no:cacheprovider"],
+        ["bash", "-c", command + " -p no:cacheprovider --ckpt-no-shrink"],
         cwd=elsewhere,
         capture_output=True,
         text=True,
