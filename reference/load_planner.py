@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
@@ -28,12 +29,15 @@ _MAX_LISTED = 20
 class ReferenceLoadPlanner(LoadPlanner):
     """Loads in place: the destination state dict's tensors define the layout to read into.
 
-    Before any data is read, the plan checks that every destination key is in the
-    checkpoint (unless ``allow_missing_keys``), that the checkpoint has no key the
-    destination lacks (unless ``allow_unexpected_keys``), that global shapes agree,
-    that dtypes agree (unless ``cast_dtypes``, which casts on copy), and that saved
-    chunks cover every element of every destination piece. All problems found on
-    this rank are raised together as one ``LoadContractError``.
+    Before any data is read, the plan checks on each rank that every destination key is
+    in the checkpoint (unless ``allow_missing_keys``), that global shapes agree, that
+    dtypes agree (unless ``cast_dtypes``, which casts on copy), that saved chunks cover
+    every element of every destination piece, and that no destination tensor is on the
+    meta device (a load into one would load nothing: materialise it first). All problems
+    found on a rank are raised together as one ``LoadContractError``. Then the coordinator
+    checks that every key of the checkpoint is held by some destination rank (unless
+    ``allow_unexpected_keys``): ranks may hold different keys (pipeline stages, experts,
+    per-rank loader state), and a key no rank holds is state a shrunk world would drop.
     """
 
     def __init__(
@@ -72,16 +76,10 @@ class ReferenceLoadPlanner(LoadPlanner):
         entries = self.metadata.state_dict_metadata
         problems: list[str] = []
         missing = [k for k in self.values if k not in entries]
-        unexpected = [k for k in entries if k not in self.values]
         if missing and not self.allow_missing_keys:
             problems.append(
                 f"{len(missing)} key(s) of the destination are not in the checkpoint: {_listing(missing)}"
                 " (pass allow_missing_keys=True to skip them)"
-            )
-        if unexpected and not self.allow_unexpected_keys:
-            problems.append(
-                f"{len(unexpected)} key(s) of the checkpoint are not in the destination: {_listing(unexpected)}"
-                " (pass allow_unexpected_keys=True to ignore them)"
             )
         items: list[ReadItem] = []
         for key, value in self.values.items():
@@ -107,11 +105,9 @@ class ReferenceLoadPlanner(LoadPlanner):
                 )
                 continue
             problems += self._plan_tensor(key, value, entry, items)
-        if problems:
-            raise LoadContractError(
-                f"cannot load: {len(problems)} problem(s):\n  " + "\n  ".join(problems)
-            )
-        return LoadPlan(items)
+        # to the coordinator, which raises every problem of every rank at once, with the keys
+        # of the checkpoint that no rank holds
+        return LoadPlan(items, planner_data={"keys": sorted(self.values), "problems": problems})
 
     def _plan_tensor(
         self, key: str, value: Any, entry: TensorStorageMetadata, items: list[ReadItem]
@@ -135,7 +131,14 @@ class ReferenceLoadPlanner(LoadPlanner):
         if problems:
             return problems
         index = SavedChunkIndex(entry.chunks)
-        for piece in tensor_pieces(key, value):
+        pieces = tensor_pieces(key, value)
+        if any(piece.view.device.type == "meta" for piece in pieces):
+            return [
+                f"key {key!r}: the destination tensor is on the meta device, which holds no "
+                "data to load into; materialise it first (e.g. torch.empty_like(t, "
+                "device='cpu') or module.to_empty(device=...))"
+            ]
+        for piece in pieces:
             result = read_items_for_chunk(key, index, piece.chunk, piece.index)
             if result.uncovered:
                 problems.append(
@@ -147,8 +150,28 @@ class ReferenceLoadPlanner(LoadPlanner):
         return problems
 
     def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
-        """Loads need no global decision."""
-        return global_plan
+        """Raise every rank's problems at once, with the keys of the checkpoint that no
+        destination rank holds (unless ``allow_unexpected_keys``), as one ``LoadContractError``."""
+        data = [plan.planner_data or {} for plan in global_plan]
+        problems = [
+            f"rank {rank}: {problem}" if len(global_plan) > 1 else problem
+            for rank, part in enumerate(data)
+            for problem in part.get("problems", ())
+        ]
+        if not self.allow_unexpected_keys:
+            held = {key for part in data for key in part.get("keys", ())}
+            unexpected = [k for k in self.metadata.state_dict_metadata if k not in held]
+            if unexpected:
+                problems.append(
+                    f"{len(unexpected)} key(s) of the checkpoint are not in the destination "
+                    f"(held by no rank): {_listing(unexpected)} (a world that shrank would drop "
+                    "them; pass allow_unexpected_keys=True to ignore them)"
+                )
+        if problems:
+            raise LoadContractError(
+                f"cannot load: {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+            )
+        return [dataclasses.replace(plan, planner_data=None) for plan in global_plan]
 
     def finish_plan(self, central_plan: LoadPlan) -> LoadPlan:
         """Adopt this rank's plan."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .flatten import flatten_state_dict, set_by_path
+from .flatten import map_leaves
 from .state_values import (
     StagedTensor,
     TensorPiece,
@@ -58,13 +58,12 @@ def stage_state_dict(state_dict: dict[str, Any], pool: StagingPool | None = None
     Keys and nesting are kept, so the staged dict saves to the same checkpoint.
     """
     pool = pool or StagingPool()
-    flat, paths = flatten_state_dict(state_dict)
-    staged: dict[str, Any] = {}
     cuda_copies = False
-    for key, value in flat.items():
+
+    def stage(key: str, value: Any) -> Any:
+        nonlocal cuda_copies
         if not is_tensor_value(value):
-            set_by_path(staged, paths[key], copy.deepcopy(value))
-            continue
+            return copy.deepcopy(value)
         pieces = []
         for piece in tensor_pieces(key, value):
             source = piece.view.detach()
@@ -72,18 +71,16 @@ def stage_state_dict(state_dict: dict[str, Any], pool: StagingPool | None = None
             buffer.copy_(source, non_blocking=source.device.type == "cuda")
             cuda_copies |= source.device.type == "cuda"
             pieces.append(TensorPiece(piece.index, piece.chunk, buffer))
-        set_by_path(
-            staged,
-            paths[key],
-            StagedTensor(
-                size=global_size(value),
-                dtype=value_dtype(value),
-                requires_grad=bool(getattr(value, "requires_grad", False)),
-                sharded=is_sharded_value(value),
-                pieces=tuple(pieces),
-                is_torch_tensor=isinstance(value, torch.Tensor),
-            ),
+        return StagedTensor(
+            size=global_size(value),
+            dtype=value_dtype(value),
+            requires_grad=bool(getattr(value, "requires_grad", False)),
+            sharded=is_sharded_value(value),
+            pieces=tuple(pieces),
+            is_torch_tensor=isinstance(value, torch.Tensor),
         )
+
+    staged = map_leaves(state_dict, stage)
     if cuda_copies:
         torch.cuda.synchronize()
     return staged

@@ -149,3 +149,27 @@ def failing_save_keeps_previous(path: str, fail_rank: int) -> dict:
     )
     generations = sorted(n for n in os.listdir(path) if n.startswith("gen-"))
     return {"error": error, "generations": len(generations)}
+
+
+# --- state dicts that differ between ranks -------------------------------------------------------
+
+
+def save_pipeline_stages(path):
+    """Rank r holds layer r only (a pipeline stage) and its own loader state."""
+    rank = dist.get_rank()
+    state = {f"layers.{rank}.w": encoded((4,)) + 10 * rank, f"loader.rank{rank}": {"pos": rank}}
+    ref.save(state, path)
+
+
+def load_pipeline_stages(path, layers):
+    """Load the layers ``layers[rank]`` (and this rank's loader state, if it had one): what
+    loaded, or the error."""
+    rank = dist.get_rank()
+    state = {f"layers.{i}.w": torch.full((4,), -1.0, dtype=torch.float64) for i in layers[rank]}
+    if rank < 2:
+        state[f"loader.rank{rank}"] = {"pos": -1}
+    try:
+        ref.load(state, path)
+    except ref.CheckpointError as exc:
+        return {"error": str(exc)}
+    return {"values": {k: v.tolist() if torch.is_tensor(v) else v for k, v in state.items()}}

@@ -7,6 +7,7 @@ changed operator, constant or message shows.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import ckptconf.reference.validation as validation
@@ -516,7 +517,8 @@ def test_load_plan_read_items_are_exact():
         ),
         (LoadItemType.BYTE_IO, MetadataIndex("o"), (0,), MetadataIndex("o"), (0,), (0,)),
     ]
-    assert planner.create_global_plan([plan]) == [plan]
+    # the coordinator checks every rank's problems and keys, and passes the items on unchanged
+    assert planner.create_global_plan([plan]) == [dataclasses.replace(plan, planner_data=None)]
     assert planner.finish_plan(plan) is plan
     view = planner.resolve_tensor(plan.items[1])
     assert view.shape == (2, 2) and view.data_ptr() == dest["t"][2:].data_ptr()
@@ -548,7 +550,7 @@ def test_load_problems_are_listed_exactly():
     dest["t"] = [1]
     planner.set_up_planner(dest, load_metadata(), True)
     with pytest.raises(LoadContractError) as info:
-        planner.create_local_plan()
+        planner.create_global_plan([planner.create_local_plan()])
     listed = ", ".join(repr(f"k{i:02d}") for i in range(20))
     assert str(info.value) == (
         "cannot load: 3 problem(s):\n"
@@ -563,11 +565,11 @@ def test_unflattened_load_and_unexpected_keys_listing():
     planner = ReferenceLoadPlanner(flatten=False, allow_missing_keys=True)
     planner.set_up_planner({"t": torch.zeros(4, 2), "x": {"y": 1}}, load_metadata(), True)
     with pytest.raises(LoadContractError) as info:
-        planner.create_local_plan()
+        planner.create_global_plan([planner.create_local_plan()])
     assert str(info.value) == (
         "cannot load: 1 problem(s):\n"
-        "  1 key(s) of the checkpoint are not in the destination: 'o'"
-        " (pass allow_unexpected_keys=True to ignore them)"
+        "  1 key(s) of the checkpoint are not in the destination (held by no rank): 'o'"
+        " (a world that shrank would drop them; pass allow_unexpected_keys=True to ignore them)"
     )
     assert planner.paths == {"t": ("t",), "x": ("x",)}
 
@@ -713,7 +715,7 @@ def test_shape_and_dtype_problems_are_listed_exactly():
     )
     planner.set_up_planner({"a": torch.zeros(4, 3), "b": torch.zeros(3)}, metadata, True)
     with pytest.raises(LoadContractError) as info:
-        planner.create_local_plan()
+        planner.create_global_plan([planner.create_local_plan()])
     assert str(info.value) == (
         "cannot load: 2 problem(s):\n"
         "  key 'a': saved with global shape (4, 2), destination has (4, 3)\n"
@@ -771,7 +773,7 @@ def test_twenty_missing_keys_are_all_listed_without_a_remainder():
     planner = ReferenceLoadPlanner(allow_unexpected_keys=True)
     planner.set_up_planner({f"k{i:02d}": torch.zeros(1) for i in range(20)}, load_metadata())
     with pytest.raises(LoadContractError) as info:
-        planner.create_local_plan()
+        planner.create_global_plan([planner.create_local_plan()])
     listed = ", ".join(repr(f"k{i:02d}") for i in range(20))
     assert str(info.value) == (
         "cannot load: 1 problem(s):\n"
