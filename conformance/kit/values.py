@@ -35,6 +35,7 @@ __all__ = [
     "piece_mismatches",
     "save_case",
     "sharded_tensor_of",
+    "submesh",
     "tensor_value",
 ]
 
@@ -49,6 +50,24 @@ def device_mesh(shape: tuple[int, ...]):
     if shape not in _MESHES:  # one mesh per shape per process: new_group is collective and costly
         _MESHES[shape] = init_device_mesh(rank_device().type, shape)
     return _MESHES[shape]
+
+
+_SUBMESHES: dict[tuple[tuple[int, ...], tuple[int, ...]], Any] = {}
+
+
+def submesh(ranks: tuple[int, ...], shape: tuple[int, ...]):
+    """This process's DeviceMesh of ``shape`` over the world ranks ``ranks`` (in mesh order).
+
+    Every rank of the world must call it, in the same order (``new_group`` is collective),
+    members or not; a mesh is made once per process.
+    """
+    from ckptconf.harness.world import rank_device
+    from torch.distributed.device_mesh import DeviceMesh
+
+    key = (tuple(ranks), tuple(shape))
+    if key not in _SUBMESHES:
+        _SUBMESHES[key] = DeviceMesh(rank_device().type, torch.tensor(ranks).reshape(shape))
+    return _SUBMESHES[key]
 
 
 def tensor_value(spec: TensorSpec, layout: Layout, *, blank: bool):

@@ -25,6 +25,8 @@ The classes are named ``*Tests`` so pytest does not collect them by themselves.
 - :class:`PlansTests` (``plans``): the backend's planners at the planner level, up to 2,048 simulated ranks
 - :class:`StorageTests` (``storage``): metadata through the storage, corruption, re-save, sibling saves
 - :class:`MeshChangeTests` (``mesh_change``): 1-D <-> 2-D meshes, submeshes, kind chains, Checkpointer
+- :class:`PerRankTests` (``per_rank``): keys held by some ranks (pipeline, experts, loader
+  state, omitted optimizer state), shrinking worlds, sub-groups, meta destinations
 
 Importing this package in a pytest session switches ckptconf on for it (its fixtures).
 """
@@ -34,6 +36,7 @@ from .async_save import AsyncSaveTests
 from .faults import FaultsTests, FaultyStorageTests
 from .kinds import KindsTests, StateDictKindsTests
 from .mesh_change import MeshChangeTests
+from .per_rank import PerRankTests
 from .plans import PlansTests, PlanValidationTests
 from .resharding import ReshardingTests
 from .roundtrip import RoundTripTests
@@ -44,6 +47,7 @@ SUITES: dict[str, type] = {
     "faults": FaultsTests,
     "kinds": KindsTests,
     "mesh_change": MeshChangeTests,
+    "per_rank": PerRankTests,
     "plans": PlansTests,
     "resharding": ReshardingTests,
     "roundtrip": RoundTripTests,
@@ -60,6 +64,7 @@ __all__ = [
     "FaultyStorageTests",
     "KindsTests",
     "MeshChangeTests",
+    "PerRankTests",
     "PlanValidationTests",
     "PlansTests",
     "ReshardingTests",

@@ -14,7 +14,9 @@ SUITES_DIR = Path(importlib.import_module("ckptconf.conformance.suites").__file_
 
 
 def _camel(name: str) -> str:
-    return {"roundtrip": "RoundTrip"}.get(name) or "".join(p.title() for p in name.split("_"))
+    return {"roundtrip": "RoundTrip", "per_rank": "PerRank"}.get(name) or "".join(
+        p.title() for p in name.split("_")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SUITES))

@@ -236,7 +236,9 @@ def trees(draw, *, backend: Backend, world: int, max_leaves: int = 6):
             return Obj(draw(object_values()))
         if kind == "list":  # a list DCP recurses into: tensors only
             return [leaf() for _ in range(draw(st.integers(1, 3)))]
-        keys = draw(st.lists(unusual_keys(), min_size=1, max_size=3, unique=True))
+        # below the top level, keys may be ints too (as optimizer state is keyed)
+        nested_keys = st.one_of(unusual_keys(), st.integers(0, 3))
+        keys = draw(st.lists(nested_keys, min_size=1, max_size=3, unique=True))
         return {k: node(depth + 1) for k in keys}
 
     keys = draw(st.lists(unusual_keys(), min_size=1, max_size=3, unique=True))
@@ -271,6 +273,8 @@ def optimizer_trees(draw, *, backend: Backend, world: int):
                 "exp_avg_sq": leaf(),
                 "step": Leaf(TensorSpec("", step_shape, "float32", next(salt))),
             }
+            if objects:  # an object under an int key: it loads into that key, not into "0"
+                state[index]["n_iter"] = Obj(draw(st.integers(1, 10**6)))
     optim: dict = {"state": state}
     if objects:
         ids = list(range(count))

@@ -281,6 +281,14 @@ class KindsTests:
         tree = data.draw(optimizer_trees(backend=ckpt.backend, world=world), label="tree")
         _check_tree(ckpt, TreeCase(tree, world))
 
+    @pytest.mark.ckpt_requires("nested_state_dicts", "objects", "scalar_tensors")
+    def test_int_keys_keep_their_type(self, ckpt):
+        """``{"optim": {"state": {0: {"step": t, "n_iter": 7}}}}`` as ``optimizer.state_dict()``
+        keys it: the tensor and the object load under the int key 0, and no key "0" appears."""
+        step = Leaf(TensorSpec("", (), "float32", 3))
+        tree = {"optim": {"state": {0: {"step": step, "n_iter": Obj(7)}, 1: {"n_iter": Obj(9)}}}}
+        _check_tree(ckpt, TreeCase(tree, 1))
+
     @property_test()
     def test_unusual_keys(self, ckpt, data):
         """Flat keys with dots, spaces, slashes, colons, tabs, brackets and non-ASCII."""

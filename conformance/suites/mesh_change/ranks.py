@@ -106,18 +106,6 @@ class CheckpointableShards(torch.Tensor):
 
 # --- building a step's state -------------------------------------------------------------------
 
-_SUBMESHES: dict[tuple[tuple[int, ...], tuple[int, ...]], Any] = {}
-
-
-def _submesh(ranks: tuple[int, ...], shape: tuple[int, ...]):
-    from ckptconf.harness.world import rank_device
-    from torch.distributed.device_mesh import DeviceMesh
-
-    key = (ranks, shape)
-    if key not in _SUBMESHES:  # every rank builds it (new_group is collective), once per process
-        _SUBMESHES[key] = DeviceMesh(rank_device().type, torch.tensor(ranks).reshape(shape))
-    return _SUBMESHES[key]
-
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
@@ -148,7 +136,7 @@ def _value(spec: TensorSpec, held: Held, world: int, *, blank: bool) -> Any:
         from torch.distributed.tensor import distribute_tensor
 
         placements = [placement_from_text(p) for p in held.placements]
-        mesh = _submesh(held.ranks, held.mesh)
+        mesh = values.submesh(held.ranks, held.mesh)
         return distribute_tensor(full, mesh, placements, src_data_rank=None)
     slabs = [(_row_box(spec, s), full[s : s + n].clone()) for s, n in _own_slabs(held)]
     if held.kind == "checkpointable":
@@ -199,7 +187,7 @@ def _pieces(spec: TensorSpec, held: Held, value: Any) -> list[tuple[str, Any, An
         mesh = (
             values.device_mesh(held.mesh)
             if held.kind == "dtensor"
-            else _submesh(held.ranks, held.mesh)
+            else values.submesh(held.ranks, held.mesh)
         )
         want = distribute_tensor(full.to(value.device), mesh, placements, src_data_rank=None)
         if mesh.get_coordinate() is None:

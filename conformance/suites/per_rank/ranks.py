@@ -1,0 +1,213 @@
+"""What the ranks of the per_rank suite run: build this rank's keys of a case, save, load, compare."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ...backend import Backend
+from ...kit import values
+from ...kit.cases import TensorSpec, blank_tensor, encoded_tensor, placement_from_text
+from ...kit.failures import Mismatch
+from .cases import Holding, PerRankCase
+
+__all__ = [
+    "load_divergent_object",
+    "load_in_sub_groups",
+    "load_into_meta",
+    "load_per_rank",
+    "save_divergent_object",
+    "save_in_sub_groups",
+    "save_per_rank",
+]
+
+
+def _rank() -> int:
+    return dist.get_rank()
+
+
+def _meshes(case: PerRankCase, *, loading: bool) -> dict[tuple[int, ...], Any]:
+    """The meshes of the save or load, made on every rank in the same order (new_group is
+    collective)."""
+    return {ranks: values.submesh(ranks, (len(ranks),)) for ranks in case.meshes(loading=loading)}
+
+
+def _value(spec: TensorSpec, holding: Holding, meshes: dict, *, blank: bool) -> Any:
+    from ckptconf.harness.world import rank_device
+
+    full = (blank_tensor if blank else encoded_tensor)(spec.shape, spec.dtype, spec.salt)
+    full = full.to(rank_device())
+    if holding.kind == "plain":
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    placement = placement_from_text(holding.placement)
+    return distribute_tensor(full, meshes[holding.mesh], [placement], src_data_rank=None)
+
+
+def _state(case: PerRankCase, *, loading: bool) -> dict[str, Any]:
+    rank = _rank()
+    meshes = _meshes(case, loading=loading)
+    holdings = case.loaded if loading else case.saved
+    state: dict[str, Any] = {}
+    for spec, holding in zip(case.tensors, holdings):
+        if holding.kind == "dtensor" and rank in holding.mesh:
+            value = _value(spec, holding, meshes, blank=loading)  # every mesh rank makes it
+            if rank in holding.ranks:
+                state[spec.key] = value
+        elif rank in holding.ranks:
+            state[spec.key] = _value(spec, holding, meshes, blank=loading)
+    for o in case.objects:
+        if rank in (o.loaded_by if loading else o.saved_by):
+            state[o.key] = None if loading else copy.deepcopy(o.value)
+    return state
+
+
+def save_per_rank(backend: Backend, case: PerRankCase, path: str) -> None:
+    """Rank function: save this rank's keys of the case."""
+    backend.run_save(_state(case, loading=False), path)
+
+
+def _compare(case: PerRankCase, state: dict[str, Any]) -> list[Mismatch]:
+    rank = _rank()
+    out: list[Mismatch] = []
+    expected_keys = set(case.keys_held(rank, loading=True))
+    extra = sorted(set(state) - expected_keys)
+    if extra:
+        out.append(Mismatch(", ".join(extra), rank, "keys appeared that the state did not have"))
+    for spec, holding in zip(case.tensors, case.loaded):
+        if rank not in holding.ranks:
+            continue
+        got = state.get(spec.key)
+        if got is None:
+            out.append(Mismatch(spec.key, rank, "key disappeared from the state"))
+            continue
+        full = encoded_tensor(spec.shape, spec.dtype, spec.salt)
+        if holding.kind == "plain":
+            out += values.piece_mismatches(
+                spec.key, rank, "plain tensor", got, full, (0,) * full.dim()
+            )
+            continue
+        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        mesh = got.device_mesh
+        want = distribute_tensor(full.to(got.device), mesh, got.placements, src_data_rank=None)
+        offsets = compute_local_shape_and_global_offset(want.shape, mesh, want.placements)[1]
+        out += values.piece_mismatches(
+            spec.key,
+            rank,
+            f"{holding} local shard",
+            got.to_local(),
+            want.to_local(),
+            tuple(offsets),
+        )
+    for o in case.objects:
+        if rank in o.loaded_by:
+            out += values.object_mismatch(o.key, rank, state.get(o.key), o.value)
+    return out
+
+
+def load_per_rank(backend: Backend, case: PerRankCase, path: str) -> list[Mismatch]:
+    """Rank function: load this rank's keys of the case into blank values; every mismatch."""
+    state = _state(case, loading=True)
+    backend.run_load(state, path)
+    return _compare(case, state)
+
+
+def save_divergent_object(backend: Backend, key: str, path: str) -> dict[str, Any]:
+    """Save ``{key: rank-specific value, "w": a tensor}``: whether this rank's save raised."""
+    state = {key: ("seen_by", _rank()), "w": torch.arange(3.0)}
+    return values.call_outcome(lambda: backend.run_save(state, path), limit=600)
+
+
+def load_divergent_object(backend: Backend, key: str, path: str) -> Any:
+    """Load ``key`` back: what this rank got."""
+    state = {key: None, "w": torch.zeros(3)}
+    backend.run_load(state, path)
+    return state[key]
+
+
+def load_into_meta(backend: Backend, path: str) -> dict[str, Any]:
+    """Load ``{"w": float32[4]}`` saved as 0..3 into a meta-device tensor: whether it raised,
+    and otherwise what ``state["w"]`` is afterwards (device, values)."""
+    state = {"w": torch.empty(4, device="meta"), "b": torch.zeros(2)}
+    outcome = values.call_outcome(lambda: backend.run_load(state, path), limit=600)
+    w = state["w"]
+    outcome["device"] = w.device.type if isinstance(w, torch.Tensor) else type(w).__name__
+    if isinstance(w, torch.Tensor) and w.device.type != "meta":
+        outcome["values"] = w.detach().cpu().tolist()
+    return outcome
+
+
+def save_in_sub_groups(
+    backend: Backend,
+    groups: list[list[int]],
+    case_of_group: list[PerRankCase],
+    paths: list[str],
+    concurrently: bool,
+) -> str | None:
+    """Make the sub-groups (every rank: new_group is collective), then each member saves its
+    group's case to its group's path with ``process_group=`` that group, its rank in the
+    case being its rank in the group. Ranks in no group do nothing else. ``concurrently``:
+    the groups' saves overlap in time (they do anyway: they are different processes)."""
+    made = [_group(ranks) for ranks in groups]
+    rank = _rank()
+    for ranks, group, case, path in zip(groups, made, case_of_group, paths):
+        if rank in ranks:
+            state = _group_state(case, ranks.index(rank))
+            backend.run_save(state, path, process_group=group)
+            return path
+    return None
+
+
+def load_in_sub_groups(
+    backend: Backend,
+    groups: list[list[int]],
+    case_of_group: list[PerRankCase],
+    paths: list[str],
+) -> list[Mismatch]:
+    """As :func:`save_in_sub_groups`, loading: each member loads its group's checkpoint."""
+    made = [_group(ranks) for ranks in groups]
+    rank = _rank()
+    for ranks, group, case, path in zip(groups, made, case_of_group, paths):
+        if rank in ranks:
+            state = _group_state(case, ranks.index(rank), blank=True)
+            backend.run_load(state, path, process_group=group)
+            out = []
+            for spec in case.tensors:
+                if spec.key not in state:
+                    continue
+                out += values.piece_mismatches(
+                    spec.key,
+                    rank,
+                    "plain tensor",
+                    state[spec.key],
+                    encoded_tensor(spec.shape, spec.dtype, spec.salt),
+                    (0,) * len(spec.shape),
+                )
+            return out
+    return []
+
+
+_GROUPS: dict[tuple[int, ...], Any] = {}
+
+
+def _group(ranks: list[int]):
+    """The gloo sub-group of ``ranks``, made once per process (every rank calls new_group)."""
+    if tuple(ranks) not in _GROUPS:
+        _GROUPS[tuple(ranks)] = dist.new_group(list(ranks), backend="gloo")
+    return _GROUPS[tuple(ranks)]
+
+
+def _group_state(case: PerRankCase, group_rank: int, *, blank: bool = False) -> dict[str, Any]:
+    """A sub-group member's plain tensors of the case (by its rank in the group)."""
+    make = blank_tensor if blank else encoded_tensor
+    return {
+        spec.key: make(spec.shape, spec.dtype, spec.salt)
+        for spec, holding in zip(case.tensors, case.saved)
+        if group_rank in holding.ranks
+    }
