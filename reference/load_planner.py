@@ -17,9 +17,9 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 
 from .errors import LoadContractError
 from .flatten import flatten_state_dict, set_by_path
-from .resharding import SavedChunkIndex, read_items_for_chunk
+from .resharding import ReadPlanResult, SavedChunkIndex, read_items_for_chunk
 from .serialization import decode_object
-from .state_values import global_size, is_tensor_value, tensor_pieces, value_dtype
+from .state_values import TensorPiece, global_size, is_tensor_value, tensor_pieces, value_dtype
 
 __all__ = ["ReferenceLoadPlanner"]
 
@@ -116,6 +116,32 @@ class ReferenceLoadPlanner(LoadPlanner):
             return [
                 f"key {key!r}: the checkpoint holds a tensor, the destination a {type(value).__name__}"
             ]
+        problems = self.tensor_problems(key, value, entry)
+        if problems:
+            return problems
+        pieces = self.dest_pieces(key, value)
+        if any(piece.view.device.type == "meta" for piece in pieces):
+            return [
+                f"key {key!r}: the destination tensor is on the meta device, which holds no "
+                "data to load into; materialise it first (e.g. torch.empty_like(t, "
+                "device='cpu') or module.to_empty(device=...))"
+            ]
+        index = SavedChunkIndex(entry.chunks)
+        for piece in pieces:
+            result = self.read_items(key, index, piece, value)
+            if result.uncovered:
+                problems.append(
+                    f"key {key!r}: {result.uncovered} element(s) of the destination piece at offsets "
+                    f"{tuple(piece.chunk.offsets)} sizes {tuple(piece.chunk.sizes)} are in no saved chunk"
+                )
+            items += result.items
+            self._views[piece.index] = piece.view
+        return problems
+
+    # the three steps of planning one destination tensor, for subclasses to change one of
+
+    def tensor_problems(self, key: str, value: Any, entry: TensorStorageMetadata) -> list[str]:
+        """Global shape and dtype disagreements between the destination and the checkpoint."""
         problems = []
         if tuple(global_size(value)) != tuple(entry.size):
             problems.append(
@@ -128,26 +154,17 @@ class ReferenceLoadPlanner(LoadPlanner):
                 f"key {key!r}: saved as {saved_dtype}, destination is {dest_dtype}"
                 " (pass cast_dtypes=True to cast on load)"
             )
-        if problems:
-            return problems
-        index = SavedChunkIndex(entry.chunks)
-        pieces = tensor_pieces(key, value)
-        if any(piece.view.device.type == "meta" for piece in pieces):
-            return [
-                f"key {key!r}: the destination tensor is on the meta device, which holds no "
-                "data to load into; materialise it first (e.g. torch.empty_like(t, "
-                "device='cpu') or module.to_empty(device=...))"
-            ]
-        for piece in pieces:
-            result = read_items_for_chunk(key, index, piece.chunk, piece.index)
-            if result.uncovered:
-                problems.append(
-                    f"key {key!r}: {result.uncovered} element(s) of the destination piece at offsets "
-                    f"{tuple(piece.chunk.offsets)} sizes {tuple(piece.chunk.sizes)} are in no saved chunk"
-                )
-            items += result.items
-            self._views[piece.index] = piece.view
         return problems
+
+    def dest_pieces(self, key: str, value: Any) -> list[TensorPiece]:
+        """The pieces of the destination value this rank fills."""
+        return tensor_pieces(key, value)
+
+    def read_items(
+        self, key: str, index: SavedChunkIndex, piece: TensorPiece, value: Any
+    ) -> ReadPlanResult:
+        """The read items filling one destination piece from the saved chunks."""
+        return read_items_for_chunk(key, index, piece.chunk, piece.index)
 
     def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
         """Raise every rank's problems at once, with the keys of the checkpoint that no

@@ -4,7 +4,7 @@ Planted bugs: the reference (or its parts) with one realistic mistake each. ``PL
 lists them for the kill-rate runner (:mod:`tests.planted.killrate`): the conformance suite
 must fail at least one test against each. ``CONTROL`` is the same scaffold with no bug: a
 killing test that fails on it too does not count as a kill. Modules by area: geometry,
-dedup, storage, faults, checkpointer, asyncsave, loading, kinds, validation.
+dedup, storage, faults, checkpointer, asyncsave, loading, kinds, validation, per_rank.
 
 On DCP's default planners (``dcp_planners``, ``dcp_mesh``): one broken planner or
 checkpointer each, for the meta-tests of the plans and mesh_change suites
@@ -27,6 +27,7 @@ from . import (
     geometry,
     kinds,
     loading,
+    per_rank,
     storage,
     validation,
 )
@@ -101,6 +102,11 @@ PLANTED: list[PlantedBug] = [
     _bug(storage, "resave_leaves_old_keys", ("storage",)),
     _bug(storage, "metadata_missing_bytes_entries", ("roundtrip", "storage")),
     _bug(storage, "overwrites_in_place", ("storage",)),
+    # state that differs between ranks
+    _bug(per_rank, "unexpected_keys_checked_per_rank", ("per_rank",)),
+    _bug(per_rank, "int_keys_stringified_on_load", ("kinds",)),
+    _bug(per_rank, "meta_destinations_skipped", ("per_rank",)),
+    _bug(per_rank, "coordinator_group_rank_as_global", ("per_rank",)),
     _bug(storage, "prefix_listing", ("storage",)),
     _bug(storage, "zero_fill_short_read", ("storage",)),
     # failures

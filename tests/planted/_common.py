@@ -22,17 +22,9 @@ from ckptconf.reference import driver as reference_driver
 from ckptconf.reference.dedup import dedup_save_plans
 from ckptconf.reference.errors import PlanValidationError
 from ckptconf.reference.plan_metadata import build_metadata
-from ckptconf.reference.resharding import ReadPlanResult, SavedChunkIndex, read_items_for_chunk
 from ckptconf.reference.save_planner import _replica_mismatches
-from ckptconf.reference.state_values import (
-    TensorPiece,
-    global_size,
-    is_tensor_value,
-    tensor_pieces,
-    value_dtype,
-)
 from ckptconf.reference.validation import validate_global_plan
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlan
 from torch.futures import Future
 
@@ -201,51 +193,8 @@ class HookedSavePlanner(VerifiedSavePlanner):
 
 
 class HookedLoadPlanner(ReferenceLoadPlanner):
-    """The reference load planner with its per-tensor planning split into overridable parts."""
-
-    def dest_pieces(self, key: str, value: Any) -> list[TensorPiece]:
-        """The destination pieces this rank fills."""
-        return tensor_pieces(key, value)
-
-    def tensor_problems(self, key: str, value: Any, entry: TensorStorageMetadata) -> list[str]:
-        """Shape and dtype disagreements between the destination and the checkpoint."""
-        problems = []
-        if tuple(global_size(value)) != tuple(entry.size):
-            problems.append(
-                f"key {key!r}: saved with global shape {tuple(entry.size)}, destination has "
-                f"{tuple(global_size(value))}"
-            )
-        if entry.properties.dtype != value_dtype(value) and not self.cast_dtypes:
-            problems.append(
-                f"key {key!r}: saved as {entry.properties.dtype}, destination is {value_dtype(value)}"
-            )
-        return problems
-
-    def read_items(
-        self, key: str, index: SavedChunkIndex, piece: TensorPiece, value: Any
-    ) -> ReadPlanResult:
-        """Read items filling one destination piece."""
-        return read_items_for_chunk(key, index, piece.chunk, piece.index)
-
-    def _plan_tensor(self, key, value, entry, items) -> list[str]:
-        if not is_tensor_value(value):
-            return [
-                f"key {key!r}: the checkpoint holds a tensor, the destination a {type(value).__name__}"
-            ]
-        problems = self.tensor_problems(key, value, entry)
-        if problems:
-            return problems
-        index = SavedChunkIndex(entry.chunks)
-        for piece in self.dest_pieces(key, value):
-            result = self.read_items(key, index, piece, value)
-            if result.uncovered:
-                problems.append(
-                    f"key {key!r}: {result.uncovered} element(s) of the destination piece at offsets "
-                    f"{tuple(piece.chunk.offsets)} are in no saved chunk"
-                )
-            items += result.items
-            self._views[piece.index] = piece.view
-        return problems
+    """The reference load planner; a bug overrides one of its per-tensor steps
+    (``tensor_problems``, ``dest_pieces``, ``read_items``)."""
 
 
 def reference_parts() -> Backend:

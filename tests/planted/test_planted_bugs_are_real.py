@@ -804,3 +804,58 @@ def test_validator_ignores_dtype_disagreement():
     ]
     assert isinstance(_global_plan(ReferenceSavePlanner, plans), PlanValidationError)
     assert _global_plan(validation.NoDtypeAgreementPlanner, plans) is None
+
+
+# --- state that differs between ranks ------------------------------------------------------------
+
+
+def test_unexpected_keys_checked_per_rank(path):
+    from ckptconf.reference import ReferenceLoadPlanner
+
+    from tests.planted.per_rank import PerRankKeysLoadPlanner
+
+    load_backend(REFERENCE).run_save({"a": torch.zeros(2), "b": torch.ones(2)}, path)
+    metadata = FileSystemReader(path).read_metadata()
+    for planner_type, accepted in ((ReferenceLoadPlanner, True), (PerRankKeysLoadPlanner, False)):
+        planners = [planner_type(), planner_type()]  # two ranks: one holds a, the other b
+        planners[0].set_up_planner({"a": torch.zeros(2)}, metadata, True)
+        planners[1].set_up_planner({"b": torch.zeros(2)}, metadata, False)
+        plans = [p.create_local_plan() for p in planners]
+        error = raises(lambda ps=planners, pl=plans: ps[0].create_global_plan(pl))
+        assert (error is None) == accepted, (planner_type, error)
+
+
+def test_int_keys_stringified_on_load(path):
+    state = {"opt": {0: {"step": torch.tensor(2.0), "n": 7}}}
+    load_backend(REFERENCE).run_save(state, path)
+    for name, gains_str_key in (("reference", False), ("int_keys_stringified_on_load", True)):
+        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        dest = {"opt": {0: {"step": torch.tensor(0.0), "n": 0}}}
+        backend.run_load(dest, path)
+        assert ("0" in dest["opt"]) == gains_str_key, (name, dest)
+        assert (dest["opt"][0]["n"] == 7) != gains_str_key, (name, dest)
+
+
+def test_meta_destinations_skipped(path):
+    load_backend(REFERENCE).run_save({"w": torch.arange(4.0)}, path)
+    error = raises(
+        lambda: load_backend(REFERENCE).run_load({"w": torch.empty(4, device="meta")}, path)
+    )
+    assert isinstance(error, CheckpointError) and "meta device" in str(error)
+    dest = {"w": torch.empty(4, device="meta")}
+    backend_of("meta_destinations_skipped").run_load(dest, path)  # no error
+    assert dest["w"].device.type == "meta"
+
+
+@pytest.mark.multiprocess
+def test_coordinator_group_rank_as_global(tmp_path):
+    from ckptconf.harness import get_world
+
+    from tests.planted import rank_functions
+
+    for name, works in (("reference", True), ("coordinator_group_rank_as_global", False)):
+        spec = REFERENCE if name == "reference" else f"tests.planted.per_rank:{name}"
+        results = get_world(4).run(
+            rank_functions.save_in_group_without_rank_0, spec, str(tmp_path / name), timeout=60
+        )
+        assert [r for r in results if r is not None] == ["saved" if works else "raised"] * 2, name

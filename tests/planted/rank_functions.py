@@ -1,0 +1,23 @@
+"""Functions the planted-bug checks run on every rank of a world."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from ckptconf.conformance import load_backend
+
+_GROUPS: dict[tuple[int, ...], object] = {}
+
+
+def save_in_group_without_rank_0(spec: str, path: str) -> str | None:
+    """Ranks 2 and 3 save in their own sub-group (global rank 0 is not in it): "saved", or
+    "raised" if the save raised; the other ranks return None."""
+    if (2, 3) not in _GROUPS:
+        _GROUPS[(2, 3)] = dist.new_group([2, 3], backend="gloo")  # collective: every rank
+    if dist.get_rank() not in (2, 3):
+        return None
+    try:
+        load_backend(spec).run_save({"w": torch.arange(4.0)}, path, process_group=_GROUPS[(2, 3)])
+    except Exception:  # noqa: BLE001 - the outcome is the point
+        return "raised"
+    return "saved"
