@@ -112,7 +112,14 @@ def _run(args: argparse.Namespace) -> int:
             )
             return 2
     report_path = os.path.abspath(args.report)
-    pytest_args = ["--pyargs", "ckptconf.conformance", "--ckpt-backend", args.backend]
+    targets = ["ckptconf.conformance"]
+    if args.last_failed:
+        targets = _last_failed(report_path)
+        if not targets:
+            console.print(f"no failed test in {report_path}: nothing to re-run")
+            return 0
+        console.print(f"re-running the {len(targets)} test(s) that failed in {report_path}")
+    pytest_args = ["--pyargs", *targets, "--ckpt-backend", args.backend]
     pytest_args += ["--ckpt-report", report_path, "--ckpt-device", args.device]
     pytest_args += ["-p", "no:cacheprovider", "-p", "no:terminal"]
     if args.profile:
@@ -199,6 +206,20 @@ def _run(args: argparse.Namespace) -> int:
     if int(status) not in (0, 1):
         return int(status)
     return 1 if core else 0
+
+
+def _last_failed(report_path: str) -> list[str]:
+    """The failed tests of a previous report, as ``--pyargs`` node ids of the shipped suites."""
+    try:
+        with open(report_path) as file:
+            tests = json.load(file).get("tests", [])
+    except (OSError, ValueError):
+        return []
+    return [
+        f"ckptconf.conformance.suites.{t['suite']}.{t['id'].replace('.py::', '::', 1)}"
+        for t in tests
+        if t.get("outcome") == "failed" and t.get("suite")
+    ]
 
 
 def _preflight(backend, device: str) -> str | None:
@@ -313,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         "are reported as inherited and do not count against the exit code",
     )
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    run.add_argument(
+        "--lf",
+        "--last-failed",
+        dest="last_failed",
+        action="store_true",
+        help="re-run only the tests that failed in the previous --report",
+    )
     run.add_argument(
         "--no-shrink",
         action="store_true",

@@ -122,6 +122,16 @@ def test_failures_inherited_from_dcp_are_reported_apart_and_do_not_fail_the_run(
     assert test["outcome"] == "failed"
     assert "global size" in test["known_in"]["torch-dcp"]
     assert "known: torch-dcp fails this test too" in plain.stdout
+    again = _cli(
+        "--backend",
+        "tests.planted.verdicts:dcp_planners",
+        "--lf",
+        "--report",
+        str(report),
+        cwd=tmp_path,
+    )  # only the failed test, by its node id
+    assert "re-running the 1 test(s) that failed" in again.stdout, again.stdout[-2000:]
+    assert [t["id"] for t in json.loads(report.read_text())["tests"]] == [test["id"]]
     for how in (
         ["--backend", "tests.planted.verdicts:dcp_planners_inheriting"],
         ["--backend", "tests.planted.verdicts:dcp_planners", "--inherit", "torch-dcp"],
