@@ -130,11 +130,8 @@ class Trial:
         """``fn(backend, *args)`` on ``world`` ranks; a rank's exception is data, but a hang or a
         dead rank fails the trial, naming ``step`` and showing every stuck rank's stack (a hang
         as a :class:`~.failures.HangFailure`, not shrunk)."""
-        self._check_available(world)
         try:
-            return self.ranks.run(
-                self.backend, fn, args, world=world, timeout=timeout or self.timeout
-            )
+            return self._step(self.ranks.run, fn, args, world, timeout)
         except RanksLost as exc:
             raise self._lost(step, exc) from None
 
@@ -168,11 +165,8 @@ class Trial:
     ) -> list[RankOutcome] | RanksLost:
         """As :meth:`outcomes` on new processes, for a step that kills a rank: a lost rank is
         returned, not raised."""
-        self._check_available(world)
         try:
-            return self.ranks.run_fresh(
-                self.backend, fn, args, world=world, timeout=timeout or self.timeout
-            )
+            return self._step(self.ranks.run_fresh, fn, args, world, timeout)
         except RanksLost as exc:
             return exc
 
@@ -183,22 +177,37 @@ class Trial:
                 f"{len(mismatches)} {what}", listing(mismatches), mismatch=mismatches[0]
             )
 
-    def save_then_load(self, case: Any, path: str) -> None:
-        """Save ``case`` on ``case.save_world`` ranks, load it on ``case.load_world`` ranks into
-        blank tensors of its load layouts, and compare every element of every local piece."""
+    def save_then_load(
+        self,
+        case: Any,
+        path: str,
+        *,
+        save: Callable[..., Any] | None = None,
+        load: Callable[..., Any] | None = None,
+    ) -> None:
+        """Save ``case`` on its saving world, load it on its loading world into blank values and
+        compare every element of every local piece. ``save(backend, case, path)`` and
+        ``load(backend, case, path) -> mismatches`` are rank functions (default: a
+        :class:`~.cases.SaveLoadCase`'s); the worlds are the case's ``save_world`` and
+        ``load_world`` (or its ``world``)."""
         from . import values
 
-        self.run("save", values.save_case, case, path, world=case.save_world)
-        loaded = self.run("load", values.load_case, case, path, world=case.load_world)
+        save_world = getattr(case, "save_world", None) or case.world
+        load_world = getattr(case, "load_world", None) or case.world
+        self.run("save", save or values.save_case, case, path, world=save_world)
+        loaded = self.run("load", load or values.load_case, case, path, world=load_world)
         self.check_values(
             [m for rank in loaded for m in rank], "loaded value(s) differ from what was saved"
         )
 
-    def _check_available(self, world: int) -> None:
+    def _step(self, how, fn, args, world: int, timeout: float | None) -> list[RankOutcome]:
+        """``how`` (``ranks.run`` or ``ranks.run_fresh``) of ``fn`` on ``world`` ranks, if a world
+        of that size can run here (else skipped, with the reason)."""
         reason = self.ranks.unavailable(world)
         if reason is not None:
             self._skip(reason)
             raise RuntimeError(f"cannot run this step here: {reason}")  # skip() returned
+        return how(self.backend, fn, args, world=world, timeout=timeout or self.timeout)
 
     def _lost(self, step: str, exc: RanksLost) -> BaseException:
         """The failure of a step whose ranks were lost; a hang is a :class:`HangFailure`, which

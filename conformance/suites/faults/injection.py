@@ -66,48 +66,53 @@ def _failed_future(error: BaseException) -> Future:
     return future
 
 
-def _check_hook(hook: str, hooks: tuple[str, ...]) -> None:
-    if hook not in hooks:
-        raise ValueError(f"unknown hook {hook!r}; expected one of {hooks}")
+class _Fault:
+    """What a faulty writer and a faulty reader share: where the fault is, and whether it fired."""
 
+    hooks: tuple[str, ...] = ()
 
-class FaultyStorageWriter(ForwardingStorageWriter):
-    """A storage writer failing at ``hook`` (one of :data:`WRITER_HOOKS`) on rank ``rank``."""
-
-    def __init__(self, inner: StorageWriter, *, hook: str, rank: int):
-        _check_hook(hook, WRITER_HOOKS)
-        super().__init__(inner)
+    def _arm(self, hook: str, rank: int) -> None:
+        if hook not in self.hooks:
+            raise ValueError(f"unknown hook {hook!r}; expected one of {self.hooks}")
         self.hook, self.fault_rank = hook, rank
         self.fired = False
 
-    def before(self, hook: str) -> None:
+    def _here(self, hook: str) -> bool:
+        """Whether the fault is at ``hook`` on this rank (it then counts as fired)."""
         if hook == self.hook and _rank() == self.fault_rank:
             self.fired = True
+        return hook == self.hook and _rank() == self.fault_rank
+
+    def before(self, hook: str) -> None:
+        if self._here(hook):
             raise InjectedFault(hook, self.fault_rank)
 
+
+class FaultyStorageWriter(_Fault, ForwardingStorageWriter):
+    """A storage writer failing at ``hook`` (one of :data:`WRITER_HOOKS`) on rank ``rank``."""
+
+    hooks = WRITER_HOOKS
+
+    def __init__(self, inner: StorageWriter, *, hook: str, rank: int):
+        self._arm(hook, rank)
+        super().__init__(inner)
+
     def write_data(self, plan, planner):
-        if self.hook == "write_data_future" and _rank() == self.fault_rank:
-            self.fired = True
+        if self._here("write_data_future"):
             return _failed_future(InjectedFault(self.hook, self.fault_rank))
         return super().write_data(plan, planner)
 
 
-class FaultyStorageReader(ForwardingStorageReader):
+class FaultyStorageReader(_Fault, ForwardingStorageReader):
     """A storage reader failing at ``hook`` (one of :data:`READER_HOOKS`) on rank ``rank``."""
 
-    def __init__(self, inner: StorageReader, *, hook: str, rank: int):
-        _check_hook(hook, READER_HOOKS)
-        super().__init__(inner)
-        self.hook, self.fault_rank = hook, rank
-        self.fired = False
+    hooks = READER_HOOKS
 
-    def before(self, hook: str) -> None:
-        if hook == self.hook and _rank() == self.fault_rank:
-            self.fired = True
-            raise InjectedFault(hook, self.fault_rank)
+    def __init__(self, inner: StorageReader, *, hook: str, rank: int):
+        self._arm(hook, rank)
+        super().__init__(inner)
 
     def read_data(self, plan, planner):
-        if self.hook == "read_data_future" and _rank() == self.fault_rank:
-            self.fired = True
+        if self._here("read_data_future"):
             return _failed_future(InjectedFault(self.hook, self.fault_rank))
         return super().read_data(plan, planner)

@@ -55,12 +55,7 @@ def _dtype_params():
 
 def _check_tree(ckpt, case: TreeCase) -> None:
     """Save the tree's state, load it into a blank tree, compare every value."""
-    trial, path = ckpt.trial(case), ckpt.path()
-    trial.run("save", ranks.save_tree, case, path, world=case.world)
-    loaded = trial.run("load", ranks.load_tree, case, path, world=case.world)
-    trial.check_values(
-        [m for rank in loaded for m in rank], "loaded value(s) differ from what was saved"
-    )
+    ckpt.trial(case).save_then_load(case, ckpt.path(), save=ranks.save_tree, load=ranks.load_tree)
 
 
 @pytest.mark.ckpt_suite("kinds")

@@ -143,54 +143,54 @@ def load_into_meta(backend: Backend, path: str) -> dict[str, Any]:
     return outcome
 
 
-def save_in_sub_groups(
-    backend: Backend,
-    groups: list[list[int]],
-    case_of_group: list[PerRankCase],
-    paths: list[str],
-    concurrently: bool,
-) -> str | None:
-    """Make the sub-groups (every rank: new_group is collective), then each member saves its
-    group's case to its group's path with ``process_group=`` that group, its rank in the
-    case being its rank in the group. Ranks in no group do nothing else. ``concurrently``:
-    the groups' saves overlap in time (they do anyway: they are different processes)."""
+def _membership(groups: list[list[int]], cases: list[PerRankCase], paths: list[str]):
+    """Make every sub-group (every rank: new_group is collective); this rank's ``(rank in its
+    group, group, case, path)``, or ``None`` for a rank in no group."""
     made = [_group(ranks) for ranks in groups]
     rank = _rank()
-    for ranks, group, case, path in zip(groups, made, case_of_group, paths):
+    for ranks, group, case, path in zip(groups, made, cases, paths):
         if rank in ranks:
-            state = _group_state(case, ranks.index(rank))
-            backend.run_save(state, path, process_group=group)
-            return path
+            return ranks.index(rank), group, case, path
     return None
 
 
+def save_in_sub_groups(
+    backend: Backend, groups: list[list[int]], cases: list[PerRankCase], paths: list[str]
+) -> str | None:
+    """Each member of a sub-group saves its group's case (its rank in the case being its rank
+    in the group) to its group's path with ``process_group=`` that group; ranks in no group
+    only take part in making the groups. The groups' saves run at the same time."""
+    mine = _membership(groups, cases, paths)
+    if mine is None:
+        return None
+    group_rank, group, case, path = mine
+    backend.run_save(_group_state(case, group_rank), path, process_group=group)
+    return path
+
+
 def load_in_sub_groups(
-    backend: Backend,
-    groups: list[list[int]],
-    case_of_group: list[PerRankCase],
-    paths: list[str],
+    backend: Backend, groups: list[list[int]], cases: list[PerRankCase], paths: list[str]
 ) -> list[Mismatch]:
     """As :func:`save_in_sub_groups`, loading: each member loads its group's checkpoint."""
-    made = [_group(ranks) for ranks in groups]
-    rank = _rank()
-    for ranks, group, case, path in zip(groups, made, case_of_group, paths):
-        if rank in ranks:
-            state = _group_state(case, ranks.index(rank), blank=True)
-            backend.run_load(state, path, process_group=group)
-            out = []
-            for spec in case.tensors:
-                if spec.key not in state:
-                    continue
-                out += values.piece_mismatches(
-                    spec.key,
-                    rank,
-                    "plain tensor",
-                    state[spec.key],
-                    encoded_tensor(spec.shape, spec.dtype, spec.salt),
-                    (0,) * len(spec.shape),
-                )
-            return out
-    return []
+    mine = _membership(groups, cases, paths)
+    if mine is None:
+        return []
+    group_rank, group, case, path = mine
+    state = _group_state(case, group_rank, blank=True)
+    backend.run_load(state, path, process_group=group)
+    return [
+        m
+        for spec in case.tensors
+        if spec.key in state
+        for m in values.piece_mismatches(
+            spec.key,
+            _rank(),
+            "plain tensor",
+            state[spec.key],
+            encoded_tensor(spec.shape, spec.dtype, spec.salt),
+            (0,) * len(spec.shape),
+        )
+    ]
 
 
 _GROUPS: dict[tuple[int, ...], Any] = {}

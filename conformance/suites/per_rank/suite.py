@@ -39,11 +39,8 @@ __all__ = ["PerRankTests"]
 
 
 def _check(ckpt, case: PerRankCase) -> None:
-    trial, path = ckpt.trial(case), ckpt.path()
-    trial.run("save", ranks.save_per_rank, case, path, world=case.save_world)
-    loaded = trial.run("load", ranks.load_per_rank, case, path, world=case.load_world)
-    trial.check_values(
-        [m for rank in loaded for m in rank], "loaded value(s) differ from what was saved"
+    ckpt.trial(case).save_then_load(
+        case, ckpt.path(), save=ranks.save_per_rank, load=ranks.load_per_rank
     )
 
 
@@ -226,9 +223,7 @@ class PerRankTests:
         ]
         trial: Trial = ckpt.trial("\n".join(c.describe() for c in cases))
         paths = [ckpt.path() for _ in groups]
-        trial.run(
-            "save in sub-groups", ranks.save_in_sub_groups, groups, cases, paths, True, world=4
-        )
+        trial.run("save in sub-groups", ranks.save_in_sub_groups, groups, cases, paths, world=4)
         loaded = trial.outcomes(
             "load in sub-groups", ranks.load_in_sub_groups, groups, cases, paths, world=4
         )
