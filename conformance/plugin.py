@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import pytest
 
@@ -108,7 +109,9 @@ def pytest_configure(config: pytest.Config) -> None:
             f"CKPTCONF_PROFILE={profile!r} is not a ckptconf profile; expected one of "
             f"{list(_PROFILE_NAMES)}"
         )
-    if requested(config):
+    # the suites may have been imported already: by a conftest (before this hook), or by an
+    # earlier session in this process (their import, which activates, does not run twice)
+    if requested(config) or "ckptconf.conformance.suites" in sys.modules:
         activate(config)
 
 

@@ -101,3 +101,24 @@ class TestMine(RoundTripTests):
     )
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["test_mine.py::TestMine::test_round_trip"])
+
+
+def test_a_conftest_importing_a_suite_gets_the_fixtures(pytester, monkeypatch):
+    """A conftest imports the suites before the plugin is configured: still switched on."""
+    monkeypatch.delenv("CKPTCONF_PROFILE", raising=False)
+    pytester.makeconftest(
+        "import pytest\n"
+        "from ckptconf.conformance.suites import RoundTripTests\n\n\n"
+        "@pytest.fixture(scope='session')\n"
+        "def ckpt_backend():\n"
+        "    from ckptconf.conformance import load_backend\n\n"
+        "    return load_backend('reference')\n"
+    )
+    pytester.makepyfile(
+        test_mine="from conftest import RoundTripTests\n\n\nclass TestMine(RoundTripTests):\n    pass\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--co", "-q")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["test_mine.py::TestMine::test_round_trip"])
+    listed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures").stdout.str()
+    assert "\nckpt_repro" in listed and "\nckpt " in listed, listed[-2000:]
