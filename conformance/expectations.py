@@ -6,10 +6,11 @@ One entry a line: a test id prefix, then ``#`` and the reason::
     test_roundtrip.py::TestRoundTrip::test_round_trip_strided  # DCP records one offset per strided shard
 
 Ids are ``module.py::Class::test`` (parameters may follow), whatever directory pytest
-ran from. An entry matching no
-collected test is reported, so the file cannot go stale silently. A listed test that
-passes is reported as an "unexpected pass" (not a failure: a property test may draw no
-failing case in one run).
+ran from. An entry matching no collected test is reported, so the file cannot go stale
+silently. A listed test that passes is reported as an "unexpected pass" (not a failure),
+unless its reason starts with ``when drawn:``: a property test whose failing cases a run
+draws only now and then (the finding pinned, every run, by a test of its own) passes in
+the runs that draw none, and that pass says nothing about the entry.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Expectation", "Expectations", "ExpectationsError"]
+__all__ = ["WHEN_DRAWN", "Expectation", "Expectations", "ExpectationsError"]
 
 
 class ExpectationsError(ValueError):
     """An expectations file is malformed."""
+
+
+WHEN_DRAWN = "when drawn:"
+"""How the reason of an entry starts whose test fails only in runs that draw a failing case."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,11 @@ class Expectation:
     prefix: str
     reason: str
     line: int = 0
+
+    @property
+    def when_drawn(self) -> bool:
+        """Whether the test fails only in the runs that draw a failing case."""
+        return self.reason.startswith(WHEN_DRAWN)
 
 
 class Expectations:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .expectations import WHEN_DRAWN
 from .kit.failures import render_failure
 from .kit.trial import UNSUPPORTED_PREFIX
 
@@ -56,14 +57,16 @@ class Report:
         if info.get("backend") and not self.backend:
             self.backend = info["backend"]
         reason = _skip_reason(report)
-        inherited = getattr(report, "wasxfail", "").startswith("inherited from ")
+        listed = getattr(report, "wasxfail", "")
+        inherited = listed.startswith("inherited from ")
         if report.skipped and hasattr(report, "wasxfail"):
             outcome = "inherited failure" if inherited else "expected failure"
         elif report.skipped:
             outcome = "unsupported" if reason.startswith(UNSUPPORTED_PREFIX) else "skipped"
         elif report.passed and hasattr(report, "wasxfail"):
-            # an inherited defect this backend does not have is no stale expectation of its own
-            outcome = "passed" if inherited else "unexpected pass"
+            # an inherited defect this backend does not have is no stale expectation of its own,
+            # nor is a pass of a test that fails only when it draws a failing case
+            outcome = "passed" if inherited or WHEN_DRAWN in listed else "unexpected pass"
         elif report.failed:
             outcome = "failed"
         else:

@@ -126,3 +126,28 @@ def test_markdown_lists_failures_with_case_and_reproduction():
     assert "Reproduce: `python -m pytest t.py::TestKinds::test_x`" in text
     assert "- exp.txt:3 test_gone" in text
     assert "declared unsupported: dtensor" in text
+
+
+def test_a_when_drawn_entry_that_passes_is_not_an_unexpected_pass():
+    from types import SimpleNamespace
+
+    from ckptconf.conformance.report import Report
+
+    report = Report(profile="ci", seed=None)
+    info = {"id": "t.py::T::test_x", "suite": "s", "level": "core"}
+    for wasxfail, outcome in (
+        ("expected failure: a reason", "unexpected pass"),
+        ("expected failure: when drawn: a reason", "passed"),
+        ("inherited from torch-dcp: a reason", "passed"),
+    ):
+        passed = SimpleNamespace(
+            when="call",
+            passed=True,
+            failed=False,
+            skipped=False,
+            duration=0.1,
+            wasxfail=wasxfail,
+            longrepr=None,
+        )
+        report.record(info, passed)
+        assert report.tests[-1]["outcome"] == outcome, wasxfail
