@@ -93,3 +93,14 @@ def test_a_wrong_backend_spec_is_a_clear_error(tmp_path):
     assert "has no attribute 'nothing_here'" in result.stdout
     result, _ = run_cli("--backend", "no_such_module_xyz:backend", tmp_path=tmp_path)
     assert "cannot import module 'no_such_module_xyz'" in result.stdout
+
+
+def test_a_cuda_mode_without_a_gpu_exits_with_the_reason(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for device in ("cuda", "cuda-shared"):
+        result, report = run_cli("--device", device, tmp_path=tmp_path)
+        assert result.returncode == 2 and not report
+        assert f"cannot run in {device} mode here: CUDA is not available" in result.stdout
