@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import shlex
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,9 +36,12 @@ _expectations: dict[str, Expectations] = {}
 
 
 def canonical_id(item: pytest.Item) -> str:
-    """``test_module.py::Class::test[params]``, whatever folder pytest started from."""
-    parts = item.nodeid.split("::")
-    return "::".join([Path(parts[0]).name, *parts[1:]])
+    """``test_module.py::Class::test[params]``, whatever folder pytest started from.
+
+    Not the node id's own first part: pytest writes that relative to the argument it was
+    given, so a run selected by node id (``ckptconf run --lf``) would get an empty one.
+    """
+    return "::".join([item.path.name, *item.nodeid.split("::")[1:]])
 
 
 def describe_backend(backend: Backend, config: pytest.Config | None = None) -> dict[str, Any]:
