@@ -77,7 +77,8 @@ def test_a_hang_fails_its_test_once_unshrunk(tmp_path):
             "tests.planted.verdicts:hangs_on_save",
             "TestRoundTrip and test_round_trip_dtensor_on_two_ranks",
             tmp_path,
-            extra=["--ckpt-timeout", "5"],
+            # long enough for rank 1 to reach write_data on a loaded 2-core machine
+            extra=["--ckpt-timeout", "10"],
         )
     finally:
         del os.environ[ATTEMPTS]
@@ -132,18 +133,43 @@ def test_failures_inherited_from_dcp_are_reported_apart_and_do_not_fail_the_run(
     )  # only the failed test, by its node id
     assert "re-running the 1 test(s) that failed" in again.stdout, again.stdout[-2000:]
     assert [t["id"] for t in json.loads(report.read_text())["tests"]] == [test["id"]]
-    for how in (
-        ["--backend", "tests.planted.verdicts:dcp_planners_inheriting"],
-        ["--backend", "tests.planted.verdicts:dcp_planners", "--inherit", "torch-dcp"],
-    ):
-        report = tmp_path / "inherited.json"
-        result = _cli(*how, "-k", selection, "--report", str(report), cwd=tmp_path)
-        data = json.loads(report.read_text())
-        (test,) = data["tests"]
-        assert test["outcome"] == "inherited failure", result.stdout[-3000:]
-        assert test["message"].startswith("inherited from torch-dcp: strict: ranks disagreeing")
-        assert data["backend"]["inherits"] == "torch-dcp"
-        assert result.returncode == 0
+    # the backend's own ``inherits`` and ``--inherit`` take the same path from here on
+    # (test_inherits_is_the_option_or_the_backends_own); one run checks it
+    report = tmp_path / "inherited.json"
+    result = _cli(
+        "--backend",
+        "tests.planted.verdicts:dcp_planners",
+        "--inherit",
+        "torch-dcp",
+        "-k",
+        selection,
+        "--report",
+        str(report),
+        cwd=tmp_path,
+    )
+    data = json.loads(report.read_text())
+    (test,) = data["tests"]
+    assert test["outcome"] == "inherited failure", result.stdout[-3000:]
+    assert test["message"].startswith("inherited from torch-dcp: strict: ranks disagreeing")
+    assert data["backend"]["inherits"] == "torch-dcp"
+    assert result.returncode == 0
+
+
+def test_inherits_is_the_option_or_the_backends_own():
+    from types import SimpleNamespace
+
+    from ckptconf.conformance.kit.fixtures import inherited_from
+
+    from tests.planted.verdicts import dcp_planners, dcp_planners_inheriting
+
+    def config(option):
+        return SimpleNamespace(getoption=lambda name: {"ckpt_inherit": option}[name])
+
+    assert inherited_from(config(None), dcp_planners_inheriting()) == "torch-dcp"
+    assert inherited_from(config(None), dcp_planners()) is None
+    assert inherited_from(config("torch-dcp-hf"), dcp_planners_inheriting()) == "torch-dcp-hf"
+    with pytest.raises(pytest.UsageError, match="'acme' is not a built-in backend"):
+        inherited_from(config("acme"), dcp_planners())
 
 
 @pytest.mark.multiprocess
