@@ -31,24 +31,37 @@ class Layout:
     ``placements`` use short names: ``S0`` is ``Shard(0)``, ``R`` is ``Replicate()``,
     ``SS0x2`` is ``_StridedShard(0, split_factor=2)``. ``mesh`` is the DeviceMesh shape;
     a ``sharded_tensor`` is chunked on dim ``shard_dim`` over all ranks.
+
+    ``ranks``, when given, are the only ranks whose state holds the key (a pipeline stage's
+    layers, an expert): a plain tensor is a full copy on each of them, a DTensor's mesh is
+    those ranks in that order (a submesh), a ShardedTensor's chunks are placed on them in
+    that order. The other ranks' state dicts do not have the key at all.
     """
 
     kind: str = "plain"
     mesh: tuple[int, ...] = ()
     placements: tuple[str, ...] = ()
     shard_dim: int = 0
+    ranks: tuple[int, ...] = ()
 
     def __str__(self) -> str:
+        held = f" on ranks {list(self.ranks)} only" if self.ranks else ""
         if self.kind == "plain":
-            return "plain"
+            return f"plain{held}"
         if self.kind == "sharded_tensor":
-            return f"ShardedTensor(dim={self.shard_dim})"
-        return f"DTensor(mesh={self.mesh}, [{', '.join(self.placements)}])"
+            return f"ShardedTensor(dim={self.shard_dim}){held}"
+        return f"DTensor(mesh={self.mesh}, [{', '.join(self.placements)}]){held}"
 
     @property
     def world_size(self) -> int | None:
-        """Ranks the layout needs (None: any)."""
+        """Ranks the layout needs at least (None: any)."""
+        if self.ranks:
+            return max(self.ranks) + 1
         return math.prod(self.mesh) if self.kind == "dtensor" else None
+
+    def holds(self, rank: int) -> bool:
+        """Whether rank ``rank``'s state has the key."""
+        return not self.ranks or rank in self.ranks
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,10 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class SaveLoadCase:
-    """Save ``tensors`` under ``save_layouts`` on ``save_world`` ranks, load under ``load_layouts``."""
+    """Save ``tensors`` under ``save_layouts`` on ``save_world`` ranks, load under ``load_layouts``.
+
+    Every key is held by at least one rank on each side (see :attr:`Layout.ranks`).
+    """
 
     tensors: tuple[TensorSpec, ...]
     save_layouts: tuple[Layout, ...]

@@ -135,19 +135,32 @@ def layouts(
     shape: tuple[int, ...],
     kinds: Sequence[str] = ("plain", "dtensor", "sharded_tensor"),
     strided: bool = True,
+    some_ranks: bool = False,
 ) -> Layout:
     """A layout of a tensor of ``shape`` over ``world_size`` ranks. A ShardedTensor is cut,
-    half the time when it can be, on a dim with fewer rows than ranks: empty shards."""
+    half the time when it can be, on a dim with fewer rows than ranks: empty shards.
+
+    ``some_ranks``: on two or more ranks, half the time the key is held by a drawn subset of
+    them only, in a drawn order (:attr:`Layout.ranks`), as pipeline stages and experts are.
+    """
     allowed = [k for k in kinds if not (k == "sharded_tensor" and len(shape) == 0)]
     kind = draw(st.sampled_from(allowed))
+    holders: tuple[int, ...] = ()
+    if some_ranks and world_size > 1 and draw(st.booleans()):
+        order = draw(st.permutations(range(world_size)))
+        holders = tuple(order[: draw(st.integers(1, world_size - 1))])
+        if kind == "plain":
+            holders = tuple(sorted(holders))  # a set of full copies: the order means nothing
+    size = len(holders) or world_size
     if kind == "plain":
-        return Layout()
+        return Layout(ranks=holders)
     if kind == "sharded_tensor":
-        short = [d for d, n in enumerate(shape) if n < world_size]
+        short = [d for d, n in enumerate(shape) if n < size]
         dims = short if short and draw(st.booleans()) else list(range(len(shape)))
-        return Layout("sharded_tensor", shard_dim=draw(st.sampled_from(dims)))
-    mesh = draw(meshes(world_size=world_size))
-    return Layout("dtensor", mesh, draw(placements(mesh=mesh, ndim=len(shape), strided=strided)))
+        return Layout("sharded_tensor", shard_dim=draw(st.sampled_from(dims)), ranks=holders)
+    mesh = draw(meshes(world_size=size))
+    chosen = draw(placements(mesh=mesh, ndim=len(shape), strided=strided))
+    return Layout("dtensor", mesh, chosen, ranks=holders)
 
 
 def object_values() -> st.SearchStrategy:
@@ -194,11 +207,14 @@ def save_load_cases(
     allow_empty: bool = True,
     nested: bool | None = None,
     min_dims: int = 0,
+    per_rank_keys: bool = False,
 ) -> SaveLoadCase:
     """A case: tensors with layouts to save on one world and to load on another.
 
     ``same_layout`` loads every tensor as it was saved (on the same world); otherwise
     each tensor gets an independent destination layout on a world from ``load_worlds``.
+    ``per_rank_keys``: a key may be held by some ranks only, on either side (see
+    :func:`layouts`); every key is held by at least one rank of each world.
     """
     save_world = draw(st.sampled_from(list(save_worlds)))
     load_world = (
@@ -214,12 +230,9 @@ def save_load_cases(
     for i, key in enumerate(keys):
         shape = draw(global_shapes(min_dims=min_dims, max_side=max_side, allow_empty=allow_empty))
         spec = TensorSpec(key, shape, draw(dtype_names(names=dtypes)), salt=i * 1000)
-        saved = draw(layouts(world_size=save_world, shape=shape, kinds=kinds, strided=strided))
-        loaded = (
-            saved
-            if same_layout
-            else draw(layouts(world_size=load_world, shape=shape, kinds=kinds, strided=strided))
-        )
+        options = {"shape": shape, "kinds": kinds, "strided": strided, "some_ranks": per_rank_keys}
+        saved = draw(layouts(world_size=save_world, **options))
+        loaded = saved if same_layout else draw(layouts(world_size=load_world, **options))
         specs.append(spec)
         saves.append(saved)
         loads.append(loaded)

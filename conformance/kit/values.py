@@ -29,6 +29,7 @@ __all__ = [
     "build_state",
     "compare_state",
     "device_mesh",
+    "layout_mesh",
     "load_case",
     "local_pieces",
     "object_mismatch",
@@ -84,21 +85,29 @@ def tensor_value(spec: TensorSpec, layout: Layout, *, blank: bool):
         from torch.distributed.tensor import distribute_tensor
 
         placements = [placement_from_text(p) for p in layout.placements]
-        return distribute_tensor(full, device_mesh(layout.mesh), placements, src_data_rank=None)
+        return distribute_tensor(full, layout_mesh(layout), placements, src_data_rank=None)
     if layout.kind == "sharded_tensor":
-        return sharded_tensor_of(full, layout.shard_dim)
+        return sharded_tensor_of(full, layout.shard_dim, layout.ranks or None)
     raise ValueError(f"unknown layout kind {layout.kind!r}")
 
 
-def sharded_tensor_of(full: torch.Tensor, dim: int):
-    """A ShardedTensor (ChunkShardingSpec on ``dim`` over every rank) holding ``full``."""
+def layout_mesh(layout: Layout):
+    """The DeviceMesh of a ``dtensor`` layout: over every rank, or over ``layout.ranks``.
+
+    Collective the first time (every rank of the world must call it, in the same order).
+    """
+    return submesh(layout.ranks, layout.mesh) if layout.ranks else device_mesh(layout.mesh)
+
+
+def sharded_tensor_of(full: torch.Tensor, dim: int, ranks: tuple[int, ...] | None = None):
+    """A ShardedTensor (ChunkShardingSpec on ``dim``, chunk i on ``ranks[i]``; default every
+    rank in order) holding ``full``."""
     from torch.distributed._shard import sharded_tensor as st
     from torch.distributed._shard.sharding_spec import ChunkShardingSpec
 
     device = full.device.type
-    spec = ChunkShardingSpec(
-        dim=dim, placements=[f"rank:{r}/{device}" for r in range(dist.get_world_size())]
-    )
+    on = ranks if ranks is not None else range(dist.get_world_size())
+    spec = ChunkShardingSpec(dim=dim, placements=[f"rank:{r}/{device}" for r in on])
     value = st.empty(spec, *full.shape, dtype=full.dtype)
     for shard in value.local_shards():
         box = tuple(
@@ -110,11 +119,17 @@ def sharded_tensor_of(full: torch.Tensor, dim: int):
 
 
 def build_state(case: SaveLoadCase, *, for_load: bool) -> dict[str, Any]:
-    """This rank's state dict for the case: value-encoded, or blank (to load into)."""
+    """This rank's state dict for the case: value-encoded, or blank (to load into); a key whose
+    layout names ``ranks`` only on those ranks."""
     layouts = case.load_layouts if for_load else case.save_layouts
+    rank = _rank()
+    for layout in layouts:  # every rank makes every submesh, in one order: new_group is collective
+        if layout.kind == "dtensor" and layout.ranks:
+            layout_mesh(layout)
     tensors = {
         spec.key: tensor_value(spec, layout, blank=for_load)
         for spec, layout in zip(case.tensors, layouts)
+        if layout.holds(rank)
     }
     objects = {key: (None if for_load else value) for key, value in case.objects}
     if case.nested:
@@ -150,7 +165,7 @@ def _expected_local(
         from torch.distributed.tensor import distribute_tensor
 
         placements = [placement_from_text(p) for p in layout.placements]
-        dt = distribute_tensor(full, device_mesh(layout.mesh), placements, src_data_rank=None)
+        dt = distribute_tensor(full, layout_mesh(layout), placements, src_data_rank=None)
         offsets = None  # a _StridedShard piece is not one box: no single offset
         if not any(p.startswith("SS") for p in layout.placements):
             from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
@@ -159,7 +174,7 @@ def _expected_local(
                 compute_local_shape_and_global_offset(dt.shape, dt.device_mesh, dt.placements)[1]
             )
         return [(dt.to_local().cpu(), offsets)]
-    value = sharded_tensor_of(full, layout.shard_dim)
+    value = sharded_tensor_of(full, layout.shard_dim, layout.ranks or None)
     return [(s.tensor.cpu(), tuple(s.metadata.shard_offsets)) for s in value.local_shards()]
 
 
@@ -213,14 +228,24 @@ def object_mismatch(key: str, rank: int, got: Any, want: Any) -> list[Mismatch]:
     return []
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def compare_state(case: SaveLoadCase, state: dict[str, Any]) -> list[Mismatch]:
     """Every difference between ``state`` (after a load) and the case's encoded values."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = _rank()
     tensors = state["model"] if case.nested else state
     objects = state.get("extra", {}) if case.nested else state
     out: list[Mismatch] = []
     for spec, layout in zip(case.tensors, case.load_layouts):
         value = tensors.get(spec.key)
+        if not layout.holds(rank):
+            if spec.key in tensors:
+                out.append(
+                    Mismatch(spec.key, rank, "the load added this key to a rank not holding it")
+                )
+            continue
         expected = _expected_local(spec, layout)
         actual = local_pieces(value, layout) if value is not None else []
         if len(actual) != len(expected):

@@ -107,6 +107,12 @@ PLANTED: list[PlantedBug] = [
     _bug(per_rank, "int_keys_stringified_on_load", ("kinds",)),
     _bug(per_rank, "meta_destinations_skipped", ("per_rank",)),
     _bug(per_rank, "coordinator_group_rank_as_global", ("per_rank",)),
+    _bug(
+        per_rank,
+        "replicas_written_by_coordinator_only",
+        ("resharding",),
+        tests="test_placement_change",
+    ),
     _bug(storage, "prefix_listing", ("storage",)),
     _bug(storage, "zero_fill_short_read", ("storage",)),
     # failures

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 from ckptconf.conformance import Backend
 from ckptconf.reference import driver as reference_driver
 from ckptconf.reference.coordination import Coordination
 
-from ._common import HookedLoadPlanner, planted_backend
+from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
+
+from ._common import HookedLoadPlanner, HookedSavePlanner, planted_backend
 
 __all__ = [
     "coordinator_group_rank_as_global",
     "int_keys_stringified_on_load",
     "meta_destinations_skipped",
+    "replicas_written_by_coordinator_only",
     "unexpected_keys_checked_per_rank",
 ]
 
@@ -87,6 +91,7 @@ def meta_destinations_skipped() -> Backend:
     """A destination tensor on the meta device is skipped: success with nothing loaded."""
     return planted_backend(
         "meta_destinations_skipped",
+    "replicas_written_by_coordinator_only",
         "meta-device destination tensors skipped: the load reports success, nothing is loaded",
         load_planner=MetaSkippingLoadPlanner,
     )
@@ -128,4 +133,27 @@ def coordinator_group_rank_as_global() -> Backend:
         "without global rank 0 cannot save",
         save_driver=_save_with,
         load_driver=_load_with,
+    )
+
+
+class CoordinatorWritesReplicasSavePlanner(HookedSavePlanner):
+    """Assumes every rank holds every replicated value: the coordinator writes them all, the
+    other ranks write their shards only."""
+
+    def dedup_plans(self, plans: list[SavePlan]) -> list[SavePlan]:
+        others = [
+            dataclasses.replace(p, items=[i for i in p.items if i.type == WriteItemType.SHARD])
+            for p in plans[1:]
+        ]
+        return super().dedup_plans(plans[:1] + others)
+
+
+def replicas_written_by_coordinator_only() -> Backend:
+    """Plain tensors and objects are written by the coordinator only: a key that only other
+    ranks hold (a later pipeline stage) is silently not saved."""
+    return planted_backend(
+        "replicas_written_by_coordinator_only",
+        "plain tensors and objects written by the coordinator only, as if every rank held "
+        "them: a key held by other ranks only is lost",
+        save_planner=CoordinatorWritesReplicasSavePlanner,
     )

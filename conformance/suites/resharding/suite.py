@@ -43,9 +43,10 @@ class ReshardingTests:
     # three times the profile's examples: cheap cases, and the core of what resharding means
     @property_test(max_examples=lambda n: 3 * n)
     def test_placement_change(self, ckpt, data):
-        """Same world (1 to 4 ranks), each tensor loaded under an independently drawn layout."""
+        """Same world (1 to 4 ranks), each tensor loaded under an independently drawn layout,
+        held by every rank or by some ranks only (another subset on load)."""
         world = data.draw(st.sampled_from([1, 2, 3, 4]), label="world")
-        options = supported_options(ckpt.backend, objects=False)
+        options = supported_options(ckpt.backend, objects=False, per_rank_keys=True)
         case = data.draw(
             save_load_cases(save_worlds=(world,), load_worlds=(world,), **options), label="case"
         )
@@ -61,8 +62,9 @@ class ReshardingTests:
     @pytest.mark.ckpt_requires("world_size_change")
     @property_test(max_examples=lambda n: 3 * n)
     def test_world_size_change(self, ckpt, data):
-        """Saved on N ranks, loaded on M ranks (1 to 4 each)."""
-        options = supported_options(ckpt.backend)
+        """Saved on N ranks, loaded on M ranks (1 to 4 each); keys held by every rank or by
+        some ranks only, on either side."""
+        options = supported_options(ckpt.backend, per_rank_keys=True)
         case = data.draw(
             save_load_cases(save_worlds=(1, 2, 3, 4), load_worlds=(1, 2, 3, 4), **options).filter(
                 lambda c: c.save_world != c.load_world

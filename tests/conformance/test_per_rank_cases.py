@@ -1,0 +1,68 @@
+"""Keys held by some ranks only, in the case model, its strategies and the rank-side values."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from ckptconf.conformance.kit import values
+from ckptconf.conformance.kit.cases import Layout, SaveLoadCase, TensorSpec, encoded_tensor
+from ckptconf.conformance.kit.strategies import save_load_cases
+from hypothesis import Phase, find, given, settings
+
+WORLDS = (1, 2, 3, 4)
+
+
+@given(save_load_cases(save_worlds=WORLDS, load_worlds=WORLDS, per_rank_keys=True))
+def test_every_key_is_held_by_a_subset_of_each_world_that_fits_its_layout(case):
+    for world, layouts in ((case.save_world, case.save_layouts), (case.load_world, case.load_layouts)):
+        for layout in layouts:
+            assert len(set(layout.ranks)) == len(layout.ranks) < max(world, 2)
+            assert all(0 <= r < world for r in layout.ranks)
+            holders = [r for r in range(world) if layout.holds(r)]
+            assert holders and (not layout.ranks or sorted(layout.ranks) == holders)
+            if layout.kind == "dtensor":
+                assert math.prod(layout.mesh) == len(holders)
+            if layout.kind == "plain":
+                assert list(layout.ranks) == sorted(layout.ranks)
+
+
+@given(save_load_cases(save_worlds=WORLDS, load_worlds=WORLDS))
+def test_without_per_rank_keys_every_rank_holds_every_key(case):
+    assert all(not layout.ranks for layout in case.save_layouts + case.load_layouts)
+
+
+def test_each_layout_kind_is_drawn_on_a_subset_on_both_sides():
+    for kind in ("plain", "dtensor", "sharded_tensor"):
+        case = find(
+            save_load_cases(
+                save_worlds=(3,), load_worlds=(4,), per_rank_keys=True, kinds=(kind,), min_dims=1
+            ),
+            lambda c: bool(c.save_layouts[0].ranks and c.load_layouts[0].ranks),
+            settings=settings(database=None, max_examples=500, phases=[Phase.generate]),
+        )
+        assert case.save_layouts[0].kind == case.load_layouts[0].kind == kind
+
+
+def _case(*layouts: Layout) -> SaveLoadCase:
+    specs = tuple(TensorSpec(f"t{i}", (3,), "float64", salt=i) for i in range(len(layouts)))
+    return SaveLoadCase(specs, layouts, layouts, save_world=2, load_world=2)
+
+
+def test_a_rank_builds_only_the_keys_it_holds():
+    # no process group: this process is rank 0
+    case = _case(Layout(), Layout(ranks=(0,)), Layout(ranks=(1,)))
+    state = values.build_state(case, for_load=False)
+    assert sorted(state) == ["t0", "t1"]
+    assert torch.equal(state["t1"], encoded_tensor((3,), "float64", 1))
+    assert str(case.save_layouts[2]) == "plain on ranks [1] only"
+
+
+def test_a_load_that_adds_a_key_to_a_rank_not_holding_it_is_a_mismatch():
+    case = _case(Layout(ranks=(0,)), Layout(ranks=(1,)))
+    state = values.build_state(case, for_load=False)
+    assert values.compare_state(case, state) == []
+    state["t1"] = encoded_tensor((3,), "float64", 1)
+    (mismatch,) = values.compare_state(case, state)
+    assert (mismatch.key, mismatch.rank) == ("t1", 0)
+    assert "added this key to a rank not holding it" in mismatch.detail
