@@ -15,7 +15,10 @@ WORLDS = (1, 2, 3, 4)
 
 @given(save_load_cases(save_worlds=WORLDS, load_worlds=WORLDS, per_rank_keys=True))
 def test_every_key_is_held_by_a_subset_of_each_world_that_fits_its_layout(case):
-    for world, layouts in ((case.save_world, case.save_layouts), (case.load_world, case.load_layouts)):
+    for world, layouts in (
+        (case.save_world, case.save_layouts),
+        (case.load_world, case.load_layouts),
+    ):
         for layout in layouts:
             assert len(set(layout.ranks)) == len(layout.ranks) < max(world, 2)
             assert all(0 <= r < world for r in layout.ranks)

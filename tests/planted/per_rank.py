@@ -9,7 +9,6 @@ from typing import Any
 from ckptconf.conformance import Backend
 from ckptconf.reference import driver as reference_driver
 from ckptconf.reference.coordination import Coordination
-
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
 from ._common import HookedLoadPlanner, HookedSavePlanner, planted_backend
@@ -91,7 +90,7 @@ def meta_destinations_skipped() -> Backend:
     """A destination tensor on the meta device is skipped: success with nothing loaded."""
     return planted_backend(
         "meta_destinations_skipped",
-    "replicas_written_by_coordinator_only",
+        "replicas_written_by_coordinator_only",
         "meta-device destination tensors skipped: the load reports success, nothing is loaded",
         load_planner=MetaSkippingLoadPlanner,
     )
