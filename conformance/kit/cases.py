@@ -26,11 +26,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Layout:
-    """How a tensor is held: ``plain`` (every rank a full copy), ``dtensor`` or ``sharded_tensor``.
+    """How a tensor is held: ``plain`` (a full copy on each holding rank), ``dtensor`` or
+    ``sharded_tensor``.
 
     ``placements`` use short names: ``S0`` is ``Shard(0)``, ``R`` is ``Replicate()``,
     ``SS0x2`` is ``_StridedShard(0, split_factor=2)``. ``mesh`` is the DeviceMesh shape;
-    a ``sharded_tensor`` is chunked on dim ``shard_dim`` over all ranks.
+    a ``sharded_tensor`` is chunked on dim ``shard_dim`` over the holding ranks.
 
     ``ranks``, when given, are the only ranks whose state holds the key (a pipeline stage's
     layers, an expert): a plain tensor is a full copy on each of them, a DTensor's mesh is
@@ -45,12 +46,18 @@ class Layout:
     ranks: tuple[int, ...] = ()
 
     def __str__(self) -> str:
-        held = f" on ranks {list(self.ranks)} only" if self.ranks else ""
+        if not self.ranks:
+            if self.kind == "plain":
+                return "plain"
+            if self.kind == "sharded_tensor":
+                return f"ShardedTensor(dim={self.shard_dim})"
+            return f"DTensor(mesh={self.mesh}, [{', '.join(self.placements)}])"
+        ranks, absent = list(self.ranks), "; no other rank has the key"
         if self.kind == "plain":
-            return f"plain{held}"
+            return f"plain on ranks {sorted(ranks)}{absent}"
         if self.kind == "sharded_tensor":
-            return f"ShardedTensor(dim={self.shard_dim}){held}"
-        return f"DTensor(mesh={self.mesh}, [{', '.join(self.placements)}]){held}"
+            return f"ShardedTensor(dim={self.shard_dim}, chunks on ranks {ranks}){absent}"
+        return f"DTensor(mesh={self.mesh} of ranks {ranks}, [{', '.join(self.placements)}]){absent}"
 
     @property
     def world_size(self) -> int | None:

@@ -123,9 +123,7 @@ def build_state(case: SaveLoadCase, *, for_load: bool) -> dict[str, Any]:
     layout names ``ranks`` only on those ranks."""
     layouts = case.load_layouts if for_load else case.save_layouts
     rank = _rank()
-    for layout in layouts:  # every rank makes every submesh, in one order: new_group is collective
-        if layout.kind == "dtensor" and layout.ranks:
-            layout_mesh(layout)
+    _make_submeshes(layouts)
     tensors = {
         spec.key: tensor_value(spec, layout, blank=for_load)
         for spec, layout in zip(case.tensors, layouts)
@@ -228,6 +226,14 @@ def object_mismatch(key: str, rank: int, got: Any, want: Any) -> list[Mismatch]:
     return []
 
 
+def _make_submeshes(layouts) -> None:
+    """Every rank makes every submesh of ``layouts``, in one order: ``new_group`` is collective
+    (and cached, so later calls on some ranks only do not communicate)."""
+    for layout in layouts:
+        if layout.kind == "dtensor" and layout.ranks:
+            layout_mesh(layout)
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -235,6 +241,7 @@ def _rank() -> int:
 def compare_state(case: SaveLoadCase, state: dict[str, Any]) -> list[Mismatch]:
     """Every difference between ``state`` (after a load) and the case's encoded values."""
     rank = _rank()
+    _make_submeshes(case.load_layouts)
     tensors = state["model"] if case.nested else state
     objects = state.get("extra", {}) if case.nested else state
     out: list[Mismatch] = []

@@ -90,7 +90,6 @@ def meta_destinations_skipped() -> Backend:
     """A destination tensor on the meta device is skipped: success with nothing loaded."""
     return planted_backend(
         "meta_destinations_skipped",
-        "replicas_written_by_coordinator_only",
         "meta-device destination tensors skipped: the load reports success, nothing is loaded",
         load_planner=MetaSkippingLoadPlanner,
     )

@@ -21,3 +21,18 @@ def save_in_group_without_rank_0(spec: str, path: str) -> str | None:
     except Exception:  # noqa: BLE001 - the outcome is the point
         return "raised"
     return "saved"
+
+
+def save_a_key_only_rank_1_holds(spec: str, path: str) -> str:
+    """On 2 ranks: both hold ``a``, rank 1 alone holds ``b``; save, then load both back on the
+    same ranks: "loaded", "wrong value" or "raised"."""
+    rank = dist.get_rank()
+    backend = load_backend(spec)
+    state = {"a": torch.arange(2.0), **({"b": torch.arange(3.0) + 10} if rank == 1 else {})}
+    backend.run_save(state, path)
+    dest = {key: torch.zeros_like(value) for key, value in state.items()}
+    try:
+        backend.run_load(dest, path)
+    except BaseException:  # noqa: BLE001 - the outcome is the point
+        return "raised"
+    return "loaded" if all(torch.equal(dest[k], state[k]) for k in state) else "wrong value"

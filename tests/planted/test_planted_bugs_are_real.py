@@ -859,3 +859,20 @@ def test_coordinator_group_rank_as_global(tmp_path):
             rank_functions.save_in_group_without_rank_0, spec, str(tmp_path / name), timeout=60
         )
         assert [r for r in results if r is not None] == ["saved" if works else "raised"] * 2, name
+
+
+@pytest.mark.multiprocess
+def test_replicas_written_by_coordinator_only(tmp_path):
+    from ckptconf.harness import get_world
+
+    from tests.planted import rank_functions
+
+    for name, outcome in (
+        ("reference", "loaded"),
+        ("replicas_written_by_coordinator_only", "raised"),
+    ):
+        spec = REFERENCE if name == "reference" else f"tests.planted.per_rank:{name}"
+        results = get_world(2).run(
+            rank_functions.save_a_key_only_rank_1_holds, spec, str(tmp_path / name), timeout=60
+        )
+        assert results == [outcome, outcome], name

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from ...backend import Backend
 from ...kit.cases import SaveLoadCase
-from ...kit.values import compare_state, tensor_value
+from ...kit.values import build_state, compare_state
 
 __all__ = ["CHANGED_OBJECT", "async_save_then_clobber"]
 
@@ -29,14 +29,11 @@ def _clobber(t: torch.Tensor) -> None:
 def _state(case: SaveLoadCase) -> dict[str, Any]:
     """The case's state (as kit.values.build_state), with objects deep-copied: the test changes
     them in place, and the case's own values must stay the expected ones."""
-    tensors = {
-        spec.key: tensor_value(spec, layout, blank=False)
-        for spec, layout in zip(case.tensors, case.save_layouts)
-    }
+    state = build_state(case, for_load=False)
     objects = {key: copy.deepcopy(value) for key, value in case.objects}
     if case.nested:
-        return {"model": tensors, "extra": objects} if objects else {"model": tensors}
-    return {**tensors, **objects}
+        return {**state, "extra": objects} if objects else state
+    return {**state, **objects}
 
 
 def async_save_then_clobber(backend: Backend, case: SaveLoadCase, path: str) -> dict[str, Any]:

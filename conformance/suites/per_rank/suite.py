@@ -14,6 +14,10 @@ empty. The contract a correct backend keeps when keys differ by rank:
 - a meta-device destination is never "success with nothing loaded";
 - a save or load in a sub-group of the world, whose coordinator is not global rank 0, works,
   and two sub-groups saving different checkpoints at once each keep their own.
+
+Beside these job-shaped families, the round-trip, placement-change and world-size-change tests
+draw keys held by some ranks only (``Layout.ranks``: plain copies, a DTensor on a submesh, a
+ShardedTensor placed on some ranks) among their cases.
 """
 
 from __future__ import annotations
