@@ -146,7 +146,8 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
     script.write_text(
         textwrap.dedent(
             f"""
-        import sys
+        import faulthandler, signal, sys
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks on a hang
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from ckptconf.harness import World
         from tests.harness import rank_functions as rf
@@ -159,7 +160,11 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
         )
     )
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2 and all(_state(p) not in (None, "Z") for p in pids)
@@ -167,7 +172,16 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole group
     else:
         proc.kill()  # the controller alone, with no chance to clean up
-    assert proc.wait(timeout=60) != 0
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)  # its stacks, to say where it hangs
+        try:
+            _, stderr = proc.communicate(timeout=5)
+        finally:
+            proc.kill()
+        pytest.fail(f"the controller did not exit within 60 s of {sig.name}; its stacks:\n{stderr}")
+    assert code != 0
     for pid in pids:
         _wait_for_exit(pid, timeout=30)
     survivors = [p for p in pids if _state(p) not in (None, "Z")]
