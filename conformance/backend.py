@@ -158,13 +158,16 @@ class Backend:
 
         return DefaultLoadPlanner
 
-    def injection_unsupported(self, storage: str) -> str | None:
+    def injection_unsupported(self, storage: str, *, asynchronous: bool = False) -> str | None:
         """Why a wrapped ``storage`` (``"storage_writer"`` or ``"storage_reader"``) cannot be
-        passed to this backend's save or load (faults are injected that way), or ``None``."""
+        passed to this backend's save or load (``asynchronous``: its async_save; faults are
+        injected that way), or ``None``."""
         own = self.save if storage == "storage_writer" else self.load
+        step = "save" if storage == "storage_writer" else "load"
+        if asynchronous:
+            own, step = self.async_save, "async_save"
         if own is None or _takes(own, storage):
             return None
-        step = "save" if storage == "storage_writer" else "load"
         return (
             f"its own {step} takes no {storage!r} argument, so no fault can be injected into "
             "its storage"
@@ -230,16 +233,29 @@ class Backend:
         )
 
     def run_async_save(
-        self, state_dict: dict[str, Any], path: str | os.PathLike, *, process_group=None
+        self,
+        state_dict: dict[str, Any],
+        path: str | os.PathLike,
+        *,
+        process_group=None,
+        storage_writer=None,
     ):
-        """Start an async save; returns something with ``result()`` (a future)."""
+        """Start an async save; returns something with ``result()`` (a future).
+
+        ``storage_writer`` replaces the backend's writer, as for :meth:`run_save`.
+        """
         if self.async_save is not None:
-            return self.async_save(state_dict, str(path), process_group=process_group)
+            if storage_writer is None:
+                return self.async_save(state_dict, str(path), process_group=process_group)
+            _require_parameter(self.async_save, "storage_writer", self.name)
+            return self.async_save(
+                state_dict, str(path), process_group=process_group, storage_writer=storage_writer
+            )
         import torch.distributed.checkpoint as dcp
 
         response = dcp.async_save(
             state_dict,
-            storage_writer=self.storage_writer(str(path)),
+            storage_writer=storage_writer or self.storage_writer(str(path)),
             planner=self.save_planner() if self.save_planner else None,
             process_group=process_group,
         )

@@ -58,11 +58,15 @@ def _reference_load(state_dict, path, *, process_group=None, storage_reader=None
         load(state_dict, path, process_group=process_group)
 
 
-def _reference_async_save(state_dict, path, *, process_group=None):
+def _reference_async_save(state_dict, path, *, process_group=None, storage_writer=None):
     from ckptconf.reference import async_save
 
     return async_save(
-        state_dict, path, process_group=process_group, planner=_reference_save_planner()
+        state_dict,
+        None if storage_writer is not None else path,
+        process_group=process_group,
+        planner=_reference_save_planner(),
+        storage_writer=storage_writer,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from ckptconf.reference._compat import accepts_kwargs
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-__all__ = ["ForwardingStorageWriter", "ForwardingStorageReader"]
+__all__ = ["ForwardingStorageWriter", "ForwardingStorageReader", "staging_like"]
 
 
 class _Forwarding:
@@ -61,6 +61,41 @@ class ForwardingStorageWriter(_Forwarding, StorageWriter):
     def finish(self, metadata, results) -> None:
         self.before("finish")
         self.inner.finish(metadata, results)
+
+
+class _ForwardedStaging:
+    """DCP's ``AsyncStager`` members, forwarded to ``inner``: ``dcp.async_save`` stages through
+    a writer that is an ``AsyncStager`` (``FileSystemWriter`` is) and through its own
+    ``DefaultStager`` otherwise, so a wrapper must not hide the inner writer's staging."""
+
+    inner: Any
+
+    @property
+    def _synchronize_after_execute(self) -> bool:
+        return getattr(self.inner, "_synchronize_after_execute", True)
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return self.inner.should_synchronize_after_execute
+
+    def stage(self, state_dict):
+        return self.inner.stage(state_dict)
+
+    def synchronize_staging(self) -> None:
+        self.inner.synchronize_staging()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def staging_like(wrapper_class: type, inner: Any) -> type:
+    """``wrapper_class`` (a :class:`ForwardingStorageWriter` subclass), made to forward DCP's
+    ``AsyncStager`` members too when ``inner`` is an ``AsyncStager``."""
+    from torch.distributed.checkpoint.staging import AsyncStager
+
+    if not isinstance(inner, AsyncStager):
+        return wrapper_class
+    return type(wrapper_class.__name__, (_ForwardedStaging, wrapper_class), {})
 
 
 class ForwardingStorageReader(_Forwarding, StorageReader):

@@ -93,9 +93,13 @@ def _async_save(
     path: str,
     *,
     process_group=None,
+    storage_writer=None,
 ):
     return reference_driver.async_save(
-        state_dict, process_group=process_group, planner=planner(), storage_writer=writer(path)
+        state_dict,
+        process_group=process_group,
+        planner=planner(),
+        storage_writer=storage_writer or writer(path),
     )
 
 

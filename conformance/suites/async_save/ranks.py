@@ -1,18 +1,27 @@
-"""What the ranks of the async_save suite run: start a save, change the state at once, wait."""
+"""What the ranks of the async_save suite run: start a save, change the state at once, wait;
+or hold a save once its data is written and load meanwhile."""
 
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from ckptconf.harness.forwarding import ForwardingStorageWriter, staging_like
 
 from ...backend import Backend
-from ...kit.cases import SaveLoadCase
-from ...kit.values import build_state, compare_state
+from ...kit.cases import SaveLoadCase, resalted
+from ...kit.failures import exception_text
+from ...kit.values import blank_state, build_state, compare_state, load_case
 
-__all__ = ["CHANGED_OBJECT", "async_save_then_clobber"]
+__all__ = [
+    "CHANGED_OBJECT",
+    "HeldStorageWriter",
+    "async_save_then_clobber",
+    "load_during_async_save",
+]
 
 CHANGED_OBJECT = ("changed after async_save returned",)
 """What every object of the state is replaced by once ``async_save`` has returned."""
@@ -79,3 +88,68 @@ def _actual_local_views(value: Any, layout) -> list[torch.Tensor]:
     if layout.kind == "sharded_tensor":
         return [s.tensor for s in value.local_shards()]
     return [value]
+
+
+class HeldStorageWriter(ForwardingStorageWriter):
+    """Forwards to ``inner``; once ``write_data``'s future is done (the new data written), sets
+    ``written`` and holds the save there (before ``finish``) until ``released`` is set, at most
+    ``limit`` seconds."""
+
+    def __init__(self, inner, limit: float):
+        super().__init__(inner)
+        self.written, self.released, self.limit = threading.Event(), threading.Event(), limit
+
+    def write_data(self, plan, planner):
+        future = super().write_data(plan, planner)
+        future.wait()
+        self.written.set()
+        self.released.wait(self.limit)
+        return future
+
+
+_SAVE_GROUPS: dict[int, Any] = {}
+
+
+def _background_group():
+    """A second gloo group of every rank, for the async save's collectives while the load uses
+    the default group (one per process group; collective the first time)."""
+    if not dist.is_initialized():
+        return None
+    world = id(dist.group.WORLD)
+    if world not in _SAVE_GROUPS:
+        _SAVE_GROUPS[world] = dist.new_group(backend="gloo")
+    return _SAVE_GROUPS[world]
+
+
+def load_during_async_save(
+    backend: Backend, case: SaveLoadCase, path: str, limit: float
+) -> dict[str, Any]:
+    """Save the case; async-save its resalted state (same keys and shapes, other values) to the
+    same path, held once its data is written; load meanwhile, release, wait; load again.
+
+    Returns ``reached`` (whether the save got to the hold within ``limit`` seconds),
+    ``during`` (``{"mismatches": [...]}`` of the load meanwhile against the first state, or
+    ``{"error": text}``) and ``after`` (mismatches of the last load against the newer state).
+    """
+    group = _background_group()
+    backend.run_save(build_state(case, for_load=False), path)
+    newer = resalted(case)
+    inner = backend.storage_writer(path)
+    writer = staging_like(HeldStorageWriter, inner)(inner, limit)
+    future = backend.run_async_save(
+        build_state(newer, for_load=False), path, process_group=group, storage_writer=writer
+    )
+    try:
+        reached = writer.written.wait(limit)
+        state = blank_state(case)
+        try:
+            backend.run_load(state, path)
+            during: dict[str, Any] = {"mismatches": compare_state(case, state)}
+        except Exception as exc:  # noqa: BLE001 - an error is an allowed outcome here
+            during = {"error": exception_text(exc)}
+    finally:
+        writer.released.set()
+    future.result()
+    if dist.is_initialized():
+        dist.barrier()
+    return {"reached": reached, "during": during, "after": load_case(backend, newer, path)}

@@ -6,6 +6,7 @@ import pytest
 
 from ...kit import values
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
+from ...kit.fixtures import UNSUPPORTED_PREFIX
 from ...kit.profiles import property_test
 from ...kit.strategies import save_load_cases, supported_options
 from . import ranks
@@ -38,6 +39,46 @@ class AsyncSaveTests:
         specs = (TensorSpec("step", (), "float32", 1), TensorSpec("scale", (), "float64", 2))
         layouts = (Layout("dtensor", (2,), ("R",)), Layout())
         _check_async_save(ckpt, SaveLoadCase(specs, layouts, layouts, 2, 2))
+
+    @pytest.mark.ckpt_level("strict")
+    @pytest.mark.ckpt_requires("storage", "atomic_commit")
+    @property_test(max_examples=lambda n: max(2, n // 2))
+    def test_load_during_async_save_sees_the_previous_checkpoint(self, ckpt, data):
+        """Save a state; async-save a newer one (same keys and shapes) to the same path, and
+        hold it once its data is written, before it finishes; a load meanwhile gives the
+        previous state whole, or an error, never the unfinished save's values; after the
+        wait, a load gives the newer state."""
+        reason = ckpt.backend.injection_unsupported("storage_writer", asynchronous=True)
+        if reason is not None:
+            pytest.skip(UNSUPPORTED_PREFIX + reason)
+        options = supported_options(ckpt.backend, max_side=6)
+        case = data.draw(
+            save_load_cases(save_worlds=(1, 2), same_layout=True, **options), label="case"
+        )
+        trial, limit = ckpt.trial(case), 20.0
+        results = trial.run(
+            "save, then load during an async save",
+            ranks.load_during_async_save,
+            case,
+            ckpt.path(),
+            limit,
+            world=case.save_world,
+        )
+        held = [rank for rank, r in enumerate(results) if not r["reached"]]
+        if held:
+            pytest.skip(
+                f"{UNSUPPORTED_PREFIX}its async save wrote no data through write_data within "
+                f"{limit:.0f} s on rank(s) {held}, so no load could be placed after its write"
+            )
+        trial.check_values(
+            [m for r in results for m in r["during"].get("mismatches", [])],
+            "value(s) of a load during an async save (its data written, the save not finished) "
+            "are not the previous checkpoint's: the unfinished save is visible",
+        )
+        trial.check_values(
+            [m for r in results for m in r["after"]],
+            "value(s) loaded after the async save finished differ from the newer state",
+        )
 
 
 def _check_async_save(ckpt, case: SaveLoadCase) -> None:
