@@ -25,6 +25,7 @@ import pickle
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -73,12 +74,57 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _die_with_controller(watch) -> None:
+    """Kill this rank once the controller's end of ``watch`` is closed (the controller exited
+    or died, or closed the world), whatever the rank's main thread is stuck in.
+
+    Not PR_SET_PDEATHSIG alone: a forkserver's rank is the forkserver's child, and each rank
+    holds the controller's forkserver-alive pipe, so the forkserver outlives a controller
+    while any rank is stuck in a collective.
+    """
+    with contextlib.suppress(EOFError, OSError):
+        watch.recv()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_PRELOAD = ["torch", "torch.distributed", "torch.distributed.checkpoint", "ckptconf.harness.world"]
+"""What the forkserver imports once, so that each rank it forks starts without importing torch
+(about 3 CPU-seconds a rank otherwise)."""
+
+
+def _context():
+    """``forkserver`` where there is one (Linux, macOS), preloaded with torch; else ``spawn``.
+
+    Never ``fork``: the controller may hold threads and a CUDA context. A forked rank
+    re-imports ``__main__`` as a spawned one does, so scripts need the usual
+    ``if __name__ == "__main__"`` guard either way.
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # no effect once a forkserver of this process runs
+    return ctx
+
+
 def _worker(
-    rank: int, size: int, device: str, store: str, conn, log_path: str, parent: int
+    rank: int, size: int, device: str, store: str, conn, log_path: str, parent: int, watch
 ) -> None:
     _die_with_parent()
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    if not _alive(parent):  # the controller died before this rank started
         os._exit(1)
+    threading.Thread(
+        target=_die_with_controller, args=(watch,), name="ckptconf-watch", daemon=True
+    ).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller handles Ctrl-C and stops us
     log = open(log_path, "a+", buffering=1)  # noqa: SIM115 - lives as long as the process
     os.dup2(log.fileno(), 1)
@@ -164,6 +210,7 @@ class World:
         self.restarts = -1  # becomes 0 at the first start
         self._procs: list = []
         self._conns: list = []
+        self._watch: Any = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._call_id = 0
         self._call_log_start: list[int] | None = None
@@ -199,14 +246,16 @@ class World:
         reason = device_available(self.device, self.size)
         if reason is not None:
             raise RuntimeError(f"cannot start a {self.device} world of {self.size}: {reason}")
-        ctx = mp.get_context("spawn")
+        ctx = _context()
         self._tmp = tempfile.TemporaryDirectory(prefix="ckptconf-world-")
         store = os.path.join(self._tmp.name, "store")
+        # never written: the ranks stop themselves when the controller's end closes
+        watch, self._watch = ctx.Pipe(duplex=False)
         for rank, log in enumerate(self._logs()):
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker,
-                args=(rank, self.size, self.device, store, child_end, log, os.getpid()),
+                args=(rank, self.size, self.device, store, child_end, log, os.getpid(), watch),
                 # not daemonic: a daemonic process may not start children, and backends do
                 # (async writer processes, managers, coordinators). Ranks still die with the
                 # controller: PR_SET_PDEATHSIG, and shutdown_all at exit (before
@@ -218,6 +267,7 @@ class World:
             child_end.close()
             self._procs.append(proc)
             self._conns.append(parent_end)
+        watch.close()
         _LIVE.add(self)
         self._call_log_start = None
         self.restarts += 1
@@ -356,6 +406,9 @@ class World:
                 proc.join(timeout=5)
         for conn in self._conns:
             conn.close()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self._procs, self._conns = [], []
         if self._tmp is not None:
             self._tmp.cleanup()
