@@ -429,13 +429,17 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _wait_for_text(path: str, start: int, marker: str, limit: float = 5.0) -> None:
-    """Wait until ``marker`` appears in ``path`` after byte ``start`` (faulthandler output)."""
+    """Wait until ``marker`` appears in ``path`` after byte ``start`` (faulthandler output); at
+    once if there is no such file (a rank that died before opening its log has no stack)."""
     end = time.monotonic() + limit
     while time.monotonic() < end:
-        with open(path, "rb") as file:
-            file.seek(start)
-            if marker.encode() in file.read():
-                return
+        try:
+            with open(path, "rb") as file:
+                file.seek(start)
+                if marker.encode() in file.read():
+                    return
+        except FileNotFoundError:
+            return
         time.sleep(0.02)
 
 

@@ -188,3 +188,26 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
+
+
+def test_a_rank_that_dies_before_its_log_exists_is_reported_as_died(tmp_path):
+    """A controller read from stdin: its ranks cannot re-import ``__main__`` and die before
+    opening their logs; the error says they died, it is not a missing-log-file error."""
+    script = (
+        "import os\n"
+        "from ckptconf.harness import World\n"
+        "try:\n"
+        "    World(2).run(os.getpid)\n"
+        "except Exception as exc:\n"
+        "    print('raised', type(exc).__name__, exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert "raised WorldError" in result.stdout, result.stdout + result.stderr
+    assert "died during start" in result.stdout
