@@ -283,13 +283,21 @@ def _bench(args: argparse.Namespace) -> int:
     )
     rows = bench_harness(sizes, warm_calls=args.calls, spawn_calls=args.spawn_calls)
     table = Table(title="ckptconf harness: seconds per call of a no-op on every rank")
-    for column in ("ranks", "warm world (ms)", "spawn per call (ms)", "speed-up"):
+    columns = (
+        "ranks",
+        "warm world (ms)",
+        "new world, spawn (ms)",
+        "new world, forkserver (ms)",
+        "warm vs spawn",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
             str(row.size),
             f"{row.warm_seconds * 1e3:.1f}",
             f"{row.spawn_seconds * 1e3:.0f}",
+            f"{row.forkserver_seconds * 1e3:.0f}",
             f"{row.ratio:.0f}x",
         )
     console.print(table)

@@ -1,4 +1,6 @@
-"""Benchmark of the harness: per-call cost of a warm world against spawn-per-call."""
+"""Benchmark of the harness: per-call cost of a warm world against a new world per call,
+started by ``spawn`` (what ``torch.multiprocessing.spawn`` per test costs) and from the
+harness's forkserver."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class HarnessBench:
     size: int
     warm_seconds: float
     spawn_seconds: float
+    forkserver_seconds: float = float("nan")
 
     @property
     def ratio(self) -> float:
@@ -42,10 +45,12 @@ def bench_harness(
             for _ in range(warm_calls):
                 world.run(noop)
             warm = (time.perf_counter() - start) / warm_calls
-        start = time.perf_counter()
-        for _ in range(spawn_calls):
-            with World(size) as fresh:
-                fresh.run(noop)
-        spawn = (time.perf_counter() - start) / spawn_calls
-        out.append(HarnessBench(size, warm, spawn))
+        fresh = {}
+        for method in ("spawn", "forkserver"):
+            start = time.perf_counter()
+            for _ in range(spawn_calls):
+                with World(size, start_method=method) as world:
+                    world.run(noop)
+            fresh[method] = (time.perf_counter() - start) / spawn_calls
+        out.append(HarnessBench(size, warm, fresh["spawn"], fresh["forkserver"]))
     return out

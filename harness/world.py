@@ -102,14 +102,18 @@ _PRELOAD = ["torch", "torch.distributed", "torch.distributed.checkpoint", "ckptc
 (about 3 CPU-seconds a rank otherwise)."""
 
 
-def _context():
-    """``forkserver`` where there is one (Linux, macOS), preloaded with torch; else ``spawn``.
+def _context(method: str | None = None):
+    """The multiprocessing context ranks start from: ``method`` if given (``"spawn"`` or
+    ``"forkserver"``), else ``forkserver`` where there is one (Linux, macOS), preloaded with
+    torch, else ``spawn``.
 
     Never ``fork``: the controller may hold threads and a CUDA context. A forked rank
     re-imports ``__main__`` as a spawned one does, so scripts need the usual
     ``if __name__ == "__main__"`` guard either way.
     """
-    if "forkserver" not in mp.get_all_start_methods():
+    if method not in (None, "spawn", "forkserver"):
+        raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {method!r}")
+    if method == "spawn" or "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)  # no effect once a forkserver of this process runs
@@ -200,9 +204,18 @@ def _worker(
 class World:
     """A pool of ``size`` rank processes in one ``device`` mode, started on first use."""
 
-    def __init__(self, size: int, device: str = "cpu", *, start_timeout: float = 180.0):
+    def __init__(
+        self,
+        size: int,
+        device: str = "cpu",
+        *,
+        start_timeout: float = 180.0,
+        start_method: str | None = None,
+    ):
         if size < 1:
             raise ValueError(f"a world needs at least one rank, got {size}")
+        self.start_method = start_method
+        _context(start_method)  # a wrong name fails here, not at the first run
         reason = device_available(device, size)
         if reason is not None and device not in DEVICE_MODES:
             raise ValueError(reason)
@@ -246,7 +259,7 @@ class World:
         reason = device_available(self.device, self.size)
         if reason is not None:
             raise RuntimeError(f"cannot start a {self.device} world of {self.size}: {reason}")
-        ctx = _context()
+        ctx = _context(self.start_method)
         self._tmp = tempfile.TemporaryDirectory(prefix="ckptconf-world-")
         store = os.path.join(self._tmp.name, "store")
         # never written: the ranks stop themselves when the controller's end closes

@@ -211,3 +211,15 @@ def test_a_rank_that_dies_before_its_log_exists_is_reported_as_died(tmp_path):
     )
     assert "raised WorldError" in result.stdout, result.stdout + result.stderr
     assert "died during start" in result.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ranks_come_from_the_forkserver_unless_spawn_is_asked():
+    with pytest.raises(ValueError, match="start_method must be 'spawn' or 'forkserver'"):
+        World(1, start_method="fork")
+    for method in ("spawn", None):
+        with World(1, start_method=method) as world:
+            (pid,) = world.run(os.getpid)
+            status = Path(f"/proc/{pid}/status").read_text()
+        parent = int(status.split("PPid:")[1].split()[0])
+        assert (parent == os.getpid()) == (method == "spawn"), method
