@@ -311,11 +311,15 @@ class World:
         self._call_log_start = [
             os.path.getsize(p) if os.path.exists(p) else 0 for p in self._logs()
         ]
-        for conn in self._conns:
-            conn.send(("call", call_id, payload))
-        replies = self._collect(
-            set(range(self.size)), time.monotonic() + timeout, what=f"call of {_name(fn)}"
-        )
+        try:
+            for conn in self._conns:
+                conn.send(("call", call_id, payload))
+            replies = self._collect(
+                set(range(self.size)), time.monotonic() + timeout, what=f"call of {_name(fn)}"
+            )
+        except KeyboardInterrupt:  # Ctrl-C: the ranks may be stuck in the call; kill them now
+            self.close(grace=0)
+            raise
         results, errors, output = [None] * self.size, [], {}
         for rank, (reply_id, ok, value, text) in sorted(replies.items()):
             assert reply_id == call_id, f"rank {rank} answered call {reply_id}, expected {call_id}"
@@ -407,13 +411,14 @@ class World:
         self.close()
         return kind(errors, {}, None, reason=reason)
 
-    def close(self) -> None:
-        """Stop the ranks (kill any that do not stop at once) and forget them."""
+    def close(self, grace: float = 2.0) -> None:
+        """Stop the ranks (kill any that have not stopped within ``grace`` seconds each) and
+        forget them."""
         for conn in self._conns:
             with contextlib.suppress(OSError, BrokenPipeError):
                 conn.send(("stop",))
         for proc in self._procs:
-            proc.join(timeout=2)
+            proc.join(timeout=grace)
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)

@@ -127,6 +127,15 @@ def _state(pid: int) -> str | None:
     return next(line.split()[1] for line in text.splitlines() if line.startswith("State:"))
 
 
+def _wait_for_text(path: Path, text: str, timeout: float) -> None:
+    """Block until ``path`` contains ``text``, or ``timeout`` seconds (an inotify-free poll)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and text not in path.read_text():
+        select.select([], [], [], 0.05)
+
+
 def _wait_for_exit(pid: int, timeout: float) -> None:
     """Block until process ``pid`` exits (a pidfd becomes readable then), or ``timeout``."""
     try:
@@ -148,6 +157,9 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
             f"""
         import faulthandler, signal, sys
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks on a hang
+        # as in a terminal: Python keeps an inherited SIG_IGN for SIGINT, so a pytest worker
+        # ignoring it (some test or plugin may) would make this script ignore Ctrl-C
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from ckptconf.harness import World
         from tests.harness import rank_functions as rf
@@ -159,10 +171,11 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
         """
         )
     )
+    stderr = tmp_path / "stderr.txt"  # a file: the ranks inherit it, and would hold a pipe open
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr.open("w"),
         text=True,
         start_new_session=True,
     )
@@ -176,11 +189,13 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
         code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGUSR1)  # its stacks, to say where it hangs
-        try:
-            _, stderr = proc.communicate(timeout=5)
-        finally:
-            proc.kill()
-        pytest.fail(f"the controller did not exit within 60 s of {sig.name}; its stacks:\n{stderr}")
+        _wait_for_text(stderr, "most recent call first", 10)
+        proc.kill()
+        pytest.fail(
+            f"the controller did not exit within 60 s of {sig.name} (this worker's SIGINT "
+            f"handler: {signal.getsignal(signal.SIGINT)!r}); its stderr and stacks:\n"
+            + stderr.read_text()
+        )
     assert code != 0
     for pid in pids:
         _wait_for_exit(pid, timeout=30)
