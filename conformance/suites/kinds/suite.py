@@ -163,6 +163,18 @@ class KindsTests:
         ]
         trial.check_values(found, "problem(s) saving non-contiguous tensors")
 
+    def test_transposed_view_saves(self, ckpt):
+        """A transposed ``float32[2, 3]`` (a non-contiguous view) saves its values: the
+        commonest case of ``test_noncontiguous_sources``, checked every run."""
+        case = SaveLoadCase((TensorSpec("w", (2, 3), "float32", 1),), (Layout(),), (Layout(),))
+        trial, path = ckpt.trial(case.describe() + "\n  held as: 'w' transpose"), ckpt.path()
+        changed = trial.run("save", ranks.save_views, case, ("transpose",), path, world=1)
+        found = [m for rank in changed for m in rank]
+        found += [
+            m for rank in trial.run("load", values.load_case, case, path, world=1) for m in rank
+        ]
+        trial.check_values(found, "problem(s) saving a transposed view")
+
     @property_test()
     def test_noncontiguous_destinations(self, ckpt, data):
         """Loading in place into the same kinds of views writes the view's elements and
