@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from ckptconf.harness import World, WorldError, WorldTimeout, get_world
+from ckptconf.harness.world import _wait_for_text
 
 from . import rank_functions as rf
 
@@ -127,15 +128,6 @@ def _state(pid: int) -> str | None:
     return next(line.split()[1] for line in text.splitlines() if line.startswith("State:"))
 
 
-def _wait_for_text(path: Path, text: str, timeout: float) -> None:
-    """Block until ``path`` contains ``text``, or ``timeout`` seconds (an inotify-free poll)."""
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and text not in path.read_text():
-        select.select([], [], [], 0.05)
-
-
 def _wait_for_exit(pid: int, timeout: float) -> None:
     """Block until process ``pid`` exits (a pidfd becomes readable then), or ``timeout``."""
     try:
@@ -189,7 +181,7 @@ def test_a_stopped_controller_leaves_no_orphan_ranks(tmp_path, sig):
         code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGUSR1)  # its stacks, to say where it hangs
-        _wait_for_text(stderr, "most recent call first", 10)
+        _wait_for_text(str(stderr), 0, "most recent call first", 10)
         proc.kill()
         pytest.fail(
             f"the controller did not exit within 60 s of {sig.name} (this worker's SIGINT "
