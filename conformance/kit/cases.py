@@ -98,14 +98,28 @@ class SaveLoadCase:
     load_world: int = 1
     objects: tuple[tuple[str, Any], ...] = ()
     nested: bool = False
+    object_ranks: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
+    """Per object of ``objects`` (all of them, or none): the ranks whose state holds it on save
+    and on load; ``()`` on a side is every rank. The other ranks' state dicts lack the key."""
+
+    def holds_object(self, number: int, rank: int, *, for_load: bool) -> bool:
+        """Whether ``rank``'s state holds object ``number`` on the save or load side."""
+        if not self.object_ranks:
+            return True
+        holders = self.object_ranks[number][1 if for_load else 0]
+        return not holders or rank in holders
 
     def describe(self) -> str:
         """One line per tensor: key, dtype and shape, saved layout -> loaded layout."""
         lines = [f"save on {self.save_world} rank(s), load on {self.load_world} rank(s)"]
         for spec, a, b in zip(self.tensors, self.save_layouts, self.load_layouts):
             lines.append(f"  {spec}: {a} -> {b}")
-        if self.objects:
-            lines.append(f"  objects: {dict(self.objects)!r}")
+        for number, (key, value) in enumerate(self.objects):
+            where = ""
+            if self.object_ranks and any(self.object_ranks[number]):
+                saved, loaded = (sorted(r) or "all" for r in self.object_ranks[number])
+                where = f" on ranks {saved} -> {loaded}; no other rank has the key"
+            lines.append(f"  object {key!r}: {value!r}{where}")
         return "\n".join(lines)
 
 

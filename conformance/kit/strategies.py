@@ -214,8 +214,9 @@ def save_load_cases(
 
     ``same_layout`` loads every tensor as it was saved (on the same world); otherwise
     each tensor gets an independent destination layout on a world from ``load_worlds``.
-    ``per_rank_keys``: a key may be held by some ranks only, on either side (see
-    :func:`layouts`); every key is held by at least one rank of each world.
+    ``per_rank_keys``: a key, tensor or object, may be held by some ranks only, on either
+    side (see :func:`layouts` and :attr:`SaveLoadCase.object_ranks`); every key is held by
+    at least one rank of each world.
     """
     save_world = draw(st.sampled_from(list(save_worlds)))
     load_world = (
@@ -238,11 +239,18 @@ def save_load_cases(
         saves.append(saved)
         loads.append(loaded)
     object_items: tuple = ()
+    object_ranks: tuple = ()
     if objects:
         names = draw(
             st.lists(st.sampled_from(["step", "config", "rng", "tag"]), max_size=2, unique=True)
         )
         object_items = tuple((f"obj_{n}", draw(object_values())) for n in names)
+        if per_rank_keys and object_items:
+            saved_by = [draw(_some_ranks(save_world)) for _ in object_items]
+            loaded_by = (
+                saved_by if same_layout else [draw(_some_ranks(load_world)) for _ in saved_by]
+            )
+            object_ranks = tuple(zip(saved_by, loaded_by))
     return SaveLoadCase(
         tensors=tuple(specs),
         save_layouts=tuple(saves),
@@ -251,7 +259,17 @@ def save_load_cases(
         load_world=load_world,
         objects=object_items,
         nested=draw(st.booleans()) if nested is None else nested,
+        object_ranks=object_ranks,
     )
+
+
+@st.composite
+def _some_ranks(draw, world_size: int) -> tuple[int, ...]:
+    """``()`` (every rank) three times in four, else a drawn proper subset of the ranks."""
+    if world_size < 2 or draw(st.integers(0, 3)) != 3:
+        return ()
+    chosen = draw(st.sets(st.integers(0, world_size - 1), min_size=1, max_size=world_size - 1))
+    return tuple(sorted(chosen))
 
 
 def no_prefix_clash(keys: Sequence[str]) -> bool:

@@ -129,7 +129,11 @@ def build_state(case: SaveLoadCase, *, for_load: bool) -> dict[str, Any]:
         for spec, layout in zip(case.tensors, layouts)
         if layout.holds(rank)
     }
-    objects = {key: (None if for_load else value) for key, value in case.objects}
+    objects = {
+        key: (None if for_load else value)
+        for number, (key, value) in enumerate(case.objects)
+        if case.holds_object(number, rank, for_load=for_load)
+    }
     if case.nested:
         return {"model": tensors, "extra": objects} if objects else {"model": tensors}
     return {**tensors, **objects}
@@ -262,8 +266,11 @@ def compare_state(case: SaveLoadCase, state: dict[str, Any]) -> list[Mismatch]:
             continue
         for (want, offsets), got in zip(expected, actual):
             out += piece_mismatches(spec.key, rank, f"{layout} piece", got, want, offsets)
-    for key, value in case.objects:
-        out += object_mismatch(key, rank, objects.get(key), value)
+    for number, (key, value) in enumerate(case.objects):
+        if case.holds_object(number, rank, for_load=True):
+            out += object_mismatch(key, rank, objects.get(key), value)
+        elif key in objects:
+            out.append(Mismatch(key, rank, "the load added this key to a rank not holding it"))
     return out
 
 

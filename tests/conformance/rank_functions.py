@@ -13,8 +13,12 @@ SOME_RANKS = SaveLoadCase(
     (Layout(ranks=(1,)), Layout("dtensor", (3,), ("S0",))),
     save_world=3,
     load_world=3,
+    objects=(("obj_a", b"stage 2"), ("obj_b", 7)),
+    object_ranks=(((2,), (0, 1)), ((), (1,))),
 )
-"""Saved on ranks 2 and 0 only (in that mesh and chunk order), loaded on rank 1 / everywhere."""
+"""Tensors saved on ranks 2 and 0 only (in that mesh and chunk order), loaded on rank 1 /
+everywhere; ``obj_a`` saved by rank 2 and loaded on ranks 0 and 1, ``obj_b`` saved by every
+rank and loaded on rank 1."""
 
 
 def pieces_of_some_ranks_state() -> dict[str, Any]:
@@ -28,8 +32,15 @@ def pieces_of_some_ranks_state() -> dict[str, Any]:
         out["s"] = [
             (s.metadata.shard_offsets, s.tensor.tolist()) for s in state["s"].local_shards()
         ]
+    out["objects"] = sorted(k for k in state if k.startswith("obj_"))
     saved_as_loaded = SaveLoadCase(
-        SOME_RANKS.tensors, SOME_RANKS.save_layouts, SOME_RANKS.save_layouts, 3, 3
+        SOME_RANKS.tensors,
+        SOME_RANKS.save_layouts,
+        SOME_RANKS.save_layouts,
+        3,
+        3,
+        SOME_RANKS.objects,
+        object_ranks=tuple((saved, saved) for saved, _ in SOME_RANKS.object_ranks),
     )
     out["clean"] = values.compare_state(saved_as_loaded, state) == []
     return out

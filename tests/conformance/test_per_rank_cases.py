@@ -32,9 +32,28 @@ def test_every_key_is_held_by_a_subset_of_each_world_that_fits_its_layout(case):
                 assert list(layout.ranks) == sorted(layout.ranks)
 
 
+@given(save_load_cases(save_worlds=WORLDS, load_worlds=WORLDS, per_rank_keys=True))
+def test_every_object_is_held_by_a_proper_subset_or_all_of_each_world(case):
+    assert len(case.object_ranks) in (0, len(case.objects))
+    for saved, loaded in case.object_ranks:
+        for world, holders in ((case.save_world, saved), (case.load_world, loaded)):
+            assert list(holders) == sorted(set(holders)) and len(holders) < world
+            assert all(0 <= r < world for r in holders)
+
+
 @given(save_load_cases(save_worlds=WORLDS, load_worlds=WORLDS))
 def test_without_per_rank_keys_every_rank_holds_every_key(case):
     assert all(not layout.ranks for layout in case.save_layouts + case.load_layouts)
+    assert not case.object_ranks
+
+
+def test_objects_are_drawn_on_a_subset_on_both_sides():
+    case = find(
+        save_load_cases(save_worlds=(3,), load_worlds=(2,), per_rank_keys=True),
+        lambda c: any(saved and loaded for saved, loaded in c.object_ranks),
+        settings=settings(database=None, max_examples=1000, phases=[Phase.generate]),
+    )
+    assert "no other rank has the key" in case.describe()
 
 
 def test_each_layout_kind_is_drawn_on_a_subset_on_both_sides():
@@ -73,6 +92,20 @@ def test_a_load_that_adds_a_key_to_a_rank_not_holding_it_is_a_mismatch():
     assert "added this key to a rank not holding it" in mismatch.detail
 
 
+def test_objects_are_built_and_compared_on_their_holders_only():
+    # no process group: this process is rank 0
+    case = SaveLoadCase(
+        (), (), (), 2, 2, objects=(("a", 1), ("b", 2)), object_ranks=(((1,), (0,)), ((0,), (1,)))
+    )
+    assert values.build_state(case, for_load=False) == {"b": 2}
+    assert values.build_state(case, for_load=True) == {"a": None}
+    assert values.compare_state(case, {"a": 1}) == []
+    missing, added = values.compare_state(case, {"b": 2})
+    assert (missing.key, missing.detail) == ("a", "object differs")
+    assert (added.key, added.rank) == ("b", 0)
+    assert "added this key to a rank not holding it" in added.detail
+
+
 @pytest.mark.multiprocess
 def test_submesh_and_chunk_order_follow_the_ranks_and_other_ranks_lack_the_key():
     from ckptconf.harness import get_world
@@ -81,9 +114,19 @@ def test_submesh_and_chunk_order_follow_the_ranks_and_other_ranks_lack_the_key()
 
     on = get_world(3).run(rank_functions.pieces_of_some_ranks_state, timeout=60)
     # d = [0, 7, 14, 21]: mesh (2,) of ranks [2, 0]; s = [1, 8, 15, 22]: chunk 0 on rank 2
-    assert on[2] == {"d": [0.0, 7.0], "s": [([0], [1.0, 8.0])], "clean": True}
-    assert on[0] == {"d": [14.0, 21.0], "s": [([2], [15.0, 22.0])], "clean": True}
-    assert on[1] == {"clean": True}
+    assert on[2] == {
+        "d": [0.0, 7.0],
+        "s": [([0], [1.0, 8.0])],
+        "objects": ["obj_a", "obj_b"],
+        "clean": True,
+    }
+    assert on[0] == {
+        "d": [14.0, 21.0],
+        "s": [([2], [15.0, 22.0])],
+        "objects": ["obj_b"],
+        "clean": True,
+    }
+    assert on[1] == {"objects": ["obj_b"], "clean": True}
 
 
 @pytest.mark.multiprocess
