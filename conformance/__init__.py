@@ -4,6 +4,8 @@ What a plug-in author needs, all importable from here:
 
 - :class:`Backend` (what a backend gives the suite), :data:`FEATURES` (what it may declare
   unsupported), :func:`load_backend` (a built-in name or ``module:attr``);
+- :class:`StoredObjects` (what a backend stored for a checkpoint, for the corruption
+  tests; :class:`LocalFiles` by default);
 - :class:`ConformanceFailure` (the one failure type, with fields), :class:`Mismatch`,
   :class:`RankOutcome`;
 - :func:`check_save_then_load` and the cases it takes (:class:`SaveLoadCase`,
@@ -29,9 +31,11 @@ __all__ = [
     "BackendSpecError",
     "ConformanceFailure",
     "Layout",
+    "LocalFiles",
     "Mismatch",
     "RankOutcome",
     "SaveLoadCase",
+    "StoredObjects",
     "TensorSpec",
     "check_save_then_load",
     "load_backend",
@@ -49,6 +53,8 @@ _WHERE = {
     "Layout": ".kit.cases",
     "SaveLoadCase": ".kit.cases",
     "TensorSpec": ".kit.cases",
+    "LocalFiles": ".stored",
+    "StoredObjects": ".stored",
 }
 
 if TYPE_CHECKING:
@@ -58,6 +64,7 @@ if TYPE_CHECKING:
     from .kit.running import RankOutcome
     from .kit.trial import check_save_then_load
     from .loading import BackendSpecError, load_backend
+    from .stored import LocalFiles, StoredObjects
 
 
 def __getattr__(name: str) -> Any:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # torch is imported when a backend is used, not when this mod
     from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
     from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
+    from .stored import StoredObjects
+
 __all__ = ["Backend", "FEATURES", "StorageInjectionUnsupported"]
 
 FEATURES: dict[str, str] = {
@@ -95,6 +97,11 @@ class Backend:
     spec: str | None = field(default=None, compare=False)
     checkpointer: Callable[[str], Any] | None = None
     """For a path, an object with ``save``, ``load`` and optionally ``async_save`` of a state dict."""
+    stored_objects: Callable[[str], StoredObjects] | None = None
+    """For a path, the :class:`~ckptconf.conformance.StoredObjects` the backend stored there
+    (list, read, overwrite, delete), for the tests that corrupt a checkpoint; default: the
+    files under the path (:class:`~ckptconf.conformance.LocalFiles`). An object-store
+    backend gives one, or those tests are unsupported (it stored no files at the path)."""
     inherits: str | None = None
     """A built-in backend this one is built on (``"torch-dcp"`` for a backend using DCP's
     planners or driver): a failure listed in that backend's expectations is reported as
@@ -136,6 +143,15 @@ class Backend:
         if feature == "storage" and (self.storage_writer is None or self.storage_reader is None):
             return False
         return feature not in self.unsupported
+
+    def objects_at(self, path: str | os.PathLike) -> StoredObjects:
+        """What the backend stored for the checkpoint at ``path`` (``stored_objects``, or the
+        files under ``path``)."""
+        if self.stored_objects is not None:
+            return self.stored_objects(str(path))
+        from .stored import LocalFiles
+
+        return LocalFiles(path)
 
     def used_save_planner(self) -> Callable[[], SavePlanner] | None:
         """The save planner factory ``run_save`` plans with: the backend's own, DCP's default

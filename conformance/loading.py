@@ -15,16 +15,23 @@ class BackendSpecError(ValueError):
 
 
 def load_backend(spec: str) -> Backend:
-    """The backend named by ``spec``: a built-in name, or ``module:attr`` (a Backend or a
-    zero-argument callable returning one); ``attr`` may be dotted."""
+    """The backend named by ``spec``: a built-in name, an adapter's name
+    (:data:`~.adapters.ADAPTERS`), or ``module:attr`` (a Backend or a zero-argument callable
+    returning one); ``attr`` may be dotted."""
+    from .adapters import ADAPTERS, AdapterUnavailable, load_adapter
     from .builtin import BUILT_IN
 
     if spec in BUILT_IN:
         return replace(BUILT_IN[spec](), spec=spec)
+    if spec in ADAPTERS:
+        try:
+            return replace(load_adapter(spec), spec=spec)
+        except (AdapterUnavailable, RuntimeError) as exc:
+            raise BackendSpecError(str(exc)) from exc
     if ":" not in spec:
         raise BackendSpecError(
-            f"unknown backend {spec!r}: use a built-in name ({', '.join(sorted(BUILT_IN))}) "
-            "or module:attr"
+            f"unknown backend {spec!r}: use a built-in name ({', '.join(sorted(BUILT_IN))}), "
+            f"an adapter ({', '.join(sorted(ADAPTERS))}) or module:attr"
         )
     module_name, _, attr_path = spec.partition(":")
     try:

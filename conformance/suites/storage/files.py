@@ -1,26 +1,24 @@
-"""A saved checkpoint's files: where each chunk's bytes lie in them, and changing those bytes.
+"""A saved checkpoint's stored objects: where each chunk's bytes lie in them, and changing them.
 
-Backend files are opaque to the suite: the saved bytes of a chunk are found by searching
-the files for the value-encoded bytes of that chunk (see :mod:`ckptconf.conformance.kit.cases`).
+Backend objects are opaque to the suite: the saved bytes of a chunk are found by searching
+the objects for the value-encoded bytes of that chunk (see
+:mod:`ckptconf.conformance.kit.cases`). Objects are reached through the backend's
+:class:`~ckptconf.conformance.StoredObjects` (files under the path by default).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ...kit.cases import SaveLoadCase, encoded_tensor
+from ...stored import StoredObjects
 
 __all__ = [
     "DataSpan",
-    "checkpoint_files",
     "data_spans",
     "describe_offset",
     "find_all",
     "nonempty_files",
-    "set_byte",
     "truncate_file",
 ]
 
@@ -29,21 +27,13 @@ MIN_PATTERN = 8  # bytes: shorter chunk data could match anywhere
 
 @dataclass(frozen=True)
 class DataSpan:
-    """Where the saved bytes of one chunk were found in a file of the checkpoint."""
+    """Where the saved bytes of one chunk were found in an object of the checkpoint."""
 
     file: str
     start: int
     end: int
     label: str
     unique: bool  # the only place these bytes were found: a reader cannot get them elsewhere
-
-
-def checkpoint_files(path: str) -> list[str]:
-    """Every regular file under ``path``, relative, sorted."""
-    out = []
-    for root, _, names in os.walk(path):
-        out += [os.path.relpath(os.path.join(root, n), path) for n in names]
-    return sorted(f for f in out if os.path.isfile(os.path.join(path, f)))
 
 
 def find_all(data: bytes, pattern: bytes) -> list[int]:
@@ -54,11 +44,13 @@ def find_all(data: bytes, pattern: bytes) -> list[int]:
     return found
 
 
-def data_spans(path: str, files: list[str], case: SaveLoadCase, summary: dict) -> list[DataSpan]:
-    """The saved bytes of every chunk the metadata lists, found in the files by their value."""
+def data_spans(
+    store: StoredObjects, files: list[str], case: SaveLoadCase, summary: dict
+) -> list[DataSpan]:
+    """The saved bytes of every chunk the metadata lists, found in the objects by their value."""
     import torch
 
-    contents = {f: Path(path, f).read_bytes() for f in files}
+    contents = {f: store.read(f) for f in files}
     spans = []
     for spec in case.tensors:
         entry = summary.get(spec.key, {})
@@ -83,22 +75,12 @@ def describe_offset(spans: list[DataSpan], file: str, offset: int) -> str:
     return "outside every chunk's saved bytes found"
 
 
-def set_byte(path: str, file: str, offset: int, change: Callable[[int], int]) -> int:
-    """Replace byte ``offset`` of ``file`` by ``change(old)``; return the old byte."""
-    target = Path(path, file)
-    data = bytearray(target.read_bytes())
-    old = data[offset]
-    data[offset] = change(old)
-    target.write_bytes(bytes(data))
-    return old
+def nonempty_files(store: StoredObjects, files: list[str]) -> list[str]:
+    return [f for f in files if store.size(f)]
 
 
-def nonempty_files(path: str, files: list[str]) -> list[str]:
-    return [f for f in files if os.path.getsize(os.path.join(path, f))]
-
-
-def truncate_file(path: str, file: str, size: int) -> int:
-    target = Path(path, file)
-    before = target.stat().st_size
-    os.truncate(target, size)
-    return before
+def truncate_file(store: StoredObjects, file: str, size: int) -> int:
+    """Cut ``file`` to its first ``size`` bytes; return its size before."""
+    data = store.read(file)
+    store.write(file, data[:size])
+    return len(data)

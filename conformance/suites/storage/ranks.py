@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import threading
 import traceback
 from typing import Any
@@ -56,29 +55,28 @@ def _summary_or_error(backend: Backend, path: str) -> tuple[str, Any]:
         return "error", type(exc).__name__
 
 
-def files_metadata_depends_on(
-    backend: Backend, path: str, files: list[str], hide_dir: str
-) -> list[str]:
-    """The files of the checkpoint without which ``read_metadata`` raises or says something else.
+def files_metadata_depends_on(backend: Backend, path: str, files: list[str]) -> list[str]:
+    """The stored objects of the checkpoint without which ``read_metadata`` raises or says
+    something else.
 
-    Each file is moved to ``hide_dir`` (outside the checkpoint) in turn and put back.
+    Each object is read, deleted and written back in turn.
     """
     if dist.is_initialized() and dist.get_rank() != 0:
         return []
     baseline = _summary_or_error(backend, path)
     if baseline[0] != "ok":
         return []
+    store = backend.objects_at(path)
     found = []
-    for number, relative in enumerate(files):  # every file is whole here: no cap needed
-        source = os.path.join(path, relative)
-        hidden = os.path.join(hide_dir, f"hidden-{number}")
-        os.replace(source, hidden)
+    for name in files:  # every object is whole here: no cap needed
+        content = store.read(name)
+        store.delete(name)
         try:
             now = _summary_or_error(backend, path)
         finally:
-            os.replace(hidden, source)
+            store.write(name, content)
         if now != baseline:
-            found.append(relative)
+            found.append(name)
     return found
 
 
@@ -136,12 +134,6 @@ def _signature(backend: Backend, path: str) -> tuple[str, Any]:
         return "error", type(exc).__name__
 
 
-def _write_byte(file, position: int, value: int) -> None:
-    file.seek(position)
-    file.write(bytes([value]))
-    file.flush()
-
-
 def accepted_metadata_changes(
     backend: Backend, path: str, file: str, positions: list[int], mask: int = 1
 ) -> list[tuple[int, dict[str, dict[str, Any]]]]:
@@ -155,18 +147,17 @@ def accepted_metadata_changes(
     found: list[tuple[int, dict[str, dict[str, Any]]]] = []
     if dist.is_initialized() and dist.get_rank() != 0:
         return found
-    with open(os.path.join(path, file), "r+b") as target, _memory_capped():
+    store = backend.objects_at(path)
+    with _memory_capped():
         baseline = _signature(backend, path)
         if baseline[0] != "ok":
             return found
-        for position in positions:  # one byte changed in place, then put back
-            target.seek(position)
-            old = target.read(1)[0]
-            _write_byte(target, position, old ^ mask)
+        for position in positions:  # one byte changed, then put back (XOR undoes itself)
+            store.change_byte(file, position, lambda b: b ^ mask)
             try:
                 now = _signature(backend, path)
             finally:
-                _write_byte(target, position, old)
+                store.change_byte(file, position, lambda b: b ^ mask)
             if now[0] == "ok" and now != baseline:
                 found.append((position, now[1][0]))
     return found

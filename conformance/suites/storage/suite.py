@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 from hypothesis import Phase
@@ -33,15 +32,14 @@ from ...kit.fixtures import UNSUPPORTED_PREFIX
 from ...kit.oracle import cover_problems, metadata_problems
 from ...kit.profiles import property_test
 from ...kit.trial import Trial
+from ...stored import StoredObjects
 from . import ranks
 from .cases import flat_cases, hand_cases, other_cases, sized_cases
 from .files import (
     DataSpan,
-    checkpoint_files,
     data_spans,
     describe_offset,
     nonempty_files,
-    set_byte,
     truncate_file,
 )
 
@@ -116,13 +114,22 @@ def _check_checkpoint(trial: Trial, case: SaveLoadCase, path: str, when: str) ->
 # --- the checkpoint's files ----------------------------------------------------------------------
 
 
-def _saved(trial: Trial, case: SaveLoadCase, path: str) -> tuple[list[str], dict]:
-    """Save ``case``; return the checkpoint's files and rank 0's metadata summary."""
+def _saved(trial: Trial, case: SaveLoadCase, path: str) -> tuple[StoredObjects, list[str], dict]:
+    """Save ``case``; return what the backend stored, the stored objects' names and rank 0's
+    metadata summary."""
     trial.run("save", values.save_case, case, path, world=case.save_world)
-    files = checkpoint_files(path)
+    store = trial.backend.objects_at(path)
+    files = store.names()
     if not files:
-        pytest.skip(UNSUPPORTED_PREFIX + "it wrote no files under the checkpoint path")
-    return files, trial.run("read_metadata", ranks.read_metadata_summary, path, world=1)[0]
+        how = (
+            "its stored_objects lists nothing"
+            if trial.backend.stored_objects is not None
+            else "a backend that stores elsewhere (an object store) gives the suite a "
+            "stored_objects factory (ckptconf.conformance.StoredObjects)"
+        )
+        pytest.skip(f"{UNSUPPORTED_PREFIX}it stored nothing found at {store.where()}: {how}")
+    summary = trial.run("read_metadata", ranks.read_metadata_summary, path, world=1)[0]
+    return store, files, summary
 
 
 def _pick(data, items: Sequence, label: str):
@@ -275,22 +282,22 @@ class StorageTests:
         cut instead, and the load must raise or give the saved values."""
         case = data.draw(sized_cases(ckpt.backend), label="case")
         trial, path = ckpt.trial(case), ckpt.path()
-        files, summary = _saved(trial, case, path)
-        unique = [s for s in data_spans(path, files, case, summary) if s.unique]
+        store, files, summary = _saved(trial, case, path)
+        unique = [s for s in data_spans(store, files, case, summary) if s.unique]
         drop = data.draw(st.integers(1, 16), label="bytes dropped")
         if unique:
             span = _pick(data, unique, "chunk cut")
             drop = min(drop, span.end - span.start)
-            before = truncate_file(path, span.file, span.end - drop)
+            before = truncate_file(store, span.file, span.end - drop)
             change = (
                 f"{span.file!r} cut from {before} to {span.end - drop} bytes: the last {drop} "
                 f"byte(s) of {span.label} (file bytes [{span.start}, {span.end})) and all after"
             )
         else:
-            file = _pick(data, nonempty_files(path, files), "file")
-            size = os.path.getsize(os.path.join(path, file))
+            file = _pick(data, nonempty_files(store, files), "file")
+            size = store.size(file)
             drop = min(drop, size)
-            truncate_file(path, file, size - drop)
+            truncate_file(store, file, size - drop)
             change = f"{file!r} cut from {size} to {size - drop} bytes (no saved bytes found)"
         _check_corrupted_load(trial, case, path, change, must_raise=bool(unique))
 
@@ -303,16 +310,16 @@ class StorageTests:
         saved values."""
         case = data.draw(sized_cases(ckpt.backend), label="case")
         trial, path = ckpt.trial(case), ckpt.path()
-        files, summary = _saved(trial, case, path)
-        spans = data_spans(path, files, case, summary)
+        store, files, summary = _saved(trial, case, path)
+        spans = data_spans(store, files, case, summary)
         if data.draw(st.booleans(), label="inside saved bytes") and spans:
             span = _pick(data, spans, "chunk")
             file, offset = span.file, _pick(data, range(span.start, span.end), "byte")
         else:
-            file = _pick(data, nonempty_files(path, files), "file")
-            offset = _pick(data, range(os.path.getsize(os.path.join(path, file))), "byte")
+            file = _pick(data, nonempty_files(store, files), "file")
+            offset = _pick(data, range(store.size(file)), "byte")
         bit = data.draw(st.integers(0, 7), label="bit")
-        old = set_byte(path, file, offset, lambda b: b ^ (1 << bit))
+        old = store.change_byte(file, offset, lambda b: b ^ (1 << bit))
         change = (
             f"bit {bit} of byte {offset} of {file!r} flipped (0x{old:02x} -> "
             f"0x{old ^ (1 << bit):02x}), {describe_offset(spans, file, offset)}"
@@ -327,13 +334,13 @@ class StorageTests:
         point: the load raises on every rank or gives exactly the saved values."""
         case = data.draw(sized_cases(ckpt.backend), label="case")
         trial, path = ckpt.trial(case), ckpt.path()
-        files, summary = _saved(trial, case, path)
-        spans = data_spans(path, files, case, summary)
+        store, files, summary = _saved(trial, case, path)
+        spans = data_spans(store, files, case, summary)
         file = _pick(data, files, "file")
-        size = os.path.getsize(os.path.join(path, file))
+        size = store.size(file)
         to_zero = data.draw(st.booleans(), label="to zero")
         keep = 0 if to_zero or size == 0 else _pick(data, range(size), "bytes kept")
-        truncate_file(path, file, keep)
+        truncate_file(store, file, keep)
         change = f"{file!r} truncated from {size} to {keep} bytes (at {describe_offset(spans, file, keep)})"
         _check_corrupted_load(trial, case, path, change, must_raise=False)
 
@@ -345,9 +352,9 @@ class StorageTests:
         exactly the saved values (the file was not needed)."""
         case = data.draw(sized_cases(ckpt.backend), label="case")
         trial, path = ckpt.trial(case), ckpt.path()
-        files, _ = _saved(trial, case, path)
+        store, files, _ = _saved(trial, case, path)
         file = _pick(data, files, "file")
-        os.remove(os.path.join(path, file))
+        store.delete(file)
         change = f"{file!r} deleted (the checkpoint had {files})"
         _check_corrupted_load(trial, case, path, change, must_raise=False)
 
@@ -363,23 +370,19 @@ class StorageTests:
         saved values."""
         case = data.draw(sized_cases(ckpt.backend), label="case")
         trial, path = ckpt.trial(case), ckpt.path()
-        files, summary = _saved(trial, case, path)
-        hide_dir = f"{path}.hidden"
-        os.makedirs(hide_dir)
+        store, files, summary = _saved(trial, case, path)
         depends = ranks.files_metadata_depends_on
-        found = trial.run(
-            "read_metadata without each file", depends, path, files, hide_dir, world=1
-        )
-        metadata_files = nonempty_files(path, found[0])
+        found = trial.run("read_metadata without each file", depends, path, files, world=1)
+        metadata_files = nonempty_files(store, found[0])
         if not metadata_files:
             pytest.skip(
                 UNSUPPORTED_PREFIX + "no file of the checkpoint changes what read_metadata returns"
             )
         file = _pick(data, metadata_files, "metadata file")
-        spans = [s for s in data_spans(path, files, case, summary) if s.file == file]
-        offset, change, what = _metadata_change(data, trial, path, file, spans, summary)
-        old = set_byte(path, file, offset, change)
-        context = Path(path, file).read_bytes()[max(0, offset - 24) : offset + 24]
+        spans = [s for s in data_spans(store, files, case, summary) if s.file == file]
+        offset, change, what = _metadata_change(data, trial, store, path, file, spans, summary)
+        old = store.change_byte(file, offset, change)
+        context = store.read(file)[max(0, offset - 24) : offset + 24]
         description = (
             f"byte {offset} of metadata file {file!r}: {what} (0x{old:02x} -> 0x{change(old):02x});"
             f" the bytes around it now: {context!r}"
@@ -387,7 +390,9 @@ class StorageTests:
         _check_corrupted_load(trial, case, path, description, must_raise=False)
 
 
-def _metadata_change(data, trial: Trial, path: str, file: str, spans: list[DataSpan], summary):
+def _metadata_change(
+    data, trial: Trial, store: StoredObjects, path: str, file: str, spans: list[DataSpan], summary
+):
     """``(offset, change, what)``: a byte of ``file`` outside ``spans`` and how to change it.
 
     Three ways, drawn: a change the reader accepts and that changes what it says (found
@@ -396,7 +401,7 @@ def _metadata_change(data, trial: Trial, path: str, file: str, spans: list[DataS
     of a tensor in no chunk, then other changes of chunks, of keys, sizes or dtypes, of
     where the data lies; an ASCII digit replaced by another; any bit flipped.
     """
-    content = Path(path, file).read_bytes()
+    content = store.read(file)
     inside = {i for s in spans for i in range(s.start, s.end)}
     outside = [i for i in range(len(content)) if i not in inside] or list(range(len(content)))
     mode = data.draw(st.sampled_from(["accepted", "accepted", "digit", "bit"]), label="change")
