@@ -271,6 +271,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backends_page(args: argparse.Namespace) -> int:
+    from .backends_page import render_backends_page
+
+    reports = []
+    for path in args.paths:
+        try:
+            with open(path) as file:
+                reports.append(json.load(file))
+        except (OSError, ValueError) as exc:
+            print(f"ckptconf backends-page: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+    text = render_backends_page(reports, sources=args.paths)
+    if args.output:
+        with open(args.output, "w") as file:
+            file.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from ckptconf.harness.bench import bench_harness
     from rich.console import Console
@@ -382,6 +402,12 @@ def main(argv: list[str] | None = None) -> int:
         "-o", "--output", default=None, help="write the markdown here instead of stdout"
     )
     report.set_defaults(handler=_report)
+    page = sub.add_parser(
+        "backends-page", help="render several JSON reports as one page (docs/backends.md)"
+    )
+    page.add_argument("paths", nargs="+", help="JSON reports, one per backend, in page order")
+    page.add_argument("-o", "--output", default=None, help="write here instead of stdout")
+    page.set_defaults(handler=_backends_page)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=["harness"], help="what to measure")
     bench.add_argument("--sizes", default="2,4", help="world sizes, comma-separated")

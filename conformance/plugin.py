@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import sys
+import time
 
 import pytest
 
@@ -136,6 +138,7 @@ def activate(config: pytest.Config | None = None) -> None:
         return
     from .kit import fixtures
 
+    config.stash[_started_key] = time.time()
     config.pluginmanager.register(fixtures, "ckptconf-suites")
 
 
@@ -204,6 +207,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 # --- the report, where results come back (the only process or the xdist controller) ------------
 
 _report_key = pytest.StashKey["object"]()
+_started_key = pytest.StashKey[float]()
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:
@@ -220,12 +224,23 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
     if _report_key not in _config.stash:
         _config.stash[_report_key] = Report(
-            profile=session_profile(_config), seed=run_seed(_config)
+            profile=session_profile(_config),
+            seed=run_seed(_config),
+            started=_config.stash.get(_started_key, time.time()),
+            command=_command(),
         )
     _config.stash[_report_key].record(info, report)
     path = _config.getoption("ckpt_report")
     if path:  # after every test: a stopped run keeps what it found
         _config.stash[_report_key].write(path)
+
+
+def _command() -> str:
+    """The command line of this run, as the person typed it (``ckptconf run ...`` or pytest)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else "pytest"
+    if program in ("__main__.py", "cli.py"):
+        program = "ckptconf"
+    return shlex.join([program, *sys.argv[1:]])
 
 
 def report_of(config: pytest.Config):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ class Report:
     backend: dict[str, Any] = field(default_factory=dict)
     tests: list[dict[str, Any]] = field(default_factory=list)
     unmatched_expectations: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    """When the session started (seconds since the epoch)."""
+    command: str = ""
+    """The command line that ran the session."""
 
     def record(self, info: dict[str, Any], report) -> None:
         """Add the outcome of a test's setup or call phase (setup only when it did not pass).
@@ -148,6 +153,9 @@ class Report:
             },
             "profile": self.profile,
             "seed": self.seed,
+            "command": self.command,
+            "date": time.strftime("%Y-%m-%d", time.gmtime(self.started)),
+            "wall_seconds": round(time.time() - self.started, 1),
             "summary": {suite: dict(c) for suite, c in self.counts().items()},
             "tests": sorted(self.tests, key=lambda t: t["id"]),
             "unmatched_expectations": self.unmatched_expectations,

@@ -33,6 +33,18 @@ ADAPTERS: dict[str, Adapter] = {
         "AWS s3torchconnector's S3StorageWriter/S3StorageReader on an S3 bucket "
         "(CKPTCONF_S3_BUCKET; AWS_ENDPOINT_URL for a local server)",
     ),
+    "megatron": Adapter(
+        "megatron",
+        ("megatron.core.dist_checkpointing.strategies.torch",),
+        "megatron",
+        "megatron-core's MCoreSavePlanner/MCoreLoadPlanner with DCP's filesystem storage",
+    ),
+    "nvidia-resiliency-ext": Adapter(
+        "nvidia_resiliency_ext",
+        ("nvidia_resiliency_ext.checkpointing.async_ckpt.state_dict_saver",),
+        "nvrx",
+        "nvidia-resiliency-ext's FileSystemWriterAsync under its own driver",
+    ),
 }
 """Adapter name -> where it lives and what it needs."""
 

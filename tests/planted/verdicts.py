@@ -26,6 +26,8 @@ __all__ = [
     "fails_every_save",
     "hangs_on_save",
     "starts_child_processes",
+    "stored_elsewhere",
+    "stored_elsewhere_listed",
     "unbuildable_planner",
 ]
 
@@ -127,4 +129,45 @@ def fails_every_save() -> Backend:
     """Every save raises at once: the run must stop after its preflight, in seconds."""
     return Backend(
         name="fails_every_save", storage_writer=_RefusingWriter, storage_reader=FileSystemReader
+    )
+
+
+def _elsewhere(path: str) -> str:
+    """Where the "object store" backends keep the checkpoint the suite calls ``path``."""
+    return f"{path}.store"
+
+
+def _elsewhere_writer(path: str):
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemWriter(_elsewhere(path))
+
+
+def _elsewhere_reader(path: str):
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemReader(_elsewhere(path))
+
+
+def _elsewhere_objects(path: str):
+    from ckptconf.conformance import LocalFiles
+
+    return LocalFiles(_elsewhere(path))
+
+
+def stored_elsewhere() -> Backend:
+    """DCP's filesystem storage keeping each checkpoint away from the path it is given, as an
+    object store does, and not saying where: the corruption tests cannot run."""
+    return Backend(
+        name="stored-elsewhere",
+        storage_writer=_elsewhere_writer,
+        storage_reader=_elsewhere_reader,
+    )
+
+
+def stored_elsewhere_listed() -> Backend:
+    """:func:`stored_elsewhere` with ``stored_objects`` saying where: the corruption tests run
+    on its objects (and DCP, without checksums, fails the flipped-bit test)."""
+    return dataclasses.replace(
+        stored_elsewhere(), name="stored-elsewhere-listed", stored_objects=_elsewhere_objects
     )
