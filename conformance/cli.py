@@ -291,6 +291,40 @@ def _backends_page(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from ckptconf.reference.errors import MetadataFormatError
+    from ckptconf.reference.inspection import open_checkpoint, render_tree
+
+    try:
+        view = open_checkpoint(args.path)
+    except (OSError, MetadataFormatError) as exc:
+        print(f"ckptconf inspect: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        data = view.to_json()
+        if args.key is not None:
+            from fnmatch import fnmatchcase
+
+            data["entries"] = [e for e in data["entries"] if fnmatchcase(e["key"], args.key)]
+        print(json.dumps(data, indent=1))
+    else:
+        sys.stdout.write(render_tree(view, key=args.key))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ckptconf.reference.inspection import verify
+
+    problems = verify(args.path)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{args.path}: NOT whole, {len(problems)} problem(s)")
+        return 1
+    print(f"{args.path}: whole")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from ckptconf.harness.bench import bench_harness
     from rich.console import Console
@@ -408,6 +442,18 @@ def main(argv: list[str] | None = None) -> int:
     page.add_argument("paths", nargs="+", help="JSON reports, one per backend, in page order")
     page.add_argument("-o", "--output", default=None, help="write here instead of stdout")
     page.set_defaults(handler=_backends_page)
+    inspect = sub.add_parser(
+        "inspect", help="what a checkpoint folder holds (ckptconf or torch DCP format)"
+    )
+    inspect.add_argument("path", help="checkpoint folder")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of the tree")
+    inspect.add_argument("--key", default=None, metavar="PATTERN", help="only keys matching")
+    inspect.set_defaults(handler=_inspect)
+    verify = sub.add_parser(
+        "verify", help="check a checkpoint folder is whole (exit 0 only when it is)"
+    )
+    verify.add_argument("path", help="checkpoint folder")
+    verify.set_defaults(handler=_verify)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=["harness"], help="what to measure")
     bench.add_argument("--sizes", default="2,4", help="world sizes, comma-separated")

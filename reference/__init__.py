@@ -12,6 +12,7 @@ compresses every :class:`BlobSink` it writes).
 """
 
 from .checkpointer import Checkpointer
+from .dcp_metadata import UnsafeMetadataError, load_dcp_metadata
 from .driver import async_save, load, save
 from .errors import (
     CheckpointError,
@@ -23,6 +24,7 @@ from .errors import (
 )
 from .filesystem import DirectoryStore, FileSystemReader, FileSystemWriter
 from .geometry import chunk_overlap, chunk_volume, local_pieces, local_runs, local_shape
+from .inspection import Problem, open_checkpoint, render_tree, verify
 from .load_planner import ReferenceLoadPlanner
 from .memory import InMemoryReader, InMemoryWriter, MemoryStore
 from .metadata_format import parse_metadata
@@ -46,20 +48,26 @@ __all__ = [
     "MemoryStore",
     "MetadataFormatError",
     "PlanValidationError",
+    "Problem",
     "RankFailure",
     "ReferenceLoadPlanner",
     "ReferenceSavePlanner",
     "ReferenceStorageReader",
     "ReferenceStorageWriter",
     "StagingPool",
+    "UnsafeMetadataError",
     "async_save",
     "chunk_overlap",
     "chunk_volume",
     "load",
+    "load_dcp_metadata",
     "local_pieces",
     "local_runs",
     "local_shape",
+    "open_checkpoint",
     "parse_metadata",
+    "render_tree",
     "save",
     "validate_global_plan",
+    "verify",
 ]

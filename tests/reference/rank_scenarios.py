@@ -173,3 +173,36 @@ def load_pipeline_stages(path, layers):
     except ref.CheckpointError as exc:
         return {"error": str(exc)}
     return {"values": {k: v.tolist() if torch.is_tensor(v) else v for k, v in state.items()}}
+
+
+def save_for_inspection(path: str, writer: str) -> None:
+    """A 2-rank checkpoint for inspect/verify, written by ``writer`` (``"reference"`` or
+    ``"dcp"``): 'rows' float64[5, 3] Shard(0) (uneven: 3 + 2 rows), 'cols' float32[2, 4]
+    Shard(1), 'stage1.w' int64[3] on rank 1 only, and an object 'step'."""
+    import torch.distributed.checkpoint as dcp
+
+    rank = dist.get_rank()
+    state = {
+        "rows": layout((2,), [Shard(0)], (5, 3)),
+        "cols": distribute_tensor(
+            encoded((2, 4)).float(), init_device_mesh("cpu", (2,)), [Shard(1)]
+        ),
+        "step": 7,
+    }
+    if rank == 1:
+        state["stage1.w"] = torch.arange(3)
+    if writer == "reference":
+        ref.save(state, path)
+    else:
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(path))
+
+
+def save_other_for_inspection(path: str, writer: str) -> None:
+    """Another save with the same files as :func:`save_for_inspection`: 'rows' is float64[6, 3]."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"rows": layout((2,), [Shard(0)], (6, 3))}
+    if writer == "reference":
+        ref.save(state, path)
+    else:
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(path))

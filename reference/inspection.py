@@ -1,0 +1,373 @@
+"""Inspect and verify a checkpoint on disk without trusting it: ckptconf's format and torch DCP's.
+
+:func:`open_checkpoint` reads what a checkpoint folder says it holds: the reference format
+(``ckptconf.json``, JSON with per-block CRC-32s) or torch DCP's filesystem layout
+(``.metadata``, a pickle read by :func:`~.dcp_metadata.load_dcp_metadata`, which runs no
+code, and ``*.distcp`` data files). :func:`verify` checks that it is whole: every tensor
+tiled by its chunks with no gap or overlap, every stored item inside an existing file,
+checksums where the format has them (ckptconf), every DCP tensor item readable with
+``torch.load(weights_only=True)`` as the shape and dtype its chunk says, and returns every
+problem found. A training job can call ``verify`` before it deletes the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorStorageMetadata,
+)
+
+from .dcp_metadata import load_dcp_metadata
+from .errors import MetadataFormatError
+from .filesystem import METADATA_FILE
+from .metadata_format import Region, dtype_name, parse_metadata
+from .validation import chunk_layout_problems
+
+__all__ = [
+    "CheckpointView",
+    "ChunkView",
+    "EntryView",
+    "Problem",
+    "open_checkpoint",
+    "render_tree",
+    "verify",
+]
+
+DCP_METADATA_FILE = ".metadata"
+
+
+@dataclass(frozen=True)
+class ChunkView:
+    """One stored item: a tensor chunk (``offsets``, ``sizes``) or a bytes entry (both
+    ``None``), at bytes ``[start, start + length)`` of ``file`` (relative to the checkpoint)."""
+
+    offsets: tuple[int, ...] | None
+    sizes: tuple[int, ...] | None
+    file: str | None
+    start: int | None
+    length: int | None
+    checksums: tuple[int, ...] = ()
+    """CRC-32 per block of ``block_size`` bytes (ckptconf format), else empty."""
+    block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class EntryView:
+    """One key of the checkpoint: a tensor (``dtype``, ``shape``) or ``bytes``."""
+
+    key: str
+    kind: str
+    dtype: str | None
+    shape: tuple[int, ...] | None
+    chunks: tuple[ChunkView, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointView:
+    """What a checkpoint folder says it holds."""
+
+    path: str
+    format: str
+    """``"ckptconf"`` or ``"torch-dcp"``."""
+    version: str
+    entries: tuple[EntryView, ...]
+    files: dict[str, int] = field(default_factory=dict)
+    """Every regular file under the folder, relative name -> size in bytes."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "version": self.version,
+            "files": dict(sorted(self.files.items())),
+            "entries": [
+                {
+                    "key": e.key,
+                    "kind": e.kind,
+                    "dtype": e.dtype,
+                    "shape": list(e.shape) if e.shape is not None else None,
+                    "chunks": [
+                        {
+                            "offsets": list(c.offsets) if c.offsets is not None else None,
+                            "sizes": list(c.sizes) if c.sizes is not None else None,
+                            "file": c.file,
+                            "start": c.start,
+                            "length": c.length,
+                        }
+                        for c in e.chunks
+                    ],
+                }
+                for e in self.entries
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that keeps a checkpoint from being whole, with where it is."""
+
+    what: str
+    key: str | None = None
+    chunk: tuple[int, ...] | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.key is not None:
+            where.append(f"key {self.key!r}")
+        if self.chunk is not None:
+            where.append(f"chunk at {self.chunk}")
+        if self.file is not None:
+            where.append(f"file {self.file!r}")
+        return f"{', '.join(where) or 'checkpoint'}: {self.what}"
+
+
+def _files(root: Path) -> dict[str, int]:
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            full = Path(folder, name)
+            if full.is_file():
+                found[full.relative_to(root).as_posix()] = full.stat().st_size
+    return found
+
+
+def _entries(metadata: Metadata, location) -> tuple[EntryView, ...]:
+    """Entries of ``metadata``; ``location(index)`` gives a stored item's ChunkView fields."""
+    entries = []
+    for key, meta in sorted(metadata.state_dict_metadata.items()):
+        if isinstance(meta, TensorStorageMetadata):
+            chunks = tuple(
+                ChunkView(
+                    tuple(c.offsets), tuple(c.sizes), **location(MetadataIndex(key, c.offsets, i))
+                )
+                for i, c in enumerate(meta.chunks)
+            )
+            entries.append(
+                EntryView(
+                    key, "tensor", dtype_name(meta.properties.dtype), tuple(meta.size), chunks
+                )
+            )
+        elif isinstance(meta, BytesStorageMetadata):
+            chunk = ChunkView(None, None, **location(MetadataIndex(key)))
+            entries.append(EntryView(key, "bytes", None, None, (chunk,)))
+        else:
+            entries.append(EntryView(key, type(meta).__name__, None, None, ()))
+    return tuple(entries)
+
+
+def _lookup(storage: dict, index: MetadataIndex):
+    """The storage entry of ``index``: exact, else by fqn and offset (DCP's index hint may
+    differ), else ``None``."""
+    if index in storage:
+        return storage[index]
+    for other, value in storage.items():
+        if other.fqn == index.fqn and other.offset == index.offset:
+            return value
+    return None
+
+
+def _reference_location(storage: dict):
+    def location(index: MetadataIndex) -> dict[str, Any]:
+        region: Region | None = _lookup(storage, index)
+        if region is None:
+            return {"file": None, "start": None, "length": None}
+        return {
+            "file": region.file,
+            "start": region.offset,
+            "length": region.length,
+            "checksums": tuple(region.crc32),
+            "block_size": region.block_size,
+        }
+
+    return location
+
+
+def _dcp_location(storage: dict):
+    def location(index: MetadataIndex) -> dict[str, Any]:
+        info = _lookup(storage, index)
+        if info is None:
+            return {"file": None, "start": None, "length": None}
+        return {
+            "file": str(getattr(info, "relative_path", None)),
+            "start": int(getattr(info, "offset", 0)),
+            "length": int(getattr(info, "length", 0)),
+        }
+
+    return location
+
+
+def open_checkpoint(path: str | os.PathLike) -> CheckpointView:
+    """Read what the checkpoint folder ``path`` holds, without loading tensor data.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder holding ``ckptconf.json`` or ``.metadata``.
+        MetadataFormatError: the metadata is malformed (``UnsafeMetadataError`` for a DCP
+            pickle referencing anything but DCP's metadata classes).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such checkpoint folder")
+    files = _files(root)
+    if (root / METADATA_FILE).is_file():
+        data = (root / METADATA_FILE).read_bytes()
+        metadata = parse_metadata(data, source=str(root / METADATA_FILE))
+        entries = _entries(metadata, _reference_location(metadata.storage_data or {}))
+        return CheckpointView(str(root), "ckptconf", "1", entries, files)
+    if (root / DCP_METADATA_FILE).is_file():
+        data = (root / DCP_METADATA_FILE).read_bytes()
+        metadata = load_dcp_metadata(data, source=str(root / DCP_METADATA_FILE))
+        storage = metadata.storage_data if isinstance(metadata.storage_data, dict) else {}
+        version = str(getattr(metadata, "version", None) or "unversioned")
+        return CheckpointView(
+            str(root), "torch-dcp", version, _entries(metadata, _dcp_location(storage)), files
+        )
+    raise FileNotFoundError(
+        f"{root}: not a checkpoint this reads (no {METADATA_FILE} of the ckptconf format, no "
+        f"{DCP_METADATA_FILE} of torch DCP's filesystem layout); files: {sorted(files)[:10]}"
+    )
+
+
+def _read(root: Path, chunk: ChunkView) -> bytes:
+    with open(root / chunk.file, "rb") as file:
+        file.seek(chunk.start)
+        return file.read(chunk.length)
+
+
+def _chunk_problems(view: CheckpointView, entry: EntryView, chunk: ChunkView) -> list[Problem]:
+    root = Path(view.path)
+    at = {"key": entry.key, "chunk": chunk.offsets, "file": chunk.file}
+    if chunk.file is None:
+        return [Problem("the metadata lists it but says nowhere where it is stored", **at)]
+    if chunk.file not in view.files:
+        return [Problem("the data file does not exist", **at)]
+    end, size = chunk.start + chunk.length, view.files[chunk.file]
+    if chunk.start < 0 or end > size:
+        return [
+            Problem(
+                f"bytes [{chunk.start}, {end}) lie beyond the end of the file ({size} bytes)", **at
+            )
+        ]
+    if chunk.checksums:
+        data = _read(root, chunk)
+        for block, expected in enumerate(chunk.checksums):
+            piece = data[block * chunk.block_size : (block + 1) * chunk.block_size]
+            if zlib.crc32(piece) != expected:
+                first = chunk.start + block * chunk.block_size
+                return [
+                    Problem(f"checksum mismatch in block {block} (file bytes from {first})", **at)
+                ]
+        return []
+    if view.format == "torch-dcp" and entry.kind == "tensor":
+        return _dcp_tensor_problems(_read(root, chunk), entry, chunk, at)
+    return []
+
+
+def _dcp_tensor_problems(data: bytes, entry: EntryView, chunk: ChunkView, at) -> list[Problem]:
+    """A DCP tensor item is a ``torch.save`` archive of the chunk: it must load (weights only)
+    as a tensor of the chunk's sizes and the entry's dtype."""
+    try:
+        tensor = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the problem reported
+        return [
+            Problem(
+                f"its bytes do not load as a tensor ({type(exc).__name__}: {str(exc)[:200]})", **at
+            )
+        ]
+    if not isinstance(tensor, torch.Tensor):
+        return [Problem(f"its bytes hold a {type(tensor).__name__}, not a tensor", **at)]
+    if tuple(tensor.shape) != chunk.sizes or dtype_name(tensor.dtype) != entry.dtype:
+        return [
+            Problem(
+                f"its bytes hold {dtype_name(tensor.dtype)}{list(tensor.shape)}, the metadata "
+                f"says {entry.dtype}{list(chunk.sizes)}",
+                **at,
+            )
+        ]
+    return []
+
+
+def verify(path: str | os.PathLike) -> list[Problem]:
+    """Every problem that keeps the checkpoint at ``path`` from being whole; empty when whole.
+
+    Checks: the metadata reads (safely); each tensor's chunks tile it with no gap, overlap or
+    chunk out of bounds; each stored item lies inside an existing file; block checksums
+    (ckptconf format); each DCP tensor item loads as its chunk's shape and dtype. Never raises
+    for a broken checkpoint: an unreadable one is one problem.
+    """
+    try:
+        view = open_checkpoint(path)
+    except (OSError, MetadataFormatError) as exc:
+        return [Problem(str(exc))]
+    problems: list[Problem] = []
+    for entry in view.entries:
+        if entry.kind == "tensor":
+            chunks = [
+                ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes))
+                for c in entry.chunks
+            ]
+            problems += [
+                Problem(p.removeprefix(f"key {entry.key!r}: "), key=entry.key)
+                for p in chunk_layout_problems(entry.key, entry.shape, chunks)
+            ]
+        elif entry.kind != "bytes":
+            problems.append(Problem(f"unknown entry kind {entry.kind}", key=entry.key))
+        for chunk in entry.chunks:
+            problems += _chunk_problems(view, entry, chunk)
+    return problems
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _where(chunk: ChunkView) -> str:
+    if chunk.file is None:
+        return "(stored nowhere)"
+    return f"{chunk.file} [{chunk.start}, {chunk.start + chunk.length})"
+
+
+def render_tree(view: CheckpointView, *, key: str | None = None) -> str:
+    """The checkpoint as text: a header, then per key its dtype and global shape and each chunk
+    as a box of index ranges with the file and byte range holding it. ``key``: only keys
+    matching this ``fnmatch`` pattern."""
+    from fnmatch import fnmatchcase
+
+    entries = [e for e in view.entries if key is None or fnmatchcase(e.key, key)]
+    tensors = sum(e.kind == "tensor" for e in view.entries)
+    lines = [
+        f"{view.path}: {view.format} checkpoint, version {view.version}",
+        f"{len(view.entries)} entries ({tensors} tensors, {len(view.entries) - tensors} bytes), "
+        f"{_size(sum(view.files.values()))} in {len(view.files)} files",
+    ]
+    if key is not None:
+        lines.append(f"{len(entries)} entries match {key!r}")
+    for entry in entries:
+        if entry.kind != "tensor":
+            where = _where(entry.chunks[0]) if entry.chunks else ""
+            lines.append(f"{entry.key}  {entry.kind}  {where}")
+            continue
+        count = len(entry.chunks)
+        lines.append(
+            f"{entry.key}  {entry.dtype}{list(entry.shape)}  {count} chunk{'s' * (count != 1)}"
+        )
+        for chunk in entry.chunks:
+            box = ", ".join(f"{o}:{o + n}" for o, n in zip(chunk.offsets, chunk.sizes))
+            lines.append(f"  [{box}]  {_where(chunk)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,232 @@
+"""inspect and verify: what a checkpoint holds, whether it is whole, for the ckptconf format and
+torch DCP's filesystem layout; DCP's pickled metadata read without running code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+
+import pytest
+import torch
+from ckptconf.conformance.cli import main
+from ckptconf.reference import (
+    UnsafeMetadataError,
+    load_dcp_metadata,
+    open_checkpoint,
+    render_tree,
+    verify,
+)
+from ckptconf.reference.dcp_metadata import ALLOWED_GLOBALS
+from expecttest import assert_expected_inline
+
+from tests.reference.rank_scenarios import save_for_inspection
+
+WRITERS = ("reference", "dcp")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """One whole 2-rank checkpoint per writer, copied by each test that breaks it."""
+    from ckptconf.harness import get_world
+
+    root = tmp_path_factory.mktemp("inspection")
+    for writer in WRITERS:
+        get_world(2).run(save_for_inspection, str(root / writer), writer, timeout=120)
+    return root
+
+
+def _copy(saved, writer: str, tmp_path) -> str:
+    target = tmp_path / writer
+    shutil.copytree(saved / writer, target)
+    return str(target)
+
+
+def _data_files(path: str) -> list[str]:
+    view = open_checkpoint(path)
+    return sorted({c.file for e in view.entries for c in e.chunks if c.file})
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_whole_checkpoint_is_read_and_verifies_clean(saved, writer):
+    view = open_checkpoint(saved / writer)
+    assert view.format == ("ckptconf" if writer == "reference" else "torch-dcp")
+    entries = {e.key: e for e in view.entries}
+    assert sorted(entries) == ["cols", "rows", "stage1.w", "step"]
+    assert (entries["rows"].dtype, entries["rows"].shape) == ("float64", (5, 3))
+    assert sorted((c.offsets, c.sizes) for c in entries["rows"].chunks) == [
+        ((0, 0), (3, 3)),
+        ((3, 0), (2, 3)),
+    ]
+    assert sorted((c.offsets, c.sizes) for c in entries["cols"].chunks) == [
+        ((0, 0), (2, 2)),
+        ((0, 2), (2, 2)),
+    ]
+    assert [(c.offsets, c.sizes) for c in entries["stage1.w"].chunks] == [((0,), (3,))]
+    assert entries["step"].kind == "bytes"
+    for entry in view.entries:
+        for chunk in entry.chunks:
+            assert chunk.file in view.files and chunk.start + chunk.length <= view.files[chunk.file]
+    assert verify(saved / writer) == []
+    assert main(["verify", str(saved / writer)]) == 0
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_missing_data_file_is_named_with_its_keys(saved, writer, tmp_path):
+    path = _copy(saved, writer, tmp_path)
+    gone = _data_files(path)[0]
+    os.remove(os.path.join(path, gone))
+    problems = verify(path)
+    assert problems and all(p.file == gone for p in problems), problems
+    assert all("does not exist" in p.what and p.key for p in problems)
+    assert main(["verify", path]) == 1
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_truncated_data_file_is_a_problem(saved, writer, tmp_path):
+    path = _copy(saved, writer, tmp_path)
+    cut = _data_files(path)[-1]
+    target = os.path.join(path, cut)
+    os.truncate(target, os.path.getsize(target) // 2)
+    problems = verify(path)
+    assert problems and all(p.file == cut for p in problems), problems
+    assert any("beyond the end of the file" in p.what for p in problems)
+
+
+@pytest.mark.multiprocess
+def test_a_flipped_byte_fails_the_reference_checksum(saved, tmp_path):
+    path = _copy(saved, "reference", tmp_path)
+    view = open_checkpoint(path)
+    (rows,) = [e for e in view.entries if e.key == "rows"]
+    chunk = rows.chunks[0]
+    with open(os.path.join(path, chunk.file), "r+b") as file:
+        file.seek(chunk.start + 5)
+        old = file.read(1)[0]
+        file.seek(chunk.start + 5)
+        file.write(bytes([old ^ 0x10]))
+    (problem,) = verify(path)
+    assert (problem.key, problem.chunk, problem.file) == ("rows", chunk.offsets, chunk.file)
+    assert "checksum mismatch in block 0" in problem.what
+
+
+@pytest.mark.multiprocess
+def test_tampered_dcp_metadata_leaves_a_gap_that_is_named(saved, tmp_path):
+    path = _copy(saved, "dcp", tmp_path)
+    with open(os.path.join(path, ".metadata"), "rb") as file:
+        metadata = load_dcp_metadata(file.read())
+    chunk = metadata.state_dict_metadata["rows"].chunks[1]
+    chunk.sizes = torch.Size([1, 3])  # rows 3:5 -> 3:4, row 4 in no chunk
+    with open(os.path.join(path, ".metadata"), "wb") as file:
+        pickle.dump(metadata, file)
+    problems = [str(p) for p in verify(path)]
+    assert (
+        "key 'rows': 3 of 15 elements are not covered by any chunk (gaps at offsets (4, 0) sizes (1, 3))"
+        in problems
+    ), problems
+    assert (
+        "key 'rows', chunk at (3, 0), file '__1_0.distcp': its bytes hold float64[2, 3], the "
+        "metadata says float64[1, 3]" in problems
+    ), problems
+
+
+@pytest.mark.multiprocess
+def test_tampered_reference_metadata_is_a_problem(saved, tmp_path):
+    path = _copy(saved, "reference", tmp_path)
+    target = os.path.join(path, "ckptconf.json")
+    with open(target) as file:
+        text = file.read()
+    changed = re.sub(r'"sizes": ?\[2, ?3\]', '"sizes":[1,3]', text, count=1)
+    assert changed != text
+    with open(target, "w") as file:
+        file.write(changed)
+    (problem,) = verify(path)
+    assert "rows" in problem.what, problem
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_data_file_from_another_save_is_a_problem(saved, writer, tmp_path):
+    """The other save has the same files but another state (its 'rows' is float64[6, 3])."""
+    from ckptconf.harness import get_world
+
+    from tests.reference.rank_scenarios import save_other_for_inspection
+
+    path = _copy(saved, writer, tmp_path)
+    other = str(tmp_path / "other")
+    get_world(2).run(save_other_for_inspection, other, writer, timeout=120)
+    mine, theirs = _data_files(path), _data_files(other)
+    shutil.copyfile(os.path.join(other, theirs[0]), os.path.join(path, mine[0]))
+    problems = verify(path)
+    assert problems and all(p.file == mine[0] for p in problems), problems
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_dcp_metadata_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / ".metadata").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(UnsafeMetadataError, match=r"references (posix|os)\.system"):
+        load_dcp_metadata((tmp_path / "ckpt" / ".metadata").read_bytes())
+    (problem,) = verify(tmp_path / "ckpt")
+    assert "system, which is not part of DCP metadata" in problem.what
+    assert main(["verify", str(tmp_path / "ckpt")]) == 1
+    assert not marker.exists()
+
+
+def test_the_allowlist_holds_no_callable_that_runs_code():
+    modules = {module for module, _ in ALLOWED_GLOBALS}
+    assert modules <= {
+        "torch",
+        "torch.serialization",
+        "torch.distributed.checkpoint.metadata",
+        "torch.distributed.checkpoint.filesystem",
+        "torch.distributed.checkpoint._hf_utils",
+        "pathlib",
+        "collections",
+        "builtins",
+    }
+    assert {n for m, n in ALLOWED_GLOBALS if m == "builtins"} == {"set", "frozenset"}
+    assert {n for m, n in ALLOWED_GLOBALS if m == "torch.serialization"} == {"_get_layout"}
+
+
+@pytest.mark.multiprocess
+def test_the_tree_of_a_dcp_checkpoint(saved):
+    text = render_tree(open_checkpoint(saved / "dcp"), key="[rs]*").replace(str(saved), "<tmp>")
+    assert_expected_inline(
+        text,
+        """\
+<tmp>/dcp: torch-dcp checkpoint, version 1.0.0
+4 entries (3 tensors, 1 bytes), 10.5 KiB in 3 files
+3 entries match '[rs]*'
+rows  float64[5, 3]  2 chunks
+  [0:3, 0:3]  __0_0.distcp [0, 1641)
+  [3:5, 0:3]  __1_0.distcp [1261, 2838)
+stage1.w  int64[3]  1 chunk
+  [0:3]  __1_0.distcp [4415, 5992)
+step  bytes  __1_0.distcp [0, 1261)
+""",
+    )
+
+
+@pytest.mark.multiprocess
+def test_inspect_json_lists_entries_and_files(saved, capsys):
+    assert main(["inspect", str(saved / "dcp"), "--json", "--key", "stage*"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["format"] == "torch-dcp"
+    assert [e["key"] for e in data["entries"]] == ["stage1.w"]
+    (chunk,) = data["entries"][0]["chunks"]
+    assert (chunk["offsets"], chunk["sizes"], chunk["file"]) == ([0], [3], "__1_0.distcp")
+    assert set(data["files"]) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    assert main(["inspect", str(saved / "nothing")]) == 2
