@@ -153,3 +153,17 @@ def test_meta_states_hold_no_data():
     assert state["w"].pieces[0].view.device == torch.device("meta")
     with pytest.raises(TypeError):
         state["w"] + 1
+
+
+def test_states_are_flat_for_a_backend_taking_flat_state_dicts_only():
+    """Megatron's planners take flat state dicts (its adapter declares nested_state_dicts
+    unsupported): the plans suite once gave them nested ones and reported its own mistake as
+    the backend's failure."""
+    case = PlanStateCase(
+        2, (SimTensor(("model", "w"), (2,), "float32", SimLayout()),), ((("opt", "step"), 3),)
+    )
+    nested = build_states(case, data="encoded")
+    flat = build_states(case, data="encoded", nested=False)
+    assert sorted(nested[1]) == ["model", "opt"] and nested[1]["opt"] == {"step": 3}
+    assert sorted(flat[1]) == ["model.w", "opt.step"] and flat[1]["opt.step"] == 3
+    assert torch.equal(flat[0]["model.w"], nested[0]["model"]["w"])

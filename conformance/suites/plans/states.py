@@ -82,17 +82,25 @@ def _put(tree: dict, path: Sequence[str], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def build_states(case: PlanStateCase, *, data: str = "meta") -> list[dict[str, Any]]:
-    """Every rank's (nested) state dict; objects hold their value (:data:`UNLOADED` for ``sentinel``)."""
+def build_states(
+    case: PlanStateCase, *, data: str = "meta", nested: bool = True
+) -> list[dict[str, Any]]:
+    """Every rank's state dict, nested by path (``nested``) or flat under dotted keys (for a
+    backend taking flat state dicts only, as Megatron's planners do); objects hold their
+    value (:data:`UNLOADED` for ``sentinel``)."""
     if data not in DATA_MODES:
         raise ValueError(f"data must be one of {DATA_MODES}, not {data!r}")
+
+    def where(path: Sequence[str]) -> Sequence[str]:
+        return path if nested else (".".join(path),)
+
     states: list[dict[str, Any]] = [{} for _ in range(case.world)]
     for tensor in case.tensors:
         for state, value in zip(states, _values(tensor, case.world, data)):
-            _put(state, tensor.path, value)
+            _put(state, where(tensor.path), value)
     for state in states:
         for path, value in case.objects:
-            _put(state, path, UNLOADED if data == "sentinel" else value)
+            _put(state, where(path), UNLOADED if data == "sentinel" else value)
     return states
 
 

@@ -102,7 +102,7 @@ class PlansTests:
         factory = ckpt.save_planner()
         case = data.draw(_state_cases(ckpt.backend), label="case")
         trial = ckpt.trial(case)
-        result = plan_save(trial, build_states(case), factory)
+        result = plan_save(trial, _states(ckpt, case), factory)
         problems = metadata_problems(case, result.metadata)
         if problems:
             raise failure(
@@ -117,7 +117,7 @@ class PlansTests:
         factory = ckpt.save_planner()
         case = data.draw(_state_cases(ckpt.backend), label="case")
         trial = ckpt.trial(case)
-        result = plan_save(trial, build_states(case), factory)
+        result = plan_save(trial, _states(ckpt, case), factory)
         problems = dedup_problems(result.local_plans, result.global_plan, result.metadata)
         if problems:
             raise failure(
@@ -132,8 +132,8 @@ class PlansTests:
         factory = ckpt.save_planner()
         case = data.draw(_state_cases(ckpt.backend, worlds=(2, 3, 4, 8, 16)), label="case")
         trial = ckpt.trial(case)
-        first = plan_save(trial, build_states(case), factory)
-        second = plan_save(trial, build_states(case), factory)
+        first = plan_save(trial, _states(ckpt, case), factory)
+        second = plan_save(trial, _states(ckpt, case), factory)
         problems = plan_differences(
             canonical_plans(first.global_plan), canonical_plans(second.global_plan)
         )
@@ -301,7 +301,7 @@ class PlansTests:
         else:
             case = _scale_case(ckpt.backend, layout)
         trial = ckpt.trial(case)
-        result = plan_save(trial, build_states(case), factory)
+        result = plan_save(trial, _states(ckpt, case), factory)
         problems = metadata_problems(case, result.metadata)
         problems += dedup_problems(result.local_plans, result.global_plan, result.metadata)
         if problems:
@@ -363,6 +363,11 @@ def _check_rejected(trial: Trial, factory, case: PlanCase) -> None:
     raise failure(trial, what, problems)
 
 
+def _states(ckpt, case: PlanStateCase, *, data: str = "meta") -> list[dict]:
+    """Every simulated rank's state for ``case``: flat for a backend taking flat state dicts only."""
+    return build_states(case, data=data, nested=ckpt.supports("nested_state_dicts"))
+
+
 def _check_simulated_reshard(
     ckpt, saved: PlanStateCase, dest: PlanStateCase, *, check_metadata: bool = False
 ) -> None:
@@ -370,10 +375,10 @@ def _check_simulated_reshard(
     not cover every destination element once, wrong loaded values or (``check_metadata``) saved
     metadata that does not describe ``saved``."""
     trial = ckpt.trial(f"saved: {saved.describe()}\nloaded: {dest.describe()}")
-    dest_states = build_states(dest, data="sentinel")
+    dest_states = _states(ckpt, dest, data="sentinel")
     try:
         metadata, plans = save_then_load_in_memory(
-            build_states(saved, data="encoded"),
+            _states(ckpt, saved, data="encoded"),
             dest_states,
             ckpt.save_planner(),
             ckpt.load_planner(),
