@@ -3,7 +3,8 @@
 :func:`open_checkpoint` reads what a checkpoint folder says it holds: the reference format
 (``ckptconf.json``, JSON with per-block CRC-32s) or torch DCP's filesystem layout
 (``.metadata``, a pickle read by :func:`~.dcp_metadata.load_dcp_metadata`, which runs no
-code, and ``*.distcp`` data files). :func:`verify` checks that it is whole: every tensor
+code, and ``*.distcp`` data files), or DCP's HuggingFace layout (``*.safetensors`` files, their
+JSON headers and the ``DCP_SHARDING_INFO`` offsets in them). :func:`verify` checks that it is whole: every tensor
 tiled by its chunks with no gap or overlap, every stored item inside an existing file,
 checksums where the format has them (ckptconf), every DCP tensor item readable with
 ``torch.load(weights_only=True)`` as the shape and dtype its chunk says, and returns every
@@ -13,6 +14,8 @@ problem found. A training job can call ``verify`` before it deletes the previous
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -79,7 +82,7 @@ class CheckpointView:
 
     path: str
     format: str
-    """``"ckptconf"`` or ``"torch-dcp"``."""
+    """``"ckptconf"``, ``"torch-dcp"`` or ``"safetensors"`` (DCP's HuggingFace layout)."""
     version: str
     entries: tuple[EntryView, ...]
     files: dict[str, int] = field(default_factory=dict)
@@ -234,10 +237,118 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointView:
         return CheckpointView(
             str(root), "torch-dcp", version, _entries(metadata, _dcp_location(storage)), files
         )
+    if any(name.endswith(".safetensors") for name in files):
+        return _open_safetensors(root, files)
     raise FileNotFoundError(
         f"{root}: not a checkpoint this reads (no {METADATA_FILE} of the ckptconf format, no "
         f"{DCP_METADATA_FILE} of torch DCP's filesystem layout); files: {sorted(files)[:10]}"
     )
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "C64": "complex64",
+}
+_MAX_HEADER = 100 << 20  # bytes: the safetensors library's own limit
+
+
+def _bad(file: str, message: str) -> MetadataFormatError:
+    """A format error about ``file`` (relative), which :func:`verify` reports as its file."""
+    error = MetadataFormatError(message)
+    error.file = file
+    return error
+
+
+def _safetensors_header(root: Path, name: str, size: int) -> tuple[int, dict]:
+    """``(data start, header)`` of a safetensors file, checked as untrusted input."""
+    where = f"{root / name}"
+    with open(root / name, "rb") as file:
+        head = file.read(8)
+        if len(head) < 8:
+            raise _bad(name, f"{where}: {size} bytes, too short for a safetensors header")
+        length = int.from_bytes(head, "little")
+        if length > min(_MAX_HEADER, size - 8):
+            raise _bad(
+                name, f"{where}: header length {length} exceeds the file ({size} bytes) or 100 MiB"
+            )
+        try:
+            header = json.loads(file.read(length))
+        except ValueError as exc:
+            raise _bad(name, f"{where}: header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise _bad(name, f"{where}: header is a {type(header).__name__}, not an object")
+    return 8 + length, header
+
+
+def _sharding_offsets(header: dict, name: str, where: str) -> dict[str, list[int]]:
+    info = header.get("__metadata__", {}).get("DCP_SHARDING_INFO")
+    if info is None:
+        return {}
+    try:
+        return {key: list(v["saved_offsets"]) for key, v in json.loads(info).items()}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _bad(name, f"{where}: DCP_SHARDING_INFO unreadable ({exc})") from exc
+
+
+def _open_safetensors(root: Path, files: dict[str, int]) -> CheckpointView:
+    """DCP's HuggingFace layout: tensors in ``*.safetensors`` files, each a chunk at the offsets
+    its header's ``DCP_SHARDING_INFO`` gives (zeros without it); a global shape is the end of
+    the furthest chunk (the layout does not store it)."""
+    chunks: dict[str, list[ChunkView]] = {}
+    dtypes: dict[str, str] = {}
+    versions = set()
+    for name in sorted(n for n in files if n.endswith(".safetensors")):
+        where = f"{root / name}"
+        start, header = _safetensors_header(root, name, files[name])
+        versions.add(str(header.get("__metadata__", {}).get("DCP_VERSION", "none")))
+        offsets = _sharding_offsets(header, name, where)
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+                shape = tuple(int(n) for n in entry["shape"])
+                begin, end = (int(n) for n in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise _bad(name, f"{where}: entry {key!r} malformed ({exc!r})") from exc
+            if dtypes.setdefault(key, dtype) != dtype:
+                raise _bad(
+                    name, f"{where}: {key!r} is {dtype} here and {dtypes[key]} in another file"
+                )
+            at = tuple(offsets.get(key, [0] * len(shape)))
+            if len(at) != len(shape) or min(shape + at, default=0) < 0:
+                raise _bad(name, f"{where}: {key!r} offsets {at} do not fit shape {shape}")
+            itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+            if end - begin != math.prod(shape) * itemsize or begin < 0:
+                raise _bad(
+                    name,
+                    f"{where}: {key!r} data_offsets [{begin}, {end}) do not hold {dtype}{list(shape)}",
+                )
+            chunks.setdefault(key, []).append(
+                ChunkView(at, shape, name, start + begin, end - begin)
+            )
+    entries = []
+    for key, pieces in sorted(chunks.items()):
+        shape = tuple(
+            max(c.offsets[d] + c.sizes[d] for c in pieces) for d in range(len(pieces[0].sizes))
+        )
+        entries.append(EntryView(key, "tensor", dtypes[key], shape, tuple(pieces)))
+    version = ",".join(sorted(versions))
+    return CheckpointView(str(root), "safetensors", version, tuple(entries), files)
 
 
 def _read(root: Path, chunk: ChunkView) -> bytes:
@@ -310,7 +421,7 @@ def verify(path: str | os.PathLike) -> list[Problem]:
     try:
         view = open_checkpoint(path)
     except (OSError, MetadataFormatError) as exc:
-        return [Problem(str(exc))]
+        return [Problem(str(exc), file=getattr(exc, "file", None))]
     problems: list[Problem] = []
     for entry in view.entries:
         if entry.kind == "tensor":

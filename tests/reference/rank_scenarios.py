@@ -176,9 +176,10 @@ def load_pipeline_stages(path, layers):
 
 
 def save_for_inspection(path: str, writer: str) -> None:
-    """A 2-rank checkpoint for inspect/verify, written by ``writer`` (``"reference"`` or
-    ``"dcp"``): 'rows' float64[5, 3] Shard(0) (uneven: 3 + 2 rows), 'cols' float32[2, 4]
-    Shard(1), 'stage1.w' int64[3] on rank 1 only, and an object 'step'."""
+    """A 2-rank checkpoint for inspect/verify, written by ``writer`` (``"reference"``,
+    ``"dcp"`` or ``"hf"``, DCP's safetensors layout): 'rows' float64[5, 3] Shard(0) (uneven:
+    3 + 2 rows), 'cols' float32[2, 4] Shard(1), 'stage1.w' int64[3] on rank 1 only, and an
+    object 'step' (not for hf, which stores no objects)."""
     import torch.distributed.checkpoint as dcp
 
     rank = dist.get_rank()
@@ -193,6 +194,10 @@ def save_for_inspection(path: str, writer: str) -> None:
         state["stage1.w"] = torch.arange(3)
     if writer == "reference":
         ref.save(state, path)
+    elif writer == "hf":
+        del state["step"]
+        hf = dcp.HuggingFaceStorageWriter(path, save_distributed=True, enable_consolidation=False)
+        dcp.save(state, storage_writer=hf)
     else:
         dcp.save(state, storage_writer=dcp.FileSystemWriter(path))
 
@@ -204,5 +209,8 @@ def save_other_for_inspection(path: str, writer: str) -> None:
     state = {"rows": layout((2,), [Shard(0)], (6, 3))}
     if writer == "reference":
         ref.save(state, path)
+    elif writer == "hf":
+        hf = dcp.HuggingFaceStorageWriter(path, save_distributed=True, enable_consolidation=False)
+        dcp.save(state, storage_writer=hf)
     else:
         dcp.save(state, storage_writer=dcp.FileSystemWriter(path))

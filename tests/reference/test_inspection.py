@@ -24,7 +24,8 @@ from expecttest import assert_expected_inline
 
 from tests.reference.rank_scenarios import save_for_inspection
 
-WRITERS = ("reference", "dcp")
+WRITERS = ("reference", "dcp", "hf")
+FORMATS = {"reference": "ckptconf", "dcp": "torch-dcp", "hf": "safetensors"}
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,10 @@ def _data_files(path: str) -> list[str]:
 @pytest.mark.parametrize("writer", WRITERS)
 def test_a_whole_checkpoint_is_read_and_verifies_clean(saved, writer):
     view = open_checkpoint(saved / writer)
-    assert view.format == ("ckptconf" if writer == "reference" else "torch-dcp")
+    assert view.format == FORMATS[writer]
     entries = {e.key: e for e in view.entries}
-    assert sorted(entries) == ["cols", "rows", "stage1.w", "step"]
+    objects = [] if writer == "hf" else ["step"]
+    assert sorted(entries) == ["cols", "rows", "stage1.w", *objects]
     assert (entries["rows"].dtype, entries["rows"].shape) == ("float64", (5, 3))
     assert sorted((c.offsets, c.sizes) for c in entries["rows"].chunks) == [
         ((0, 0), (3, 3)),
@@ -66,7 +68,7 @@ def test_a_whole_checkpoint_is_read_and_verifies_clean(saved, writer):
         ((0, 2), (2, 2)),
     ]
     assert [(c.offsets, c.sizes) for c in entries["stage1.w"].chunks] == [((0,), (3,))]
-    assert entries["step"].kind == "bytes"
+    assert all(entries[key].kind == "bytes" for key in objects)
     for entry in view.entries:
         for chunk in entry.chunks:
             assert chunk.file in view.files and chunk.start + chunk.length <= view.files[chunk.file]
@@ -75,7 +77,27 @@ def test_a_whole_checkpoint_is_read_and_verifies_clean(saved, writer):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("writer", WRITERS)
+def test_a_missing_safetensors_shard_leaves_a_gap(saved, tmp_path):
+    """The layout records no global shape: a missing file shows as the chunks it held missing."""
+    path = _copy(saved, "hf", tmp_path)
+    os.remove(os.path.join(path, _data_files(path)[0]))  # rank 0's: rows 0:3, cols 0:2
+    problems = [str(p) for p in verify(path)]
+    assert any(p.startswith("key 'rows': 9 of 15 elements are not covered") for p in problems)
+    assert any(p.startswith("key 'cols': 4 of 8 elements are not covered") for p in problems)
+
+
+@pytest.mark.multiprocess
+def test_a_malformed_safetensors_header_is_named(saved, tmp_path):
+    path = _copy(saved, "hf", tmp_path)
+    name = _data_files(path)[-1]
+    with open(os.path.join(path, name), "r+b") as file:
+        file.write((10**9).to_bytes(8, "little"))
+    (problem,) = verify(path)
+    assert name in problem.what and "header length 1000000000 exceeds the file" in problem.what
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("writer", ("reference", "dcp"))
 def test_a_missing_data_file_is_named_with_its_keys(saved, writer, tmp_path):
     path = _copy(saved, writer, tmp_path)
     gone = _data_files(path)[0]
@@ -95,7 +117,10 @@ def test_a_truncated_data_file_is_a_problem(saved, writer, tmp_path):
     os.truncate(target, os.path.getsize(target) // 2)
     problems = verify(path)
     assert problems and all(p.file == cut for p in problems), problems
-    assert any("beyond the end of the file" in p.what for p in problems)
+    # safetensors: the header says the file is longer than it is
+    assert any(
+        "beyond the end of the file" in p.what or "exceeds the file" in p.what for p in problems
+    )
 
 
 @pytest.mark.multiprocess
@@ -162,7 +187,13 @@ def test_a_data_file_from_another_save_is_a_problem(saved, writer, tmp_path):
     mine, theirs = _data_files(path), _data_files(other)
     shutil.copyfile(os.path.join(other, theirs[0]), os.path.join(path, mine[0]))
     problems = verify(path)
-    assert problems and all(p.file == mine[0] for p in problems), problems
+    assert problems, "a data file from another save verified clean"
+    if writer != "hf":  # hf: the chunks the file no longer holds are a gap of their key
+        assert all(p.file == mine[0] for p in problems), problems
+    else:
+        assert [(p.key, p.what.split(" (")[0]) for p in problems] == [
+            ("cols", "4 of 8 elements are not covered by any chunk")
+        ]
 
 
 class _Payload:
