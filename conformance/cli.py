@@ -293,14 +293,17 @@ def _backends_page(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from ckptconf.reference.errors import MetadataFormatError
-    from ckptconf.reference.inspection import open_checkpoint, render_tree
+    from ckptconf.reference.inspection import open_checkpoint, render_layout, render_tree
 
     try:
         view = open_checkpoint(args.path)
-    except (OSError, MetadataFormatError) as exc:
+        text = render_layout(view, args.layout, key=args.key) if args.layout else None
+    except (OSError, MetadataFormatError, ValueError) as exc:
         print(f"ckptconf inspect: {exc}", file=sys.stderr)
         return 2
-    if args.json:
+    if text is not None:
+        sys.stdout.write(text)
+    elif args.json:
         data = view.to_json()
         if args.key is not None:
             from fnmatch import fnmatchcase
@@ -448,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("path", help="checkpoint folder")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of the tree")
     inspect.add_argument("--key", default=None, metavar="PATTERN", help="only keys matching")
+    inspect.add_argument(
+        "--layout",
+        default=None,
+        metavar="LAYOUT",
+        help='e.g. "mesh=(2,4) placements=[Shard(0),Replicate()]": what each rank of that '
+        "DTensor layout would read",
+    )
     inspect.set_defaults(handler=_inspect)
     verify = sub.add_parser(
         "verify", help="check a checkpoint folder is whole (exit 0 only when it is)"

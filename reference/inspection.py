@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,11 @@ __all__ = [
     "ChunkView",
     "EntryView",
     "Problem",
+    "Read",
+    "layout_reads",
     "open_checkpoint",
+    "parse_layout",
+    "render_layout",
     "render_tree",
     "verify",
 ]
@@ -481,4 +486,117 @@ def render_tree(view: CheckpointView, *, key: str | None = None) -> str:
         for chunk in entry.chunks:
             box = ", ".join(f"{o}:{o + n}" for o, n in zip(chunk.offsets, chunk.sizes))
             lines.append(f"  [{box}]  {_where(chunk)}")
+    return "\n".join(lines) + "\n"
+
+
+_LAYOUT = re.compile(r"^\s*mesh=\(([\d,\s]+)\)\s+placements=\[(.*)\]\s*$")
+_PLACEMENT = re.compile(r"^(?:Shard\((\d+)\)|S(\d+)|Replicate\(\)|R)$")
+
+
+def parse_layout(text: str) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    """``"mesh=(2,4) placements=[Shard(0),Replicate()]"`` -> mesh shape and DTensor placements
+    (``Shard(d)``/``S<d>``, ``Replicate()``/``R``, one per mesh dim).
+
+    Raises:
+        ValueError: the text is not of that form; the message shows the form.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+
+    form = 'expected e.g. "mesh=(2,4) placements=[Shard(0),Replicate()]"'
+    found = _LAYOUT.match(text)
+    if not found:
+        raise ValueError(f"layout {text!r}: {form}")
+    mesh = tuple(int(n) for n in found.group(1).replace(" ", "").split(",") if n)
+    names = [p.strip() for p in found.group(2).split(",") if p.strip()]
+    placements = []
+    for name in names:
+        kind = _PLACEMENT.match(name)
+        if not kind:
+            raise ValueError(f"layout {text!r}: placement {name!r} is not Shard(d) or Replicate()")
+        dim = kind.group(1) or kind.group(2)
+        placements.append(Shard(int(dim)) if dim is not None else Replicate())
+    if not mesh or len(placements) != len(mesh) or min(mesh) < 1:
+        raise ValueError(f"layout {text!r}: one placement per mesh dim of size >= 1; {form}")
+    return mesh, tuple(placements)
+
+
+@dataclass(frozen=True)
+class Read:
+    """What one destination rank reads of one saved chunk for one key."""
+
+    rank: int
+    key: str
+    box: tuple[tuple[int, int], ...]
+    """The destination piece's index ranges that this chunk supplies."""
+    chunk: ChunkView
+    needed: int
+    """Bytes of the chunk the rank needs."""
+
+
+def layout_reads(
+    view: CheckpointView,
+    mesh: tuple[int, ...],
+    placements: tuple[Any, ...],
+    *,
+    key: str | None = None,
+) -> tuple[list[Read], list[str]]:
+    """Which saved chunks each rank of a DTensor layout (``mesh`` shape, ``placements``) reads
+    for every tensor (``key``: matching ``fnmatch`` pattern), and how many of their bytes it
+    needs; and the keys the layout cannot place (a Shard dim beyond the tensor's dims)."""
+    from fnmatch import fnmatchcase
+
+    from .geometry import local_pieces, mesh_coordinates
+
+    reads, skipped = [], []
+    for entry in view.entries:
+        if entry.kind != "tensor" or (key is not None and not fnmatchcase(entry.key, key)):
+            continue
+        dims = [getattr(p, "dim", None) for p in placements]
+        if any(d is not None and d >= len(entry.shape) for d in dims):
+            skipped.append(entry.key)
+            continue
+        itemsize = torch.empty((), dtype=getattr(torch, entry.dtype)).element_size()
+        for rank, coordinate in enumerate(mesh_coordinates(mesh)):
+            for piece in local_pieces(entry.shape, mesh, placements, coordinate):
+                if 0 in piece.sizes and piece.sizes:
+                    continue
+                for chunk in entry.chunks:
+                    box = []
+                    for o, n, co, cn in zip(
+                        piece.global_offsets, piece.sizes, chunk.offsets, chunk.sizes
+                    ):
+                        lo, hi = max(o, co), min(o + n, co + cn)
+                        box.append((lo, hi))
+                    if all(lo < hi for lo, hi in box):
+                        volume = math.prod(hi - lo for lo, hi in box)
+                        reads.append(Read(rank, entry.key, tuple(box), chunk, volume * itemsize))
+    return reads, skipped
+
+
+def render_layout(view: CheckpointView, text: str, *, key: str | None = None) -> str:
+    """Per destination rank of the layout ``text`` (see :func:`parse_layout`): each saved chunk
+    it reads, the bytes it needs of it, and per rank the bytes of the stored items it touches
+    (what a reader that loads whole items reads; a ranged reader reads about ``needed``)."""
+    mesh, placements = parse_layout(text)
+    reads, skipped = layout_reads(view, mesh, placements, key=key)
+    ranks = math.prod(mesh)
+    lines = [f"{view.path}: read under mesh={mesh} placements={list(placements)}, {ranks} ranks"]
+    total_needed = total_touched = 0
+    for rank in range(ranks):
+        mine = [r for r in reads if r.rank == rank]
+        needed = sum(r.needed for r in mine)
+        touched = sum({(r.chunk.file, r.chunk.start): r.chunk.length or 0 for r in mine}.values())
+        total_needed, total_touched = total_needed + needed, total_touched + touched
+        lines.append(
+            f"rank {rank}: {len(mine)} read(s), needs {_size(needed)}, "
+            f"items touched hold {_size(touched)}"
+        )
+        for r in mine:
+            box = ", ".join(f"{lo}:{hi}" for lo, hi in r.box)
+            lines.append(f"  {r.key}[{box}] <- {_where(r.chunk)}  {_size(r.needed)}")
+    lines.append(
+        f"all ranks: need {_size(total_needed)}, items touched hold {_size(total_touched)}"
+    )
+    if skipped:
+        lines.append(f"not placeable under this layout (a Shard dim beyond their dims): {skipped}")
     return "\n".join(lines) + "\n"

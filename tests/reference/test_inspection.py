@@ -20,6 +20,7 @@ from ckptconf.reference import (
     verify,
 )
 from ckptconf.reference.dcp_metadata import ALLOWED_GLOBALS
+from ckptconf.reference.inspection import layout_reads, parse_layout, render_layout
 from expecttest import assert_expected_inline
 
 from tests.reference.rank_scenarios import save_for_inspection
@@ -261,3 +262,39 @@ def test_inspect_json_lists_entries_and_files(saved, capsys):
     assert (chunk["offsets"], chunk["sizes"], chunk["file"]) == ([0], [3], "__1_0.distcp")
     assert set(data["files"]) == {".metadata", "__0_0.distcp", "__1_0.distcp"}
     assert main(["inspect", str(saved / "nothing")]) == 2
+
+
+@pytest.mark.multiprocess
+def test_the_reads_of_another_layout(saved):
+    """'rows' float64[5, 3] saved Shard(0) on 2 ranks (rows 0:3, 3:5), read as Shard(1) on a
+    (1, 3) mesh: rank c reads column c of both saved chunks, 5 elements of 8 bytes."""
+    view = open_checkpoint(saved / "dcp")
+    text = render_layout(view, "mesh=(1,3) placements=[Replicate(),S1]", key="rows")
+    assert_expected_inline(
+        text.replace(str(saved), "<tmp>"),
+        """\
+<tmp>/dcp: read under mesh=(1, 3) placements=[Replicate(), Shard(dim=1)], 3 ranks
+rank 0: 2 read(s), needs 40 B, items touched hold 3.1 KiB
+  rows[0:3, 0:1] <- __0_0.distcp [0, 1641)  24 B
+  rows[3:5, 0:1] <- __1_0.distcp [1261, 2838)  16 B
+rank 1: 2 read(s), needs 40 B, items touched hold 3.1 KiB
+  rows[0:3, 1:2] <- __0_0.distcp [0, 1641)  24 B
+  rows[3:5, 1:2] <- __1_0.distcp [1261, 2838)  16 B
+rank 2: 2 read(s), needs 40 B, items touched hold 3.1 KiB
+  rows[0:3, 2:3] <- __0_0.distcp [0, 1641)  24 B
+  rows[3:5, 2:3] <- __1_0.distcp [1261, 2838)  16 B
+all ranks: need 120 B, items touched hold 9.4 KiB
+""",
+    )
+    reads, skipped = layout_reads(view, *parse_layout("mesh=(2,) placements=[Shard(1)]"))
+    assert skipped == ["stage1.w"]  # 1-D: no dim 1
+    assert sum(r.needed for r in reads if r.key == "rows") == 5 * 3 * 8
+
+
+def test_a_malformed_layout_is_refused_with_the_expected_form():
+    with pytest.raises(ValueError, match=r'expected e\.g\. "mesh=\(2,4\)'):
+        parse_layout("mesh 2x4")
+    with pytest.raises(ValueError, match="placement 'Partial\\(\\)' is not Shard"):
+        parse_layout("mesh=(2,) placements=[Partial()]")
+    with pytest.raises(ValueError, match="one placement per mesh dim"):
+        parse_layout("mesh=(2,2) placements=[Shard(0)]")
