@@ -214,3 +214,15 @@ def save_other_for_inspection(path: str, writer: str) -> None:
         dcp.save(state, storage_writer=hf)
     else:
         dcp.save(state, storage_writer=dcp.FileSystemWriter(path))
+
+
+def save_2d_for_inspection(path: str, writer: str) -> None:
+    """'grid' float32[4, 6] on a (2, 2) mesh as [Shard(0), Shard(1)] (4 ranks), by ``writer``."""
+    import torch.distributed.checkpoint as dcp
+
+    mesh = init_device_mesh("cpu", (2, 2))
+    state = {"grid": distribute_tensor(encoded((4, 6)).float(), mesh, [Shard(0), Shard(1)])}
+    if writer == "reference":
+        ref.save(state, path)
+    else:
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(path))

@@ -298,3 +298,21 @@ def test_a_malformed_layout_is_refused_with_the_expected_form():
         parse_layout("mesh=(2,) placements=[Partial()]")
     with pytest.raises(ValueError, match="one placement per mesh dim"):
         parse_layout("mesh=(2,2) placements=[Shard(0)]")
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("writer", ("reference", "dcp"))
+def test_a_2d_mesh_checkpoint_is_four_chunks_and_whole(writer, tmp_path):
+    from ckptconf.harness import get_world
+
+    from tests.reference.rank_scenarios import save_2d_for_inspection
+
+    get_world(4).run(save_2d_for_inspection, str(tmp_path / "grid"), writer, timeout=120)
+    (grid,) = open_checkpoint(tmp_path / "grid").entries
+    assert sorted((c.offsets, c.sizes) for c in grid.chunks) == [
+        ((0, 0), (2, 3)),
+        ((0, 3), (2, 3)),
+        ((2, 0), (2, 3)),
+        ((2, 3), (2, 3)),
+    ]
+    assert verify(tmp_path / "grid") == []
