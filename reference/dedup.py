@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -18,23 +19,24 @@ def write_item_key(item: WriteItem) -> tuple:
         return (item.index.fqn, None)
     return (
         item.index.fqn,
-        tuple(data.chunk.offsets),
-        tuple(data.chunk.sizes),
-        str(data.properties.dtype),
-        tuple(data.size),
+        _tuple(data.chunk.offsets),
+        _tuple(data.chunk.sizes),
+        data.properties.dtype,
+        _tuple(data.size),
     )
+
+
+def _tuple(value) -> tuple:
+    # torch.Size is a tuple: it hashes and compares as one, kept without a copy
+    return value if isinstance(value, tuple) else tuple(value)
 
 
 def write_item_bytes(item: WriteItem) -> int:
     """Bytes a write item stores (objects count as 1: their size is unknown until written)."""
-    size = item.tensor_storage_size()
-    if size is None:
-        return 1
     data = item.tensor_data
-    assert data is not None
-    from .geometry import chunk_volume
-
-    return chunk_volume(data.chunk) * data.properties.dtype.itemsize
+    if data is None:
+        return 1
+    return math.prod(data.chunk.sizes) * data.properties.dtype.itemsize
 
 
 def dedup_save_plans(plans: Sequence[SavePlan]) -> list[SavePlan]:
@@ -46,38 +48,39 @@ def dedup_save_plans(plans: Sequence[SavePlan]) -> list[SavePlan]:
     Items that share a key but disagree (other sizes or dtype) are left for validation
     to report.
     """
+    keyed = [[(write_item_key(item), item) for item in plan.items] for plan in plans]
     holders: dict[tuple, list[int]] = defaultdict(list)
-    for rank, plan in enumerate(plans):
-        for item in plan.items:
-            holders[write_item_key(item)].append(rank)
+    sizes: dict[tuple, int] = {}
+    for rank, items in enumerate(keyed):
+        for key, item in items:
+            holders[key].append(rank)
+            if key not in sizes:
+                sizes[key] = write_item_bytes(item)
     load = [0] * len(plans)
     owner: dict[tuple, int] = {}
     replicated = []
     for key, ranks in holders.items():
         if len(ranks) == 1:
             owner[key] = ranks[0]
+            load[ranks[0]] += sizes[key]
         else:
             replicated.append(key)
-    for rank, plan in enumerate(plans):
-        for item in plan.items:
-            if owner.get(write_item_key(item)) == rank:
-                load[rank] += write_item_bytes(item)
-    sizes = {}
-    for plan in plans:
-        for item in plan.items:
-            sizes.setdefault(write_item_key(item), write_item_bytes(item))
-    replicated.sort(key=lambda k: (-sizes[k], repr(k)))
+    replicated.sort(key=lambda k: (-sizes[k], _order(k)))
     for key in replicated:
         chosen = min(sorted(set(holders[key])), key=lambda r: (load[r], r))
         owner[key] = chosen
         load[chosen] += sizes[key]
     out = []
-    for rank, plan in enumerate(plans):
+    for rank, (plan, items) in enumerate(zip(plans, keyed)):
         kept, seen = [], set()
-        for item in plan.items:
-            key = write_item_key(item)
+        for key, item in items:
             if owner[key] == rank and key not in seen:
                 kept.append(item)
                 seen.add(key)
         out.append(dataclasses.replace(plan, items=kept))
     return out
+
+
+def _order(key: tuple) -> str:
+    """A total order of keys that does not depend on hashing: their text, sizes as tuples."""
+    return repr(tuple(tuple(part) if isinstance(part, tuple) else str(part) for part in key))

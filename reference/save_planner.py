@@ -159,7 +159,7 @@ def _replica_mismatches(plans: list[SavePlan]) -> list[str]:
     problems = []
     for key, crcs in sorted(by_key.items(), key=lambda kv: repr(kv[0])):
         if len(set(crcs.values())) > 1:
-            where = f" at offsets {key[1]}" if len(key) > 2 else ""
+            where = f" at offsets {tuple(key[1])}" if len(key) > 2 else ""
             groups: dict[int, list[int]] = defaultdict(list)
             for rank, crc in sorted(crcs.items()):
                 groups[crc].append(rank)

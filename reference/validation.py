@@ -208,6 +208,15 @@ def _sweep_problems(key, size, chunks, filled, owner, require_cover) -> list[str
     return problems
 
 
+def _as_tuple(value) -> tuple:
+    # torch.Size is a tuple: compared and hashed as one without a copy
+    return value if isinstance(value, tuple) else tuple(value)
+
+
+def _item(rank: int, fqn: str) -> str:
+    return f"rank {rank}: write item {fqn!r}"
+
+
 def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) -> list[str]:
     """Every problem of a global save plan against its metadata; empty when valid."""
     problems: list[str] = []
@@ -216,42 +225,49 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
     written_keys: set[str] = set()
     planned_chunks: dict[str, list[tuple[ChunkStorageMetadata, str]]] = defaultdict(list)
     for rank, plan in enumerate(global_plan):
+        owner = f"rank {rank}"
         for item in plan.items:
             fqn = item.index.fqn
-            offset = tuple(item.index.offset) if item.index.offset is not None else None
+            index_offset = item.index.offset
+            offset = _as_tuple(index_offset) if index_offset is not None else None
             writers[(fqn, offset)].append(rank)
             written_keys.add(fqn)
             entry = entries.get(fqn)
-            where = f"rank {rank}: write item {fqn!r}"
             if entry is None:
-                problems.append(f"{where} has no entry in the metadata")
+                problems.append(f"{_item(rank, fqn)} has no entry in the metadata")
                 continue
             if item.type == WriteItemType.BYTE_IO:
                 if not isinstance(entry, BytesStorageMetadata):
-                    problems.append(f"{where} writes bytes but the metadata records a tensor")
+                    problems.append(
+                        f"{_item(rank, fqn)} writes bytes but the metadata records a tensor"
+                    )
                 continue
             data = item.tensor_data
             if data is None or not isinstance(entry, TensorStorageMetadata):
                 problems.append(
-                    f"{where} writes a tensor but carries no tensor data or the metadata records bytes"
+                    f"{_item(rank, fqn)} writes a tensor but carries no tensor data or the "
+                    "metadata records bytes"
                 )
                 continue
-            if tuple(data.size) != tuple(entry.size):
+            if _as_tuple(data.size) != _as_tuple(entry.size):
                 problems.append(
-                    f"{where} says global size {tuple(data.size)}, metadata says {tuple(entry.size)}"
+                    f"{_item(rank, fqn)} says global size {tuple(data.size)}, metadata says "
+                    f"{tuple(entry.size)}"
                 )
             if data.properties.dtype != entry.properties.dtype:
                 problems.append(
-                    f"{where} says dtype {data.properties.dtype}, metadata says {entry.properties.dtype}"
+                    f"{_item(rank, fqn)} says dtype {data.properties.dtype}, metadata says "
+                    f"{entry.properties.dtype}"
                 )
-            if offset is not None and offset != tuple(data.chunk.offsets):
+            if offset is not None and offset != _as_tuple(data.chunk.offsets):
                 problems.append(
-                    f"{where} is indexed at offsets {offset} but its chunk starts at {tuple(data.chunk.offsets)}"
+                    f"{_item(rank, fqn)} is indexed at offsets {tuple(offset)} but its chunk starts at "
+                    f"{tuple(data.chunk.offsets)}"
                 )
-            planned_chunks[fqn].append((data.chunk, f"rank {rank}"))
+            planned_chunks[fqn].append((data.chunk, owner))
     for (fqn, offset), ranks in writers.items():
         if len(ranks) > 1:
-            at = f" at offsets {offset}" if offset is not None else ""
+            at = f" at offsets {tuple(offset)}" if offset is not None else ""
             problems.append(f"key {fqn!r}{at} is written {len(ranks)} times, by ranks {ranks}")
     for fqn, entry in entries.items():
         if fqn not in written_keys:

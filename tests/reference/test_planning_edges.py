@@ -370,7 +370,7 @@ def test_distinct_objects_are_not_merged_and_a_repeated_item_is_kept_once():
         "t",
         (1, 0),
         (2, 3),
-        "torch.float32",
+        torch.float32,
         (4, 3),
     )
     item = tensor_item("t", (0,), (2,), (2,))
