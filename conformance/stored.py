@@ -27,6 +27,11 @@ class StoredObjects(ABC):
     :meth:`delete`) before a load; a change may be undone by writing the old bytes back.
     """
 
+    in_place: bool = False
+    """Whether :meth:`change_byte` changes one byte where it lies (a file) rather than replacing
+    the whole object: the tampered-metadata test probes 4096 bytes one by one where it is,
+    256 where each change rewrites an object."""
+
     @abstractmethod
     def names(self) -> list[str]:
         """Every object of the checkpoint, relative names, sorted."""
@@ -62,6 +67,8 @@ class StoredObjects(ABC):
 
 class LocalFiles(StoredObjects):
     """The regular files under a folder (the default for every backend)."""
+
+    in_place = True
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

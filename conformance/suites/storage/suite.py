@@ -47,6 +47,7 @@ __all__ = ["StorageTests"]
 
 TIMEOUT = 60.0
 _MAX_PROBED = 4096  # metadata bytes probed for changes the reader accepts, per example
+_MAX_PROBED_WHOLE = 256  # the same where each probe rewrites a whole object (an object store)
 _SCALE = 1 << 16
 _NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 # one name a prefix of the other: a reader that lists by prefix mixes the two up
@@ -407,9 +408,10 @@ def _metadata_change(
     mode = data.draw(st.sampled_from(["accepted", "accepted", "digit", "bit"]), label="change")
     if mode == "accepted":
         window = outside
-        if len(outside) > _MAX_PROBED:
-            start = _pick(data, range(len(outside) - _MAX_PROBED), "probed window")
-            window = outside[start : start + _MAX_PROBED]
+        most = _MAX_PROBED if store.in_place else _MAX_PROBED_WHOLE
+        if len(outside) > most:
+            start = _pick(data, range(len(outside) - most), "probed window")
+            window = outside[start : start + most]
         mask = data.draw(st.sampled_from([1, 2]), label="bit probed")
         probe = ranks.accepted_metadata_changes
         found = trial.run(
