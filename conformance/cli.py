@@ -282,7 +282,7 @@ def _backends_page(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"ckptconf backends-page: cannot read {path}: {exc}", file=sys.stderr)
             return 2
-    text = render_backends_page(reports, sources=args.paths)
+    text = render_backends_page(reports, sources=args.paths, not_run=args.not_run)
     if args.output:
         with open(args.output, "w") as file:
             file.write(text)
@@ -444,6 +444,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     page.add_argument("paths", nargs="+", help="JSON reports, one per backend, in page order")
     page.add_argument("-o", "--output", default=None, help="write here instead of stdout")
+    page.add_argument(
+        "--not-run",
+        action="append",
+        default=[],
+        metavar="'NAME: WHY'",
+        help="a backend tried and not run, with why (repeatable)",
+    )
     page.set_defaults(handler=_backends_page)
     inspect = sub.add_parser(
         "inspect", help="what a checkpoint folder holds (ckptconf or torch DCP format)"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 BUCKET = "ckptconf-test"
@@ -31,6 +33,8 @@ def local_s3() -> Iterator[dict[str, str]]:
                 break
         else:
             raise RuntimeError(f"moto.server exited without serving: {''.join(lines)}")
+        # the server logs every request to stderr: keep reading it, or a full pipe blocks it
+        threading.Thread(target=collections.deque, args=(server.stderr, 50), daemon=True).start()
         env = {
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
@@ -52,4 +56,3 @@ def local_s3() -> Iterator[dict[str, str]]:
     finally:
         os.kill(server.pid, 15)
         server.wait(timeout=30)
-        server.stderr.close()

@@ -56,6 +56,7 @@ def test_the_command_writes_the_page(tmp_path):
     source = tmp_path / "objstore.json"
     source.write_text(json.dumps(REPORT))
     out = tmp_path / "backends.md"
-    assert main(["backends-page", str(source), "-o", str(out)]) == 0
+    assert main(["backends-page", str(source), "-o", str(out), "--not-run", "x: needs y"]) == 0
     assert out.read_text().startswith("# Backends: ckptconf verdicts")
+    assert out.read_text().endswith("## Not run\n\n- x: needs y\n")
     assert main(["backends-page", str(tmp_path / "missing.json")]) == 2
