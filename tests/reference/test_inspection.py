@@ -141,7 +141,7 @@ def test_a_flipped_byte_fails_the_reference_checksum(saved, tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_tampered_dcp_metadata_leaves_a_gap_that_is_named(saved, tmp_path):
+def test_tampered_dcp_metadata_leaves_a_gap_that_is_named(saved, tmp_path, capsys):
     path = _copy(saved, "dcp", tmp_path)
     with open(os.path.join(path, ".metadata"), "rb") as file:
         metadata = load_dcp_metadata(file.read())
@@ -149,6 +149,15 @@ def test_tampered_dcp_metadata_leaves_a_gap_that_is_named(saved, tmp_path):
     chunk.sizes = torch.Size([1, 3])  # rows 3:5 -> 3:4, row 4 in no chunk
     with open(os.path.join(path, ".metadata"), "wb") as file:
         pickle.dump(metadata, file)
+    assert main(["verify", path]) == 1
+    assert_expected_inline(
+        capsys.readouterr().out.replace(path, "<ckpt>"),
+        """\
+key 'rows': 3 of 15 elements are not covered by any chunk (gaps at offsets (4, 0) sizes (1, 3))
+key 'rows', chunk at (3, 0), file '__1_0.distcp': its bytes hold float64[2, 3], the metadata says float64[1, 3]
+<ckpt>: NOT whole, 2 problem(s)
+""",
+    )
     problems = [str(p) for p in verify(path)]
     assert (
         "key 'rows': 3 of 15 elements are not covered by any chunk (gaps at offsets (4, 0) sizes (1, 3))"
