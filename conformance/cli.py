@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -251,6 +252,13 @@ def _backends(args: argparse.Namespace) -> int:
         backend = factory()
         unsupported = ", ".join(sorted(backend.unsupported)) or "-"
         print(f"{name:18} {backend.description}\n{'':18} declared unsupported: {unsupported}")
+    from .adapters import ADAPTERS
+
+    print("adapters (third-party packages):")
+    for name, adapter in ADAPTERS.items():
+        missing = [p for p in adapter.needs if importlib.util.find_spec(p.split(".")[0]) is None]
+        state = f"needs pip install 'ckptconf[{adapter.extra}]'" if missing else "installed"
+        print(f"{name:22} {adapter.summary}\n{'':22} {state}")
     return 0
 
 
@@ -263,8 +271,13 @@ def _report(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"ckptconf report: cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
-    if args.output:
-        with open(args.output, "w") as file:
+    return _emit(text, args.output)
+
+
+def _emit(text: str, output: str | None) -> int:
+    """Write ``text`` to the file ``output``, or to stdout."""
+    if output:
+        with open(output, "w") as file:
             file.write(text)
     else:
         sys.stdout.write(text)
@@ -283,12 +296,7 @@ def _backends_page(args: argparse.Namespace) -> int:
             print(f"ckptconf backends-page: cannot read {path}: {exc}", file=sys.stderr)
             return 2
     text = render_backends_page(reports, sources=args.paths, not_run=args.not_run)
-    if args.output:
-        with open(args.output, "w") as file:
-            file.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(text, args.output)
 
 
 def _inspect(args: argparse.Namespace) -> int:

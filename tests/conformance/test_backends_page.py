@@ -60,3 +60,15 @@ def test_the_command_writes_the_page(tmp_path):
     assert out.read_text().startswith("# Backends: ckptconf verdicts")
     assert out.read_text().endswith("## Not run\n\n- x: needs y\n")
     assert main(["backends-page", str(tmp_path / "missing.json")]) == 2
+
+
+def test_backends_lists_the_adapters_and_what_each_needs(capsys, monkeypatch):
+    from ckptconf.conformance import adapters
+
+    missing = adapters.Adapter("x", ("no_such_package_xyz",), "xyz", "a backend not installed")
+    monkeypatch.setitem(adapters.ADAPTERS, "not-installed", missing)
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "adapters (third-party packages):" in out and "s3torchconnector" in out
+    assert "not-installed          a backend not installed\n" in out
+    assert "needs pip install 'ckptconf[xyz]'" in out
