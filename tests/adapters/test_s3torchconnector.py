@@ -71,8 +71,7 @@ def test_the_suite_runs_on_s3_and_its_verdict_is_its_own(s3_env, tmp_path):
     inherited, and the run exits 0 (the connector has no failure of its own here)."""
     report = tmp_path / "report.json"
     selection = (
-        "(TestRoundTrip and not strided) or test_short_read or test_deleted_file "
-        "or test_metadata_matches"
+        "test_round_trip_sharded_tensor_on_two_ranks or test_short_read or test_deleted_file"
     )
     result = subprocess.run(
         [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
@@ -89,7 +88,6 @@ def test_the_suite_runs_on_s3_and_its_verdict_is_its_own(s3_env, tmp_path):
     assert {"test_short_read_is_an_error", "test_deleted_file_is_an_error_or_harmless"} <= set(
         tests
     ), sorted(tests)
-    for name in ("test_short_read_is_an_error", "test_metadata_matches_the_saved_state"):
-        assert tests[name]["outcome"] == "passed", tests[name]
+    assert tests["test_short_read_is_an_error"]["outcome"] == "passed", tests
     outcomes = {t["outcome"] for t in tests.values()}
     assert outcomes <= {"passed", "inherited failure"}, tests
