@@ -342,6 +342,8 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
+    if args.target == "plan":
+        return _bench_plan(args, console)
     sizes = tuple(int(x) for x in args.sizes.split(","))
     console.print(
         f"measuring warm-world calls ({args.calls} per size) and spawn-per-call ({args.spawn_calls} per size)..."
@@ -364,6 +366,29 @@ def _bench(args: argparse.Namespace) -> int:
             f"{row.spawn_seconds * 1e3:.0f}",
             f"{row.forkserver_seconds * 1e3:.0f}",
             f"{row.ratio:.0f}x",
+        )
+    console.print(table)
+    return 0
+
+
+def _bench_plan(args: argparse.Namespace, console) -> int:
+    from ckptconf.harness.bench_plan import bench_plan
+    from rich.table import Table
+
+    worlds = tuple(int(x) for x in args.ranks.split(","))
+    console.print(
+        f"planning {args.tensors} row-sharded tensors + 1 replicated on {worlds} ranks..."
+    )
+    table = Table(title="create_global_plan, best of 2 (same state, each planner's local plans)")
+    for column in ("ranks", "chunks", "DCP (s)", "reference (s)", "reference speed-up"):
+        table.add_column(column, justify="right")
+    for row in bench_plan(worlds, tensors=args.tensors):
+        table.add_row(
+            str(row.ranks),
+            str(row.chunks),
+            f"{row.dcp_seconds:.3f}",
+            f"{row.reference_seconds:.3f}",
+            f"{row.speedup:.2f}x",
         )
     console.print(table)
     return 0
@@ -480,7 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("path", help="checkpoint folder")
     verify.set_defaults(handler=_verify)
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["harness"], help="what to measure")
+    bench.add_argument("target", choices=["harness", "plan"], help="what to measure")
+    bench.add_argument(
+        "--ranks", default="256,1024", help="plan: simulated world sizes, comma-separated"
+    )
+    bench.add_argument("--tensors", type=int, default=100, help="plan: row-sharded tensors")
     bench.add_argument("--sizes", default="2,4", help="world sizes, comma-separated")
     bench.add_argument("--calls", type=int, default=50, help="warm calls per size")
     bench.add_argument("--spawn-calls", type=int, default=3, help="spawn-per-call calls per size")
