@@ -14,7 +14,6 @@ gap shows as a covered volume below the tensor's.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -70,36 +69,48 @@ def chunk_layout_problems(
     total = math.prod(size)
     if total == 0:
         return problems
+    lows = np.array([tuple(chunks[i].offsets) for i in filled], dtype=np.int64).reshape(
+        len(filled), len(size)
+    )
+    highs = lows + np.array([tuple(chunks[i].sizes) for i in filled], dtype=np.int64).reshape(
+        len(filled), len(size)
+    )
     bounds = [
-        sorted(
-            {0, n}.union(
-                *({c.offsets[d], c.offsets[d] + c.sizes[d]} for c in (chunks[i] for i in filled))
-            )
-        )
+        np.unique(np.concatenate(([0, n], lows[:, d], highs[:, d]))).tolist()
         for d, n in enumerate(size)
     ]
     cells = math.prod(len(b) - 1 for b in bounds)
     if cells <= max(_GRID_CELLS_PER_CHUNK * len(filled), _GRID_MIN_CELLS):
-        problems += _grid_problems(key, size, chunks, filled, bounds, owner, require_cover)
+        grid = (lows, highs)
+        problems += _grid_problems(key, size, chunks, filled, bounds, grid, owner, require_cover)
     else:
         problems += _sweep_problems(key, size, chunks, filled, owner, require_cover)
     return problems
 
 
-def _grid_problems(key, size, chunks, filled, bounds, owner, require_cover) -> list[str]:
+def _grid_problems(key, size, chunks, filled, bounds, grid, owner, require_cover) -> list[str]:
     problems: list[str] = []
     counts = np.zeros([len(b) - 1 for b in bounds], dtype=np.int32)
-    slices = []
-    for i in filled:
-        c = chunks[i]
-        sl = tuple(
-            slice(bisect_left(b, c.offsets[d]), bisect_left(b, c.offsets[d] + c.sizes[d]))
-            for d, b in enumerate(bounds)
-        )
-        slices.append(sl)
-        counts[sl] += 1
-    if (counts > 1).any():
+    lows, highs = grid
+    first = np.stack(
+        [np.searchsorted(b, lows[:, d]) for d, b in enumerate(bounds)], axis=1
+    ).reshape(len(filled), len(bounds))
+    last = np.stack(
+        [np.searchsorted(b, highs[:, d]) for d, b in enumerate(bounds)], axis=1
+    ).reshape(len(filled), len(bounds))
+    if (last - first == 1).all():  # each chunk one cell (DTensor, ShardedTensor): vectorised
+        cells = tuple(first.T)
+        np.add.at(counts, cells, 1)
+        shared = counts[cells] > 1
+        involved = [i for i, many in zip(filled, shared.tolist()) if many]
+    else:
+        slices = [
+            tuple(slice(a, b) for a, b in zip(f, e)) for f, e in zip(first.tolist(), last.tolist())
+        ]
+        for sl in slices:
+            counts[sl] += 1
         involved = [i for i, sl in zip(filled, slices) if (counts[sl] > 1).any()]
+    if involved:
         problems += _pairwise_overlaps(key, chunks, involved, owner)
     if require_cover and (counts == 0).any():
         widths = [np.diff(np.asarray(b, dtype=np.int64)) for b in bounds]
