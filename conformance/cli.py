@@ -344,6 +344,8 @@ def _bench(args: argparse.Namespace) -> int:
     console = Console()
     if args.target == "plan":
         return _bench_plan(args, console)
+    if args.target == "io":
+        return _bench_io(args, console)
     sizes = tuple(int(x) for x in args.sizes.split(","))
     console.print(
         f"measuring warm-world calls ({args.calls} per size) and spawn-per-call ({args.spawn_calls} per size)..."
@@ -366,6 +368,30 @@ def _bench(args: argparse.Namespace) -> int:
             f"{row.spawn_seconds * 1e3:.0f}",
             f"{row.forkserver_seconds * 1e3:.0f}",
             f"{row.ratio:.0f}x",
+        )
+    console.print(table)
+    return 0
+
+
+def _bench_io(args: argparse.Namespace, console) -> int:
+    from ckptconf.harness.bench_io import bench_io, default_folder
+    from rich.table import Table
+
+    folder = args.dir or default_folder()
+    console.print(f"saving and loading {args.mib} MiB in {args.count} tensors in {folder}...")
+    result = bench_io(args.mib << 20, args.count, folder=folder)
+    table = Table(title="one process, best of 3 interleaved rounds (GiB/s; ratio to DCP, to raw)")
+    for column in ("", "raw", "DCP", "reference", "reference / DCP", "reference / raw"):
+        table.add_column(column, justify="right")
+    for step, seconds in (("save", result.save), ("load", result.load)):
+        speed = {name: result.gib_per_s(s) for name, s in seconds.items()}
+        table.add_row(
+            step,
+            f"{speed['raw']:.2f}",
+            f"{speed['dcp']:.2f}",
+            f"{speed['reference']:.2f}",
+            f"{speed['reference'] / speed['dcp']:.2f}x",
+            f"{speed['reference'] / speed['raw']:.0%}",
         )
     console.print(table)
     return 0
@@ -505,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("path", help="checkpoint folder")
     verify.set_defaults(handler=_verify)
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["harness", "plan"], help="what to measure")
+    bench.add_argument("target", choices=["harness", "plan", "io"], help="what to measure")
+    bench.add_argument("--mib", type=int, default=256, help="io: MiB saved and loaded")
+    bench.add_argument("--count", type=int, default=64, help="io: tensors in the state")
+    bench.add_argument("--dir", default=None, help="io: folder to write in (default /dev/shm)")
     bench.add_argument(
         "--ranks", default="256,1024", help="plan: simulated world sizes, comma-separated"
     )
