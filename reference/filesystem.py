@@ -86,17 +86,6 @@ class DirectoryStore(BlobStore):
                 got += n
         return memoryview(buffer)[:got]
 
-    def read_into(self, name: str, start: int, buffer: memoryview) -> int:
-        with open(self.path / name, "rb", buffering=0) as file:
-            file.seek(start)
-            got = 0
-            while got < len(buffer):
-                n = file.readinto(buffer[got:])
-                if not n:
-                    break
-                got += n
-        return got
-
     def size(self, name: str) -> int:
         return (self.path / name).stat().st_size
 
