@@ -85,6 +85,14 @@ class BlobStore(abc.ABC):
     def read_range(self, name: str, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of data file ``name`` in a writable buffer (shorter if the file is)."""
 
+    def read_into(self, name: str, start: int, buffer: memoryview) -> int:
+        """Read bytes of data file ``name`` from ``start`` into ``buffer`` (a writable byte view);
+        return how many were read (fewer if the file is shorter). Override to read without the
+        intermediate copy this default makes."""
+        data = self.read_range(name, start, start + len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     @abc.abstractmethod
     def size(self, name: str) -> int:
         """Size in bytes of data file ``name``; ``FileNotFoundError`` if absent."""
@@ -245,6 +253,7 @@ class ReferenceStorageReader(StorageReader):
         self.store = store
         self.verify_checksums = verify_checksums
         self.metadata: Metadata | None = None
+        self._pending_target: torch.Tensor | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         """Forget the metadata read before; a ``checkpoint_id`` must name this store."""
@@ -338,6 +347,10 @@ class ReferenceStorageReader(StorageReader):
             raise IntegrityError(
                 f"key {storage_index.fqn!r}: no saved chunk starts at offsets {_offsets(storage_index)}"
             )
+        if len(items) == 1 and self._read_whole_into_destination(
+            storage_index, region, items[0], shape, dtype, planner
+        ):
+            return
         strides = [1] * len(shape)
         for d in range(len(shape) - 2, -1, -1):
             strides[d] = strides[d + 1] * shape[d + 1]
@@ -358,7 +371,9 @@ class ReferenceStorageReader(StorageReader):
         base = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
         for item, first, _ in spans:
             source = base.as_strided(tuple(item.lengths), strides, first - start // itemsize)
-            target = planner.resolve_tensor(item).detach()
+            target, self._pending_target = self._pending_target, None
+            if target is None:  # resolved once only: a planner may keep state between the calls
+                target = planner.resolve_tensor(item).detach()
             if tuple(target.shape) != tuple(item.lengths):
                 raise IntegrityError(
                     f"key {item.dest_index.fqn!r}: planner gave a destination of shape {tuple(target.shape)} "
@@ -366,6 +381,59 @@ class ReferenceStorageReader(StorageReader):
                 )
             target.copy_(source)
             planner.commit_tensor(item, target)
+
+    def _read_whole_into_destination(
+        self, storage_index, region: Region, item: ReadItem, shape, dtype, planner
+    ) -> bool:
+        """Read a whole saved chunk into its destination, when the destination is a contiguous
+        CPU tensor of the chunk's shape and dtype: checksum block by block through one small
+        buffer (so a corrupt block never reaches the destination), instead of reading the chunk
+        into a zeroed buffer of its size and copying it. ``False`` (nothing done) where that does
+        not apply. A failed load may leave earlier, verified blocks in the destination."""
+        if type(self)._read is not ReferenceStorageReader._read:
+            return False  # a subclass that reads regions its own way must see every read
+        if any(item.storage_offsets) or tuple(item.lengths) != tuple(shape):
+            return False
+        if region.length == 0 or region.length != math.prod(shape) * dtype.itemsize:
+            return False
+        target = planner.resolve_tensor(item).detach()
+        if not (
+            target.device.type == "cpu"
+            and target.dtype == dtype
+            and target.is_contiguous()
+            and tuple(target.shape) == tuple(shape)
+        ):
+            self._pending_target = target
+            return False
+        buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+        if not self.verify_checksums:
+            got = self.store.read_into(region.file, region.offset, buffer)
+            self._check_length(storage_index, region, 0, got, region.length)
+        else:
+            # block by block through a small buffer, checked before it reaches the destination:
+            # a corrupt block never lands in the caller's tensor
+            staging = memoryview(bytearray(min(region.block_size, region.length)))
+            for block, expected in enumerate(region.crc32):
+                a = block * region.block_size
+                n = min(region.block_size, region.length - a)
+                got = self.store.read_into(region.file, region.offset + a, staging[:n])
+                self._check_length(storage_index, region, a, got, n)
+                if zlib.crc32(staging[:n]) != expected:
+                    raise IntegrityError(
+                        f"{self.store.location}: checksum mismatch for key {storage_index.fqn!r} at "
+                        f"offsets {_offsets(storage_index)}: block {block} of its data in "
+                        f"{region.file!r} (bytes {region.offset + a}..) is corrupt"
+                    )
+                buffer[a : a + n] = staging[:n]
+        planner.commit_tensor(item, target)
+        return True
+
+    def _check_length(self, index, region: Region, at: int, got: int, expected: int) -> None:
+        if got != expected:
+            raise IntegrityError(
+                f"{self.store.location}: key {index.fqn!r} at offsets {_offsets(index)}: read {got} "
+                f"bytes of {region.file!r} at {region.offset + at}, expected {expected} (truncated?)"
+            )
 
     def _read(self, region: Region, start: int, end: int, index: MetadataIndex) -> memoryview:
         """Bytes ``[start, end)`` of a region, reading whole checksum blocks and verifying them."""
