@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem
 
+from .geometry import as_tuple
+
 __all__ = ["dedup_save_plans", "write_item_key", "write_item_bytes"]
 
 
@@ -19,16 +21,11 @@ def write_item_key(item: WriteItem) -> tuple:
         return (item.index.fqn, None)
     return (
         item.index.fqn,
-        _tuple(data.chunk.offsets),
-        _tuple(data.chunk.sizes),
+        as_tuple(data.chunk.offsets),
+        as_tuple(data.chunk.sizes),
         data.properties.dtype,
-        _tuple(data.size),
+        as_tuple(data.size),
     )
-
-
-def _tuple(value) -> tuple:
-    # torch.Size is a tuple: it hashes and compares as one, kept without a copy
-    return value if isinstance(value, tuple) else tuple(value)
 
 
 def write_item_bytes(item: WriteItem) -> int:

@@ -74,22 +74,17 @@ class DirectoryStore(BlobStore):
                 os.fsync(file.fileno())
 
     def read_range(self, name: str, start: int, end: int) -> memoryview:
-        buffer = bytearray(max(0, end - start))
-        with open(self.path / name, "rb", buffering=0) as file:
-            file.seek(start)
-            view = memoryview(buffer)
-            got = 0
-            while got < len(buffer):
-                n = file.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        return memoryview(buffer)[:got]
+        buffer = memoryview(bytearray(max(0, end - start)))
+        return buffer[: self._read_file_into(name, start, buffer)]
 
     def read_into(self, name: str, start: int, buffer: memoryview) -> int:
         if type(self).read_range is not DirectoryStore.read_range:
             # a subclass that reads differently (decompresses, say) must see every read
             return super().read_into(name, start, buffer)
+        return self._read_file_into(name, start, buffer)
+
+    def _read_file_into(self, name: str, start: int, buffer: memoryview) -> int:
+        """Fill ``buffer`` from byte ``start`` of file ``name``; how many bytes it got."""
         with open(self.path / name, "rb", buffering=0) as file:
             file.seek(start)
             got = 0

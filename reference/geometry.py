@@ -27,6 +27,7 @@ __all__ = [
     "local_shape",
     "dtensor_pieces",
     "mesh_coordinates",
+    "as_tuple",
 ]
 
 
@@ -271,3 +272,9 @@ def mesh_coordinates(mesh_shape: Sequence[int]) -> list[tuple[int, ...]]:
     for n in mesh_shape:
         coords = [c + (i,) for c in coords for i in range(n)]
     return coords
+
+
+def as_tuple(value: Sequence[int]) -> tuple[int, ...]:
+    """``value`` as a tuple; a ``torch.Size`` (a tuple already) is returned as it is, not copied:
+    it hashes and compares as the tuple of its elements."""
+    return value if isinstance(value, tuple) else tuple(value)

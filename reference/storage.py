@@ -253,7 +253,6 @@ class ReferenceStorageReader(StorageReader):
         self.store = store
         self.verify_checksums = verify_checksums
         self.metadata: Metadata | None = None
-        self._pending_target: torch.Tensor | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         """Forget the metadata read before; a ``checkpoint_id`` must name this store."""
@@ -347,10 +346,13 @@ class ReferenceStorageReader(StorageReader):
             raise IntegrityError(
                 f"key {storage_index.fqn!r}: no saved chunk starts at offsets {_offsets(storage_index)}"
             )
-        if len(items) == 1 and self._read_whole_into_destination(
-            storage_index, region, items[0], shape, dtype, planner
-        ):
-            return
+        resolved = None  # a destination resolved once only: a planner may keep state meanwhile
+        if len(items) == 1 and self._whole_chunk(region, items[0], shape, dtype):
+            resolved = planner.resolve_tensor(items[0]).detach()
+            if _fits(resolved, shape, dtype):
+                self._read_whole_chunk_into(storage_index, region, resolved)
+                planner.commit_tensor(items[0], resolved)
+                return
         strides = [1] * len(shape)
         for d in range(len(shape) - 2, -1, -1):
             strides[d] = strides[d + 1] * shape[d + 1]
@@ -371,9 +373,7 @@ class ReferenceStorageReader(StorageReader):
         base = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
         for item, first, _ in spans:
             source = base.as_strided(tuple(item.lengths), strides, first - start // itemsize)
-            target, self._pending_target = self._pending_target, None
-            if target is None:  # resolved once only: a planner may keep state between the calls
-                target = planner.resolve_tensor(item).detach()
+            target = resolved if resolved is not None else planner.resolve_tensor(item).detach()
             if tuple(target.shape) != tuple(item.lengths):
                 raise IntegrityError(
                     f"key {item.dest_index.fqn!r}: planner gave a destination of shape {tuple(target.shape)} "
@@ -382,57 +382,51 @@ class ReferenceStorageReader(StorageReader):
             target.copy_(source)
             planner.commit_tensor(item, target)
 
-    def _read_whole_into_destination(
-        self, storage_index, region: Region, item: ReadItem, shape, dtype, planner
-    ) -> bool:
-        """Read a whole saved chunk into its destination, when the destination is a contiguous
-        CPU tensor of the chunk's shape and dtype: checksum block by block through one small
-        buffer (so a corrupt block never reaches the destination), instead of reading the chunk
-        into a zeroed buffer of its size and copying it. ``False`` (nothing done) where that does
-        not apply. A failed load may leave earlier, verified blocks in the destination."""
-        if type(self)._read is not ReferenceStorageReader._read:
-            return False  # a subclass that reads regions its own way must see every read
-        if any(item.storage_offsets) or tuple(item.lengths) != tuple(shape):
-            return False
-        if region.length == 0 or region.length != math.prod(shape) * dtype.itemsize:
-            return False
-        target = planner.resolve_tensor(item).detach()
-        if not (
-            target.device.type == "cpu"
-            and target.dtype == dtype
-            and target.is_contiguous()
-            and tuple(target.shape) == tuple(shape)
-        ):
-            self._pending_target = target
-            return False
+    def _whole_chunk(self, region: Region, item: ReadItem, shape, dtype) -> bool:
+        """Whether ``item`` reads its whole saved chunk, by the reader's own region reads (a
+        subclass that reads regions its own way, overriding ``_read``, must see every read)."""
+        return (
+            type(self)._read is ReferenceStorageReader._read
+            and not any(item.storage_offsets)
+            and tuple(item.lengths) == tuple(shape)
+            and region.length > 0
+            and region.length == math.prod(shape) * dtype.itemsize
+        )
+
+    def _read_whole_chunk_into(self, index: MetadataIndex, region: Region, target) -> None:
+        """Read a whole saved chunk into ``target``, a contiguous CPU tensor of its shape and
+        dtype: checksum block by block through one small buffer, so a corrupt block never
+        reaches the destination (a failed load may leave earlier, verified blocks there),
+        instead of reading the chunk into a zeroed buffer of its size and copying it."""
         buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())
         if not self.verify_checksums:
             got = self.store.read_into(region.file, region.offset, buffer)
-            self._check_length(storage_index, region, 0, got, region.length)
-        else:
-            # block by block through a small buffer, checked before it reaches the destination:
-            # a corrupt block never lands in the caller's tensor
-            staging = memoryview(bytearray(min(region.block_size, region.length)))
-            for block, expected in enumerate(region.crc32):
-                a = block * region.block_size
-                n = min(region.block_size, region.length - a)
-                got = self.store.read_into(region.file, region.offset + a, staging[:n])
-                self._check_length(storage_index, region, a, got, n)
-                if zlib.crc32(staging[:n]) != expected:
-                    raise IntegrityError(
-                        f"{self.store.location}: checksum mismatch for key {storage_index.fqn!r} at "
-                        f"offsets {_offsets(storage_index)}: block {block} of its data in "
-                        f"{region.file!r} (bytes {region.offset + a}..) is corrupt"
-                    )
-                buffer[a : a + n] = staging[:n]
-        planner.commit_tensor(item, target)
-        return True
+            self._check_length(index, region, 0, got, region.length)
+            return
+        staging = memoryview(bytearray(min(region.block_size, region.length)))
+        for block in range(len(region.crc32)):
+            a = block * region.block_size
+            n = min(region.block_size, region.length - a)
+            got = self.store.read_into(region.file, region.offset + a, staging[:n])
+            self._check_length(index, region, a, got, n)
+            self._check_block(index, region, block, staging[:n])
+            buffer[a : a + n] = staging[:n]
 
     def _check_length(self, index, region: Region, at: int, got: int, expected: int) -> None:
+        """Raise if ``got`` bytes were read of the ``expected`` ones from ``at`` in the region."""
         if got != expected:
             raise IntegrityError(
                 f"{self.store.location}: key {index.fqn!r} at offsets {_offsets(index)}: read {got} "
                 f"bytes of {region.file!r} at {region.offset + at}, expected {expected} (truncated?)"
+            )
+
+    def _check_block(self, index, region: Region, block: int, data) -> None:
+        """Raise if ``data`` (checksum block ``block`` of the region) does not match its CRC."""
+        if zlib.crc32(data) != region.crc32[block]:
+            raise IntegrityError(
+                f"{self.store.location}: checksum mismatch for key {index.fqn!r} at offsets "
+                f"{_offsets(index)}: block {block} of its data in {region.file!r} "
+                f"(bytes {region.offset + block * region.block_size}..) is corrupt"
             )
 
     def _read(self, region: Region, start: int, end: int, index: MetadataIndex) -> memoryview:
@@ -443,22 +437,22 @@ class ReferenceStorageReader(StorageReader):
         lo = blocks.start * region.block_size
         hi = min(region.length, blocks.stop * region.block_size)
         raw = self.store.read_range(region.file, region.offset + lo, region.offset + hi)
-        if len(raw) != hi - lo:
-            raise IntegrityError(
-                f"{self.store.location}: key {index.fqn!r} at offsets {_offsets(index)}: read {len(raw)} bytes "
-                f"of {region.file!r} at {region.offset + lo}, expected {hi - lo} (truncated?)"
-            )
+        self._check_length(index, region, lo, len(raw), hi - lo)
         if self.verify_checksums:
             for block in blocks:
                 a = block * region.block_size - lo
-                b = min(a + region.block_size, hi - lo)
-                if zlib.crc32(raw[a:b]) != region.crc32[block]:
-                    raise IntegrityError(
-                        f"{self.store.location}: checksum mismatch for key {index.fqn!r} at offsets "
-                        f"{_offsets(index)}: block {block} of its data in {region.file!r} "
-                        f"(bytes {region.offset + block * region.block_size}..) is corrupt"
-                    )
+                self._check_block(index, region, block, raw[a : a + region.block_size])
         return raw[start - lo : end - lo]
+
+
+def _fits(target, shape, dtype) -> bool:
+    """Whether a destination can take a saved chunk's bytes as they are."""
+    return (
+        target.device.type == "cpu"
+        and target.dtype == dtype
+        and target.is_contiguous()
+        and tuple(target.shape) == tuple(shape)
+    )
 
 
 def _offsets(index: MetadataIndex) -> tuple[int, ...] | None:

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
-from .geometry import chunk_in_bounds, chunk_overlap
+from .geometry import as_tuple, chunk_in_bounds, chunk_overlap
 
 __all__ = ["validate_global_plan", "chunk_layout_problems"]
 
@@ -219,11 +219,6 @@ def _sweep_problems(key, size, chunks, filled, owner, require_cover) -> list[str
     return problems
 
 
-def _as_tuple(value) -> tuple:
-    # torch.Size is a tuple: compared and hashed as one without a copy
-    return value if isinstance(value, tuple) else tuple(value)
-
-
 def _item(rank: int, fqn: str) -> str:
     return f"rank {rank}: write item {fqn!r}"
 
@@ -240,7 +235,7 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
         for item in plan.items:
             fqn = item.index.fqn
             index_offset = item.index.offset
-            offset = _as_tuple(index_offset) if index_offset is not None else None
+            offset = as_tuple(index_offset) if index_offset is not None else None
             writers[(fqn, offset)].append(rank)
             written_keys.add(fqn)
             entry = entries.get(fqn)
@@ -260,7 +255,7 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
                     "metadata records bytes"
                 )
                 continue
-            if _as_tuple(data.size) != _as_tuple(entry.size):
+            if as_tuple(data.size) != as_tuple(entry.size):
                 problems.append(
                     f"{_item(rank, fqn)} says global size {tuple(data.size)}, metadata says "
                     f"{tuple(entry.size)}"
@@ -270,7 +265,7 @@ def validate_global_plan(global_plan: Sequence[SavePlan], metadata: Metadata) ->
                     f"{_item(rank, fqn)} says dtype {data.properties.dtype}, metadata says "
                     f"{entry.properties.dtype}"
                 )
-            if offset is not None and offset != _as_tuple(data.chunk.offsets):
+            if offset is not None and offset != as_tuple(data.chunk.offsets):
                 problems.append(
                     f"{_item(rank, fqn)} is indexed at offsets {tuple(offset)} but its chunk starts at "
                     f"{tuple(data.chunk.offsets)}"
