@@ -7,7 +7,10 @@ Layout of a checkpoint folder::
 
 ``ckptconf.json`` is written to a temporary name, flushed to disk, then renamed over
 the old one, and the folder is synced, so a crash leaves either the old or the new
-checkpoint, never a mix.
+checkpoint, never a mix. Before that, every data file is synced, and so is the
+generation folder that names them; a checkpoint folder the save creates is synced into
+its parent. So after a power loss, a save that returned is there whole (the
+crash-states suite checks both, from a strace recording of the save).
 """
 
 from __future__ import annotations
@@ -59,7 +62,15 @@ class DirectoryStore(BlobStore):
     def prepare(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"checkpoint path {self.path} exists and is not a folder")
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
+        if self.sync_files:
+            for created in missing:  # a new folder's name is durable once its parent is synced
+                _fsync_dir(created.parent)
+
+    def seal_generation(self, generation: str) -> None:
+        if self.sync_files:
+            _fsync_dir(self.path / generation)
 
     def create_generation(self, generation: str) -> None:
         (self.path / generation).mkdir(parents=True, exist_ok=False)

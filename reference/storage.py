@@ -81,6 +81,13 @@ class BlobStore(abc.ABC):
     def open_sink(self, name: str) -> AbstractContextManager[BlobSink]:
         """Open data file ``name`` for writing; it is durable when the context exits cleanly."""
 
+    def seal_generation(self, generation: str) -> None:
+        """Make the data files of ``generation`` durable as a set, before metadata naming them
+        is committed: in a folder, their names (an fsync of the folder; each file's bytes were
+        synced when its sink closed). Default: nothing, for stores where a closed sink is
+        durable and listed (object stores)."""
+        return None
+
     @abc.abstractmethod
     def read_range(self, name: str, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of data file ``name`` in a writable buffer (shorter if the file is)."""
@@ -238,9 +245,11 @@ class ReferenceStorageWriter(StorageWriter):
         """Commit the metadata (the checkpoint becomes visible), then drop older generations."""
         regions = {r.index: r.storage_data for rank_results in results for r in rank_results}
         committed = dataclasses.replace(metadata, storage_data=regions)
+        current = {r.file.split("/", 1)[0] for r in regions.values()}
+        for generation in sorted(current):
+            self.store.seal_generation(generation)
         self.store.commit_metadata(dump_metadata(committed))
         if not self.keep_old_generations:
-            current = {r.file.split("/", 1)[0] for r in regions.values()}
             for generation in self.store.generations():
                 if generation not in current:
                     self.store.remove_generation(generation)
