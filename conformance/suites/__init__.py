@@ -24,6 +24,8 @@ The classes are named ``*Tests`` so pytest does not collect them by themselves.
 - :class:`AsyncSaveTests` (``async_save``): async_save saves the state at the call
 - :class:`PlansTests` (``plans``): the backend's planners at the planner level, up to 2,048 simulated ranks
 - :class:`StorageTests` (``storage``): metadata through the storage, corruption, re-save, sibling saves
+- :class:`CrashStatesTests` (``crash_states``): a save recorded with strace, every crash state
+  under a process crash and a power loss loads the old or the new checkpoint
 - :class:`MeshChangeTests` (``mesh_change``): 1-D <-> 2-D meshes, submeshes, kind chains, Checkpointer
 - :class:`PerRankTests` (``per_rank``): keys held by some ranks (pipeline, experts, loader
   state, omitted optimizer state), shrinking worlds, sub-groups, meta destinations
@@ -33,6 +35,7 @@ Importing this package in a pytest session switches ckptconf on for it (its fixt
 
 from ..plugin import activate
 from .async_save import AsyncSaveTests
+from .crash_states import CrashStatesTests
 from .faults import FaultsTests, FaultyStorageTests
 from .kinds import KindsTests, StateDictKindsTests
 from .mesh_change import MeshChangeTests
@@ -44,6 +47,7 @@ from .storage import StorageTests
 
 SUITES: dict[str, type] = {
     "async_save": AsyncSaveTests,
+    "crash_states": CrashStatesTests,
     "faults": FaultsTests,
     "kinds": KindsTests,
     "mesh_change": MeshChangeTests,
@@ -60,6 +64,7 @@ activate()
 __all__ = [
     "SUITES",
     "AsyncSaveTests",
+    "CrashStatesTests",
     "FaultsTests",
     "FaultyStorageTests",
     "KindsTests",

@@ -19,12 +19,13 @@ def run_conformance(
     timeout: float = 900,
     extra: list[str] | None = None,
     shrink: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess, dict]:
     """``pytest --pyargs ckptconf.conformance -k selection`` against ``spec`` under the ci
     profile, from the repository root (so ``tests.*`` backends import in the ranks); the
     finished process and the JSON report (empty if none was written). Failing examples are
     not shrunk unless ``shrink``: a meta-test checks that a bug is caught and how it is told,
-    and shrinking takes most of the time."""
+    and shrinking takes most of the time. ``env`` is added to the environment."""
     report = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", "ckptconf.conformance"]
@@ -35,7 +36,7 @@ def run_conformance(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     return result, (json.loads(report.read_text()) if report.exists() else {})
 

@@ -4,7 +4,8 @@ Planted bugs: the reference (or its parts) with one realistic mistake each. ``PL
 lists them for the kill-rate runner (:mod:`tests.planted.killrate`): the conformance suite
 must fail at least one test against each. ``CONTROL`` is the same scaffold with no bug: a
 killing test that fails on it too does not count as a kill. Modules by area: geometry,
-dedup, storage, faults, checkpointer, asyncsave, loading, kinds, validation, per_rank.
+dedup, storage, faults, checkpointer, asyncsave, loading, kinds, validation, per_rank,
+crash.
 
 On DCP's default planners (``dcp_planners``, ``dcp_mesh``): one broken planner or
 checkpointer each, for the meta-tests of the plans and mesh_change suites
@@ -22,6 +23,7 @@ from . import (
     asyncsave,
     checkpointer,
     control,
+    crash,
     dedup,
     faults,
     geometry,
@@ -185,6 +187,9 @@ PLANTED: list[PlantedBug] = [
     _bug(validation, "validator_misses_overlaps", ("plans",)),
     _bug(validation, "validator_misses_out_of_bounds", ("plans",)),
     _bug(validation, "validator_ignores_dtype_disagreement", ("plans",)),
+    # durability order, seen only in crash states
+    _bug(crash, "metadata_renamed_before_data_synced", ("crash_states",)),
+    _bug(crash, "metadata_written_in_place", ("crash_states",)),
 ]
 """Every planted bug, with the suites meant to catch it; ``fast`` ones form the CI subset."""
 

@@ -1,0 +1,33 @@
+"""Cases of the crash-states suite: a small state saved on one or two ranks."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from ...backend import Backend
+from ...kit.cases import SaveLoadCase, resalted
+from ...kit.strategies import save_load_cases, supported_options
+
+__all__ = ["crash_cases", "state_budget"]
+
+_BUDGETS = {"ci": 24, "dev": 64, "thorough": None}
+
+
+def state_budget(profile: str) -> int | None:
+    """How many crash points a save is cut at per model under ``profile`` (``None``: all)."""
+    return _BUDGETS.get(profile, 64)
+
+
+@st.composite
+def crash_cases(
+    draw, backend: Backend, worlds: tuple[int, ...] = (2, 1)
+) -> tuple[SaveLoadCase, SaveLoadCase]:
+    """``(A, B)``: two small flat or nested states of the layouts the backend supports, saved
+    and loaded on one world and layout each (the crash, not resharding, is under test). B is
+    drawn apart from A (other keys, shapes or dtypes: A's metadata with B's data must not
+    pass for either) and salted, so no value of B equals A's at the same index."""
+    world = draw(st.sampled_from(worlds), label="world")
+    options = supported_options(backend, max_tensors=2, max_side=6, allow_empty=False)
+    options["kinds"] = tuple(k for k in options["kinds"] if k != "sharded_tensor")
+    cases = save_load_cases(save_worlds=(world,), same_layout=True, **options)
+    return draw(cases, label="A"), resalted(draw(cases, label="B"))

@@ -1,0 +1,89 @@
+"""Planted bugs in the order a folder writer makes its files durable: what only a crash shows."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from ckptconf.conformance import Backend
+from ckptconf.reference.filesystem import METADATA_FILE, DirectoryStore, _fsync_dir
+from ckptconf.reference.storage import ReferenceStorageWriter
+
+from ._common import planted_backend
+
+__all__ = ["metadata_renamed_before_data_synced", "metadata_written_in_place"]
+
+
+class _LateSyncStore(DirectoryStore):
+    """Commits the metadata (written, synced, renamed, folder synced) first, and syncs the data
+    files it names only afterwards: a clean save is durable, but not in between."""
+
+    @contextmanager
+    def open_sink(self, name: str):
+        with open(self.path / name, "wb") as file:
+            yield _Sink(file)
+
+    def seal_generation(self, generation: str) -> None:
+        pass
+
+    def commit_metadata(self, data: bytes) -> None:
+        super().commit_metadata(data)
+        for generation in self.generations():
+            folder = self.path / generation
+            for file in sorted(folder.iterdir()):
+                fd = os.open(file, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(folder)
+
+
+class _InPlaceMetadataStore(DirectoryStore):
+    """Writes the metadata file in place (truncate, write, fsync) instead of renaming a new one
+    over it."""
+
+    def commit_metadata(self, data: bytes) -> None:
+        with open(self.path / METADATA_FILE, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        _fsync_dir(self.path)
+
+
+class _Sink:
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data) -> None:
+        self.file.write(data)
+
+
+class LateSyncWriter(ReferenceStorageWriter):
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(_LateSyncStore(path))
+
+
+class InPlaceMetadataWriter(ReferenceStorageWriter):
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(_InPlaceMetadataStore(path))
+
+
+def metadata_renamed_before_data_synced() -> Backend:
+    """The metadata is renamed into place (and its folder synced) before the data files it
+    names are synced: a power loss right after the commit keeps metadata naming lost data."""
+    return planted_backend(
+        "metadata_renamed_before_data_synced",
+        "metadata committed before its data files are synced (they are synced after the rename)",
+        writer=LateSyncWriter,
+    )
+
+
+def metadata_written_in_place() -> Backend:
+    """The metadata file is truncated and rewritten in place, not renamed over: a crash between
+    the truncate and the write leaves no metadata (the previous checkpoint is lost)."""
+    return planted_backend(
+        "metadata_written_in_place",
+        "metadata rewritten in place (O_TRUNC, write, fsync) instead of renamed over",
+        writer=InPlaceMetadataWriter,
+    )
