@@ -67,6 +67,7 @@ def test_strings_and_descriptors_decode_and_a_cut_string_is_refused():
         decode_string(f'"{_hex("abc")}"...')
     assert descriptor(f"AT_FDCWD<{_hex('/work')}>") == (None, "/work")
     assert descriptor(f"5<{_hex('pipe:[12]')}>") == (5, None)  # not a path
+    assert descriptor(f"3<{_hex('/dev/shm/sem.x')}>(deleted)") == (3, "/dev/shm/sem.x")
 
 
 # --- the model -----------------------------------------------------------------------------

@@ -165,8 +165,11 @@ class _Run:
             pytest.skip(
                 f"{UNSUPPORTED_PREFIX}its save made a call the crash model cannot replay: {exc}"
             )
-        except TraceSyntaxError as exc:
-            raise self.trial.fail(f"the strace recording could not be read: {exc}") from None
+        except TraceSyntaxError as exc:  # ckptconf's limit, not the backend's fault
+            pytest.skip(
+                f"{UNSUPPORTED_PREFIX}ckptconf cannot read this strace recording ({exc}); please "
+                "report it to ckptconf with the line"
+            )
         after = FileTree.from_folder(self.root).visible()
         replayed = tree.visible()
         if replayed != after:

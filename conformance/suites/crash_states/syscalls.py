@@ -30,7 +30,7 @@ __all__ = [
 _LINE = re.compile(
     r"^(?P<ts>\d+\.\d+) (?P<name>\w+)\((?P<args>.*)\)\s+= (?P<ret>-?\d+|0x[0-9a-f]+)"
 )
-_DESCRIPTOR = re.compile(r"^(?P<fd>-?\d+|AT_FDCWD)(?:<(?P<path>[^>]*)>)?$")
+_DESCRIPTOR = re.compile(r"^(?P<fd>-?\d+|AT_FDCWD)(?:<(?P<path>[^>]*)>)?(?P<deleted>\(deleted\))?$")
 
 
 class TraceSyntaxError(ValueError):
@@ -101,7 +101,8 @@ def decode_string(token: str) -> bytes:
 
 def descriptor(token: str) -> tuple[int | None, str | None]:
     """``(fd, path)`` of ``4<\\x2f...>`` or ``AT_FDCWD<...>`` (fd ``None`` for AT_FDCWD);
-    ``path`` is ``None`` where strace printed none (a pipe or socket prints ``pipe:[...]``)."""
+    ``path`` is ``None`` where strace printed none (a pipe or socket prints ``pipe:[...]``).
+    A file unlinked while open prints ``4<...>(deleted)``: its last path is returned."""
     match = _DESCRIPTOR.match(token.strip())
     if match is None:
         raise TraceSyntaxError(f"expected a file descriptor, got {token[:60]!r}")
@@ -144,7 +145,10 @@ def _parse_line(text: str, rank: int, tid: int, number: int) -> Syscall | None:
     rest = text[match.end() :]
     ret_path = None
     if rest.startswith("<"):
-        _, ret_path = descriptor(f"{ret}{rest[: rest.index('>') + 1]}")
+        decoration = rest[: rest.index(">") + 1]
+        if rest[len(decoration) :].startswith("(deleted)"):
+            decoration += "(deleted)"
+        _, ret_path = descriptor(f"{ret}{decoration}")
     return Syscall(
         time=float(match["ts"]),
         rank=rank,
