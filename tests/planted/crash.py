@@ -70,8 +70,9 @@ class InPlaceMetadataWriter(ReferenceStorageWriter):
 
 
 def metadata_renamed_before_data_synced() -> Backend:
-    """The metadata is renamed into place (and its folder synced) before the data files it
-    names are synced: a power loss right after the commit keeps metadata naming lost data."""
+    """Metadata committed (renamed, folder synced) before the data files it names are synced.
+
+    A power loss right after the commit keeps metadata that names lost data."""
     return planted_backend(
         "metadata_renamed_before_data_synced",
         "metadata committed before its data files are synced (they are synced after the rename)",
@@ -80,8 +81,10 @@ def metadata_renamed_before_data_synced() -> Backend:
 
 
 def metadata_written_in_place() -> Backend:
-    """The metadata file is truncated and rewritten in place, not renamed over: a crash between
-    the truncate and the write leaves no metadata (the previous checkpoint is lost)."""
+    """Metadata truncated and rewritten in place instead of a new file renamed over it.
+
+    A crash between the truncate and the write leaves no metadata: the previous checkpoint is
+    lost."""
     return planted_backend(
         "metadata_written_in_place",
         "metadata rewritten in place (O_TRUNC, write, fsync) instead of renamed over",
