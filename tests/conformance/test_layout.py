@@ -67,3 +67,19 @@ def test_the_public_api_is_what_a_plug_in_author_needs():
 def test_the_kill_rate_runner_is_not_shipped():
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("ckptconf.conformance.killrate")
+
+
+def test_every_package_is_listed_for_the_wheel():
+    """setuptools' explicit ``packages`` list: a subpackage missing there works in an editable
+    install and is absent from the wheel."""
+    import tomllib
+
+    root = SUITES_DIR.parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    for name, folder in config["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(root / folder)
+            package = ".".join([name, *relative.parts])
+            if not any(part.startswith((".", "_")) for part in relative.parts):
+                assert package in listed, f"{package} is not in pyproject's packages"
