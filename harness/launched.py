@@ -1,0 +1,358 @@
+"""The world an external launcher started (torchrun, ``srun torchrun``): every process a rank,
+rank 0 also the controller.
+
+Under torchrun every process runs the same command. :func:`launcher_env` reads the
+launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``). Call order::
+
+    rank 0:        world = LaunchedWorld(device)
+                   world.run(fn, *args, size=w, timeout=t)   # any number of steps
+                   world.close()                              # the other ranks' serve() returns
+    other ranks:   serve(device)
+
+Transport: the launcher's TCPStore, keys under ``ckptconf/``. For step ``n`` rank 0 sets
+``call/n``; every rank reads it, and ranks ``0..w-1`` run ``fn`` in a default process group
+of ``w`` ranks (made anew when ``w`` changes, its rendezvous under ``pg/n``) between two
+barriers, as the warm pools do, and answer ``result/n/<rank>``. Rank 0 runs its own part
+on a thread, so that it can still time out. A step past its timeout: rank 0 sets
+``stack/n``, each rank's watchdog thread answers with its Python stack (faulthandler), and
+the step raises :class:`~.errors.WorldTimeout` naming the stuck ranks. The world is then
+*suspect*: before the next step every rank must answer a ping, and the process groups are
+made anew. A rank that does not answer (still stuck), or rank 0's own part stuck, makes
+the world lost: :class:`WorldLost`, and no step runs any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import itertools
+import os
+import pickle
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .errors import RankError, WorldError, WorldTimeout
+
+__all__ = ["LaunchedWorld", "LauncherEnv", "WorldLost", "launcher_env", "serve"]
+
+_PREFIX = "ckptconf/"
+_POLL = timedelta(minutes=10)  # one wait on the store (c10d logs a warning at each timeout)
+_PING_TIMEOUT = 60.0
+_STACK_TIMEOUT = 10.0
+
+
+class WorldLost(RuntimeError):
+    """A rank of the launched world is stuck for good (or rank 0's own part is): no further
+    step can run in this launch."""
+
+
+@dataclass(frozen=True)
+class LauncherEnv:
+    """What the launcher told this process."""
+
+    rank: int
+    size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    agent_store: bool
+    """Whether the launcher's agent hosts the store (torchrun), so rank 0 is a client too."""
+
+
+def launcher_env(environ: dict[str, str] | None = None) -> LauncherEnv | None:
+    """The launcher's environment, or ``None`` when this process was not started by one
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` all set, as torchrun and
+    ``torch.distributed``'s env:// convention do)."""
+    env = os.environ if environ is None else environ
+    if not all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return None
+    return LauncherEnv(
+        rank=int(env["RANK"]),
+        size=int(env["WORLD_SIZE"]),
+        local_rank=int(env.get("LOCAL_RANK", env["RANK"])),
+        master_addr=env["MASTER_ADDR"],
+        master_port=int(env["MASTER_PORT"]),
+        agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+    )
+
+
+def _store(env: LauncherEnv, *, server: bool):
+    import torch.distributed as dist
+
+    store = dist.TCPStore(
+        env.master_addr,
+        env.master_port,
+        is_master=server and env.rank == 0 and not env.agent_store,
+        timeout=timedelta(seconds=600),
+        wait_for_workers=False,
+    )
+    return dist.PrefixStore(_PREFIX, store)
+
+
+def _wait(store, key: str, deadline: float | None, *, poll: timedelta = _POLL) -> bool:
+    """Wait until ``key`` is set (``True``) or ``deadline`` (monotonic) passed (``False``);
+    without a deadline, forever, in waits of ``poll``."""
+    while True:
+        if store.check([key]):
+            return True
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        step = poll if remaining is None else timedelta(seconds=remaining)
+        with contextlib.suppress(Exception):  # the store's wait raises at its timeout
+            store.wait([key], step)
+
+
+class _Rank:
+    """One rank's side: its process groups, its steps and its watchdog."""
+
+    def __init__(self, env: LauncherEnv, device: str):
+        self.env, self.device = env, device
+        # one client per thread that uses it: a TCPStore client's blocking wait holds its socket
+        self.store = _store(env, server=True)  # the control channel (the main thread)
+        self._group_store = _store(env, server=False)  # process groups (rank 0: its step thread)
+        self.group_size: int | None = None
+        self.current = 0
+        os.environ["CKPTCONF_DEVICE_MODE"] = device
+        self._watch_store = _store(env, server=False)
+        threading.Thread(target=self._watchdog, name="ckptconf-watchdog", daemon=True).start()
+
+    def _watchdog(self) -> None:
+        """Answer each stack request (``dump/<k>``, naming a step) with this process's stacks."""
+        for k in itertools.count(1):
+            _wait(self._watch_store, f"dump/{k}", None, poll=timedelta(hours=1))
+            n = int(self._watch_store.get(f"dump/{k}"))
+            with tempfile.TemporaryFile("w+") as file:
+                faulthandler.dump_traceback(file=file, all_threads=True)
+                file.seek(0)
+                text = file.read()
+            host = socket.gethostname()
+            self._watch_store.set(f"stack/{n}/{self.env.rank}", f"(host {host})\n{text}")
+
+    def groups(self, size: int, generation: int, fresh: bool, timeout: float) -> None:
+        """Make the default process group ``size`` ranks wide (ranks ``>= size`` have none);
+        anew if ``fresh`` (after a step that failed, its collectives may be out of step).
+        Its collectives time out with the step, so a rank left waiting gets an error back."""
+        import torch
+        import torch.distributed as dist
+
+        if self.group_size == size and not fresh:
+            return
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+        self.group_size = size
+        if self.env.rank >= size:
+            return
+        backend = "nccl" if self.device == "cuda" else "gloo"
+        if self.device == "cuda":
+            torch.cuda.set_device(self.env.local_rank)
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(f"pg/{generation}/", self._group_store),
+            rank=self.env.rank,
+            world_size=size,
+            timeout=timedelta(seconds=timeout),
+        )
+
+    def execute(self, n: int, size: int, payload: bytes, fresh: bool, timeout: float) -> tuple:
+        """Run step ``n``'s function here: ``(ok, value or RankError, output)``."""
+        import torch
+        import torch.distributed as dist
+
+        rank = self.env.rank
+        try:
+            if self.device == "cuda":
+                torch.cuda.set_device(self.env.local_rank)
+            elif self.device == "cuda-shared":
+                torch.cuda.set_device(0)
+            self.groups(size, n, fresh, timeout)
+            dist.barrier()
+            fn, args, kwargs = pickle.loads(payload)
+            value = fn(*args, **kwargs)
+            dist.barrier()
+            return True, value, ""
+        except BaseException as exc:  # noqa: BLE001 - reported to rank 0
+            error = RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc())
+            # closing this rank's connections fails the collectives other ranks wait in at
+            # once, instead of at their timeout; every rank makes a new group next step
+            if dist.is_initialized():
+                with contextlib.suppress(Exception):
+                    dist.destroy_process_group()
+            self.group_size = None
+            return False, error, ""
+
+    def answer(self, n: int, reply: tuple) -> None:
+        try:
+            data = pickle.dumps(reply)
+        except Exception as exc:  # noqa: BLE001 - the result did not pickle
+            error = RankError(
+                self.env.rank, type(exc).__qualname__, f"result not picklable: {exc}", ""
+            )
+            data = pickle.dumps((False, error, reply[2]))
+        self.store.set(f"result/{n}/{self.env.rank}", data)
+
+
+def serve(device: str = "cpu") -> None:
+    """Run the steps rank 0 sends until it closes the world (ranks other than 0)."""
+    env = launcher_env()
+    if env is None:
+        raise RuntimeError("serve() needs a launcher's environment (RANK, WORLD_SIZE, ...)")
+    me = _Rank(env, device)
+    for n in itertools.count(1):
+        _wait(me.store, f"call/{n}", None)
+        kind, size, payload, fresh, timeout = pickle.loads(me.store.get(f"call/{n}"))
+        if kind == "stop":
+            break
+        me.current = n
+        if kind == "ping":
+            me.store.set(f"result/{n}/{env.rank}", b"pong")
+        elif env.rank < size:
+            me.answer(n, me.execute(n, size, payload, fresh, timeout))
+        else:
+            me.groups(size, n, fresh, timeout)
+    with contextlib.suppress(Exception):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class LaunchedWorld:
+    """Rank 0's side of the launched world: runs steps on the first ``size`` ranks."""
+
+    def __init__(self, device: str = "cpu"):
+        env = launcher_env()
+        if env is None:
+            raise RuntimeError(
+                "LaunchedWorld needs a launcher's environment (RANK, WORLD_SIZE, ...)"
+            )
+        if env.rank != 0:
+            raise RuntimeError(
+                f"LaunchedWorld runs on rank 0; this is rank {env.rank} (call serve())"
+            )
+        self.env, self.device, self.size = env, device, env.size
+        self._me = _Rank(env, device)
+        self._steps = itertools.count(1)
+        self._suspect = False
+        self._fresh = False  # make the process groups anew at the next step
+        self._dumps = 0
+        self.lost: str | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"LaunchedWorld(size={self.size}, device={self.device!r})"
+
+    def _post(
+        self, kind: str, size: int, payload: bytes = b"", fresh: bool = False, timeout: float = 0
+    ) -> int:
+        n = next(self._steps)
+        self._me.current = n
+        self._me.store.set(f"call/{n}", pickle.dumps((kind, size, payload, fresh, timeout)))
+        return n
+
+    def _ping(self) -> None:
+        n = self._post("ping", self.size)
+        deadline = time.monotonic() + _PING_TIMEOUT
+        silent = [
+            r for r in range(1, self.size) if not _wait(self._me.store, f"result/{n}/{r}", deadline)
+        ]
+        if silent:
+            self.lost = (
+                f"rank(s) {', '.join(map(str, silent))} did not answer within {_PING_TIMEOUT:.0f} s "
+                "after a step timed out: they are still stuck"
+            )
+            raise WorldLost(self.lost)
+        self._suspect = False
+
+    def run(
+        self, fn: Callable[..., Any], *args: Any, size: int, timeout: float = 60.0, **kwargs: Any
+    ) -> list[Any]:
+        """``fn(*args, **kwargs)`` on ranks ``0..size-1``; the results in rank order.
+
+        Raises :class:`~.errors.WorldError` naming every rank that raised,
+        :class:`~.errors.WorldTimeout` with the stuck ranks' stacks, or :class:`WorldLost`.
+        """
+        if self.lost is not None:
+            raise WorldLost(self.lost)
+        if not 1 <= size <= self.size:
+            raise ValueError(f"a step on {size} ranks; the launcher started {self.size}")
+        fresh = self._fresh
+        if self._suspect:
+            self._ping()
+            fresh = True
+        payload = pickle.dumps((fn, args, kwargs))
+        n = self._post("call", size, payload, fresh, timeout)
+        mine: dict[str, tuple] = {}
+        worker = threading.Thread(
+            target=lambda: mine.setdefault(
+                "reply", self._me.execute(n, size, payload, fresh, timeout)
+            ),
+            name="ckptconf-rank0",
+            daemon=True,
+        )
+        worker.start()
+        deadline = time.monotonic() + timeout
+        replies: dict[int, tuple] = {}
+        for r in range(1, size):
+            if _wait(self._me.store, f"result/{n}/{r}", deadline):
+                replies[r] = pickle.loads(self._me.store.get(f"result/{n}/{r}"))
+        stuck = [r for r in range(1, size) if r not in replies]
+        # rank 0 left waiting in a collective gets its timeout error (the step's) soon after
+        worker.join(max(0.0, deadline - time.monotonic()) + timeout + 10)
+        if "reply" in mine:
+            replies[0] = mine["reply"]
+        else:
+            stuck.insert(0, 0)
+        self._fresh = True
+        if stuck:
+            raise self._timed_out(n, stuck, fn)
+        self._forget(n, size)
+        results, errors, output = [None] * size, [], {}
+        for rank, (ok, value, text) in sorted(replies.items()):
+            output[rank] = text
+            if ok:
+                results[rank] = value
+            else:
+                errors.append(value)
+        if errors:
+            raise WorldError(errors, output, results)
+        self._fresh = False
+        return results
+
+    def _timed_out(self, n: int, stuck: list[int], fn: Callable) -> WorldTimeout:
+        self._dumps += 1
+        self._me.store.set(f"dump/{self._dumps}", str(n).encode())
+        deadline = time.monotonic() + _STACK_TIMEOUT
+        what = f"call of {getattr(fn, '__qualname__', fn)!r} did not finish within its timeout"
+        errors = []
+        for r in stuck:
+            got = _wait(self._me.store, f"stack/{n}/{r}", deadline)
+            stack = self._me.store.get(f"stack/{n}/{r}").decode(errors="replace") if got else ""
+            errors.append(RankError(r, "Stuck", f"{what}; its stack when stopped is below", stack))
+        if 0 in stuck:  # rank 0's own part cannot be stopped: its process group is gone
+            self.lost = f"rank 0's own part of step {n} is stuck ({what})"
+        self._suspect = True
+        return WorldTimeout(errors, {}, None, reason=what)
+
+    def _forget(self, n: int, size: int) -> None:
+        for key in [f"call/{n}", *(f"result/{n}/{r}" for r in range(size))]:
+            with contextlib.suppress(Exception):
+                self._me.store.delete_key(key)
+
+    def close(self) -> None:
+        """Tell every other rank to stop serving (their :func:`serve` returns)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._post("stop", self.size)
+        sys.stdout.flush()
