@@ -14,6 +14,7 @@ from ckptconf.conformance.suites.crash_states.filetree import (
     FileTree,
     Rename,
     Sync,
+    Truncate,
     Unlink,
     Write,
 )
@@ -110,12 +111,30 @@ def test_a_synced_name_whose_data_was_not_synced_is_empty_after_a_power_loss():
     assert "ckpt/data" not in tree.visible() and "ckpt/data" in tree.durable()
 
 
+def test_a_power_loss_may_keep_a_rename_without_the_unsynced_data_it_names():
+    tree, folder = _tree_with_a()
+    new = max(tree.nodes) + 1
+    for op in [
+        Create(0, "create tmp", folder, "tmp", new, False),
+        Write(0, "write", new, 0, b"BB"),
+        Rename(0, "rename", folder, "tmp", folder, "meta"),
+    ]:
+        op.apply(tree)
+    states = crash_states(tree, [Sync(0, "fsync meta", new)], "power_loss", budget=None)
+    views = {(s.after, s.view): s.files["ckpt/meta"] for s in states}
+    names_first = "unsynced changes of names reached the disk, unsynced data did not"
+    assert views[(0, "nothing unsynced reached the disk")] == b"A"
+    assert views[(0, names_first)] == b""  # the zero-length file after a rename
+    assert views[(1, names_first)] == b"BB"
+
+
 def test_crash_points_keep_every_state_around_names_and_syncs():
     ops = [Write(0, f"w{i}", 1, i, b"x") for i in range(20)]
     ops[10] = Rename(0, "rename", 0, "a", 0, "b")
     ops[15] = Sync(0, "fsync", 1)
+    ops[3] = Truncate(0, "truncate", 1, 0)
     points = crash_points(ops, budget=8)
-    assert {0, 10, 11, 15, 16, 20} <= set(points) and len(points) == 8
+    assert {0, 3, 4, 10, 11, 15, 16, 20} == set(points)
     assert crash_points(ops, budget=None) == list(range(21))
 
 
@@ -201,6 +220,9 @@ def test_a_replay_of_a_recording_rebuilds_the_folder(tmp_path):
             f.write(b"from a child")
         os._exit(0)
     os.waitpid(child, 0)
+    big = os.open("big", os.O_WRONLY | os.O_CREAT | os.O_SYNC)
+    os.pwrite(big, bytes(range(256)) * 20, 100)                   # 5120 bytes, O_SYNC
+    os.close(big)
     os.rename("new", "old")
     os.unlink("log")
     dirfd = os.open(".", os.O_RDONLY)
@@ -215,6 +237,13 @@ def test_a_replay_of_a_recording_rebuilds_the_folder(tmp_path):
     words = [op.words for op in ops]
     assert "rename new to old" in words and "remove file log" in words
     assert "write 4 bytes at offset 4 of log" in words  # O_APPEND: at the end
+    # split at page boundaries (a crash can tear a write there), then synced (O_SYNC)
+    big = [w for w in words if w.endswith(" of big")]
+    assert big == [
+        "write 3996 bytes at offset 100 of big",
+        "write 1124 bytes at offset 4096 of big",
+        "(O_SYNC/RWF_SYNC) sync of big",
+    ]
     durable = tree.durable()
     assert durable["old"] == b"Hello world!?" + bytes(7)  # synced, and renamed into a synced folder
     # sub's name is durable (its parent was synced after the mkdir), its own names are not

@@ -190,6 +190,7 @@ PLANTED: list[PlantedBug] = [
     # durability order, seen only in crash states
     _bug(crash, "metadata_renamed_before_data_synced", ("crash_states",)),
     _bug(crash, "metadata_written_in_place", ("crash_states",)),
+    _bug(crash, "metadata_synced_after_rename", ("crash_states",)),
 ]
 """Every planted bug, with the suites meant to catch it; ``fast`` ones form the CI subset."""
 

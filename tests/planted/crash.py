@@ -11,7 +11,11 @@ from ckptconf.reference.storage import ReferenceStorageWriter
 
 from ._common import planted_backend
 
-__all__ = ["metadata_renamed_before_data_synced", "metadata_written_in_place"]
+__all__ = [
+    "metadata_renamed_before_data_synced",
+    "metadata_synced_after_rename",
+    "metadata_written_in_place",
+]
 
 
 class _LateSyncStore(DirectoryStore):
@@ -51,6 +55,21 @@ class _InPlaceMetadataStore(DirectoryStore):
         _fsync_dir(self.path)
 
 
+class _SyncAfterRenameStore(DirectoryStore):
+    """Renames the new metadata over the old one first and syncs its bytes afterwards."""
+
+    def commit_metadata(self, data: bytes) -> None:
+        temporary = self.path / f".{METADATA_FILE}.tmp"
+        temporary.write_bytes(data)
+        os.replace(temporary, self.path / METADATA_FILE)
+        fd = os.open(self.path / METADATA_FILE, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.path)
+
+
 class _Sink:
     def __init__(self, file):
         self.file = file
@@ -62,6 +81,11 @@ class _Sink:
 class LateSyncWriter(ReferenceStorageWriter):
     def __init__(self, path: str | os.PathLike):
         super().__init__(_LateSyncStore(path))
+
+
+class SyncAfterRenameWriter(ReferenceStorageWriter):
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(_SyncAfterRenameStore(path))
 
 
 class InPlaceMetadataWriter(ReferenceStorageWriter):
@@ -89,4 +113,16 @@ def metadata_written_in_place() -> Backend:
         "metadata_written_in_place",
         "metadata rewritten in place (O_TRUNC, write, fsync) instead of renamed over",
         writer=InPlaceMetadataWriter,
+    )
+
+
+def metadata_synced_after_rename() -> Backend:
+    """New metadata renamed over the old one before its own bytes are synced.
+
+    If the rename reaches the disk before the data (a power loss between the rename and the
+    fsync), the metadata file is empty: the previous checkpoint is lost."""
+    return planted_backend(
+        "metadata_synced_after_rename",
+        "metadata renamed into place, then synced (the zero-length-file pattern)",
+        writer=SyncAfterRenameWriter,
     )

@@ -130,27 +130,36 @@ class FileTree:
 
     def visible(self) -> Files:
         """What a process sees now (and what a process crash leaves)."""
-        return self._walk(durable=False)
+        return self._walk()
 
     def durable(self) -> Files:
-        """What a power loss now would leave."""
-        return self._walk(durable=True)
+        """What a power loss now would leave, if nothing unsynced reached the disk."""
+        return self._walk(durable_names=True, durable_data=True)
 
-    def _walk(self, *, durable: bool) -> Files:
+    def names_first(self) -> Files:
+        """What a power loss now would leave if every change of names (create, rename, unlink)
+        reached the disk but no unsynced data did: the reordering that gives zero-length
+        files after a rename (ALICE's "atomicity of rename" vulnerabilities)."""
+        return self._walk(durable_names=False, durable_data=True)
+
+    def _walk(self, *, durable_names: bool = False, durable_data: bool = False) -> Files:
         out: Files = {}
-        stack = [(0, "")]
+        stack, seen = [(0, "")], {0}
         while stack:
             number, prefix = stack.pop()
             node = self.nodes[number]
-            entries = node.durable_entries if durable else node.entries
+            entries = node.durable_entries if durable_names else node.entries
             for name, child in sorted(entries.items()):
                 path = f"{prefix}{name}"
                 target = self.nodes[child]
                 if target.is_dir:
+                    if child in seen:  # a folder synced into two places by separate fsyncs
+                        continue
+                    seen.add(child)
                     out[path] = None
                     stack.append((child, path + "/"))
                 else:
-                    out[path] = target.durable_data if durable else bytes(target.data)
+                    out[path] = target.durable_data if durable_data else bytes(target.data)
         return out
 
 

@@ -25,6 +25,12 @@ class UnreplayableCall(Exception):
     """A recorded call under the checkpoint's folder that the model cannot replay."""
 
 
+_PAGE = 4096
+"""Writes are split at page boundaries: a crash can tear a write between two pages."""
+_SYNCS = frozenset({"fsync", "fdatasync", "sync", "syncfs"})
+"""Calls whose effect is only certain once they return: ordered by their end."""
+
+
 @dataclass
 class _Open:
     """An open file description: the node, the position, and how it was opened."""
@@ -33,6 +39,8 @@ class _Open:
     path: str
     position: int = 0
     append: bool = False
+    synced: bool = False
+    """Opened O_SYNC or O_DSYNC: every write is durable when it returns."""
 
 
 class _Interpreter:
@@ -66,6 +74,14 @@ class _Interpreter:
         if not isinstance(operation, Create):  # a Create's node is already in the tree
             operation.apply(self.tree)
         self.operations.append(operation)
+
+    def lookup(self, relative: str) -> int:
+        """The node at ``relative``; refuses when the model has no such name (it has lost
+        track of the folder: something changed it that the recording did not show)."""
+        node = self.tree.lookup(relative)
+        if node is None:
+            raise self.refuse(f"{relative} is not in the recorded tree")
+        return node
 
     def refuse(self, why: str) -> UnreplayableCall:
         call = self.call
@@ -133,7 +149,12 @@ class _Interpreter:
             self.emit(Create(call.rank, f"create {relative}", parent, name, node, False))
         elif "O_TRUNC" in flags and not self.tree.is_dir(node) and self.tree.size(node):
             self.emit(Truncate(call.rank, f"truncate {relative} to 0 bytes (O_TRUNC)", node, 0))
-        self.table()[call.ret] = _Open(node, relative, append="O_APPEND" in flags)
+        self.table()[call.ret] = _Open(
+            node,
+            relative,
+            append="O_APPEND" in flags,
+            synced=bool({"O_SYNC", "O_DSYNC"} & flags),
+        )
 
     def on_open(self, call: Syscall) -> None:
         self._opened(call, self.at_path(None, call.args[0]), flag_names(call.args[1]))
@@ -155,6 +176,8 @@ class _Interpreter:
         self.table().pop(fd, None)
 
     def on_close_range(self, call: Syscall) -> None:
+        if len(call.args) > 2 and "CLOSE_RANGE_CLOEXEC" in call.args[2]:
+            return  # marked close-on-exec, still open
         low, high = int(call.args[0]), int(call.args[1].split()[0], 0)
         for fd in [fd for fd in self.table() if low <= fd <= high]:
             del self.table()[fd]
@@ -174,6 +197,11 @@ class _Interpreter:
     def on_fcntl(self, call: Syscall) -> None:
         if call.args[1].startswith("F_DUPFD"):
             self._duplicate(call, call.ret)
+        elif call.args[1] == "F_SETFL":
+            opened = self.table().get(descriptor(call.args[0])[0])
+            if opened is not None:
+                flags = flag_names(call.args[2])
+                opened.append = "O_APPEND" in flags
 
     def on_lseek(self, call: Syscall) -> None:
         fd, _ = descriptor(call.args[0])
@@ -189,37 +217,54 @@ class _Interpreter:
 
     on_readv = on_read
 
-    def _write(self, call: Syscall, data: bytes, offset: int | None) -> None:
+    def _write(self, call: Syscall, data_of, offset: int | None, *, synced: bool = False) -> None:
+        """A write of ``data_of()`` (decoded only for a file under the root) at ``offset``, or
+        at the position; split at page boundaries, then made durable if ``synced``."""
         opened = self.open_of(call.args[0])
         if opened is None:
             return
-        data = data[: call.ret]
-        if offset is None:
-            offset = self.tree.size(opened.node) if opened.append else opened.position
-            opened.position = offset + len(data)
-        if data:
+        data = data_of()[: call.ret]
+        if offset is None or opened.append:  # Linux's pwrite on an O_APPEND file appends
+            start = self.tree.size(opened.node) if opened.append else opened.position
+            if offset is None:
+                opened.position = start + len(data)
+            offset = start
+        end = offset + len(data)
+        cut = offset
+        while cut < end:
+            step = min(end, (cut // _PAGE + 1) * _PAGE)
+            piece = data[cut - offset : step - offset]
             self.emit(
                 Write(
                     call.rank,
-                    f"write {len(data)} bytes at offset {offset} of {opened.path}",
+                    f"write {len(piece)} bytes at offset {cut} of {opened.path}",
                     opened.node,
-                    offset,
-                    data,
+                    cut,
+                    piece,
                 )
             )
+            cut = step
+        if data and (synced or opened.synced):
+            self.emit(Sync(call.rank, f"(O_SYNC/RWF_SYNC) sync of {opened.path}", opened.node))
 
     def on_write(self, call: Syscall) -> None:
-        self._write(call, decode_string(call.args[1]), None)
+        self._write(call, lambda: decode_string(call.args[1]), None)
 
     def on_pwrite64(self, call: Syscall) -> None:
-        self._write(call, decode_string(call.args[1]), int(call.args[3]))
+        self._write(call, lambda: decode_string(call.args[1]), int(call.args[3]))
 
     def on_writev(self, call: Syscall) -> None:
-        self._write(call, iovec_data(call.args[1]), None)
+        self._write(call, lambda: iovec_data(call.args[1]), None)
 
     def on_pwritev(self, call: Syscall) -> None:
         offset = int(call.args[3])
-        self._write(call, iovec_data(call.args[1]), None if offset == -1 else offset)
+        flags = flag_names(call.args[4]) if len(call.args) > 4 else frozenset()
+        if "RWF_APPEND" in flags and self.open_of(call.args[0]) is not None:
+            raise self.refuse("pwritev2 with RWF_APPEND")
+        synced = bool({"RWF_SYNC", "RWF_DSYNC"} & flags)
+        self._write(
+            call, lambda: iovec_data(call.args[1]), None if offset == -1 else offset, synced=synced
+        )
 
     on_pwritev2 = on_pwritev
 
@@ -236,7 +281,7 @@ class _Interpreter:
     def on_truncate(self, call: Syscall) -> None:
         relative = self.relative(self.at_path(None, call.args[0]))
         if relative is not None:
-            node = self.tree.lookup(relative)
+            node = self.lookup(relative)
             length = int(call.args[1])
             self.emit(Truncate(call.rank, f"truncate {relative} to {length} bytes", node, length))
 
@@ -262,6 +307,12 @@ class _Interpreter:
         if "PROT_WRITE" in prot and "MAP_SHARED" in flags and self.open_of(call.args[4]):
             raise self.refuse("a file mapped writable and shared: its writes are not system calls")
 
+    def on_io_uring_setup(self, call: Syscall) -> None:
+        raise self.refuse("io_uring: the file operations it makes are not system calls")
+
+    def on_io_submit(self, call: Syscall) -> None:
+        raise self.refuse("Linux AIO (io_submit): its writes are not recorded")
+
     def _refuse_into(self, call: Syscall, fd_argument: int) -> None:
         opened = self.open_of(call.args[fd_argument])
         if opened is not None:
@@ -282,6 +333,7 @@ class _Interpreter:
             return
         if source_relative is None or target_relative is None:
             raise self.refuse(f"a rename across the checkpoint's folder: {source} -> {target}")
+        self.lookup(source_relative)
         source_parent, source_name = self.parent_and_name(source_relative)
         target_parent, target_name = self.parent_and_name(target_relative)
         exchange = "RENAME_EXCHANGE" in flags
@@ -317,7 +369,7 @@ class _Interpreter:
         relative = self.relative(path)
         if relative is not None:
             parent, name = self.parent_and_name(relative)
-            kind = "folder" if self.tree.is_dir(self.tree.lookup(relative)) else "file"
+            kind = "folder" if self.tree.is_dir(self.lookup(relative)) else "file"
             self.emit(Unlink(self.call.rank, f"remove {kind} {relative}", parent, name))
 
     def on_unlink(self, call: Syscall) -> None:
@@ -348,7 +400,7 @@ class _Interpreter:
         if source_relative is None:
             raise self.refuse(f"a hard link into the checkpoint's folder from {source}")
         parent, name = self.parent_and_name(target_relative)
-        node = self.tree.lookup(source_relative)
+        node = self.lookup(source_relative)
         self.emit(
             Link(self.call.rank, f"link {target_relative} to {source_relative}", parent, name, node)
         )
@@ -382,7 +434,8 @@ class _Interpreter:
         self.emit(Sync(call.rank, "sync (every file system)", None))
 
     def on_syncfs(self, call: Syscall) -> None:
-        self.emit(Sync(call.rank, "syncfs", None))
+        if self.open_of(call.args[0]) is not None:  # the file system holding the folder
+            self.emit(Sync(call.rank, "syncfs", None))
 
 
 def file_operations(
@@ -394,6 +447,10 @@ def file_operations(
     state); ``cwd`` is each rank's working folder. Raises :class:`UnreplayableCall`.
     """
     interpreter = _Interpreter(root, tree, cwd)
-    for call in sorted(calls, key=lambda c: (c.time, c.rank, c.tid, c.line)):
+    # an fsync's effect is certain only once it returned: it is placed at its end
+    order = sorted(
+        calls, key=lambda c: (c.end if c.name in _SYNCS else c.time, c.rank, c.tid, c.line)
+    )
+    for call in order:
         interpreter.run(call)
     return interpreter.operations

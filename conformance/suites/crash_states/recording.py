@@ -8,7 +8,8 @@ strace``). A FUSE recorder would also need ``/dev/fuse`` and a mount in every te
 
 The rank starts ``strace -p <its pid>`` and waits for strace's "attached" line before it
 runs the save, so no call of the save is missed; afterwards SIGINT detaches strace, which
-flushes its files before it exits.
+flushes its files before it exits. ``-T`` records each call's duration: an fsync counts
+from its return, not its start.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -39,6 +41,8 @@ TRACED_CALLS = (
     "link", "linkat", "symlink", "symlinkat",
     # durability
     "fsync", "fdatasync", "sync", "syncfs",
+    # asynchronous I/O the model cannot follow: refused when used
+    "io_uring_setup", "io_submit",
 )  # fmt: skip
 """The system calls recorded (names this architecture lacks are ignored: ``?name``)."""
 
@@ -64,11 +68,12 @@ def recorder_unavailable() -> str | None:
     return None
 
 
-def _allow_tracing_by_child() -> None:
-    """Under Yama's ptrace_scope 1 a process may trace only its descendants: let it be traced
-    by its own strace child."""
+def _allow_tracing_by_child(allow: bool) -> None:
+    """Under Yama's ptrace_scope 1 a process may be traced only by its ancestors: let its own
+    strace child trace it while recording (``allow``), and take that back afterwards."""
     if os.path.exists("/proc/sys/kernel/yama/ptrace_scope"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PTRACER, _PR_SET_PTRACER_ANY, 0, 0, 0)
+        who = _PR_SET_PTRACER_ANY if allow else ctypes.c_ulong(0)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PTRACER, who, 0, 0, 0)
 
 
 def _tracer_of(tid: int) -> int:
@@ -84,16 +89,17 @@ def recording(prefix: str) -> Iterator[None]:
     """Record every file-system call of this process, its threads and children into
     ``<prefix>.<tid>`` files while the block runs.
 
-    Raises :class:`RecorderUnavailable` if strace cannot attach.
+    Raises :class:`RecorderUnavailable` if strace cannot attach, or does not detach (then
+    after the block, unless the block raised: its exception is not replaced).
     """
     reason = recorder_unavailable()
     if reason is not None:
         raise RecorderUnavailable(reason)
-    _allow_tracing_by_child()
+    _allow_tracing_by_child(True)
     calls = "trace=" + ",".join(f"?{name}" for name in TRACED_CALLS)
     strace = subprocess.Popen(
         [
-            "strace", "-f", "-ff", "-ttt", "-y", "-xx", "-z", "-s", str(MAX_WRITE),
+            "strace", "-f", "-ff", "-ttt", "-T", "-y", "-xx", "-z", "-s", str(MAX_WRITE),
             "-e", calls, "-o", prefix, "-p", str(os.getpid()),
         ],
         stdin=subprocess.DEVNULL,
@@ -101,20 +107,38 @@ def recording(prefix: str) -> Iterator[None]:
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    first = strace.stderr.readline()  # "strace: Process N attached[ with T threads]"
-    if "attached" not in first or _tracer_of(os.getpid()) != strace.pid:
+    # strace reports every thread it attaches on stderr: read it all the time, or a save that
+    # starts thousands of threads fills the pipe and strace stops every traced thread
+    lines: list[str] = []
+    attached = threading.Event()
+
+    def drain() -> None:
+        for line in strace.stderr:
+            lines.append(line)
+            attached.set()
+        attached.set()
+
+    threading.Thread(target=drain, name="ckptconf-strace-stderr", daemon=True).start()
+    attached.wait(60)
+    if not lines or "attached" not in lines[0] or _tracer_of(os.getpid()) != strace.pid:
         strace.kill()
-        rest = strace.communicate()[1]
+        strace.wait()
+        _allow_tracing_by_child(False)
         raise RecorderUnavailable(
-            f"strace did not attach to rank process {os.getpid()}: {first}{rest}"
+            f"strace did not attach to rank process {os.getpid()}: {''.join(lines)[:500]}"
         )
+    ok = False
     try:
         yield
+        ok = True
     finally:
         strace.send_signal(signal.SIGINT)
         try:
-            strace.communicate(timeout=120)
+            strace.wait(timeout=120)
         except subprocess.TimeoutExpired:
             strace.kill()
-            strace.communicate()
-            raise RecorderUnavailable("strace did not detach within 120 s") from None
+            strace.wait()
+            if ok:
+                raise RecorderUnavailable("strace did not detach within 120 s") from None
+        finally:
+            _allow_tracing_by_child(False)

@@ -1,9 +1,11 @@
 """Crash states: the folder a crash would leave after each prefix of a save's operations.
 
 Two models (:data:`MODELS`): a process crash keeps every operation of the prefix, synced
-or not; a power loss keeps only what the prefix made durable (:mod:`.filetree`). The
-states around every rename, create, unlink and fsync are always built, then as many
-others as the budget allows, evenly spread; equal states are built once. A state is
+or not; a power loss keeps what the prefix made durable (:mod:`.filetree`), in two
+views: nothing unsynced reached the disk, or every change of names did but no unsynced
+data (the reordering behind zero-length files after a rename). The states around every
+rename, create, unlink, truncate and fsync are built first, then as many others as the
+budget allows, evenly spread; equal states are built once. A state is
 described in words for a failure: the operations that led to it, and for every file
 whether it holds A's bytes (the checkpoint before), B's (the one being saved), a cut
 copy of either, or neither.
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .filetree import Files, FileTree, Operation
+from .filetree import Files, FileTree, Operation, Truncate
 
 __all__ = ["MODELS", "CrashState", "crash_points", "crash_states", "describe_files", "materialise"]
 
@@ -36,6 +38,8 @@ class CrashState:
     after: int
     total: int
     files: Files
+    view: str = ""
+    """For a power loss: which unsynced changes reached the disk (none, or the names)."""
 
     @property
     def returned(self) -> bool:
@@ -55,6 +59,8 @@ class CrashState:
             when += f", before {upcoming.words} (rank {upcoming.rank})"
         elif self.model == "power_loss":
             when += ", after the save returned"
+        if self.view:
+            when += f" ({self.view})"
         return when
 
     def history(self, operations: Sequence[Operation], *, last: int = 12) -> str:
@@ -77,7 +83,7 @@ def crash_points(operations: Sequence[Operation], budget: int | None) -> list[in
         return list(range(total + 1))
     key = {0, total}
     for i, operation in enumerate(operations):
-        if operation.naming or operation.durability:
+        if operation.naming or operation.durability or isinstance(operation, Truncate):
             key.update((i, i + 1))
     points = _spread(sorted(key), max(budget, 2))
     others = [k for k in range(total + 1) if k not in set(points)]
@@ -115,12 +121,22 @@ def crash_states(
             operations[after - 1].apply(tree)
         if after not in points:
             continue
-        files = tree.visible() if model == "process_crash" else tree.durable()
-        digest = _digest(files)
-        if digest in seen and after != len(operations):
-            continue
-        seen.add(digest)
-        states.append(CrashState(model, after, len(operations), files))
+        if model == "process_crash":
+            views = [("", tree.visible())]
+        else:
+            views = [
+                ("nothing unsynced reached the disk", tree.durable()),
+                (
+                    "unsynced changes of names reached the disk, unsynced data did not",
+                    tree.names_first(),
+                ),
+            ]
+        for view, files in views:
+            digest = _digest(files)
+            if digest in seen and after != len(operations):
+                continue
+            seen.add(digest)
+            states.append(CrashState(model, after, len(operations), files, view))
     return states
 
 

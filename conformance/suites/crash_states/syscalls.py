@@ -1,6 +1,6 @@
 """Reading what ``strace -f -ff -ttt -y -xx -z`` wrote: one :class:`Syscall` per line.
 
-With ``-xx`` every string, including the paths ``-y`` prints after a descriptor
+``-T`` adds each call's duration. With ``-xx`` every string, including the paths ``-y`` prints after a descriptor
 (``4<\\x2f\\x74...>``), is hexadecimal, so no byte of a file name or of written data can
 be mistaken for syntax. ``-ff`` writes one file per thread (``<prefix>.<tid>``), so no
 call is split into ``<unfinished ...>`` and ``resumed`` halves; ``-ttt`` gives each call's
@@ -30,6 +30,7 @@ __all__ = [
 _LINE = re.compile(
     r"^(?P<ts>\d+\.\d+) (?P<name>\w+)\((?P<args>.*)\)\s+= (?P<ret>-?\d+|0x[0-9a-f]+)"
 )
+_DURATION = re.compile(r" <(\d+\.\d+)>$")
 _DESCRIPTOR = re.compile(r"^(?P<fd>-?\d+|AT_FDCWD)(?:<(?P<path>[^>]*)>)?(?P<deleted>\(deleted\))?$")
 
 
@@ -57,6 +58,13 @@ class Syscall:
     ret: int
     ret_path: str | None
     """The path of a returned descriptor (``openat(...) = 4</x>``), if any."""
+    duration: float = 0.0
+    """Seconds the call took (``-T``)."""
+
+    @property
+    def end(self) -> float:
+        """When the call returned."""
+        return self.time + self.duration
 
     def where(self) -> str:
         return f"rank {self.rank}, thread {self.tid}: {self.name}"
@@ -149,7 +157,9 @@ def _parse_line(text: str, rank: int, tid: int, number: int) -> Syscall | None:
         if rest[len(decoration) :].startswith("(deleted)"):
             decoration += "(deleted)"
         _, ret_path = descriptor(f"{ret}{decoration}")
+    took = _DURATION.search(text)
     return Syscall(
+        duration=float(took[1]) if took else 0.0,
         time=float(match["ts"]),
         rank=rank,
         tid=tid,
