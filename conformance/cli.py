@@ -93,10 +93,15 @@ def _run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .kit.failures import render_failure
+    from .kit.launched import launched_rank
     from .loading import BackendSpecError, load_backend
     from .report import OUTCOMES
 
-    console = Console(soft_wrap=not sys.stdout.isatty())
+    rank = launched_rank()
+    console = Console(soft_wrap=not sys.stdout.isatty(), quiet=bool(rank))
+    if rank is not None and args.numprocesses:
+        console.print("[red]-n does not combine with a launched world (torchrun)[/red]")
+        return 2
     try:
         backend = load_backend(args.backend)
     except BackendSpecError as exc:
@@ -137,14 +142,26 @@ def _run(args: argparse.Namespace) -> int:
         pytest_args += ["--ckpt-timeout", str(args.timeout)]
     if args.no_shrink:
         pytest_args += ["--ckpt-no-shrink"]
+    if args.dir:
+        pytest_args += ["--ckpt-dir", os.path.abspath(args.dir)]
     if args.numprocesses:
         pytest_args += ["-n", str(args.numprocesses)]
     pytest_args += args.pytest_args
+    if rank:  # another rank of a launched world: it serves rank 0's steps, rank 0 reports
+        with tempfile.TemporaryDirectory(prefix="ckptconf-run-") as isolated:
+            (Path(isolated) / "pytest.ini").write_text("[pytest]\n")
+            config = ["-c", str(Path(isolated) / "pytest.ini"), "--rootdir", isolated]
+            return int(pytest.main(pytest_args + config))
     console.print(
         f"ckptconf: running the conformance suite against [bold]{backend.name}[/bold] "
         f"({backend.description or backend.spec}), device {args.device}"
+        + (f", on the {os.environ['WORLD_SIZE']} ranks the launcher started" if rank == 0 else "")
     )
-    if not args.no_preflight:
+    if rank == 0:
+        console.print(
+            "no preflight under a launcher: the first test shows a backend that cannot save"
+        )
+    elif not args.no_preflight:
         problem = _preflight(backend, args.device)
         if problem is not None:
             console.print(
@@ -485,6 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "-n", "--numprocesses", default=None, help="run tests in N processes (pytest-xdist)"
+    )
+    run.add_argument(
+        "--dir",
+        default=None,
+        metavar="PATH",
+        help="folder the checkpoints go under (default: a temporary folder); under torchrun "
+        "across nodes, on storage every node sees",
     )
     run.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="after --: arguments passed to pytest"

@@ -32,6 +32,8 @@ _OPTIONS = (
     "ckpt_timeout",
     "ckpt_inherit",
     "ckpt_no_shrink",
+    "ckpt_dir",
+    "ckpt_spmd",
 )
 _PROFILE_NAMES = ("ci", "dev", "thorough")
 _SEED = "ckptconf_seed"  # workerinput key: the controller's seed, for every xdist worker
@@ -86,6 +88,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "the minimal case is not minimal",
     )
     group.addoption(
+        "--ckpt-dir",
+        default=None,
+        metavar="PATH",
+        help="folder the run's checkpoints go under (default: a temporary folder); under a "
+        "launcher across nodes, on storage every node sees (checked before any test runs)",
+    )
+    group.addoption(
+        "--ckpt-spmd",
+        action="store_true",
+        default=None,
+        help="run as one rank of the world a launcher started (automatic under torchrun): rank "
+        "0 runs the tests and reports, every rank runs each step; see ckptconf.conformance.kit.launched",
+    )
+    group.addoption(
         "--ckpt-inherit",
         default=None,
         metavar="NAME",
@@ -119,8 +135,67 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _config
+    world = config.stash.get(_world_key, None)
+    if world is not None:
+        world.close()  # the other launched ranks stop serving
     if _config is config:
         _config = None
+
+
+# --- SPMD: the ranks a launcher started ---------------------------------------------------------
+
+_world_key = pytest.StashKey["object"]()
+_folder_key = pytest.StashKey["object"]()
+
+
+def _launched_rank(config: pytest.Config) -> int | None:
+    if not requested(config):
+        return None
+    from .kit.launched import launched_rank
+
+    return launched_rank(bool(config.getoption("ckpt_spmd", None)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config):
+    """Under a launcher, every rank but 0 serves rank 0's steps instead of running tests."""
+    rank = _launched_rank(config)
+    if rank is None or rank == 0:
+        return None
+    from ckptconf.harness.launched import serve
+
+    serve(config.getoption("ckpt_device") or "cpu")
+    return 0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under a launcher, rank 0 takes the world and checks the shared checkpoint folder."""
+    config = session.config
+    if _launched_rank(config) != 0:
+        return
+    if getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError(
+            "-n (pytest-xdist) does not combine with a launched world (torchrun)"
+        )
+    from ckptconf.harness.launched import LaunchedWorld
+
+    from .kit.launched import shared_folder
+
+    timeout = config.getoption("ckpt_timeout") or 60.0
+    # after a step timed out, how long the other ranks have to show they are free again
+    world = LaunchedWorld(config.getoption("ckpt_device") or "cpu", ping_timeout=max(10.0, timeout))
+    config.stash[_world_key] = world
+    config.stash[_folder_key] = shared_folder(world, config.getoption("ckpt_dir"))
+
+
+def launched_world(config: pytest.Config):
+    """The launched world rank 0 runs steps on, or ``None`` outside a launcher."""
+    return config.stash.get(_world_key, None)
+
+
+def launched_folder(config: pytest.Config):
+    """The folder checked to be shared by every launched rank, or ``None`` outside a launcher."""
+    return config.stash.get(_folder_key, None)
 
 
 def requested(config: pytest.Config) -> bool:
@@ -228,11 +303,21 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             seed=run_seed(_config),
             started=_config.stash.get(_started_key, time.time()),
             command=_command(),
+            runner=_runner(_config),
         )
     _config.stash[_report_key].record(info, report)
     path = _config.getoption("ckpt_report")
     if path:  # after every test: a stopped run keeps what it found
         _config.stash[_report_key].write(path)
+
+
+def _runner(config: pytest.Config) -> str:
+    """How the ranks ran: the warm pools, or the world a launcher started."""
+    device = config.getoption("ckpt_device", None) or "cpu"
+    world = launched_world(config)
+    if world is None:
+        return f"warm pools ({device})"
+    return f"launched world: {world.size} ranks ({device})"
 
 
 def _command() -> str:

@@ -49,6 +49,8 @@ class Report:
     """When the session started (seconds since the epoch)."""
     command: str = ""
     """The command line that ran the session."""
+    runner: str = ""
+    """How the ranks ran: warm pools, or a launched world (torchrun) and its size."""
 
     def record(self, info: dict[str, Any], report) -> None:
         """Add the outcome of a test's setup or call phase (setup only when it did not pass).
@@ -154,6 +156,7 @@ class Report:
             "profile": self.profile,
             "seed": self.seed,
             "command": self.command,
+            "runner": self.runner,
             "date": time.strftime("%Y-%m-%d", time.gmtime(self.started)),
             "wall_seconds": round(time.time() - self.started, 1),
             "summary": {suite: dict(c) for suite, c in self.counts().items()},
@@ -207,6 +210,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- inherits from: {backend.get('inherits') or 'nothing'}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"- profile: {data.get('profile')}, seed: {data.get('seed')}",
+        f"- ranks: {data.get('runner') or 'warm pools'}",
         "",
         "| suite | " + " | ".join(OUTCOMES) + " |",
         "|---|" + "---|" * len(OUTCOMES),

@@ -10,9 +10,18 @@
 
 from .errors import RankError, WorldError, WorldTimeout
 from .spawn import run_fresh_world
-from .world import DEVICE_MODES, World, device_available, get_world, rank_device, shutdown_all
+from .world import (
+    DEVICE_MODES,
+    World,
+    device_available,
+    get_world,
+    per_group,
+    rank_device,
+    shutdown_all,
+)
 
 __all__ = [
+    "per_group",
     "DEVICE_MODES",
     "RankError",
     "World",

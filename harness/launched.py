@@ -130,7 +130,10 @@ class _Rank:
         """Answer each stack request (``dump/<k>``, naming a step) with this process's stacks."""
         for k in itertools.count(1):
             _wait(self._watch_store, f"dump/{k}", None, poll=timedelta(hours=1))
-            n = int(self._watch_store.get(f"dump/{k}"))
+            request = self._watch_store.get(f"dump/{k}")
+            if request == b"abort":  # the world is lost: a stuck rank ends, so the launcher can
+                os._exit(3)
+            n = int(request)
             with tempfile.TemporaryFile("w+") as file:
                 faulthandler.dump_traceback(file=file, all_threads=True)
                 file.seek(0)
@@ -230,7 +233,7 @@ def serve(device: str = "cpu") -> None:
 class LaunchedWorld:
     """Rank 0's side of the launched world: runs steps on the first ``size`` ranks."""
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", *, ping_timeout: float = _PING_TIMEOUT):
         env = launcher_env()
         if env is None:
             raise RuntimeError(
@@ -244,6 +247,7 @@ class LaunchedWorld:
         self._me = _Rank(env, device)
         self._steps = itertools.count(1)
         self._suspect = False
+        self._ping_timeout = ping_timeout
         self._fresh = False  # make the process groups anew at the next step
         self._dumps = 0
         self.lost: str | None = None
@@ -262,13 +266,15 @@ class LaunchedWorld:
 
     def _ping(self) -> None:
         n = self._post("ping", self.size)
-        deadline = time.monotonic() + _PING_TIMEOUT
+        deadline = time.monotonic() + self._ping_timeout
         silent = [
             r for r in range(1, self.size) if not _wait(self._me.store, f"result/{n}/{r}", deadline)
         ]
         if silent:
+            self._abort()
             self.lost = (
-                f"rank(s) {', '.join(map(str, silent))} did not answer within {_PING_TIMEOUT:.0f} s "
+                f"rank(s) {', '.join(map(str, silent))} did not answer within "
+                f"{self._ping_timeout:.0f} s "
                 "after a step timed out: they are still stuck"
             )
             raise WorldLost(self.lost)
@@ -341,11 +347,18 @@ class LaunchedWorld:
             errors.append(RankError(r, "Stuck", f"{what}; its stack when stopped is below", stack))
         if 0 in stuck:  # rank 0's own part cannot be stopped: its process group is gone
             self.lost = f"rank 0's own part of step {n} is stuck ({what})"
+            self._abort()
         self._suspect = True
         return WorldTimeout(errors, {}, None, reason=what)
 
+    def _abort(self) -> None:
+        """Tell every rank's watchdog to end its process (the launcher then stops the run)."""
+        self._dumps += 1
+        self._me.store.set(f"dump/{self._dumps}", b"abort")
+
     def _forget(self, n: int, size: int) -> None:
-        for key in [f"call/{n}", *(f"result/{n}/{r}" for r in range(size))]:
+        # not call/n: a rank outside the step may not have read it yet (it stays, a few KiB)
+        for key in [f"result/{n}/{r}" for r in range(size)]:
             with contextlib.suppress(Exception):
                 self._me.store.delete_key(key)
 

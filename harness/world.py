@@ -35,7 +35,15 @@ from typing import Any
 
 from .errors import RankError, WorldError, WorldTimeout
 
-__all__ = ["World", "DEVICE_MODES", "get_world", "shutdown_all", "device_available", "rank_device"]
+__all__ = [
+    "World",
+    "DEVICE_MODES",
+    "get_world",
+    "shutdown_all",
+    "device_available",
+    "per_group",
+    "rank_device",
+]
 
 DEVICE_MODES = ("cpu", "cuda", "cuda-shared")
 _STACK_MARKER = "most recent call first"
@@ -66,6 +74,26 @@ def rank_device():
     if mode == "cuda":
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device("cuda", 0)
+
+
+_GROUP_OWNER = object()
+
+
+def per_group(cache: dict) -> dict:
+    """``cache``, emptied first if the default process group changed since it was filled.
+
+    For a rank's cache of sub-groups and meshes: they belong to the default group they were
+    made from. A warm pool keeps one group per process, but a launched world
+    (:mod:`.launched`) makes a new one when a step's size changes, and groups of the old
+    one are dead (using them hangs). Every rank calls it at the same point of a step.
+    """
+    import torch.distributed as dist
+
+    current = dist.group.WORLD if dist.is_initialized() else None
+    if cache.get(_GROUP_OWNER) is not current:
+        cache.clear()
+        cache[_GROUP_OWNER] = current
+    return cache
 
 
 def _die_with_parent() -> None:

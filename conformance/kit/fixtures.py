@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import shlex
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,9 +95,25 @@ def ckpt_backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture(scope="session")
-def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], str]:
-    """A function returning a new, not yet created checkpoint path on every call."""
-    root = tmp_path_factory.mktemp("ckpt")
+def ckpt_path(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[], str]:
+    """A function returning a new, not yet created checkpoint path on every call: under the
+    launched world's checked shared folder, a new folder in ``--ckpt-dir``, or pytest's
+    temporary folder."""
+    import tempfile
+
+    from .. import plugin
+
+    config = request.config
+    shared, chosen = plugin.launched_folder(config), config.getoption("ckpt_dir")
+    if shared is not None:
+        root = Path(shared)
+    elif chosen is not None:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix="ckptconf-", dir=chosen))
+    else:
+        root = tmp_path_factory.mktemp("ckpt")
     counter = itertools.count()
     return lambda: str(root / f"c{next(counter)}")
 
@@ -139,8 +156,13 @@ def ckpt(
 ) -> Checker:
     """The conformance test's checker: skips what the backend declared unsupported, marks
     listed expected failures, and makes trials of drawn cases (see :class:`~.trial.Checker`)."""
+    from .. import plugin
+    from .launched import LaunchedRanks
     from .running import PoolRanks
 
+    device = request.config.getoption("ckpt_device") or "cpu"
+    world = plugin.launched_world(request.config)
+    ranks = PoolRanks(device) if world is None else LaunchedRanks(world, device)
     item = request.node
     item.stash[_backend_key] = ckpt_backend
     missing = [
@@ -158,7 +180,7 @@ def ckpt(
     suite = item.get_closest_marker("ckpt_suite")
     return Checker(
         ckpt_backend,
-        ranks=PoolRanks(request.config.getoption("ckpt_device") or "cpu"),
+        ranks=ranks,
         paths=ckpt_path,
         suite=suite.args[0] if suite else None,
         test=canonical_id(item),

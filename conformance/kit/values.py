@@ -45,12 +45,13 @@ _MESHES: dict[tuple[int, ...], Any] = {}
 
 def device_mesh(shape: tuple[int, ...]):
     """This process's DeviceMesh of ``shape`` over every rank, on the rank's device type."""
-    from ckptconf.harness.world import rank_device
+    from ckptconf.harness.world import per_group, rank_device
     from torch.distributed.device_mesh import init_device_mesh
 
-    if shape not in _MESHES:  # one mesh per shape per process: new_group is collective and costly
-        _MESHES[shape] = init_device_mesh(rank_device().type, shape)
-    return _MESHES[shape]
+    meshes = per_group(_MESHES)
+    if shape not in meshes:  # one mesh per shape per group: new_group is collective and costly
+        meshes[shape] = init_device_mesh(rank_device().type, shape)
+    return meshes[shape]
 
 
 _SUBMESHES: dict[tuple[tuple[int, ...], tuple[int, ...]], Any] = {}
@@ -62,13 +63,14 @@ def submesh(ranks: tuple[int, ...], shape: tuple[int, ...]):
     Every rank of the world must call it, in the same order (``new_group`` is collective),
     members or not; a mesh is made once per process.
     """
-    from ckptconf.harness.world import rank_device
+    from ckptconf.harness.world import per_group, rank_device
     from torch.distributed.device_mesh import DeviceMesh
 
     key = (tuple(ranks), tuple(shape))
-    if key not in _SUBMESHES:
-        _SUBMESHES[key] = DeviceMesh(rank_device().type, torch.tensor(ranks).reshape(shape))
-    return _SUBMESHES[key]
+    meshes = per_group(_SUBMESHES)
+    if key not in meshes:
+        meshes[key] = DeviceMesh(rank_device().type, torch.tensor(ranks).reshape(shape))
+    return meshes[key]
 
 
 def tensor_value(spec: TensorSpec, layout: Layout, *, blank: bool):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ckptconf.harness.forwarding import ForwardingStorageWriter, staging_like
+from ckptconf.harness.world import per_group
 
 from ...backend import Backend
 from ...kit.cases import SaveLoadCase, resalted
@@ -116,9 +117,10 @@ def _background_group():
     if not dist.is_initialized():
         return None
     world = id(dist.group.WORLD)
-    if world not in _SAVE_GROUPS:
-        _SAVE_GROUPS[world] = dist.new_group(backend="gloo")
-    return _SAVE_GROUPS[world]
+    groups = per_group(_SAVE_GROUPS)
+    if world not in groups:
+        groups[world] = dist.new_group(backend="gloo")
+    return groups[world]
 
 
 def load_during_async_save(

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from ckptconf.harness.world import per_group
 
 from ...backend import Backend
 from ...kit import values
@@ -198,9 +199,10 @@ _GROUPS: dict[tuple[int, ...], Any] = {}
 
 def _group(ranks: list[int]):
     """The gloo sub-group of ``ranks``, made once per process (every rank calls new_group)."""
-    if tuple(ranks) not in _GROUPS:
-        _GROUPS[tuple(ranks)] = dist.new_group(list(ranks), backend="gloo")
-    return _GROUPS[tuple(ranks)]
+    groups = per_group(_GROUPS)
+    if tuple(ranks) not in groups:
+        groups[tuple(ranks)] = dist.new_group(list(ranks), backend="gloo")
+    return groups[tuple(ranks)]
 
 
 def _group_state(case: PerRankCase, group_rank: int, *, blank: bool = False) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from ckptconf.harness.world import per_group
 from ckptconf.reference._compat import set_up_storage_reader, set_up_storage_writer
 
 from ...backend import Backend
@@ -182,14 +183,15 @@ def load_outcome(backend: Backend, case: SaveLoadCase, path: str) -> dict[str, A
 
 # --- two saves at once -------------------------------------------------------------------------
 
-_SIBLING_GROUPS: list[Any] = []
+_SIBLING_GROUPS: dict[Any, Any] = {}
 
 
 def _sibling_groups() -> list[Any]:
     # new_group is collective over the default group: every rank creates both, in order, once
-    if not _SIBLING_GROUPS:
-        _SIBLING_GROUPS.extend(dist.new_group(backend="gloo") for _ in range(2))
-    return _SIBLING_GROUPS
+    groups = per_group(_SIBLING_GROUPS)
+    if "siblings" not in groups:
+        groups["siblings"] = [dist.new_group(backend="gloo") for _ in range(2)]
+    return groups["siblings"]
 
 
 def save_siblings_concurrently(

@@ -1,0 +1,111 @@
+"""The suites under torchrun (SPMD): a launched world runs steps of any size up to its own,
+reports errors and hangs by rank, and a torchrun run reports what pool mode reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# gloo on the loopback interface only (the launcher's store is the launcher's own)
+ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+SUBSET = (
+    "test_more_ranks_than_rows or test_a_sub_group_whose_coordinator "
+    "or test_1d_mesh_to_2d_mesh_and_back or (crash_during_a_resave and process_crash)"
+)
+
+
+def _launch(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a launcher in its own process group; on a timeout, stop that group by its id."""
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        pytest.fail(f"{args[:6]} did not finish within {timeout} s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, out, "")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _outcomes(path: Path) -> dict[str, str]:
+    return {t["id"]: t["outcome"] for t in json.loads(path.read_text())["tests"]}
+
+
+@pytest.mark.slow
+def test_a_launched_world_runs_steps_and_names_failing_and_stuck_ranks():
+    done = _launch(
+        TORCHRUN + ["--standalone", "--nproc-per-node", "4", "-m", "tests.harness.launched_script"],
+        300,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, done.stdout[-4000:]
+    seen = json.loads(line.removeprefix("RESULT "))
+    # each step on ranks 0..n-1 with a process group of n ranks: (rank, size, sum of ranks)
+    assert seen["sizes"] == [[[r, n, float(sum(range(n)))] for r in range(n)] for n in (4, 2, 3, 4)]
+    errors = {rank: (kind, message) for rank, kind, message in seen["error"]}
+    assert errors[1] == ("ValueError", "planted error on rank 1")
+    assert seen["after_error"][3] == [3, 4, 6.0]
+    assert seen["hang"] and all(kind == "Stuck" for _, kind, _ in seen["hang"])
+    assert seen["hang_seconds"] < 60
+    assert seen["after_hang"][3] == [3, 4, 6.0]  # the world survived the hang
+    assert seen["stuck"] == [[1, True]]  # rank 1 named, its stack shows where it is
+    assert "rank(s) 1 did not answer" in seen["lost"]
+
+
+@pytest.mark.slow
+def test_a_torchrun_run_reports_what_pool_mode_reports(tmp_path):
+    run = [sys.executable, "-m", "ckptconf", "run", "--backend", "reference", "--profile", "ci"]
+    run += ["-k", SUBSET]
+    pool = _launch(run + ["--report", str(tmp_path / "pool.json")], 600)
+    assert pool.returncode == 0, pool.stdout[-4000:]
+    expected = _outcomes(tmp_path / "pool.json")
+    assert len(expected) >= 8 and set(expected.values()) == {"passed"}
+
+    one_node = TORCHRUN + ["--standalone", "--nproc-per-node", "4", "-m", "ckptconf"]
+    done = _launch(one_node + run[3:] + ["--report", str(tmp_path / "spmd.json")], 600)
+    assert done.returncode == 0, done.stdout[-4000:]
+    report = json.loads((tmp_path / "spmd.json").read_text())
+    assert report["runner"] == "launched world: 4 ranks (cpu)"
+    assert _outcomes(tmp_path / "spmd.json") == expected
+
+    # two "nodes" of 2 ranks each, meeting through c10d rendezvous on 127.0.0.1
+    port = _free_port()
+    node = TORCHRUN + ["--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d"]
+    node += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"ckptconf-{port}"]
+    node += ["-m", "ckptconf", *run[3:], "--report", str(tmp_path / "nodes.json")]
+    nodes = [
+        subprocess.Popen(node, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = []
+    for process in nodes:
+        try:
+            outputs.append(process.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for other in nodes:
+                os.killpg(other.pid, signal.SIGKILL)
+            pytest.fail("the two-node run did not finish within 600 s")
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert (
+        json.loads((tmp_path / "nodes.json").read_text())["runner"]
+        == "launched world: 4 ranks (cpu)"
+    )
+    assert _outcomes(tmp_path / "nodes.json") == expected
