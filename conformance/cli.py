@@ -144,6 +144,8 @@ def _run(args: argparse.Namespace) -> int:
         pytest_args += ["--ckpt-no-shrink"]
     if args.dir:
         pytest_args += ["--ckpt-dir", os.path.abspath(args.dir)]
+    if args.world_size:
+        pytest_args += ["--ckpt-world-size", str(args.world_size)]
     if args.numprocesses:
         pytest_args += ["-n", str(args.numprocesses)]
     pytest_args += args.pytest_args
@@ -502,6 +504,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "-n", "--numprocesses", default=None, help="run tests in N processes (pytest-xdist)"
+    )
+    run.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also draw cases on N ranks where a suite draws world sizes (default under "
+        "torchrun: the launched world's size)",
     )
     run.add_argument(
         "--dir",

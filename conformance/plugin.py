@@ -34,6 +34,7 @@ _OPTIONS = (
     "ckpt_no_shrink",
     "ckpt_dir",
     "ckpt_spmd",
+    "ckpt_world_size",
 )
 _PROFILE_NAMES = ("ci", "dev", "thorough")
 _SEED = "ckptconf_seed"  # workerinput key: the controller's seed, for every xdist worker
@@ -100,6 +101,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="run as one rank of the world a launcher started (automatic under torchrun): rank "
         "0 runs the tests and reports, every rank runs each step; see ckptconf.conformance.kit.launched",
+    )
+    group.addoption(
+        "--ckpt-world-size",
+        default=None,
+        type=int,
+        metavar="N",
+        help="also draw cases on N ranks where a suite draws world sizes (default: the "
+        "launched world's size under torchrun; in pool mode nothing beyond 4 ranks)",
     )
     group.addoption(
         "--ckpt-inherit",
@@ -191,6 +200,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def launched_world(config: pytest.Config):
     """The launched world rank 0 runs steps on, or ``None`` outside a launcher."""
     return config.stash.get(_world_key, None)
+
+
+def session_world_size(config: pytest.Config | None = None) -> int | None:
+    """The largest world the suites draw cases on, if set: ``--ckpt-world-size``, else the
+    launched world's size."""
+    config = config or _config
+    if config is None:
+        return None
+    chosen = config.getoption("ckpt_world_size", None)
+    world = launched_world(config)
+    return chosen or (world.size if world is not None else None)
 
 
 def launched_folder(config: pytest.Config):

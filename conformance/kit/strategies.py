@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from .cases import Layout, SaveLoadCase, TensorSpec
 
 __all__ = [
+    "mesh_changes_of",
+    "world_sizes",
     "ALL_DTYPES",
     "BASIC_DTYPES",
     "available_dtypes",
@@ -72,6 +74,27 @@ def available_dtypes(names: Sequence[str]) -> list[str]:
 def dtype_names(*, names: Sequence[str] = ALL_DTYPES) -> st.SearchStrategy[str]:
     """A dtype name from ``names`` that this torch defines."""
     return st.sampled_from(available_dtypes(names))
+
+
+def world_sizes(*defaults: int) -> tuple[int, ...]:
+    """``defaults``, and the session's largest world when it is larger: ``--ckpt-world-size``,
+    else under a launcher the launched world's size. So under torchrun with 8 ranks the
+    suites that draw world sizes also draw cases on all 8 (1-D and 2-D meshes of them), and
+    a pool run with ``--ckpt-world-size 8`` draws the same cases."""
+    from ckptconf.conformance.plugin import session_world_size
+
+    largest = session_world_size()
+    if largest is not None and largest > max(defaults):
+        return (*defaults, largest)
+    return tuple(defaults)
+
+
+def mesh_changes_of(size: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``(save mesh, load mesh)`` pairs on ``size`` ranks: its 1-D mesh to each 2-D one and back."""
+    pairs = []
+    for shape in _factorizations(size, 2)[1:]:
+        pairs += [((size,), shape), (shape, (size,))]
+    return pairs
 
 
 def _factorizations(n: int, max_dims: int) -> list[tuple[int, ...]]:

@@ -26,11 +26,13 @@ from ...kit.strategies import (
     dtype_names,
     global_shapes,
     layout_kinds,
+    mesh_changes_of,
     meshes,
     no_prefix_clash,
     object_values,
     placements,
     tensor_keys,
+    world_sizes,
 )
 
 __all__ = [
@@ -277,7 +279,12 @@ def _objects(draw, backend: Backend) -> tuple:
 
 @st.composite
 def mesh_change_cases(draw, backend: Backend) -> SaveLoadCase:
-    pairs = [p for p in MESH_CHANGES if _world_change_ok(backend, math.prod(p[0]), math.prod(p[1]))]
+    changes = [*MESH_CHANGES, *mesh_changes_of(max(world_sizes(4)))]
+    pairs = [
+        p
+        for p in dict.fromkeys(changes)
+        if _world_change_ok(backend, math.prod(p[0]), math.prod(p[1]))
+    ]
     save_mesh, load_mesh = draw(st.sampled_from(pairs), label="meshes")
     specs = draw(_specs(backend, max_tensors=3))
     saves, loads = [], []

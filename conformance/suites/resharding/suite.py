@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
 from ...kit.profiles import property_test
-from ...kit.strategies import save_load_cases, supported_options
+from ...kit.strategies import save_load_cases, supported_options, world_sizes
 
 __all__ = ["ReshardingTests"]
 
@@ -43,9 +43,10 @@ class ReshardingTests:
     # three times the profile's examples: cheap cases, and the core of what resharding means
     @property_test(max_examples=lambda n: 3 * n)
     def test_placement_change(self, ckpt, data):
-        """Same world (1 to 4 ranks), each tensor loaded under an independently drawn layout,
-        held by every rank or by some ranks only (another subset on load)."""
-        world = data.draw(st.sampled_from([1, 2, 3, 4]), label="world")
+        """Same world (1 to 4 ranks, and the session's largest), each tensor loaded under an
+        independently drawn layout, held by every rank or by some ranks only (another subset
+        on load)."""
+        world = data.draw(st.sampled_from(world_sizes(1, 2, 3, 4)), label="world")
         options = supported_options(ckpt.backend, objects=False, per_rank_keys=True)
         case = data.draw(
             save_load_cases(save_worlds=(world,), load_worlds=(world,), **options), label="case"
@@ -62,11 +63,12 @@ class ReshardingTests:
     @pytest.mark.ckpt_requires("world_size_change")
     @property_test(max_examples=lambda n: 3 * n)
     def test_world_size_change(self, ckpt, data):
-        """Saved on N ranks, loaded on M ranks (1 to 4 each); keys held by every rank or by
-        some ranks only, on either side."""
+        """Saved on N ranks, loaded on M ranks (1 to 4 each, and the session's largest world);
+        keys held by every rank or by some ranks only, on either side."""
         options = supported_options(ckpt.backend, per_rank_keys=True)
+        worlds = world_sizes(1, 2, 3, 4)
         case = data.draw(
-            save_load_cases(save_worlds=(1, 2, 3, 4), load_worlds=(1, 2, 3, 4), **options).filter(
+            save_load_cases(save_worlds=worlds, load_worlds=worlds, **options).filter(
                 lambda c: c.save_world != c.load_world
             ),
             label="case",
