@@ -876,3 +876,58 @@ def test_replicas_written_by_coordinator_only(tmp_path):
             rank_functions.save_a_key_only_rank_1_holds, spec, str(tmp_path / name), timeout=60
         )
         assert results == [outcome, outcome], name
+
+
+# --- durability order (crash_states) -----------------------------------------------------------
+
+
+def _durability_events(name: str, path: str, monkeypatch) -> list[tuple[str, str]]:
+    """``(what, file name)`` for every fsync and rename of a re-save by ``name`` (or the
+    reference), in order."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("rename", os.path.basename(str(target))))
+        return real_replace(source, target)
+
+    backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+    backend.run_save({"a": torch.zeros(2)}, path)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    backend.run_save({"a": torch.ones(2)}, path)
+    monkeypatch.undo()
+    return events
+
+
+def _first(events, event) -> int:
+    return events.index(event) if event in events else len(events)
+
+
+def test_metadata_renamed_before_data_synced(path, monkeypatch):
+    for name in ("reference", "metadata_renamed_before_data_synced"):
+        events = _durability_events(name, f"{path}-{name}", monkeypatch)
+        data_synced = _first(events, ("fsync", "r0.bin"))
+        renamed = _first(events, ("rename", "ckptconf.json"))
+        assert renamed < len(events), events
+        assert (data_synced < renamed) == (name == "reference"), (name, events)
+
+
+def test_metadata_written_in_place(path, monkeypatch):
+    for name in ("reference", "metadata_written_in_place"):
+        events = _durability_events(name, f"{path}-{name}", monkeypatch)
+        assert (("rename", "ckptconf.json") in events) == (name == "reference"), (name, events)
+
+
+def test_metadata_synced_after_rename(path, monkeypatch):
+    for name in ("reference", "metadata_synced_after_rename"):
+        events = _durability_events(name, f"{path}-{name}", monkeypatch)
+        renamed = _first(events, ("rename", "ckptconf.json"))
+        synced_before = any(what == "fsync" and ".tmp" in file for what, file in events[:renamed])
+        assert synced_before == (name == "reference"), (name, events)
