@@ -98,7 +98,12 @@ def _run(args: argparse.Namespace) -> int:
     from .report import OUTCOMES
 
     rank = launched_rank()
-    console = Console(soft_wrap=not sys.stdout.isatty(), quiet=bool(rank))
+    if rank:  # another rank of a launched world: it serves rank 0's steps, rank 0 reports
+        from ckptconf.harness.launched import serve
+
+        serve(args.device)
+        return 0
+    console = Console(soft_wrap=not sys.stdout.isatty())
     if rank is not None and args.numprocesses:
         console.print("[red]-n does not combine with a launched world (torchrun)[/red]")
         return 2
@@ -149,11 +154,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.numprocesses:
         pytest_args += ["-n", str(args.numprocesses)]
     pytest_args += args.pytest_args
-    if rank:  # another rank of a launched world: it serves rank 0's steps, rank 0 reports
-        with tempfile.TemporaryDirectory(prefix="ckptconf-run-") as isolated:
-            (Path(isolated) / "pytest.ini").write_text("[pytest]\n")
-            config = ["-c", str(Path(isolated) / "pytest.ini"), "--rootdir", isolated]
-            return int(pytest.main(pytest_args + config))
     console.print(
         f"ckptconf: running the conformance suite against [bold]{backend.name}[/bold] "
         f"({backend.description or backend.spec}), device {args.device}"

@@ -158,7 +158,9 @@ _folder_key = pytest.StashKey["object"]()
 
 
 def _launched_rank(config: pytest.Config) -> int | None:
-    if not requested(config):
+    # an option, not CKPTCONF_PROFILE alone: an exported profile must not turn someone's own
+    # pytest run under torchrun into ckptconf's SPMD mode
+    if not any(config.getoption(name, None) is not None for name in _OPTIONS):
         return None
     from .kit.launched import launched_rank
 
@@ -194,7 +196,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # after a step timed out, how long the other ranks have to show they are free again
     world = LaunchedWorld(config.getoption("ckpt_device") or "cpu", ping_timeout=max(10.0, timeout))
     config.stash[_world_key] = world
+    wanted = config.getoption("ckpt_world_size")
+    if wanted is not None and wanted > world.size:
+        raise pytest.UsageError(
+            f"--ckpt-world-size {wanted}: the launcher started {world.size} ranks; launch at "
+            f"least {wanted}"
+        )
     config.stash[_folder_key] = shared_folder(world, config.getoption("ckpt_dir"))
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    world = launched_world(item.config)
+    if world is not None and world.lost is not None:
+        item.session.shouldstop = (
+            f"ckptconf: the launched world is lost ({world.lost}); no further test can run in "
+            "this launch, the report has every test run so far"
+        )
 
 
 def launched_world(config: pytest.Config):

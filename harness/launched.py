@@ -19,7 +19,10 @@ on a thread, so that it can still time out. A step past its timeout: rank 0 sets
 the step raises :class:`~.errors.WorldTimeout` naming the stuck ranks. The world is then
 *suspect*: before the next step every rank must answer a ping, and the process groups are
 made anew. A rank that does not answer (still stuck), or rank 0's own part stuck, makes
-the world lost: :class:`WorldLost`, and no step runs any more.
+the world lost: :class:`WorldLost`, and no step runs any more; :meth:`LaunchedWorld.close`
+then tells the other ranks to stop and the stuck ones to end their process, so that the
+launcher returns. Every group's collectives time out with the step (feature-detected
+``_set_pg_timeout``), so a rank left waiting on a stuck one gets an error back.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from ckptconf.reference._compat import accepts_parameter, set_group_timeouts
+
 from .errors import RankError, WorldError, WorldTimeout
 
 __all__ = ["LaunchedWorld", "LauncherEnv", "WorldLost", "launcher_env", "serve"]
@@ -48,6 +53,8 @@ _PREFIX = "ckptconf/"
 _POLL = timedelta(minutes=10)  # one wait on the store (c10d logs a warning at each timeout)
 _PING_TIMEOUT = 60.0
 _STACK_TIMEOUT = 10.0
+_FIRST_STEP = 600.0  # how long a rank waits for rank 0's first step (its session start)
+_GRACE = 10.0  # rank 0's own part: seconds past the deadline (its collectives time out then)
 
 
 class WorldLost(RuntimeError):
@@ -85,6 +92,12 @@ def launcher_env(environ: dict[str, str] | None = None) -> LauncherEnv | None:
     )
 
 
+def _prefix() -> str:
+    """Keys of this launch attempt: the launcher's store outlives a restart (``--max-restarts``)."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return f"{_PREFIX}{run}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+
+
 def _store(env: LauncherEnv, *, server: bool):
     import torch.distributed as dist
 
@@ -95,7 +108,7 @@ def _store(env: LauncherEnv, *, server: bool):
         timeout=timedelta(seconds=600),
         wait_for_workers=False,
     )
-    return dist.PrefixStore(_PREFIX, store)
+    return dist.PrefixStore(_prefix(), store)
 
 
 def _wait(store, key: str, deadline: float | None, *, poll: timedelta = _POLL) -> bool:
@@ -130,9 +143,12 @@ class _Rank:
         """Answer each stack request (``dump/<k>``, naming a step) with this process's stacks."""
         for k in itertools.count(1):
             _wait(self._watch_store, f"dump/{k}", None, poll=timedelta(hours=1))
-            request = self._watch_store.get(f"dump/{k}")
-            if request == b"abort":  # the world is lost: a stuck rank ends, so the launcher can
-                os._exit(3)
+            request = self._watch_store.get(f"dump/{k}").decode()
+            if request.startswith("abort:"):  # the world is lost and this rank stuck in it: end,
+                stuck = {int(r) for r in request.removeprefix("abort:").split(",") if r}
+                if self.env.rank in stuck and self.env.rank != 0:  # so the launcher can stop
+                    os._exit(3)
+                continue
             n = int(request)
             with tempfile.TemporaryFile("w+") as file:
                 faulthandler.dump_traceback(file=file, all_threads=True)
@@ -149,6 +165,7 @@ class _Rank:
         import torch.distributed as dist
 
         if self.group_size == size and not fresh:
+            set_group_timeouts(timeout)  # sub-groups and meshes too: a stuck rank errs, not hangs
             return
         if dist.is_initialized():
             with contextlib.suppress(Exception):
@@ -159,12 +176,16 @@ class _Rank:
         backend = "nccl" if self.device == "cuda" else "gloo"
         if self.device == "cuda":
             torch.cuda.set_device(self.env.local_rank)
+        options: dict[str, Any] = {}
+        if self.device == "cuda" and accepts_parameter(dist.init_process_group, "device_id"):
+            options["device_id"] = torch.device("cuda", self.env.local_rank)
         dist.init_process_group(
             backend,
             store=dist.PrefixStore(f"pg/{generation}/", self._group_store),
             rank=self.env.rank,
             world_size=size,
             timeout=timedelta(seconds=timeout),
+            **options,
         )
 
     def execute(self, n: int, size: int, payload: bytes, fresh: bool, timeout: float) -> tuple:
@@ -173,6 +194,13 @@ class _Rank:
         import torch.distributed as dist
 
         rank = self.env.rank
+
+        def error_of(exc: BaseException) -> RankError:
+            return RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc())
+
+        # as the warm pools' worker does: a barrier before and after the function, also after
+        # it raised, so that every rank's outcome is its own
+        ok, value = True, None
         try:
             if self.device == "cuda":
                 torch.cuda.set_device(self.env.local_rank)
@@ -182,17 +210,15 @@ class _Rank:
             dist.barrier()
             fn, args, kwargs = pickle.loads(payload)
             value = fn(*args, **kwargs)
-            dist.barrier()
-            return True, value, ""
         except BaseException as exc:  # noqa: BLE001 - reported to rank 0
-            error = RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc())
-            # closing this rank's connections fails the collectives other ranks wait in at
-            # once, instead of at their timeout; every rank makes a new group next step
-            if dist.is_initialized():
-                with contextlib.suppress(Exception):
-                    dist.destroy_process_group()
-            self.group_size = None
-            return False, error, ""
+            ok, value = False, error_of(exc)
+        try:
+            dist.barrier()
+        except BaseException as exc:  # noqa: BLE001
+            self.group_size = None  # out of step: every rank makes a new group next step
+            if ok:
+                ok, value = False, error_of(exc)
+        return ok, value, ""
 
     def answer(self, n: int, reply: tuple) -> None:
         try:
@@ -212,7 +238,13 @@ def serve(device: str = "cpu") -> None:
         raise RuntimeError("serve() needs a launcher's environment (RANK, WORLD_SIZE, ...)")
     me = _Rank(env, device)
     for n in itertools.count(1):
-        _wait(me.store, f"call/{n}", None)
+        if not _wait(me.store, f"call/{n}", time.monotonic() + _FIRST_STEP if n == 1 else None):
+            print(
+                f"ckptconf: rank {env.rank} got no step from rank 0 within {_FIRST_STEP:.0f} s "
+                "(did rank 0 fail before its session started?); stopping",
+                file=sys.stderr,
+            )
+            break
         kind, size, payload, fresh, timeout = pickle.loads(me.store.get(f"call/{n}"))
         if kind == "stop":
             break
@@ -250,6 +282,7 @@ class LaunchedWorld:
         self._ping_timeout = ping_timeout
         self._fresh = False  # make the process groups anew at the next step
         self._dumps = 0
+        self._stuck: set[int] = set()  # ranks stuck for good: told to end when the world closes
         self.lost: str | None = None
         self._closed = False
 
@@ -271,11 +304,10 @@ class LaunchedWorld:
             r for r in range(1, self.size) if not _wait(self._me.store, f"result/{n}/{r}", deadline)
         ]
         if silent:
-            self._abort()
+            self._stuck.update(silent)
             self.lost = (
                 f"rank(s) {', '.join(map(str, silent))} did not answer within "
-                f"{self._ping_timeout:.0f} s "
-                "after a step timed out: they are still stuck"
+                f"{self._ping_timeout:.0f} s after a step timed out: they are still stuck"
             )
             raise WorldLost(self.lost)
         self._suspect = False
@@ -298,6 +330,7 @@ class LaunchedWorld:
             fresh = True
         payload = pickle.dumps((fn, args, kwargs))
         n = self._post("call", size, payload, fresh, timeout)
+        self._fresh = True  # unless the step ends cleanly (below)
         mine: dict[str, tuple] = {}
         worker = threading.Thread(
             target=lambda: mine.setdefault(
@@ -312,16 +345,17 @@ class LaunchedWorld:
         for r in range(1, size):
             if _wait(self._me.store, f"result/{n}/{r}", deadline):
                 replies[r] = pickle.loads(self._me.store.get(f"result/{n}/{r}"))
-        stuck = [r for r in range(1, size) if r not in replies]
-        # rank 0 left waiting in a collective gets its timeout error (the step's) soon after
-        worker.join(max(0.0, deadline - time.monotonic()) + timeout + 10)
+        worker.join(max(0.0, deadline - time.monotonic()))
+        stuck = [r for r in range(size) if r not in replies and (r or worker.is_alive())]
+        if stuck:
+            self._request_stacks(n)  # now, while the stuck ranks are still where they hang
+            worker.join(_GRACE)
         if "reply" in mine:
             replies[0] = mine["reply"]
-        else:
+        elif 0 not in stuck:
             stuck.insert(0, 0)
-        self._fresh = True
         if stuck:
-            raise self._timed_out(n, stuck, fn)
+            raise self._timed_out(n, stuck, fn, rank0_stuck=worker.is_alive())
         self._forget(n, size)
         results, errors, output = [None] * size, [], {}
         for rank, (ok, value, text) in sorted(replies.items()):
@@ -335,9 +369,13 @@ class LaunchedWorld:
         self._fresh = False
         return results
 
-    def _timed_out(self, n: int, stuck: list[int], fn: Callable) -> WorldTimeout:
+    def _request_stacks(self, n: int) -> None:
         self._dumps += 1
         self._me.store.set(f"dump/{self._dumps}", str(n).encode())
+
+    def _timed_out(
+        self, n: int, stuck: list[int], fn: Callable, *, rank0_stuck: bool
+    ) -> WorldTimeout:
         deadline = time.monotonic() + _STACK_TIMEOUT
         what = f"call of {getattr(fn, '__qualname__', fn)!r} did not finish within its timeout"
         errors = []
@@ -345,16 +383,17 @@ class LaunchedWorld:
             got = _wait(self._me.store, f"stack/{n}/{r}", deadline)
             stack = self._me.store.get(f"stack/{n}/{r}").decode(errors="replace") if got else ""
             errors.append(RankError(r, "Stuck", f"{what}; its stack when stopped is below", stack))
-        if 0 in stuck:  # rank 0's own part cannot be stopped: its process group is gone
+        if rank0_stuck:  # rank 0's own part cannot be stopped: its process group is gone
             self.lost = f"rank 0's own part of step {n} is stuck ({what})"
-            self._abort()
+            self._stuck.update(r for r in stuck if r)
         self._suspect = True
         return WorldTimeout(errors, {}, None, reason=what)
 
     def _abort(self) -> None:
-        """Tell every rank's watchdog to end its process (the launcher then stops the run)."""
+        """Tell the stuck ranks' watchdogs to end their processes (the launcher then stops)."""
         self._dumps += 1
-        self._me.store.set(f"dump/{self._dumps}", b"abort")
+        stuck = ",".join(map(str, sorted(self._stuck)))
+        self._me.store.set(f"dump/{self._dumps}", f"abort:{stuck}".encode())
 
     def _forget(self, n: int, size: int) -> None:
         # not call/n: a rank outside the step may not have read it yet (it stays, a few KiB)
@@ -367,5 +406,10 @@ class LaunchedWorld:
         if self._closed:
             return
         self._closed = True
+        if self._suspect and self.lost is None:  # a step timed out since: who is still stuck?
+            with contextlib.suppress(WorldLost):
+                self._ping()
         self._post("stop", self.size)
+        if self._stuck:
+            self._abort()
         sys.stdout.flush()

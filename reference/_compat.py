@@ -16,6 +16,8 @@ Versions named are the ones these facts were read from; the code never compares 
 | ``StorageWriter.set_up_storage_writer``  | ``rank``/``use_collectives`` keywords newer     | signature (``accepts_kwargs``) |
 | ``torch.serialization.safe_globals``     | newer torch only                                | attribute |
 | ``BaseException.add_note``               | Python 3.11+ (not torch; kept here with the rest) | attribute |
+| a process group's timeout after creation | ``distributed_c10d._set_pg_timeout`` (private; 2.13 has it) | attribute |
+| ``init_process_group(device_id=)``       | newer torch only                                | signature |
 
 The whole distribution detects these here: ``ckptconf.harness`` and
 ``ckptconf.conformance`` import from this module rather than probing torch themselves.
@@ -23,6 +25,7 @@ The whole distribution detects these here: ``ckptconf.harness`` and
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 __all__ = [
     "DCP_FORMAT_VERSION",
     "add_note",
+    "set_group_timeouts",
     "accepts_kwargs",
     "accepts_parameter",
     "async_save_future",
@@ -128,3 +132,21 @@ def add_note(exc: BaseException, note: str) -> None:
             notes = []
             exc.__notes__ = notes  # type: ignore[attr-defined]
         notes.append(note)
+
+
+def set_group_timeouts(seconds: float) -> bool:
+    """Give every live process group of this process a collective timeout of ``seconds``;
+    whether this torch can (``_set_pg_timeout``, private, feature-detected)."""
+    from datetime import timedelta
+
+    import torch.distributed.distributed_c10d as c10d
+
+    setter = getattr(c10d, "_set_pg_timeout", None)
+    world = getattr(c10d, "_world", None)
+    if setter is None or world is None:
+        return False
+    for group in list(getattr(world, "pg_map", {})):
+        # a group of a backend that cannot change it keeps its timeout
+        with contextlib.suppress(Exception):
+            setter(timedelta(seconds=seconds), group)
+    return True

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from .running import PoolRanks, Ranks, _outcomes
+from .running import PoolRanks, Ranks, RanksLost, _outcomes
 
 __all__ = ["LaunchedRanks", "launched_rank", "shared_folder"]
 
@@ -35,7 +35,8 @@ _RUN_ID = "TORCHELASTIC_RUN_ID"
 
 def launched_rank(explicit: bool = False) -> int | None:
     """This process's rank when it runs under a launcher (torchrun sets ``TORCHELASTIC_RUN_ID``;
-    ``explicit``: ``--ckpt-spmd`` was given), else ``None``."""
+    ``explicit``: ``--ckpt-spmd`` was given), else ``None``. The caller decides whether the
+    session asked for ckptconf at all (an option, not only an environment variable)."""
     from ckptconf.harness.launched import launcher_env
 
     if not explicit and _RUN_ID not in os.environ:
@@ -76,12 +77,8 @@ class LaunchedRanks(Ranks):
 
         try:
             return _outcomes(call, backend, fn, args, world)
-        except WorldLost as exc:
-            pytest.exit(
-                f"ckptconf: the launched world is lost ({exc}); no further test can run in this "
-                "launch. The report has every test run so far.",
-                returncode=3,
-            )
+        except WorldLost as exc:  # a hang of this test's: not shrunk; the session then stops
+            raise RanksLost(f"the launched world is lost: {exc}", [], hung=True) from None
 
     def run_fresh(self, backend, fn, args: Sequence[Any], *, world: int, timeout: float):
         return PoolRanks(self.device).run_fresh(backend, fn, args, world=world, timeout=timeout)

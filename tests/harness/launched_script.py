@@ -5,7 +5,6 @@ prints one JSON line of what it saw; the other ranks serve."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import torch
@@ -23,7 +22,6 @@ def where() -> tuple[int, int, float]:
 def fail_on_one() -> int:
     if dist.get_rank() == 1:
         raise ValueError("planted error on rank 1")
-    dist.all_reduce(torch.ones(1))  # rank 0 waits for rank 1, which left: an error, not a hang
     return dist.get_rank()
 
 
@@ -49,6 +47,7 @@ def main() -> None:
         world.run(fail_on_one, size=2, timeout=60)
     except WorldError as exc:
         seen["error"] = [(e.rank, e.type_name, e.message) for e in exc.errors]
+        seen["error_results"] = exc.results
     seen["after_error"] = world.run(where, size=4, timeout=60)
     started = time.monotonic()
     try:
@@ -67,8 +66,8 @@ def main() -> None:
         world.run(where, size=4, timeout=60)
     except WorldLost as exc:
         seen["lost"] = str(exc)
+    world.close()  # the others stop, the stuck rank 1 ends (exit 3), so torchrun returns
     print("RESULT " + json.dumps(seen), flush=True)
-    os._exit(3)  # as ckptconf run does when the world is lost
 
 
 if __name__ == "__main__":

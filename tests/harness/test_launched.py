@@ -59,13 +59,14 @@ def test_a_launched_world_runs_steps_and_names_failing_and_stuck_ranks():
     seen = json.loads(line.removeprefix("RESULT "))
     # each step on ranks 0..n-1 with a process group of n ranks: (rank, size, sum of ranks)
     assert seen["sizes"] == [[[r, n, float(sum(range(n)))] for r in range(n)] for n in (4, 2, 3, 4)]
-    errors = {rank: (kind, message) for rank, kind, message in seen["error"]}
-    assert errors[1] == ("ValueError", "planted error on rank 1")
+    # each rank's outcome its own: rank 1's error, rank 0's value
+    assert seen["error"] == [[1, "ValueError", "planted error on rank 1"]]
+    assert seen["error_results"] == [0, None]
     assert seen["after_error"][3] == [3, 4, 6.0]
     assert seen["hang"] and all(kind == "Stuck" for _, kind, _ in seen["hang"])
     assert seen["hang_seconds"] < 60
     assert seen["after_hang"][3] == [3, 4, 6.0]  # the world survived the hang
-    assert seen["stuck"] == [[1, True]]  # rank 1 named, its stack shows where it is
+    assert [1, True] in seen["stuck"]  # rank 1 named, its stack shows where it is
     assert "rank(s) 1 did not answer" in seen["lost"]
 
 
@@ -109,3 +110,20 @@ def test_a_torchrun_run_reports_what_pool_mode_reports(tmp_path):
         == "launched world: 4 ranks (cpu)"
     )
     assert _outcomes(tmp_path / "nodes.json") == expected
+
+
+@pytest.mark.slow
+def test_a_rank_stuck_for_good_fails_its_test_and_the_run_still_ends(tmp_path):
+    report = tmp_path / "stuck.json"
+    done = _launch(
+        TORCHRUN + ["--standalone", "--nproc-per-node", "2", "-m", "ckptconf", "run"]
+        + ["--backend", "tests.harness.stuck_backend:stuck_on_rank_1", "--profile", "ci"]
+        + ["--timeout", "5", "-k", "test_round_trip_dtensor_on_two_ranks", "--report", str(report)],
+        300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    (test,) = json.loads(report.read_text())["tests"]
+    assert test["outcome"] == "failed"
+    failure = test["failure"]
+    assert "hung" in failure["what"], failure
+    assert "stuck_backend.py" in failure["details"] and "rank 1: Stuck" in failure["details"]

@@ -1,0 +1,25 @@
+"""A backend whose save never returns on rank 1 (a Python loop, not a collective): under
+torchrun the launched world is lost and the run must stop with a report, not hang."""
+
+from __future__ import annotations
+
+import time
+
+import torch.distributed as dist
+from ckptconf.conformance import Backend, load_backend
+
+
+def _save(state_dict, path, *, process_group=None):
+    if dist.get_rank() == 1:
+        while True:  # stuck for good: only ending the process stops it
+            time.sleep(1)
+    return load_backend("reference").run_save(state_dict, path)
+
+
+def _load(state_dict, path, *, process_group=None):
+    return load_backend("reference").run_load(state_dict, path)
+
+
+def stuck_on_rank_1() -> Backend:
+    """The reference, except that rank 1's save never returns."""
+    return Backend(name="stuck_on_rank_1", save=_save, load=_load)
