@@ -135,6 +135,7 @@ class _Rank:
         self._group_store = _store(env, server=False)  # process groups (rank 0: its step thread)
         self.group_size: int | None = None
         self.current = 0
+        self.log = None  # serve(): this rank's output, read back per step
         os.environ["CKPTCONF_DEVICE_MODE"] = device
         self._watch_store = _store(env, server=False)
         threading.Thread(target=self._watchdog, name="ckptconf-watchdog", daemon=True).start()
@@ -201,6 +202,7 @@ class _Rank:
         # as the warm pools' worker does: a barrier before and after the function, also after
         # it raised, so that every rank's outcome is its own
         ok, value = True, None
+        start = self._log_offset()
         try:
             if self.device == "cuda":
                 torch.cuda.set_device(self.env.local_rank)
@@ -218,7 +220,28 @@ class _Rank:
             self.group_size = None  # out of step: every rank makes a new group next step
             if ok:
                 ok, value = False, error_of(exc)
-        return ok, value, ""
+        return ok, value, self._output_since(start)
+
+    def capture_output(self) -> None:
+        """Send this process's output to a log read back with each step (ranks other than 0:
+        rank 0's output is its test's, captured by pytest)."""
+        self.log = tempfile.TemporaryFile("a+", buffering=1)  # noqa: SIM115 - the process's
+        os.dup2(self.log.fileno(), 1)
+        os.dup2(self.log.fileno(), 2)
+        sys.stdout = sys.stderr = self.log
+
+    def _log_offset(self) -> int:
+        if self.log is None:
+            return 0
+        self.log.flush()
+        return os.lseek(self.log.fileno(), 0, os.SEEK_END)
+
+    def _output_since(self, start: int) -> str:
+        if self.log is None:
+            return ""
+        sys.stdout.flush()
+        end = self._log_offset()
+        return os.pread(self.log.fileno(), end - start, start).decode(errors="replace")[-8000:]
 
     def answer(self, n: int, reply: tuple) -> None:
         try:
@@ -237,12 +260,13 @@ def serve(device: str = "cpu") -> None:
     if env is None:
         raise RuntimeError("serve() needs a launcher's environment (RANK, WORLD_SIZE, ...)")
     me = _Rank(env, device)
+    me.capture_output()
     for n in itertools.count(1):
         if not _wait(me.store, f"call/{n}", time.monotonic() + _FIRST_STEP if n == 1 else None):
             print(
                 f"ckptconf: rank {env.rank} got no step from rank 0 within {_FIRST_STEP:.0f} s "
                 "(did rank 0 fail before its session started?); stopping",
-                file=sys.stderr,
+                file=sys.__stderr__,
             )
             break
         kind, size, payload, fresh, timeout = pickle.loads(me.store.get(f"call/{n}"))

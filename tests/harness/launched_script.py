@@ -21,6 +21,7 @@ def where() -> tuple[int, int, float]:
 
 def fail_on_one() -> int:
     if dist.get_rank() == 1:
+        print("rank 1 says goodbye")
         raise ValueError("planted error on rank 1")
     return dist.get_rank()
 
@@ -48,6 +49,7 @@ def main() -> None:
     except WorldError as exc:
         seen["error"] = [(e.rank, e.type_name, e.message) for e in exc.errors]
         seen["error_results"] = exc.results
+        seen["error_output"] = exc.output.get(1, "")
     seen["after_error"] = world.run(where, size=4, timeout=60)
     started = time.monotonic()
     try:

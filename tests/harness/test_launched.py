@@ -62,6 +62,7 @@ def test_a_launched_world_runs_steps_and_names_failing_and_stuck_ranks():
     # each rank's outcome its own: rank 1's error, rank 0's value
     assert seen["error"] == [[1, "ValueError", "planted error on rank 1"]]
     assert seen["error_results"] == [0, None]
+    assert "rank 1 says goodbye" in seen["error_output"]  # what the rank printed, with its error
     assert seen["after_error"][3] == [3, 4, 6.0]
     assert seen["hang"] and all(kind == "Stuck" for _, kind, _ in seen["hang"])
     assert seen["hang_seconds"] < 60
