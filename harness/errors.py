@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RankError", "WorldError", "WorldTimeout"]
+__all__ = ["RankError", "WorldError", "WorldTimeout", "results_of"]
 
 
 @dataclass
@@ -63,3 +63,19 @@ class WorldError(Exception):
 
 class WorldTimeout(WorldError):
     """A call did not finish in time; each stuck rank's error holds its Python stack."""
+
+
+def results_of(replies: dict[int, tuple[bool, Any, str]], size: int) -> list[Any]:
+    """The results in rank order from each rank's ``(ok, value or RankError, output)``; raises
+    :class:`WorldError` naming every rank that failed (with the others' results)."""
+    results: list[Any] = [None] * size
+    errors, output = [], {}
+    for rank, (ok, value, text) in sorted(replies.items()):
+        output[rank] = text
+        if ok:
+            results[rank] = value
+        else:
+            errors.append(value)
+    if errors:
+        raise WorldError(errors, output, results)
+    return results

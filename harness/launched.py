@@ -45,7 +45,7 @@ from typing import Any
 
 from ckptconf.reference._compat import accepts_parameter, set_group_timeouts
 
-from .errors import RankError, WorldError, WorldTimeout
+from .errors import RankError, WorldTimeout, results_of
 
 __all__ = ["LaunchedWorld", "LauncherEnv", "WorldLost", "launcher_env", "serve"]
 
@@ -381,15 +381,7 @@ class LaunchedWorld:
         if stuck:
             raise self._timed_out(n, stuck, fn, rank0_stuck=worker.is_alive())
         self._forget(n, size)
-        results, errors, output = [None] * size, [], {}
-        for rank, (ok, value, text) in sorted(replies.items()):
-            output[rank] = text
-            if ok:
-                results[rank] = value
-            else:
-                errors.append(value)
-        if errors:
-            raise WorldError(errors, output, results)
+        results = results_of(replies, size)
         self._fresh = False
         return results
 

@@ -33,7 +33,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from .errors import RankError, WorldError, WorldTimeout
+from .errors import RankError, WorldError, WorldTimeout, results_of
 
 __all__ = [
     "World",
@@ -348,17 +348,9 @@ class World:
         except KeyboardInterrupt:  # Ctrl-C: the ranks may be stuck in the call; kill them now
             self.close(grace=0)
             raise
-        results, errors, output = [None] * self.size, [], {}
-        for rank, (reply_id, ok, value, text) in sorted(replies.items()):
+        for rank, (reply_id, *_) in replies.items():
             assert reply_id == call_id, f"rank {rank} answered call {reply_id}, expected {call_id}"
-            output[rank] = text
-            if ok:
-                results[rank] = value
-            else:
-                errors.append(value)
-        if errors:
-            raise WorldError(errors, output, results)
-        return results
+        return results_of({rank: tuple(reply[1:]) for rank, reply in replies.items()}, self.size)
 
     def _collect(self, waiting: set[int], deadline: float, *, what: str) -> dict[int, Any]:
         replies: dict[int, Any] = {}
