@@ -269,7 +269,10 @@ def serve(device: str = "cpu") -> None:
                 file=sys.__stderr__,
             )
             break
-        kind, size, payload, fresh, timeout = pickle.loads(me.store.get(f"call/{n}"))
+        kind, size, payload, fresh, timeout, paths = pickle.loads(me.store.get(f"call/{n}"))
+        # rank 0's import path (pytest puts a test module's folder there): so that what it
+        # sends unpickles here, as it does in the pools' forked ranks
+        sys.path.extend(p for p in paths if p not in sys.path)
         if kind == "stop":
             break
         me.current = n
@@ -318,7 +321,8 @@ class LaunchedWorld:
     ) -> int:
         n = next(self._steps)
         self._me.current = n
-        self._me.store.set(f"call/{n}", pickle.dumps((kind, size, payload, fresh, timeout)))
+        message = (kind, size, payload, fresh, timeout, list(sys.path))
+        self._me.store.set(f"call/{n}", pickle.dumps(message))
         return n
 
     def _ping(self) -> None:

@@ -85,18 +85,31 @@ class LaunchedRanks(Ranks):
 
 
 def _read_token(path: str) -> tuple[str, str]:
-    """On a rank: this host's name and what the token file at ``path`` holds (or why not)."""
+    """On a rank: this host's name and what the token file at ``path`` holds (or why not);
+    the rank also writes, renames and removes a file of its own there."""
+    import torch.distributed as dist
+
+    host = socket.gethostname()
     try:
-        return socket.gethostname(), Path(path).read_text()
+        token = Path(path).read_text()
     except OSError as exc:
-        return socket.gethostname(), f"cannot read it: {exc}"
+        return host, f"cannot read it: {exc}"
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    mine = Path(path).with_name(f".ckptconf-rank{rank}")
+    try:
+        mine.with_suffix(".tmp").write_text(token)
+        mine.with_suffix(".tmp").replace(mine)
+        mine.unlink()
+    except OSError as exc:
+        return host, f"cannot write there: {exc}"
+    return host, token
 
 
 def shared_folder(world, root: str | None) -> Path:
     """The folder the run's checkpoints go under (``root``, else a new temporary folder),
-    checked to be the same folder on every launched rank: rank 0 writes a token file there
-    and every rank must read it back. Raises ``pytest.UsageError`` naming the ranks that
-    cannot."""
+    checked to be the same folder on every launched rank: rank 0 writes a token file there,
+    every rank must read it back and write, rename and remove a file of its own. Raises
+    ``pytest.UsageError`` naming the ranks that cannot."""
     import tempfile
 
     folder = (
@@ -108,7 +121,14 @@ def shared_folder(world, root: str | None) -> Path:
     token = uuid.uuid4().hex
     path = folder / ".ckptconf-token"
     path.write_text(token)
-    seen = world.run(_read_token, str(path), size=world.size, timeout=120)
+    from ckptconf.harness import WorldError
+
+    try:
+        seen = world.run(_read_token, str(path), size=world.size, timeout=120)
+    except WorldError as exc:
+        raise pytest.UsageError(
+            f"checking the checkpoint folder {folder} on every rank failed: {exc}"
+        ) from None
     blind = [f"rank {r} on {host}: {got}" for r, (host, got) in enumerate(seen) if got != token]
     if blind:
         raise pytest.UsageError(
