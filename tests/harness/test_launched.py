@@ -19,8 +19,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
 SUBSET = (
     "test_more_ranks_than_rows or test_a_sub_group_whose_coordinator "
-    "or test_1d_mesh_to_2d_mesh_and_back or (crash_during_a_resave and process_crash)"
+    "or test_1d_mesh_to_2d_mesh_and_back"
 )
+"""Worlds of 1 to 4 ranks, sub-groups and 2-D meshes; small, as CI runs it three times. (The
+crash-state tests, whose ranks strace themselves, were checked under torchrun by hand: see the
+README.)"""
 
 
 def _launch(args: list[str], timeout: float) -> subprocess.CompletedProcess:
