@@ -160,7 +160,7 @@ _folder_key = pytest.StashKey["object"]()
 def _launched_rank(config: pytest.Config) -> int | None:
     # an option, not CKPTCONF_PROFILE alone: an exported profile must not turn someone's own
     # pytest run under torchrun into ckptconf's SPMD mode
-    if not any(config.getoption(name, None) is not None for name in _OPTIONS):
+    if not _option_given(config):
         return None
     from .kit.launched import launched_rank
 
@@ -237,9 +237,11 @@ def launched_folder(config: pytest.Config):
 
 def requested(config: pytest.Config) -> bool:
     """Whether the run asked for ckptconf by an option or ``CKPTCONF_PROFILE``."""
-    return "CKPTCONF_PROFILE" in os.environ or any(
-        config.getoption(name, None) is not None for name in _OPTIONS
-    )
+    return "CKPTCONF_PROFILE" in os.environ or _option_given(config)
+
+
+def _option_given(config: pytest.Config) -> bool:
+    return any(config.getoption(name, None) is not None for name in _OPTIONS)
 
 
 def activate(config: pytest.Config | None = None) -> None:

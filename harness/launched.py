@@ -134,7 +134,6 @@ class _Rank:
         self.store = _store(env, server=True)  # the control channel (the main thread)
         self._group_store = _store(env, server=False)  # process groups (rank 0: its step thread)
         self.group_size: int | None = None
-        self.current = 0
         self.log = None  # serve(): this rank's output, read back per step
         os.environ["CKPTCONF_DEVICE_MODE"] = device
         self._watch_store = _store(env, server=False)
@@ -275,7 +274,6 @@ def serve(device: str = "cpu") -> None:
         sys.path.extend(p for p in paths if p not in sys.path)
         if kind == "stop":
             break
-        me.current = n
         if kind == "ping":
             me.store.set(f"result/{n}/{env.rank}", b"pong")
         elif env.rank < size:
@@ -320,7 +318,6 @@ class LaunchedWorld:
         self, kind: str, size: int, payload: bytes = b"", fresh: bool = False, timeout: float = 0
     ) -> int:
         n = next(self._steps)
-        self._me.current = n
         message = (kind, size, payload, fresh, timeout, list(sys.path))
         self._me.store.set(f"call/{n}", pickle.dumps(message))
         return n

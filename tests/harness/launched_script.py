@@ -5,6 +5,7 @@ prints one JSON line of what it saw; the other ranks serve."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import torch
@@ -33,8 +34,7 @@ def skip_a_collective() -> None:
 
 def stuck_for_good() -> None:
     if dist.get_rank() == 1:
-        while True:
-            time.sleep(1)
+        threading.Event().wait()  # stuck for good: only ending the process stops it
 
 
 def main() -> None:

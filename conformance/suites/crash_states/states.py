@@ -163,9 +163,8 @@ def _origin(data: bytes | None, a: bytes | None, b: bytes | None) -> str:
 def describe_files(files: Files, a: Files | None, b: Files) -> str:
     """Each file of a state (and each of A's and B's that it lacks) and whose bytes it holds."""
     a = a or {}
-    paths = sorted(
-        p for p in {*files, *a, *b} if None not in (files.get(p, b""), a.get(p, b""), b.get(p, b""))
-    )
+    folders = {p for tree in (files, a, b) for p, data in tree.items() if data is None}
+    paths = sorted({*files, *a, *b} - folders)
     return "\n".join(f"  {p}: {_origin(files.get(p), a.get(p), b.get(p))}" for p in paths)
 
 
