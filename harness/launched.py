@@ -160,12 +160,15 @@ class _Rank:
     def groups(self, size: int, generation: int, fresh: bool, timeout: float) -> None:
         """Make the default process group ``size`` ranks wide (ranks ``>= size`` have none);
         anew if ``fresh`` (after a step that failed, its collectives may be out of step).
-        Its collectives time out with the step, so a rank left waiting gets an error back."""
+        Its collectives time out a little after the step's deadline (``_GRACE / 2`` later): the
+        step is then seen stuck at its deadline, whatever the load, and a rank left waiting
+        gets an error back within rank 0's grace."""
         import torch
         import torch.distributed as dist
 
+        collectives = timeout + _GRACE / 2
         if self.group_size == size and not fresh:
-            set_group_timeouts(timeout)  # sub-groups and meshes too: a stuck rank errs, not hangs
+            set_group_timeouts(collectives)  # sub-groups and meshes too: a stuck rank errs
             return
         if dist.is_initialized():
             with contextlib.suppress(Exception):
@@ -184,7 +187,7 @@ class _Rank:
             store=dist.PrefixStore(f"pg/{generation}/", self._group_store),
             rank=self.env.rank,
             world_size=size,
-            timeout=timedelta(seconds=timeout),
+            timeout=timedelta(seconds=collectives),
             **options,
         )
 
