@@ -361,6 +361,8 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)  # a log or a pipe: the tables whole, not squeezed to 80
     if args.target == "plan":
         return _bench_plan(args, console)
     if args.target == "io":
@@ -392,26 +394,77 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_numbers(text: str | None, default: str, what: str) -> list[int]:
+    """The comma-separated positive integers of ``text`` (``default`` if not given)."""
+    try:
+        values = [int(x) for x in (text or default).split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise SystemExit(f"ckptconf bench: {what} takes positive integers, comma-separated")
+    return values
+
+
 def _bench_io(args: argparse.Namespace, console) -> int:
-    from ckptconf.harness.bench_io import bench_io, default_folder
+    from ckptconf.harness.bench_io import IMPLEMENTATIONS, bench_io, default_folder
     from rich.table import Table
 
+    sizes = _bench_numbers(args.mib, "256", "--mib")
+    counts = _bench_numbers(args.count, "64", "--count")
     folder = args.dir or default_folder()
-    console.print(f"saving and loading {args.mib} MiB in {args.count} tensors in {folder}...")
-    result = bench_io(args.mib << 20, args.count, folder=folder)
+    results = []
+    for mib in sizes:
+        for count in counts:
+            console.print(f"saving and loading {mib} MiB in {count} tensors in {folder}...")
+            results.append(bench_io(mib << 20, count, folder=folder, rss=not args.no_rss))
     table = Table(title="one process, best of 3 interleaved rounds (GiB/s; ratio to DCP, to raw)")
-    for column in ("", "raw", "DCP", "reference", "reference / DCP", "reference / raw"):
+    for column in (
+        "MiB",
+        "tensors",
+        "",
+        "raw",
+        "DCP",
+        "reference",
+        "reference / DCP",
+        "reference / raw",
+    ):
         table.add_column(column, justify="right")
-    for step, seconds in (("save", result.save), ("load", result.load)):
-        speed = {name: result.gib_per_s(s) for name, s in seconds.items()}
-        table.add_row(
-            step,
-            f"{speed['raw']:.2f}",
-            f"{speed['dcp']:.2f}",
-            f"{speed['reference']:.2f}",
-            f"{speed['reference'] / speed['dcp']:.2f}x",
-            f"{speed['reference'] / speed['raw']:.0%}",
-        )
+    for result in results:
+        for step, seconds in (("save", result.save), ("load", result.load)):
+            speed = {name: result.gib_per_s(s) for name, s in seconds.items()}
+            table.add_row(
+                f"{result.total / 2**20:.0f}",
+                str(result.count),
+                step,
+                f"{speed['raw']:.2f}",
+                f"{speed['dcp']:.2f}",
+                f"{speed['reference']:.2f}",
+                f"{speed['reference'] / speed['dcp']:.2f}x",
+                f"{speed['reference'] / speed['raw']:.0%}",
+            )
+    console.print(table)
+    if args.no_rss:
+        return 0
+    names = {"raw": "raw", "dcp": "DCP", "reference": "ref."}
+    table = Table(
+        title="peak RSS growth (MiB) over the state during the step, and growth x state "
+        "(growth / state bytes); each step in a process of its own"
+    )
+    for column in ("MiB", "tensors", ""):
+        table.add_column(column, justify="right")
+    for name in IMPLEMENTATIONS:
+        table.add_column(f"{names[name]} MiB", justify="right")
+    for name in IMPLEMENTATIONS:
+        table.add_column(f"{names[name]} x state", justify="right")
+    for result in results:
+        for step in ("save", "load"):
+            table.add_row(
+                f"{result.total / 2**20:.0f}",
+                str(result.count),
+                step,
+                *(f"{result.rss[step][n] / 2**20:.1f}" for n in IMPLEMENTATIONS),
+                *(f"{result.rss_ratio(step, n):.3f}" for n in IMPLEMENTATIONS),
+            )
     console.print(table)
     return 0
 
@@ -566,9 +619,22 @@ def main(argv: list[str] | None = None) -> int:
     verify.set_defaults(handler=_verify)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=["harness", "plan", "io"], help="what to measure")
-    bench.add_argument("--mib", type=int, default=256, help="io: MiB saved and loaded")
-    bench.add_argument("--count", type=int, default=64, help="io: tensors in the state")
+    bench.add_argument(
+        "--mib",
+        default=None,
+        help="io: MiB saved and loaded, comma-separated for a sweep (default 256)",
+    )
+    bench.add_argument(
+        "--count",
+        default=None,
+        help="io: tensors in the state, comma-separated for a sweep (default 64)",
+    )
     bench.add_argument("--dir", default=None, help="io: folder to write in (default /dev/shm)")
+    bench.add_argument(
+        "--no-rss",
+        action="store_true",
+        help="io: skip the peak RSS measurement (a process per implementation and step)",
+    )
     bench.add_argument(
         "--ranks", default="256,1024", help="plan: simulated world sizes, comma-separated"
     )
