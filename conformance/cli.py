@@ -367,6 +367,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_plan(args, console)
     if args.target == "io":
         return _bench_io(args, console)
+    if args.target == "reshard":
+        return _bench_reshard(args, console)
     sizes = tuple(int(x) for x in args.sizes.split(","))
     console.print(
         f"measuring warm-world calls ({args.calls} per size) and spawn-per-call ({args.spawn_calls} per size)..."
@@ -465,6 +467,55 @@ def _bench_io(args: argparse.Namespace, console) -> int:
                 *(f"{result.rss[step][n] / 2**20:.1f}" for n in IMPLEMENTATIONS),
                 *(f"{result.rss_ratio(step, n):.3f}" for n in IMPLEMENTATIONS),
             )
+    console.print(table)
+    return 0
+
+
+def _bench_reshard(args: argparse.Namespace, console) -> int:
+    from ckptconf.harness.bench_io import default_folder
+    from ckptconf.harness.bench_reshard import bench_reshard, case_shape
+    from rich.table import Table
+
+    sizes = _bench_numbers(args.mib, "32", "--mib")
+    if len(sizes) > 1:
+        raise SystemExit("ckptconf bench reshard: --mib takes one size")
+    mib = sizes[0]
+    folder = args.dir or default_folder()
+    shape = case_shape(mib)
+    console.print(
+        f"saving a float64 {shape[0]}x{shape[1]} tensor under one layout, loading it under "
+        f"another, on simulated ranks in {folder}..."
+    )
+    table = Table(
+        title="resharding load of one tensor, best of 3 interleaved rounds: MiB the destination "
+        "needs, MiB read from the data files, amplification (read / needed), seconds, "
+        "the reference's speed-up (DCP's seconds / its own)"
+    )
+    table.add_column("case", no_wrap=True)
+    columns = (
+        "needed",
+        "read DCP",
+        "read ref.",
+        "ampl. DCP",
+        "ampl. ref.",
+        "DCP (s)",
+        "ref. (s)",
+        "speed-up",
+    )
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in bench_reshard(mib, folder=folder):
+        table.add_row(
+            row.case,
+            f"{row.needed / 2**20:.2f}",
+            f"{row.read['dcp'] / 2**20:.2f}",
+            f"{row.read['reference'] / 2**20:.2f}",
+            f"{row.amplification('dcp'):.2f}x",
+            f"{row.amplification('reference'):.2f}x",
+            f"{row.seconds['dcp']:.3f}",
+            f"{row.seconds['reference']:.3f}",
+            f"{row.speedup:.2f}x",
+        )
     console.print(table)
     return 0
 
@@ -618,18 +669,23 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("path", help="checkpoint folder")
     verify.set_defaults(handler=_verify)
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["harness", "plan", "io"], help="what to measure")
+    bench.add_argument(
+        "target", choices=["harness", "plan", "io", "reshard"], help="what to measure"
+    )
     bench.add_argument(
         "--mib",
         default=None,
-        help="io: MiB saved and loaded, comma-separated for a sweep (default 256)",
+        help="io: MiB saved and loaded, comma-separated for a sweep (default 256); "
+        "reshard: MiB of the tensor (default 32)",
     )
     bench.add_argument(
         "--count",
         default=None,
         help="io: tensors in the state, comma-separated for a sweep (default 64)",
     )
-    bench.add_argument("--dir", default=None, help="io: folder to write in (default /dev/shm)")
+    bench.add_argument(
+        "--dir", default=None, help="io, reshard: folder to write in (default /dev/shm)"
+    )
     bench.add_argument(
         "--no-rss",
         action="store_true",
