@@ -134,8 +134,9 @@ def _counting_dcp_reader(path: str, counter: _Counter):
     return reader
 
 
-def _counting_reference_reader(path: str, counter: _Counter, block_size: int | None = None):
-    """The reference's reader of the folder ``path`` through a store counting what it reads."""
+def _counting_reference_reader(path: str, counter: _Counter):
+    """The reference's reader of the folder ``path`` through a store counting what it reads
+    (a read-only store: the writing methods raise)."""
     from ckptconf.reference import BlobStore, DirectoryStore, ReferenceStorageReader
 
     class CountingStore(BlobStore):
@@ -159,29 +160,30 @@ def _counting_reference_reader(path: str, counter: _Counter, block_size: int | N
         def read_metadata(self):
             return self.inner.read_metadata()
 
-        def prepare(self):
-            raise NotImplementedError("a reading store")
-
-        create_generation = open_sink = commit_metadata = remove_generation = prepare
-
         def generations(self):
             return self.inner.generations()
+
+        def _read_only(self, *args):
+            raise NotImplementedError("a store for reading only")
+
+        prepare = create_generation = open_sink = commit_metadata = _read_only
+        remove_generation = _read_only
 
     return ReferenceStorageReader(CountingStore(DirectoryStore(path)))
 
 
-def _values(case_mesh, placements, shape, *, encoded: bool):
+def _values(mesh, placements, shape, *, encoded: bool):
+    """Every rank's value of the tensor on ``mesh``: value-encoded, or all -1 (to load into)."""
     import torch
 
     from .simulated import index_encoded, mesh_values
 
     fill = index_encoded(shape) if encoded else (lambda o, s: torch.full(s, -1.0))
-    return mesh_values(
-        "w", shape, case_mesh, _placements(placements), fill=fill, dtype=torch.float64
-    )
+    return mesh_values("w", shape, mesh, _placements(placements), fill=fill, dtype=torch.float64)
 
 
 def _check(dests, shape) -> None:
+    """Raise unless every destination piece holds its elements' global indices."""
     import torch
 
     from .simulated import index_encoded
