@@ -44,15 +44,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _FileSink(BlobSink):
+    positional = True
+
     def __init__(self, file):
         self.file = file
 
     def write(self, data) -> None:
         self.file.write(data)
 
+    def write_at(self, offset: int, data) -> None:
+        view = memoryview(data).cast("B")
+        fd = self.file.fileno()
+        while len(view):  # pwrite may write less than asked
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+
 
 class DirectoryStore(BlobStore):
     """A checkpoint as a folder of files; ``sync_files`` flushes data to disk before commit."""
+
+    concurrent_reads = True  # each read opens its own file object
 
     def __init__(self, path: str | os.PathLike, *, sync_files: bool = True):
         self.path = Path(path)

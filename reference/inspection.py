@@ -1,7 +1,7 @@
 """Inspect and verify a checkpoint on disk without trusting it: ckptconf's format and torch DCP's.
 
 :func:`open_checkpoint` reads what a checkpoint folder says it holds: the reference format
-(``ckptconf.json``, JSON with per-block CRC-32s) or torch DCP's filesystem layout
+(``ckptconf.json``, JSON with per-block checksums) or torch DCP's filesystem layout
 (``.metadata``, a pickle read by :func:`~.dcp_metadata.load_dcp_metadata`, which runs no
 code, and ``*.distcp`` data files), or DCP's HuggingFace layout (``*.safetensors`` files, their
 JSON headers and the ``DCP_SHARDING_INFO`` offsets in them). :func:`verify` checks that it is whole: every tensor
@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from .checksums import checksum
 from .dcp_metadata import load_dcp_metadata
 from .errors import MetadataFormatError
 from .filesystem import METADATA_FILE
@@ -66,8 +66,9 @@ class ChunkView:
     start: int | None
     length: int | None
     checksums: tuple[int, ...] = ()
-    """CRC-32 per block of ``block_size`` bytes (ckptconf format), else empty."""
+    """Checksum per block of ``block_size`` bytes by ``algorithm`` (ckptconf format), else empty."""
     block_size: int | None = None
+    algorithm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,9 @@ def _reference_location(storage: dict):
             "file": region.file,
             "start": region.offset,
             "length": region.length,
-            "checksums": tuple(region.crc32),
+            "checksums": tuple(region.checksums),
             "block_size": region.block_size,
+            "algorithm": region.algorithm,
         }
 
     return location
@@ -380,7 +382,7 @@ def _chunk_problems(view: CheckpointView, entry: EntryView, chunk: ChunkView) ->
         data = _read(root, chunk)
         for block, expected in enumerate(chunk.checksums):
             piece = data[block * chunk.block_size : (block + 1) * chunk.block_size]
-            if zlib.crc32(piece) != expected:
+            if checksum(chunk.algorithm, piece) != expected:
                 first = chunk.start + block * chunk.block_size
                 return [
                     Problem(f"checksum mismatch in block {block} (file bytes from {first})", **at)

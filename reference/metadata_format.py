@@ -1,8 +1,9 @@
 """The on-disk metadata format: versioned JSON, no pickle, parsed as untrusted input.
 
 A checkpoint's metadata is one JSON document. Each tensor chunk and each object
-names the data region that holds it (file, byte offset, length) and a CRC-32 per
-block of the region, so a reader can verify just the blocks a ranged read touches.
+names the data region that holds it (file, byte offset, length) and a checksum per
+block of the region (XXH3-64, or CRC-32 in checkpoints written before 2026-11-30, the
+document's ``checksum``), so a reader can verify just the blocks a ranged read touches.
 :func:`parse_metadata` rejects anything that is not exactly this format, naming the
 key and the field, and never constructs anything but plain data and DCP dataclasses.
 """
@@ -27,6 +28,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from .checksums import ALGORITHMS, DEFAULT_ALGORITHM
 from .errors import MetadataFormatError
 from .serialization import from_json_data, to_json_data
 from .validation import chunk_layout_problems
@@ -60,13 +62,16 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class Region:
-    """Where one stored item lies: ``length`` bytes at ``offset`` of ``file``, and block checksums."""
+    """Where one stored item lies: ``length`` bytes at ``offset`` of ``file``, and the checksum
+    by ``algorithm`` (a key of :data:`~ckptconf.reference.checksums.ALGORITHMS`) of each block of
+    ``block_size`` bytes."""
 
     file: str
     offset: int
     length: int
     block_size: int
-    crc32: tuple[int, ...]
+    checksums: tuple[int, ...]
+    algorithm: str
 
     def blocks(self, start: int, end: int) -> range:
         """Indices of the checksum blocks that hold bytes ``[start, end)`` of the region."""
@@ -81,13 +86,18 @@ def _region_json(region: Region) -> dict[str, Any]:
         "offset": region.offset,
         "length": region.length,
         "block_size": region.block_size,
-        "crc32": list(region.crc32),
+        "checksums": list(region.checksums),
     }
 
 
 def dump_metadata(metadata: Metadata) -> bytes:
-    """Encode ``metadata`` (its ``storage_data`` mapping each index to a :class:`Region`)."""
+    """Encode ``metadata`` (its ``storage_data`` mapping each index to a :class:`Region`, all by
+    one checksum algorithm)."""
     regions: dict[MetadataIndex, Region] = metadata.storage_data or {}
+    algorithms = {r.algorithm for r in regions.values()}
+    if len(algorithms) > 1:
+        raise MetadataFormatError(f"regions use several checksum algorithms: {sorted(algorithms)}")
+    algorithm = algorithms.pop() if algorithms else DEFAULT_ALGORITHM
     tensors, objects = [], []
     for key, entry in metadata.state_dict_metadata.items():
         if isinstance(entry, BytesStorageMetadata):
@@ -128,7 +138,7 @@ def dump_metadata(metadata: Metadata) -> bytes:
         "format_version": FORMAT_VERSION,
         "dcp_version": metadata.version,
         "byteorder": sys.byteorder,
-        "checksum": "crc32",
+        "checksum": algorithm,
         "tensors": tensors,
         "objects": objects,
         "planner_data": to_json_data(metadata.planner_data, "planner_data"),
@@ -199,7 +209,7 @@ def _kind_names(kinds) -> str:
     return " or ".join(k.__name__ for k in _as_tuple(kinds))
 
 
-def _parse_region(obj: Any, where: str, expected_length: int) -> Region:
+def _parse_region(obj: Any, where: str, expected_length: int, algorithm: str) -> Region:
     f = _Fields(obj, where)
     file = f.get("file", str)
     if not _FILE_NAME.match(file) or ".." in file.split("/"):
@@ -212,16 +222,21 @@ def _parse_region(obj: Any, where: str, expected_length: int) -> Region:
         raise MetadataFormatError(
             f"{where}.length: {length} bytes, but the item's shape and dtype need {expected_length}"
         )
-    crcs = f.get("crc32", list)
+    # CRC-32 checkpoints written before 2026-11-30 name the list "crc32"
+    name = "crc32" if algorithm == "crc32" and "checksums" not in f.obj else "checksums"
+    sums = f.get(name, list)
     blocks = -(-length // block_size)
-    if len(crcs) != blocks:
+    if len(sums) != blocks:
         raise MetadataFormatError(
-            f"{where}.crc32: expected {blocks} block checksums, got {len(crcs)}"
+            f"{where}.{name}: expected {blocks} block checksums, got {len(sums)}"
         )
-    for c in crcs:
-        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < 2**32:
-            raise MetadataFormatError(f"{where}.crc32: checksums must be integers in [0, 2**32)")
-    return Region(file, offset, length, block_size, tuple(crcs))
+    bits = ALGORITHMS[algorithm][1]
+    for c in sums:
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < 2**bits:
+            raise MetadataFormatError(
+                f"{where}.{name}: {algorithm} checksums must be integers in [0, 2**{bits})"
+            )
+    return Region(file, offset, length, block_size, tuple(sums), algorithm)
 
 
 def parse_metadata(data: bytes, *, source: str = "metadata") -> Metadata:
@@ -244,9 +259,10 @@ def parse_metadata(data: bytes, *, source: str = "metadata") -> Metadata:
         raise MetadataFormatError(
             f"{source}.byteorder: data is {document['byteorder']}-endian, this machine is {sys.byteorder}-endian"
         )
-    if top.get("checksum", str) != "crc32":
+    algorithm = top.get("checksum", str)
+    if algorithm not in ALGORITHMS:
         raise MetadataFormatError(
-            f"{source}.checksum: only 'crc32' is supported, got {document['checksum']!r}"
+            f"{source}.checksum: expected one of {sorted(ALGORITHMS)}, got {algorithm!r}"
         )
     entries: dict[str, Any] = {}
     regions: dict[MetadataIndex, Region] = {}
@@ -282,7 +298,7 @@ def parse_metadata(data: bytes, *, source: str = "metadata") -> Metadata:
             if index in regions:
                 raise MetadataFormatError(f"{cw}: two chunks start at offsets {offsets}")
             regions[index] = _parse_region(
-                cf.get("region", dict), f"{cw}.region", math.prod(sizes) * itemsize
+                cf.get("region", dict), f"{cw}.region", math.prod(sizes) * itemsize, algorithm
             )
             chunks.append(chunk)
         overlaps = chunk_layout_problems(key, size, chunks, require_cover=False)
@@ -301,7 +317,7 @@ def parse_metadata(data: bytes, *, source: str = "metadata") -> Metadata:
             raise MetadataFormatError(f"{where} (key {key!r}): key appears more than once")
         region_obj = _Fields(f.get("region", dict), f"{where}.region")
         regions[MetadataIndex(key)] = _parse_region(
-            region_obj.obj, f"{where} (key {key!r}).region", region_obj.count("length")
+            region_obj.obj, f"{where} (key {key!r}).region", region_obj.count("length"), algorithm
         )
         entries[key] = BytesStorageMetadata()
     _check_disjoint_regions(regions, source)

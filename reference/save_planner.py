@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.planner import (
 from .dedup import dedup_save_plans, write_item_key
 from .errors import PlanValidationError
 from .flatten import flatten_state_dict
+from .global_plan import fast_global_plan
 from .plan_metadata import build_metadata
 from .serialization import encode_object
 from .state_values import (
@@ -120,14 +121,20 @@ class ReferenceSavePlanner(SavePlanner):
         problems: list[str] = []
         if self.verify_replicas:
             problems += _replica_mismatches(all_plans)
-        plans = dedup_save_plans(all_plans) if self.dedup else list(all_plans)
         paths: dict[str, Any] = {}
-        for plan in plans:
+        for plan in all_plans:  # dedup keeps planner_data: the same merge either way
             paths.update((plan.planner_data or {}).get("paths", {}))
-        plans = [dataclasses.replace(p, planner_data=None) for p in plans]
-        metadata = build_metadata(plans, planner_data=paths)
+        fast = (
+            None if problems else fast_global_plan(all_plans, dedup=self.dedup, planner_data=paths)
+        )
+        if fast is not None:
+            plans, metadata = fast
+        else:  # the readable steps: they define the result and name every problem
+            plans = dedup_save_plans(all_plans) if self.dedup else list(all_plans)
+            plans = [dataclasses.replace(p, planner_data=None) for p in plans]
+            metadata = build_metadata(plans, planner_data=paths)
+            problems += validate_global_plan(plans, metadata)
         metadata.storage_meta = self.storage_meta
-        problems += validate_global_plan(plans, metadata)
         if problems:
             raise PlanValidationError(problems)
         self.metadata = metadata

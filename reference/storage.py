@@ -15,9 +15,9 @@ import io
 import math
 import os
 import uuid
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
+from .checksums import ALGORITHMS, DEFAULT_ALGORITHM, block_checksums, checksum
 from .errors import IntegrityError
 from .metadata_format import Region, dump_metadata, parse_metadata
 from .state_values import tensor_bytes
@@ -57,15 +58,29 @@ _GENERATION_PREFIX = "gen-"
 
 
 class BlobSink(abc.ABC):
-    """An open data file being written."""
+    """An open data file being written: appended to with ``write``, or, where ``positional`` is
+    true, written at offsets with ``write_at`` from several threads at once (never both)."""
+
+    positional: bool = False
 
     @abc.abstractmethod
     def write(self, data: memoryview | bytes) -> None:
         """Append ``data``."""
 
+    def write_at(self, offset: int, data: memoryview | bytes) -> None:
+        """Write ``data`` at byte ``offset``; called from several threads for disjoint ranges.
+        Only where ``positional`` is true."""
+        raise NotImplementedError(f"{type(self).__name__} writes in order only")
+
 
 class BlobStore(abc.ABC):
-    """Where one checkpoint lives: data files in generation folders and one metadata document."""
+    """Where one checkpoint lives: data files in generation folders and one metadata document.
+
+    Where ``concurrent_reads`` is true, ``read_into`` and ``read_range`` are called from several
+    threads at once (the reader's ``threads``); a store that cannot take that leaves it false.
+    """
+
+    concurrent_reads: bool = False
 
     location: str
 
@@ -127,8 +142,17 @@ class _PlanStorageData:
     file: str
 
 
-def _block_crcs(data: memoryview, block_size: int) -> tuple[int, ...]:
-    return tuple(zlib.crc32(data[i : i + block_size]) for i in range(0, len(data), block_size))
+def _default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+_PIECE_BYTES = 32 << 20  # a thread's share of a large item, rounded to whole checksum blocks
+
+
+def _pieces(length: int, block_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges that cut ``length`` bytes at multiples of ``block_size``."""
+    step = max(block_size, _PIECE_BYTES // block_size * block_size)
+    return [(a, min(length, a + step)) for a in range(0, length, step)] or [(0, 0)]
 
 
 def _completed(value: Any) -> Future:
@@ -138,7 +162,17 @@ def _completed(value: Any) -> Future:
 
 
 class ReferenceStorageWriter(StorageWriter):
-    """Writes raw bytes with block checksums and commits metadata last, atomically."""
+    """Writes raw bytes with block checksums and commits metadata last, atomically.
+
+    Args:
+        store: where the checkpoint lives.
+        block_size: bytes per checksum block (a ranged read verifies whole blocks).
+        keep_old_generations: keep the data files of earlier saves after the commit.
+        checksum: block checksum algorithm, a key of
+            :data:`~ckptconf.reference.checksums.ALGORITHMS`.
+        threads: threads writing one rank's file where the store takes positional writes
+            (default: the CPU count, at most 4); 1 writes in order on the calling thread.
+    """
 
     def __init__(
         self,
@@ -146,12 +180,18 @@ class ReferenceStorageWriter(StorageWriter):
         *,
         block_size: int = DEFAULT_BLOCK_SIZE,
         keep_old_generations: bool = False,
+        checksum: str = DEFAULT_ALGORITHM,
+        threads: int | None = None,
     ):
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
+        if checksum not in ALGORITHMS:
+            raise ValueError(f"checksum must be one of {sorted(ALGORITHMS)}, got {checksum!r}")
         self.store = store
         self.block_size = block_size
         self.keep_old_generations = keep_old_generations
+        self.checksum = checksum
+        self.threads = _default_threads() if threads is None else threads
         self.is_coordinator = False
         self.rank = 0
         self._save_id: str | None = None
@@ -197,49 +237,90 @@ class ReferenceStorageWriter(StorageWriter):
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
-        """Write every item of ``plan`` to this rank's data file, tensors as raw bytes."""
+        """Write every item of ``plan`` to this rank's data file, tensors as raw bytes.
+
+        Items lie in the file in plan order. Where the store's sink takes positional writes,
+        ``threads`` threads checksum and write pieces of the items at once (both release the
+        GIL); tensors that need a copy first (on a GPU, not contiguous) are copied by the
+        thread writing them, so at most ``threads`` such copies exist at a time.
+        """
         target = plan.storage_data
         if not isinstance(target, _PlanStorageData):
             raise ValueError(
                 "the save plan carries no storage data from prepare_global_plan of this writer"
             )
-        results = []
-        offset = 0
+        # objects are encoded now (small); a tensor's byte count is its chunk's
+        values, lengths = [], []
+        for item in plan.items:
+            data = planner.resolve_data(item)
+            if item.type == WriteItemType.BYTE_IO:
+                data = data.getbuffer() if isinstance(data, io.BytesIO) else memoryview(bytes(data))
+                lengths.append(len(data))
+            else:
+                lengths.append(_planned_bytes(item))
+            values.append(data)
         with self.store.open_sink(target.file) as sink:
-            for item in plan.items:
-                data = planner.resolve_data(item)
-                if item.type == WriteItemType.BYTE_IO:
-                    payload = (
-                        data.getbuffer()
-                        if isinstance(data, io.BytesIO)
-                        else memoryview(bytes(data))
-                    )
-                else:
-                    payload = tensor_bytes(data)
-                    expected = item.tensor_storage_size()
-                    chunk = item.tensor_data.chunk if item.tensor_data else None
-                    if chunk is not None:
-                        expected = (
-                            math.prod(chunk.sizes) * item.tensor_data.properties.dtype.itemsize
-                        )
-                    if expected is not None and len(payload) != expected:
-                        raise ValueError(
-                            f"write item {item.index.fqn!r} at offsets {tuple(item.index.offset or ())}: the planner "
-                            f"resolved {len(payload)} bytes, the plan says {expected}"
-                        )
-                sink.write(payload)
-                region = Region(
-                    target.file,
-                    offset,
-                    len(payload),
-                    self.block_size,
-                    _block_crcs(payload, self.block_size),
-                )
-                offset += len(payload)
-                results.append(
-                    WriteResult(index=item.index, size_in_bytes=len(payload), storage_data=region)
-                )
+            if sink.positional and self.threads > 1 and None not in lengths:
+                checksums = self._write_positional(sink, plan.items, values, lengths)
+            else:
+                checksums = self._write_in_order(sink, plan.items, values)
+        results, offset = [], 0
+        for item, sums in zip(plan.items, checksums):
+            length = sums[0]
+            region = Region(target.file, offset, length, self.block_size, sums[1], self.checksum)
+            offset += length
+            results.append(WriteResult(index=item.index, size_in_bytes=length, storage_data=region))
         return _completed(results)
+
+    def _payload(self, item, value) -> memoryview:
+        """The bytes of one resolved item, checked against the byte count the plan gives."""
+        if item.type == WriteItemType.BYTE_IO:
+            return value
+        payload = tensor_bytes(value)
+        expected = _planned_bytes(item)
+        if expected is not None and len(payload) != expected:
+            raise ValueError(
+                f"write item {item.index.fqn!r} at offsets {tuple(item.index.offset or ())}: the planner "
+                f"resolved {len(payload)} bytes, the plan says {expected}"
+            )
+        return payload
+
+    def _write_in_order(self, sink, items, values) -> list[tuple[int, tuple[int, ...]]]:
+        out = []
+        for item, value in zip(items, values):
+            payload = self._payload(item, value)
+            sink.write(payload)
+            out.append((len(payload), block_checksums(self.checksum, payload, self.block_size)))
+        return out
+
+    def _write_positional(self, sink, items, values, lengths) -> list[tuple[int, tuple[int, ...]]]:
+        starts = [0]
+        for length in lengths[:-1]:
+            starts.append(starts[-1] + length)
+
+        def write_piece(payload, at: int, a: int, b: int) -> tuple[int, ...]:
+            view = payload[a:b]
+            sink.write_at(at + a, view)
+            return block_checksums(self.checksum, view, self.block_size)
+
+        def write_item(item, value, at: int) -> tuple[int, ...]:
+            payload = self._payload(item, value)
+            return sum(
+                (write_piece(payload, at, a, b) for a, b in _pieces(len(payload), self.block_size)),
+                (),
+            )
+
+        tasks = []  # per item: futures of its pieces, in order
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="ckptconf-write") as pool:
+            for item, value, at, length in zip(items, values, starts, lengths):
+                if isinstance(value, memoryview) or _is_plain_cpu(value):
+                    payload = self._payload(item, value)  # a view: nothing is copied here
+                    pieces = _pieces(length, self.block_size)
+                    tasks.append([pool.submit(write_piece, payload, at, a, b) for a, b in pieces])
+                else:
+                    tasks.append([pool.submit(write_item, item, value, at)])
+            checksums = [sum((f.result() for f in futures), ()) for futures in tasks]
+        return list(zip(lengths, checksums))
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Commit the metadata (the checkpoint becomes visible), then drop older generations."""
@@ -256,11 +337,21 @@ class ReferenceStorageWriter(StorageWriter):
 
 
 class ReferenceStorageReader(StorageReader):
-    """Reads the reference format: only the byte ranges a plan needs, checksums verified."""
+    """Reads the reference format: only the byte ranges a plan needs, checksums verified.
 
-    def __init__(self, store: BlobStore, *, verify_checksums: bool = True):
+    Args:
+        store: where the checkpoint lives.
+        verify_checksums: verify every block read against its checksum (default).
+        threads: threads reading whole chunks where the store allows concurrent reads
+            (default: the CPU count, at most 4).
+    """
+
+    def __init__(
+        self, store: BlobStore, *, verify_checksums: bool = True, threads: int | None = None
+    ):
         self.store = store
         self.verify_checksums = verify_checksums
+        self.threads = _default_threads() if threads is None else threads
         self.metadata: Metadata | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
@@ -324,29 +415,74 @@ class ReferenceStorageReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
-        """Read each stored item once (the span the plan needs of it) and hand pieces to the planner."""
+        """Read each stored item once (the span the plan needs of it) and hand pieces to the planner.
+
+        Whole saved chunks read into contiguous CPU destinations are read and verified in place
+        by ``threads`` threads where the store allows concurrent reads; the planner is only
+        called from this thread (``resolve_tensor`` before, ``commit_tensor`` after).
+        """
         assert self.metadata is not None, "read_metadata and set_up_storage_reader come first"
         regions: dict[MetadataIndex, Region] = self.metadata.storage_data
         by_item: dict[MetadataIndex, list[ReadItem]] = defaultdict(list)
         for item in plan.items:
             by_item[item.storage_index].append(item)
-        for storage_index, items in by_item.items():
-            region = regions.get(storage_index)
-            if region is None:
-                raise IntegrityError(
-                    f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
-                )
-            if items[0].type == LoadItemType.BYTE_IO:
-                data = self._read(region, 0, region.length, storage_index)
-                for item in items:
-                    planner.load_bytes(item, io.BytesIO(bytes(data)))
-                continue
-            self._read_tensor_items(storage_index, region, items, planner)
+        threads = self.threads if self.store.concurrent_reads else 1
+        with ThreadPoolExecutor(threads, thread_name_prefix="ckptconf-read") as pool:
+            pending = []  # (read item, destination, futures of its pieces)
+            try:
+                for storage_index, items in by_item.items():
+                    region = regions.get(storage_index)
+                    if region is None:
+                        raise IntegrityError(
+                            f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
+                        )
+                    if items[0].type == LoadItemType.BYTE_IO:
+                        data = self._read(region, 0, region.length, storage_index)
+                        for item in items:
+                            planner.load_bytes(item, io.BytesIO(bytes(data)))
+                        continue
+                    target = self._whole_chunk_destination(storage_index, region, items, planner)
+                    if target is None or not _fits(target, *self._stored_as(storage_index)):
+                        self._read_tensor_items(storage_index, region, items, planner, target)
+                        continue
+                    futures = self._submit_whole_chunk(pool, storage_index, region, target)
+                    pending.append((items[0], target, futures))
+                for item, target, futures in pending:
+                    for future in futures:
+                        future.result()
+                    planner.commit_tensor(item, target)
+            finally:
+                for _, _, futures in pending:
+                    for future in futures:
+                        future.cancel()
         return _completed(None)
 
+    def _stored_as(self, storage_index: MetadataIndex) -> tuple[tuple[int, ...] | None, Any]:
+        """Shape and dtype of a saved chunk (shape ``None`` if no chunk starts there)."""
+        entry = self.metadata.state_dict_metadata[storage_index.fqn]  # type: ignore[union-attr]
+        return self._chunk_sizes.get(storage_index), entry.properties.dtype
+
+    def _whole_chunk_destination(self, storage_index, region: Region, items, planner):
+        """The destination, resolved, when one item reads its whole saved chunk; else ``None``."""
+        shape, dtype = self._stored_as(storage_index)
+        if (
+            len(items) != 1
+            or shape is None
+            or not self._whole_chunk(region, items[0], shape, dtype)
+        ):
+            return None
+        return planner.resolve_tensor(items[0]).detach()
+
     def _read_tensor_items(
-        self, storage_index, region: Region, items: list[ReadItem], planner: LoadPlanner
+        self,
+        storage_index,
+        region: Region,
+        items: list[ReadItem],
+        planner: LoadPlanner,
+        resolved=None,
     ) -> None:
+        """Read the span of a saved chunk that ``items`` need and copy each piece out
+        (``resolved``: the destination of a single item, if already resolved)."""
         entry = self.metadata.state_dict_metadata[storage_index.fqn]  # type: ignore[union-attr]
         dtype = entry.properties.dtype
         itemsize = dtype.itemsize
@@ -355,13 +491,7 @@ class ReferenceStorageReader(StorageReader):
             raise IntegrityError(
                 f"key {storage_index.fqn!r}: no saved chunk starts at offsets {_offsets(storage_index)}"
             )
-        resolved = None  # a destination resolved once only: a planner may keep state meanwhile
-        if len(items) == 1 and self._whole_chunk(region, items[0], shape, dtype):
-            resolved = planner.resolve_tensor(items[0]).detach()
-            if _fits(resolved, shape, dtype):
-                self._read_whole_chunk_into(storage_index, region, resolved)
-                planner.commit_tensor(items[0], resolved)
-                return
+        # a destination is resolved once only: a planner may keep state meanwhile
         strides = [1] * len(shape)
         for d in range(len(shape) - 2, -1, -1):
             strides[d] = strides[d + 1] * shape[d + 1]
@@ -402,24 +532,28 @@ class ReferenceStorageReader(StorageReader):
             and region.length == math.prod(shape) * dtype.itemsize
         )
 
-    def _read_whole_chunk_into(self, index: MetadataIndex, region: Region, target) -> None:
-        """Read a whole saved chunk into ``target``, a contiguous CPU tensor of its shape and
-        dtype: checksum block by block through one small buffer, so a corrupt block never
-        reaches the destination (a failed load may leave earlier, verified blocks there),
-        instead of reading the chunk into a zeroed buffer of its size and copying it."""
+    def _submit_whole_chunk(self, pool, index: MetadataIndex, region: Region, target) -> list:
+        """Read a whole saved chunk into ``target`` (a contiguous CPU tensor of its shape and
+        dtype) in pieces of whole checksum blocks, each read in place and verified; a block
+        that fails its checksum is zeroed before the error is raised, so no corrupt byte stays
+        in the destination (a failed load may leave other, verified pieces there)."""
         buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+        return [
+            pool.submit(self._read_piece_into, index, region, buffer, a, b)
+            for a, b in _pieces(region.length, region.block_size)
+        ]
+
+    def _read_piece_into(self, index, region: Region, buffer: memoryview, a: int, b: int) -> None:
+        got = self.store.read_into(region.file, region.offset + a, buffer[a:b])
+        self._check_length(index, region, a, got, b - a)
         if not self.verify_checksums:
-            got = self.store.read_into(region.file, region.offset, buffer)
-            self._check_length(index, region, 0, got, region.length)
             return
-        staging = memoryview(bytearray(min(region.block_size, region.length)))
-        for block in range(len(region.crc32)):
-            a = block * region.block_size
-            n = min(region.block_size, region.length - a)
-            got = self.store.read_into(region.file, region.offset + a, staging[:n])
-            self._check_length(index, region, a, got, n)
-            self._check_block(index, region, block, staging[:n])
-            buffer[a : a + n] = staging[:n]
+        for block in range(a // region.block_size, -(-b // region.block_size)):
+            lo = block * region.block_size
+            hi = min(region.length, lo + region.block_size)
+            if checksum(region.algorithm, buffer[lo:hi]) != region.checksums[block]:
+                buffer[lo:hi] = bytes(hi - lo)
+                self._check_block(index, region, block, None)
 
     def _check_length(self, index, region: Region, at: int, got: int, expected: int) -> None:
         """Raise if ``got`` bytes were read of the ``expected`` ones from ``at`` in the region."""
@@ -430,8 +564,9 @@ class ReferenceStorageReader(StorageReader):
             )
 
     def _check_block(self, index, region: Region, block: int, data) -> None:
-        """Raise if ``data`` (checksum block ``block`` of the region) does not match its CRC."""
-        if zlib.crc32(data) != region.crc32[block]:
+        """Raise if ``data`` (checksum block ``block`` of the region; ``None``: known not to)
+        does not match its checksum."""
+        if data is None or checksum(region.algorithm, data) != region.checksums[block]:
             raise IntegrityError(
                 f"{self.store.location}: checksum mismatch for key {index.fqn!r} at offsets "
                 f"{_offsets(index)}: block {block} of its data in {region.file!r} "
@@ -452,6 +587,26 @@ class ReferenceStorageReader(StorageReader):
                 a = block * region.block_size - lo
                 self._check_block(index, region, block, raw[a : a + region.block_size])
         return raw[start - lo : end - lo]
+
+
+def _planned_bytes(item) -> int | None:
+    """Bytes of a tensor write item by its chunk (``None`` if it carries no tensor data)."""
+    data = item.tensor_data
+    if data is None:
+        return item.tensor_storage_size()
+    return math.prod(data.chunk.sizes) * data.properties.dtype.itemsize
+
+
+def _is_plain_cpu(value) -> bool:
+    """Whether a resolved tensor's bytes are a view of it (no copy to make)."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.device.type == "cpu"
+        and value.is_contiguous()
+        and not value.is_conj()
+        and not value.is_neg()
+        and type(value) is torch.Tensor
+    )
 
 
 def _fits(target, shape, dtype) -> bool:

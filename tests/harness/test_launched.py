@@ -21,9 +21,12 @@ SUBSET = (
     "test_more_ranks_than_rows or test_a_sub_group_whose_coordinator "
     "or test_1d_mesh_to_2d_mesh_and_back"
 )
-"""Worlds of 1 to 4 ranks, sub-groups and 2-D meshes; small, as CI runs it three times. (The
+"""Worlds of 1 to 4 ranks, sub-groups and 2-D meshes; small, as CI runs it twice. (The
 crash-state tests, whose ranks strace themselves, were checked under torchrun by hand: see the
 README.)"""
+NODES_SUBSET = "test_a_sub_group_whose_coordinator"
+"""What the two-node run checks: a sub-group across both nodes (the world is the same one, met
+through rendezvous instead of a standalone store; one test keeps CI under its limit)."""
 
 
 def _launch(args: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -94,7 +97,7 @@ def test_a_torchrun_run_reports_what_pool_mode_reports(tmp_path):
     port = _free_port()
     node = TORCHRUN + ["--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d"]
     node += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"ckptconf-{port}"]
-    node += ["-m", "ckptconf", *run[3:], "--report", str(tmp_path / "nodes.json")]
+    node += ["-m", "ckptconf", *run[3:-1], NODES_SUBSET, "--report", str(tmp_path / "nodes.json")]
     nodes = [
         subprocess.Popen(node, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, start_new_session=True)
@@ -113,7 +116,8 @@ def test_a_torchrun_run_reports_what_pool_mode_reports(tmp_path):
         json.loads((tmp_path / "nodes.json").read_text())["runner"]
         == "launched world: 4 ranks (cpu)"
     )
-    assert _outcomes(tmp_path / "nodes.json") == expected
+    across = {k: v for k, v in expected.items() if NODES_SUBSET in k}
+    assert across and _outcomes(tmp_path / "nodes.json") == across
 
 
 @pytest.mark.slow

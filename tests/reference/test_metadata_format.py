@@ -130,12 +130,23 @@ def test_valid_document_parses(document):
             r"region.block_size: expected an integer in \[1",
         ),
         (
-            lambda d: _tensor(d)["chunks"][0]["region"].update(crc32=[]),
-            r"region.crc32: expected 1 block checksums, got 0",
+            lambda d: _tensor(d)["chunks"][0]["region"].update(checksums=[]),
+            r"region.checksums: expected 1 block checksums, got 0",
         ),
         (
-            lambda d: _tensor(d)["chunks"][0]["region"].update(crc32=[2**33]),
-            r"region.crc32: checksums must be integers",
+            lambda d: _tensor(d)["chunks"][0]["region"].update(checksums=[2**64]),
+            r"region.checksums: xxh3_64 checksums must be integers in \[0, 2\*\*64\)",
+        ),
+        (
+            lambda d: (
+                d.update(checksum="crc32")
+                or _tensor(d)["chunks"][0]["region"].update(checksums=[2**33])
+            ),
+            r"region.checksums: crc32 checksums must be integers in \[0, 2\*\*32\)",
+        ),
+        (
+            lambda d: d.update(checksum="md5"),
+            r"checksum: expected one of \['crc32', 'xxh3_64'\], got 'md5'",
         ),
         (
             lambda d: _tensor(d)["chunks"][1]["region"].update(

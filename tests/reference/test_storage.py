@@ -275,3 +275,74 @@ def test_noncontiguous_values_save_their_elements(tmp_path, make):
     dest = {"v": torch.zeros(value.shape)}
     load(dest, tmp_path / "ck")
     assert torch.equal(dest["v"], value)
+
+
+def _big_state():
+    # items larger than a thread's piece and of several sizes, a non-contiguous one, an object
+    return {
+        "big": torch.arange(9 << 20, dtype=torch.float32),  # 36 MiB: two pieces of 32 MiB
+        "small": torch.arange(1000, dtype=torch.int16),
+        "strided": torch.arange(60, dtype=torch.float64).reshape(6, 10).t(),
+        "obj": {"step": 7},
+    }
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_write_and_read_the_bytes_one_thread_writes(tmp_path, threads):
+    """The data file is byte for byte the one a single thread writes, in plan order, and
+    loads back through the threaded reader (pieces of a 36 MiB tensor on several threads)."""
+    for name, n in (("one", 1), ("many", threads)):
+        save(_big_state(), storage_writer=FileSystemWriter(tmp_path / name, threads=n))
+    (one,), (many,) = _data_files(tmp_path / "one"), _data_files(tmp_path / "many")
+    assert Path(one).read_bytes() == Path(many).read_bytes()
+    expected = _big_state()
+    dest = {k: torch.zeros_like(v) for k, v in expected.items() if isinstance(v, torch.Tensor)}
+    dest["strided"] = torch.zeros(10, 6, dtype=torch.float64)
+    dest["obj"] = {"step": None}
+    load(dest, storage_reader=FileSystemReader(tmp_path / "many", threads=threads))
+    for key in ("big", "small", "strided"):
+        assert torch.equal(dest[key], expected[key]), key
+    assert dest["obj"] == {"step": 7}
+
+
+def test_a_corrupt_block_read_in_place_is_zeroed_and_named(tmp_path):
+    """A whole chunk is read into its destination in place: the block that fails its checksum
+    (the second 4 MiB block here) is zeroed, the error names it, and the blocks before it hold
+    verified data."""
+    path = tmp_path / "ck"
+    n = (8 << 20) // 4
+    save({"w": torch.arange(n, dtype=torch.float32)}, path)
+    (data,) = _data_files(path)
+    with open(data, "r+b") as file:
+        file.seek((4 << 20) + 100)
+        file.write(b"\xff")
+    dest = {"w": torch.full((n,), -1.0)}
+    with pytest.raises(CheckpointError, match=r"key 'w' at offsets \(0,\): block 1 of its data"):
+        load(dest, storage_reader=FileSystemReader(path, threads=1))
+    half = n // 2
+    assert torch.equal(dest["w"][:half], torch.arange(half, dtype=torch.float32))
+    assert torch.equal(dest["w"][half:], torch.zeros(n - half))
+
+
+def test_crc32_checkpoints_still_load_and_xxh3_is_the_default(tmp_path):
+    save(state(2), storage_writer=FileSystemWriter(tmp_path / "old", checksum="crc32"))
+    save(state(3), tmp_path / "new")
+    old = json.loads((tmp_path / "old" / METADATA_FILE).read_text())
+    new = json.loads((tmp_path / "new" / METADATA_FILE).read_text())
+    assert (old["checksum"], new["checksum"]) == ("crc32", "xxh3_64")
+    import zlib
+
+    region = old["tensors"][0]["chunks"][0]["region"]
+    (data,) = _data_files(tmp_path / "old")
+    raw = Path(data).read_bytes()[region["offset"] : region["offset"] + region["length"]]
+    assert region["checksums"] == [zlib.crc32(raw)]
+    # a document from before 2026-11-30 names the list "crc32"
+    for entry in old["tensors"] + old["objects"]:
+        for place in entry.get("chunks", [entry]):
+            place["region"]["crc32"] = place["region"].pop("checksums")
+    (tmp_path / "old" / METADATA_FILE).write_text(json.dumps(old))
+    dest = empty_like(state())
+    load(dest, tmp_path / "old")
+    assert_state_equal(dest, state(2))
+    with pytest.raises(ValueError, match="checksum must be one of"):
+        FileSystemWriter(tmp_path / "x", checksum="md5")
