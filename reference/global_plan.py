@@ -54,6 +54,8 @@ class _Key:
     positions: list[int] = dataclasses.field(default_factory=list)
     items: list[Any] = dataclasses.field(default_factory=list)
     chunks: list[Any] = dataclasses.field(default_factory=list)
+    sizes: list[Any] = dataclasses.field(default_factory=list)  # each item's global size
+    dtypes: list[Any] = dataclasses.field(default_factory=list)
     is_object: bool = False
 
 
@@ -82,26 +84,26 @@ def _group(plans: Sequence[SavePlan]) -> dict[str, _Key]:
             if index.offset is None or index.offset != chunk.offsets:
                 raise _GiveUp  # (fqn, None) indices collide: the readable steps name them
             entry.chunks.append(chunk)
+            entry.sizes.append(data.size)
+            entry.dtypes.append(data.properties.dtype)
     return keys
 
 
 def _boxes(entry: _Key) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Any]:
     """Offsets and sizes of a tensor key's chunks as ``(n, ndim)`` int64 arrays, its global size
     and dtype; gives up unless every item agrees on them and has the global size's rank."""
-    first = entry.items[0].tensor_data
-    size, dtype = tuple(first.size), first.properties.dtype
-    for item in entry.items:
-        data = item.tensor_data
-        if data.properties.dtype != dtype or data.size != size:
-            raise _GiveUp
+    size, dtype = tuple(entry.sizes[0]), entry.dtypes[0]
     n, ndim = len(entry.chunks), len(size)
+    # list.count compares in C: one pass, no Python call per item
+    if entry.sizes.count(size) != n or entry.dtypes.count(dtype) != n:
+        raise _GiveUp
     offsets = [c.offsets for c in entry.chunks]
-    sizes = [c.sizes for c in entry.chunks]
-    if any(len(o) != ndim for o in offsets) or any(len(s) != ndim for s in sizes):
+    extents = [c.sizes for c in entry.chunks]
+    if {len(o) for o in offsets} | {len(e) for e in extents} != {ndim}:
         raise _GiveUp
     lows = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=n * ndim)
-    extents = np.fromiter(chain.from_iterable(sizes), dtype=np.int64, count=n * ndim)
-    return lows.reshape(n, ndim), extents.reshape(n, ndim), size, dtype
+    highs = np.fromiter(chain.from_iterable(extents), dtype=np.int64, count=n * ndim)
+    return lows.reshape(n, ndim), highs.reshape(n, ndim), size, dtype
 
 
 def _in_bounds(lows: np.ndarray, extents: np.ndarray, size: tuple[int, ...]) -> bool:
@@ -137,14 +139,19 @@ def _exact_cover(lows: np.ndarray, extents: np.ndarray, size: tuple[int, ...]) -
     return np.unique(np.ravel_multi_index(tuple(cells), shape)).size == len(lows)
 
 
-def _replicas(lows: np.ndarray, extents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each item, the id of its chunk (items with equal boxes share one) and each id's count."""
+def _replicas(lows: np.ndarray, extents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items sorted by box (offsets, then sizes; stable), each item's chunk id (items with equal
+    boxes share one, ids in sorted order) and each id's count."""
+    n = len(lows)
     if lows.shape[1] == 0:
-        n = len(lows)
-        return np.zeros(n, dtype=np.int64), np.array([n], dtype=np.int64)
-    boxes = np.ascontiguousarray(np.concatenate((lows, extents), axis=1))
-    _, inverse, counts = np.unique(boxes, axis=0, return_inverse=True, return_counts=True)
-    return inverse.reshape(-1), counts
+        return np.arange(n), np.zeros(n, dtype=np.int64), np.array([n], dtype=np.int64)
+    order = np.lexsort(tuple(extents.T[::-1]) + tuple(lows.T[::-1]))
+    boxes = np.concatenate((lows, extents), axis=1)[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = (boxes[1:] != boxes[:-1]).any(axis=1)
+    ids = np.empty(n, dtype=np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return order, ids, np.diff(np.flatnonzero(np.append(new, True)))
 
 
 def fast_global_plan(
@@ -179,13 +186,13 @@ def fast_global_plan(
                 return None
             if not _in_bounds(lows, extents, size):
                 return None
-            tensors[fqn] = (lows, extents, size, dtype)
-            ids, counts = _replicas(lows, extents)
+            order, ids, counts = _replicas(lows, extents)
+            tensors[fqn] = (lows, extents, size, dtype, order)
             per_chunk = np.zeros(len(counts), dtype=np.int64)
             per_chunk[ids] = extents.prod(axis=1) * dtype.itemsize
         if not dedup and (counts > 1).any():
             return None
-        chunk_ids[fqn] = ids
+        chunk_ids[fqn] = (ids, counts)
         chosen = np.full(len(counts), -1, dtype=np.int64)
         single = counts == 1
         if single.any():
@@ -213,33 +220,31 @@ def _assemble(plans, keys, tensors, owner, chunk_ids, planner_data):
     entries: dict[str, Any] = {}
     first_kept: list[tuple[int, int, str]] = []
     for fqn, entry in keys.items():
-        ranks = np.asarray(entry.ranks, dtype=np.int64)
-        ids = chunk_ids[fqn]
-        mine = ranks == owner[fqn][ids]
-        # the first of an owner's copies is kept (a rank may hold the same chunk twice)
-        kept = np.zeros(len(ranks), dtype=bool)
-        rows = np.flatnonzero(mine)
-        _, first = np.unique(ids[rows], return_index=True)
-        kept[rows[first]] = True
-        for row in np.flatnonzero(~kept).tolist():
-            dropped.setdefault(entry.ranks[row], set()).add(entry.positions[row])
+        ids, counts = chunk_ids[fqn]
+        if len(counts) == len(ids):  # no replicas: every item stays
+            kept = np.ones(len(ids), dtype=bool)
+        else:  # the first of the owner's copies stays (a rank may hold one chunk twice)
+            rows = np.flatnonzero(np.asarray(entry.ranks, dtype=np.int64) == owner[fqn][ids])
+            _, first = np.unique(ids[rows], return_index=True)
+            kept = np.zeros(len(ids), dtype=bool)
+            kept[rows[first]] = True
+            for row in np.flatnonzero(~kept).tolist():
+                dropped.setdefault(entry.ranks[row], set()).add(entry.positions[row])
         kept_rows = np.flatnonzero(kept)
         head = int(kept_rows[0])
         first_kept.append((entry.ranks[head], entry.positions[head], fqn))
         if entry.is_object:
             entries[fqn] = BytesStorageMetadata()
             continue
-        lows, extents, size, dtype = tensors[fqn]
-        lows, extents = lows[kept_rows], extents[kept_rows]
-        if not _exact_cover(lows, extents, size) or _duplicate_offsets(lows):
+        lows, extents, size, dtype, order = tensors[fqn]
+        order = order[kept[order]]  # the kept rows by offsets, then sizes: build_metadata's order
+        if not _exact_cover(lows[order], extents[order], size) or _duplicate_offsets(lows[order]):
             return None
-        # by offsets (unique here), as build_metadata sorts them
-        order = np.lexsort(lows.T[::-1]) if size else np.arange(len(kept_rows))
         data = entry.items[head].tensor_data
         entries[fqn] = TensorStorageMetadata(
             properties=TensorProperties(dtype=dtype, requires_grad=data.properties.requires_grad),
             size=data.size,
-            chunks=[entry.chunks[int(kept_rows[i])] for i in order.tolist()],
+            chunks=[entry.chunks[i] for i in order.tolist()],
         )
     out = []
     for rank, plan in enumerate(plans):
@@ -256,7 +261,8 @@ def _assemble(plans, keys, tensors, owner, chunk_ids, planner_data):
 
 
 def _duplicate_offsets(lows: np.ndarray) -> bool:
-    """Whether two kept chunks start at the same offsets (empty ones escape the cover check)."""
+    """Whether two chunks, sorted by offsets, start at the same offsets (empty chunks escape the
+    cover check; the readable steps name such a key as written twice)."""
     if len(lows) < 2 or lows.shape[1] == 0:
         return len(lows) > 1
-    return np.unique(lows, axis=0).shape[0] != len(lows)
+    return bool((lows[1:] == lows[:-1]).all(axis=1).any())

@@ -79,8 +79,8 @@ M = [
     ),
     (
         "reference/storage.py",
-        "                if zlib.crc32(raw[a:b]) != region.crc32[block]:",
-        "                if False:",
+        "            if checksum(region.algorithm, buffer[lo:hi]) != region.checksums[block]:",
+        "            if False:",
         "tests/reference/test_storage.py",
     ),
     (

@@ -197,3 +197,15 @@ def test_the_planner_takes_the_fast_path_and_a_broken_plan_still_names_every_pro
     with pytest.raises(Exception, match="overlap") as info:
         planner.create_global_plan(broken)
     assert any("not covered" in p for p in info.value.problems)
+
+
+def test_metadata_lists_chunks_by_offsets_whatever_the_rank_order():
+    # ranks hold the blocks of a 2-D mesh (Shard(1), Shard(0)): rank order is not offset order
+    values = mesh_values("t", (4, 4), (2, 2), [Shard(1), Shard(0)], meta=True)
+    plans = local_plans([{"t": v} for v in values])
+    held = [tuple(p.items[0].tensor_data.chunk.offsets) for p in plans]
+    assert held == [(0, 0), (2, 0), (0, 2), (2, 2)]
+    fast = fast_global_plan(plans, dedup=True, planner_data="paths")
+    chunks = fast[1].state_dict_metadata["t"].chunks
+    assert [tuple(c.offsets) for c in chunks] == [(0, 0), (0, 2), (2, 0), (2, 2)]
+    assert_same(fast, readable(plans))
