@@ -529,16 +529,22 @@ def _bench_plan(args: argparse.Namespace, console) -> int:
         f"planning {args.tensors} row-sharded tensors + 1 replicated on {worlds} ranks..."
     )
     table = Table(title="create_global_plan, best of 2 (same state, each planner's local plans)")
-    for column in ("ranks", "chunks", "DCP (s)", "reference (s)", "reference speed-up"):
+    columns = ["ranks", "chunks", "DCP (s)", "reference (s)", "reference speed-up"]
+    if args.wire:
+        columns += ["DCP (un)pickling (s)", "reference (un)pickling (s)"]
+    for column in columns:
         table.add_column(column, justify="right")
-    for row in bench_plan(worlds, tensors=args.tensors):
-        table.add_row(
+    for row in bench_plan(worlds, tensors=args.tensors, wire=args.wire):
+        cells = [
             str(row.ranks),
             str(row.chunks),
             f"{row.dcp_seconds:.3f}",
             f"{row.reference_seconds:.3f}",
             f"{row.speedup:.2f}x",
-        )
+        ]
+        if args.wire:
+            cells += [f"{row.dcp_wire_seconds:.3f}", f"{row.reference_wire_seconds:.3f}"]
+        table.add_row(*cells)
     console.print(table)
     return 0
 
@@ -695,6 +701,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ranks", default="256,1024", help="plan: simulated world sizes, comma-separated"
     )
     bench.add_argument("--tensors", type=int, default=100, help="plan: row-sharded tensors")
+    bench.add_argument(
+        "--wire",
+        action="store_true",
+        help="plan: also time the coordinator's unpickling of the local plans and pickling of "
+        "the global plans (what gather_object and scatter_object_list cost it)",
+    )
     bench.add_argument("--sizes", default="2,4", help="world sizes, comma-separated")
     bench.add_argument("--calls", type=int, default=50, help="warm calls per size")
     bench.add_argument("--spawn-calls", type=int, default=3, help="spawn-per-call calls per size")

@@ -5,10 +5,15 @@ each) and one replicated tensor, each planner makes every rank's local plan of t
 state, then the coordinator's ``create_global_plan`` (dedup, metadata, validation) is timed,
 best of ``repeats``. Shape-only (meta) tensors: nothing is allocated or written. The ratio is
 measured in one run, on one machine, so it compares like with like.
+
+In a real world the coordinator also unpickles every rank's local plan (DCP gathers them with
+``gather_object``) and pickles every rank's global plan (``scatter_object_list``); with
+``wire=True`` that cost is measured too, once per planner, as ``wire_seconds``.
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +30,8 @@ class PlanBench:
     chunks: int
     dcp_seconds: float
     reference_seconds: float
+    dcp_wire_seconds: float = float("nan")
+    reference_wire_seconds: float = float("nan")
 
     @property
     def speedup(self) -> float:
@@ -48,7 +55,11 @@ def _states(ranks: int, tensors: int) -> list[dict]:
     return states
 
 
-def _global_plan_seconds(states: list[dict], factory: Callable, repeats: int) -> float:
+def _global_plan_seconds(
+    states: list[dict], factory: Callable, repeats: int, wire: bool = False
+) -> tuple[float, float]:
+    """Best seconds of ``create_global_plan``, and (if ``wire``) of the coordinator's unpickling
+    of the local plans plus pickling of the global plans (else NaN)."""
     from ckptconf.reference._compat import set_up_save_planner
 
     plans = []
@@ -56,28 +67,38 @@ def _global_plan_seconds(states: list[dict], factory: Callable, repeats: int) ->
         planner = factory()
         set_up_save_planner(planner, state, rank == 0)
         plans.append(planner.create_local_plan())
-    best = float("inf")
+    best, result = float("inf"), None
     for _ in range(repeats):
         coordinator = factory()
         set_up_save_planner(coordinator, states[0], True)
         start = time.perf_counter()
-        coordinator.create_global_plan(plans)
+        result = coordinator.create_global_plan(plans)
         best = min(best, time.perf_counter() - start)
-    return best
+    if not wire:
+        return best, float("nan")
+    gathered = [pickle.dumps(plan) for plan in plans]  # what each rank sends
+    start = time.perf_counter()
+    for blob in gathered:
+        pickle.loads(blob)
+    for plan in result[0]:
+        pickle.dumps(plan)
+    return best, time.perf_counter() - start
 
 
 def bench_plan(
-    worlds: tuple[int, ...] = (256, 1024), tensors: int = 100, repeats: int = 2
+    worlds: tuple[int, ...] = (256, 1024), tensors: int = 100, repeats: int = 2, wire: bool = False
 ) -> list[PlanBench]:
     """``create_global_plan`` seconds of DCP's ``DefaultSavePlanner`` and the reference's
-    ``ReferenceSavePlanner`` per world size in ``worlds``."""
+    ``ReferenceSavePlanner`` per world size in ``worlds`` (and the coordinator's pickling of
+    the plans, if ``wire``)."""
     from ckptconf.reference import ReferenceSavePlanner
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     out = []
     for ranks in worlds:
         states = _states(ranks, tensors)
-        dcp = _global_plan_seconds(states, DefaultSavePlanner, repeats)
-        reference = _global_plan_seconds(states, ReferenceSavePlanner, repeats)
-        out.append(PlanBench(ranks, tensors, ranks * tensors + ranks, dcp, reference))
+        dcp, dcp_wire = _global_plan_seconds(states, DefaultSavePlanner, repeats, wire)
+        reference, ref_wire = _global_plan_seconds(states, ReferenceSavePlanner, repeats, wire)
+        chunks = ranks * tensors + ranks
+        out.append(PlanBench(ranks, tensors, chunks, dcp, reference, dcp_wire, ref_wire))
     return out

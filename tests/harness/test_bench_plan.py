@@ -19,5 +19,9 @@ def test_each_world_is_timed_for_both_planners(capsys):
     assert (row.ranks, row.tensors, row.chunks) == (4, 2, 12)
     assert row.dcp_seconds > 0 and row.reference_seconds > 0
     assert row.speedup == row.dcp_seconds / row.reference_seconds
-    assert main(["bench", "plan", "--ranks", "3", "--tensors", "1"]) == 0
-    assert "reference speed-up" in capsys.readouterr().out
+    assert row.dcp_wire_seconds != row.dcp_wire_seconds  # NaN: not measured unless asked
+    (row,) = bench_plan((4,), tensors=2, repeats=1, wire=True)
+    assert row.dcp_wire_seconds > 0 and row.reference_wire_seconds > 0
+    assert main(["bench", "plan", "--ranks", "3", "--tensors", "1", "--wire"]) == 0
+    out = capsys.readouterr().out
+    assert "reference speed-up" in out and "(un)pickling" in out
