@@ -1,9 +1,11 @@
 """Benchmark of global save planning at simulated scale: the reference against torch DCP.
 
 For R simulated ranks holding T row-sharded tensors (``Shard(0)`` over all R ranks, 4 rows
-each) and one replicated tensor, each planner makes every rank's local plan of the same
-state, then the coordinator's ``create_global_plan`` (dedup, metadata, validation) is timed,
-best of ``repeats``. Shape-only (meta) tensors: nothing is allocated or written. The ratio is
+each) and one replicated tensor, every rank's local plan is made once (:func:`local_plans`),
+then each planner's coordinator ``create_global_plan`` (dedup, metadata, validation) is timed
+on those same plans, best of ``repeats``. (Until 2026-11-30 each planner made its own local
+plans, and DCP's planner, which does not know the simulated values, planned each as one
+opaque object: its figures were for 3 objects per rank, not the shards.) Shape-only (meta) tensors: nothing is allocated or written. The ratio is
 measured in one run, on one machine, so it compares like with like.
 
 In a real world the coordinator also unpickles every rank's local plan (DCP gathers them with
@@ -55,18 +57,29 @@ def _states(ranks: int, tensors: int) -> list[dict]:
     return states
 
 
-def _global_plan_seconds(
-    states: list[dict], factory: Callable, repeats: int, wire: bool = False
-) -> tuple[float, float]:
-    """Best seconds of ``create_global_plan``, and (if ``wire``) of the coordinator's unpickling
-    of the local plans plus pickling of the global plans (else NaN)."""
+def local_plans(states: list[dict]) -> list:
+    """Every rank's local plan: DCP's write items of the DTensor shards each rank holds
+    (``SHARD`` items with chunk, properties and global size, as DCP's own planner makes for a
+    DTensor; made by the reference planner, which takes the shape-only simulated values that
+    DCP's planner would see as opaque objects)."""
+    from ckptconf.reference import ReferenceSavePlanner
     from ckptconf.reference._compat import set_up_save_planner
 
     plans = []
     for rank, state in enumerate(states):
-        planner = factory()
+        planner = ReferenceSavePlanner()
         set_up_save_planner(planner, state, rank == 0)
         plans.append(planner.create_local_plan())
+    return plans
+
+
+def _global_plan_seconds(
+    states: list[dict], plans: list, factory: Callable, repeats: int, wire: bool = False
+) -> tuple[float, float]:
+    """Best seconds of ``create_global_plan`` on ``plans``, and (if ``wire``) of the
+    coordinator's unpickling of the local plans plus pickling of the global plans (else NaN)."""
+    from ckptconf.reference._compat import set_up_save_planner
+
     best, result = float("inf"), None
     for _ in range(repeats):
         coordinator = factory()
@@ -97,8 +110,11 @@ def bench_plan(
     out = []
     for ranks in worlds:
         states = _states(ranks, tensors)
-        dcp, dcp_wire = _global_plan_seconds(states, DefaultSavePlanner, repeats, wire)
-        reference, ref_wire = _global_plan_seconds(states, ReferenceSavePlanner, repeats, wire)
+        plans = local_plans(states)
+        dcp, dcp_wire = _global_plan_seconds(states, plans, DefaultSavePlanner, repeats, wire)
+        reference, ref_wire = _global_plan_seconds(
+            states, plans, ReferenceSavePlanner, repeats, wire
+        )
         chunks = ranks * tensors + ranks
         out.append(PlanBench(ranks, tensors, chunks, dcp, reference, dcp_wire, ref_wire))
     return out

@@ -25,3 +25,30 @@ def test_each_world_is_timed_for_both_planners(capsys):
     assert main(["bench", "plan", "--ranks", "3", "--tensors", "1", "--wire"]) == 0
     out = capsys.readouterr().out
     assert "reference speed-up" in out and "(un)pickling" in out
+
+
+def test_both_planners_plan_the_same_shards():
+    """The plans timed are DTensor shard items, and DCP's coordinator makes of them the same
+    metadata as the reference's: the benchmark compares like with like (before 2026-11-30 DCP's
+    planner saw each simulated value as one opaque object)."""
+    from ckptconf.harness.bench_plan import local_plans
+    from ckptconf.reference import ReferenceSavePlanner
+    from ckptconf.reference._compat import set_up_save_planner
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    states = _states(4, 2)
+    plans = local_plans(states)
+    assert [[i.type for i in p.items] for p in plans] == [[WriteItemType.SHARD] * 3] * 4
+    chunks = {}
+    for factory in (DefaultSavePlanner, ReferenceSavePlanner):
+        coordinator = factory()
+        set_up_save_planner(coordinator, states[0], True)
+        out, metadata = coordinator.create_global_plan(plans)
+        chunks[factory] = {
+            k: sorted(tuple(c.offsets) for c in v.chunks)
+            for k, v in metadata.state_dict_metadata.items()
+        }
+        assert sum(len(p.items) for p in out) == 4 * 2 + 1  # the replica written once
+    assert chunks[DefaultSavePlanner] == chunks[ReferenceSavePlanner]
+    assert chunks[DefaultSavePlanner]["layers.1.w"] == [(0, 0), (4, 0), (8, 0), (12, 0)]
