@@ -63,7 +63,15 @@ class _FileSink(BlobSink):
 class DirectoryStore(BlobStore):
     """A checkpoint as a folder of files; ``sync_files`` flushes data to disk before commit."""
 
-    concurrent_reads = True  # each read opens its own file object
+    @property
+    def concurrent_reads(self) -> bool:
+        """Each read opens its own file object, so reads may run at once; a subclass that
+        reads its own way (overrides ``read_range`` or ``read_into``) says so itself."""
+        kind = type(self)
+        return (
+            kind.read_range is DirectoryStore.read_range
+            and kind.read_into is DirectoryStore.read_into
+        )
 
     def __init__(self, path: str | os.PathLike, *, sync_files: bool = True):
         self.path = Path(path)

@@ -13,7 +13,8 @@ on anything else: a key whose items disagree on dtype, size or kind, a chunk out
 overlapping or missing elements, an index whose offset is not its chunk's. The three steps
 then run and name every problem. So the fast path never decides that a plan is broken, and a
 plan it accepts is one the three steps accept with the same plans and metadata (the tests
-compare both on drawn plans).
+compare both on drawn plans, broken ones included). Sizes of 2**56 elements or more go to the
+readable steps, whose Python integers do not overflow.
 
 Plan caching (ByteCheckpoint, NSDI '25; DCP's ``enable_plan_caching``) saves the coordinator's
 work on a repeated save; this saves it on the first one too.
@@ -40,6 +41,9 @@ from ._compat import DCP_FORMAT_VERSION
 from .dedup import _order, write_item_key
 
 __all__ = ["fast_global_plan"]
+
+
+_LIMIT = 2**56  # sizes (and so byte counts) from here on go to the readable steps
 
 
 class _GiveUp(Exception):
@@ -74,8 +78,8 @@ def _group(plans: Sequence[SavePlan]) -> dict[str, _Key]:
             entry.positions.append(position)
             entry.items.append(item)
             if entry.is_object:
-                if item.type != byte_io:
-                    raise _GiveUp
+                if item.type != byte_io or item.tensor_data is not None:
+                    raise _GiveUp  # the readable dedup keys and sizes such an item by its data
                 continue
             data = item.tensor_data
             if data is None or item.type == byte_io:
@@ -94,6 +98,8 @@ def _boxes(entry: _Key) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Any]:
     and dtype; gives up unless every item agrees on them and has the global size's rank."""
     size, dtype = tuple(entry.sizes[0]), entry.dtypes[0]
     n, ndim = len(entry.chunks), len(size)
+    if min(size, default=0) < 0 or math.prod(size) >= _LIMIT or max(size, default=0) >= _LIMIT:
+        raise _GiveUp  # in bounds of such a size, no sum or product below overflows int64
     # list.count compares in C: one pass, no Python call per item
     if entry.sizes.count(size) != n or entry.dtypes.count(dtype) != n:
         raise _GiveUp
@@ -101,14 +107,22 @@ def _boxes(entry: _Key) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Any]:
     extents = [c.sizes for c in entry.chunks]
     if {len(o) for o in offsets} | {len(e) for e in extents} != {ndim}:
         raise _GiveUp
-    lows = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=n * ndim)
-    highs = np.fromiter(chain.from_iterable(extents), dtype=np.int64, count=n * ndim)
+    try:
+        lows = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=n * ndim)
+        highs = np.fromiter(chain.from_iterable(extents), dtype=np.int64, count=n * ndim)
+    except OverflowError:
+        raise _GiveUp from None
     return lows.reshape(n, ndim), highs.reshape(n, ndim), size, dtype
 
 
 def _in_bounds(lows: np.ndarray, extents: np.ndarray, size: tuple[int, ...]) -> bool:
     bound = np.asarray(size, dtype=np.int64)
-    return bool((lows >= 0).all() and (extents >= 0).all() and (lows + extents <= bound).all())
+    if not ((lows >= 0).all() and (extents >= 0).all()):
+        return False
+    # each below 2**56 before the sum, so the sum cannot wrap
+    return bool(
+        (lows <= bound).all() and (extents <= bound).all() and (lows + extents <= bound).all()
+    )
 
 
 def _exact_cover(lows: np.ndarray, extents: np.ndarray, size: tuple[int, ...]) -> bool:
@@ -169,15 +183,15 @@ def fast_global_plan(
     except _GiveUp:
         return None
     tensors: dict[str, tuple] = {}
-    # every item's dedup key as (key, chunk id); bytes and owner per replicated chunk
+    # each item's chunk id within its key; each chunk's owner, and the bytes each rank writes
     load = np.zeros(len(plans), dtype=np.int64)
-    replicated: list[tuple[int, tuple, str, int, np.ndarray]] = []  # bytes, order, fqn, id, rows
+    replicated: list[tuple[int, str, int, _Key, np.ndarray]] = []  # bytes, key, chunk id, rows
     owner: dict[str, np.ndarray] = {}
     chunk_ids: dict[str, np.ndarray] = {}
     for fqn, entry in keys.items():
         ranks = np.asarray(entry.ranks, dtype=np.int64)
         if entry.is_object:
-            ids, counts, nbytes = np.zeros(len(ranks), dtype=np.int64), np.array([len(ranks)]), 1
+            ids, counts = np.zeros(len(ranks), dtype=np.int64), np.array([len(ranks)])
             per_chunk = np.ones(1, dtype=np.int64)
         else:
             try:

@@ -180,7 +180,7 @@ def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The row-major bytes of ``tensor`` (copied to CPU and made contiguous if needed)."""
-    flat = tensor.detach()
+    flat = tensor.detach().resolve_conj().resolve_neg()
     if flat.device.type != "cpu":
         flat = flat.cpu()
     flat = flat.contiguous().reshape(-1)

@@ -1,7 +1,7 @@
 """Storage writer and reader of the reference format, over any :class:`BlobStore`.
 
 A save writes each rank's items as raw bytes into one data file per rank under a
-fresh *generation* folder, records where each item lies and a CRC-32 per block, and
+fresh *generation* folder, records where each item lies and a checksum per block, and
 only then (coordinator, in ``finish``) commits the metadata document atomically. The
 previous metadata, and so the previous checkpoint, stays whole until that commit;
 afterwards older generations are removed. A reader verifies the blocks it reads.
@@ -10,15 +10,17 @@ afterwards older generations are removed. A reader verifies the blocks it reads.
 from __future__ import annotations
 
 import abc
+import bisect
 import dataclasses
 import io
 import math
 import os
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 import torch
@@ -142,8 +144,13 @@ class _PlanStorageData:
     file: str
 
 
-def _default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+def _threads(threads: int | None) -> int:
+    """``threads``, or the CPU count up to 4 when ``None``; ``ValueError`` below 1."""
+    if threads is None:
+        return max(1, min(4, os.cpu_count() or 1))
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return threads
 
 
 _PIECE_BYTES = 32 << 20  # a thread's share of a large item, rounded to whole checksum blocks
@@ -191,7 +198,7 @@ class ReferenceStorageWriter(StorageWriter):
         self.block_size = block_size
         self.keep_old_generations = keep_old_generations
         self.checksum = checksum
-        self.threads = _default_threads() if threads is None else threads
+        self.threads = _threads(threads)
         self.is_coordinator = False
         self.rank = 0
         self._save_id: str | None = None
@@ -276,6 +283,16 @@ class ReferenceStorageWriter(StorageWriter):
         """The bytes of one resolved item, checked against the byte count the plan gives."""
         if item.type == WriteItemType.BYTE_IO:
             return value
+        where = f"write item {item.index.fqn!r} at offsets {tuple(item.index.offset or ())}"
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"{where}: the planner resolved a {type(value).__name__}, not a tensor"
+            )
+        planned = item.tensor_data.properties.dtype if item.tensor_data else value.dtype
+        if value.dtype != planned:
+            raise ValueError(
+                f"{where}: the planner resolved {value.dtype}, the plan says {planned}"
+            )
         payload = tensor_bytes(value)
         expected = _planned_bytes(item)
         if expected is not None and len(payload) != expected:
@@ -313,13 +330,19 @@ class ReferenceStorageWriter(StorageWriter):
         tasks = []  # per item: futures of its pieces, in order
         with ThreadPoolExecutor(self.threads, thread_name_prefix="ckptconf-write") as pool:
             for item, value, at, length in zip(items, values, starts, lengths):
+                if isinstance(value, torch.Tensor):
+                    value = value.detach()  # a Parameter's bytes are a view as well
                 if isinstance(value, memoryview) or _is_plain_cpu(value):
                     payload = self._payload(item, value)  # a view: nothing is copied here
                     pieces = _pieces(length, self.block_size)
                     tasks.append([pool.submit(write_piece, payload, at, a, b) for a, b in pieces])
                 else:
                     tasks.append([pool.submit(write_item, item, value, at)])
-            checksums = [sum((f.result() for f in futures), ()) for futures in tasks]
+            try:
+                checksums = [sum((f.result() for f in futures), ()) for futures in tasks]
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # no more writes after a failure
+                raise
         return list(zip(lengths, checksums))
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
@@ -351,7 +374,7 @@ class ReferenceStorageReader(StorageReader):
     ):
         self.store = store
         self.verify_checksums = verify_checksums
-        self.threads = _default_threads() if threads is None else threads
+        self.threads = _threads(threads)
         self.metadata: Metadata | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
@@ -418,8 +441,11 @@ class ReferenceStorageReader(StorageReader):
         """Read each stored item once (the span the plan needs of it) and hand pieces to the planner.
 
         Whole saved chunks read into contiguous CPU destinations are read and verified in place
-        by ``threads`` threads where the store allows concurrent reads; the planner is only
-        called from this thread (``resolve_tensor`` before, ``commit_tensor`` after).
+        by ``threads`` threads where the store allows concurrent reads (else on this thread);
+        the planner is only called from this thread (``resolve_tensor`` before,
+        ``commit_tensor`` after, in plan order). At most ``2 * threads`` such chunks are in
+        flight, and a destination that shares memory with one in flight (tied weights) waits
+        for it, so the last key read wins as in a read in order.
         """
         assert self.metadata is not None, "read_metadata and set_up_storage_reader come first"
         regions: dict[MetadataIndex, Region] = self.metadata.storage_data
@@ -427,34 +453,33 @@ class ReferenceStorageReader(StorageReader):
         for item in plan.items:
             by_item[item.storage_index].append(item)
         threads = self.threads if self.store.concurrent_reads else 1
-        with ThreadPoolExecutor(threads, thread_name_prefix="ckptconf-read") as pool:
-            pending = []  # (read item, destination, futures of its pieces)
-            try:
-                for storage_index, items in by_item.items():
-                    region = regions.get(storage_index)
-                    if region is None:
-                        raise IntegrityError(
-                            f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
-                        )
-                    if items[0].type == LoadItemType.BYTE_IO:
-                        data = self._read(region, 0, region.length, storage_index)
-                        for item in items:
-                            planner.load_bytes(item, io.BytesIO(bytes(data)))
-                        continue
-                    target = self._whole_chunk_destination(storage_index, region, items, planner)
-                    if target is None or not _fits(target, *self._stored_as(storage_index)):
-                        self._read_tensor_items(storage_index, region, items, planner, target)
-                        continue
-                    futures = self._submit_whole_chunk(pool, storage_index, region, target)
-                    pending.append((items[0], target, futures))
-                for item, target, futures in pending:
-                    for future in futures:
-                        future.result()
-                    planner.commit_tensor(item, target)
-            finally:
-                for _, _, futures in pending:
-                    for future in futures:
-                        future.cancel()
+        with _WholeChunkReads(threads, planner) as reads:
+            for storage_index, items in by_item.items():
+                region = regions.get(storage_index)
+                if region is None:
+                    raise IntegrityError(
+                        f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
+                    )
+                if items[0].type == LoadItemType.BYTE_IO:
+                    reads.drain()  # the store is read on this thread alone unless it allows more
+                    data = self._read(region, 0, region.length, storage_index)
+                    for item in items:
+                        planner.load_bytes(item, io.BytesIO(bytes(data)))
+                    continue
+                target = self._whole_chunk_destination(storage_index, region, items, planner)
+                if target is None or not _fits(target, *self._stored_as(storage_index)):
+                    reads.drain()
+                    self._read_tensor_items(storage_index, region, items, planner, target)
+                    continue
+                buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+                reads.add(
+                    items[0],
+                    target,
+                    [
+                        partial(self._read_piece_into, storage_index, region, buffer, a, b)
+                        for a, b in _pieces(region.length, region.block_size)
+                    ],
+                )
         return _completed(None)
 
     def _stored_as(self, storage_index: MetadataIndex) -> tuple[tuple[int, ...] | None, Any]:
@@ -532,28 +557,27 @@ class ReferenceStorageReader(StorageReader):
             and region.length == math.prod(shape) * dtype.itemsize
         )
 
-    def _submit_whole_chunk(self, pool, index: MetadataIndex, region: Region, target) -> list:
-        """Read a whole saved chunk into ``target`` (a contiguous CPU tensor of its shape and
-        dtype) in pieces of whole checksum blocks, each read in place and verified; a block
-        that fails its checksum is zeroed before the error is raised, so no corrupt byte stays
-        in the destination (a failed load may leave other, verified pieces there)."""
-        buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())
-        return [
-            pool.submit(self._read_piece_into, index, region, buffer, a, b)
-            for a, b in _pieces(region.length, region.block_size)
-        ]
-
     def _read_piece_into(self, index, region: Region, buffer: memoryview, a: int, b: int) -> None:
-        got = self.store.read_into(region.file, region.offset + a, buffer[a:b])
-        self._check_length(index, region, a, got, b - a)
+        """Read bytes ``[a, b)`` of a whole saved chunk into ``buffer[a:b]`` (its destination's
+        bytes) and verify them: every block that fails its checksum, or the whole piece after a
+        short read, is zeroed before the error is raised, so no unverified byte stays in the
+        destination (a failed load may leave other, verified pieces there)."""
+        piece = buffer[a:b]
+        got = self.store.read_into(region.file, region.offset + a, piece)
+        if got != b - a:
+            piece[:] = bytes(b - a)
+            self._check_length(index, region, a, got, b - a)
         if not self.verify_checksums:
             return
+        bad = []
         for block in range(a // region.block_size, -(-b // region.block_size)):
             lo = block * region.block_size
             hi = min(region.length, lo + region.block_size)
             if checksum(region.algorithm, buffer[lo:hi]) != region.checksums[block]:
                 buffer[lo:hi] = bytes(hi - lo)
-                self._check_block(index, region, block, None)
+                bad.append(block)
+        if bad:
+            self._raise_corrupt(index, region, bad[0])
 
     def _check_length(self, index, region: Region, at: int, got: int, expected: int) -> None:
         """Raise if ``got`` bytes were read of the ``expected`` ones from ``at`` in the region."""
@@ -564,14 +588,16 @@ class ReferenceStorageReader(StorageReader):
             )
 
     def _check_block(self, index, region: Region, block: int, data) -> None:
-        """Raise if ``data`` (checksum block ``block`` of the region; ``None``: known not to)
-        does not match its checksum."""
-        if data is None or checksum(region.algorithm, data) != region.checksums[block]:
-            raise IntegrityError(
-                f"{self.store.location}: checksum mismatch for key {index.fqn!r} at offsets "
-                f"{_offsets(index)}: block {block} of its data in {region.file!r} "
-                f"(bytes {region.offset + block * region.block_size}..) is corrupt"
-            )
+        """Raise if ``data`` (checksum block ``block`` of the region) does not match its checksum."""
+        if checksum(region.algorithm, data) != region.checksums[block]:
+            self._raise_corrupt(index, region, block)
+
+    def _raise_corrupt(self, index, region: Region, block: int) -> None:
+        raise IntegrityError(
+            f"{self.store.location}: checksum mismatch for key {index.fqn!r} at offsets "
+            f"{_offsets(index)}: block {block} of its data in {region.file!r} "
+            f"(bytes {region.offset + block * region.block_size}..) is corrupt"
+        )
 
     def _read(self, region: Region, start: int, end: int, index: MetadataIndex) -> memoryview:
         """Bytes ``[start, end)`` of a region, reading whole checksum blocks and verifying them."""
@@ -587,6 +613,75 @@ class ReferenceStorageReader(StorageReader):
                 a = block * region.block_size - lo
                 self._check_block(index, region, block, raw[a : a + region.block_size])
         return raw[start - lo : end - lo]
+
+
+class _WholeChunkReads:
+    """Whole-chunk reads in flight: pieces run on a thread pool (or at once on this thread when
+    ``threads`` is 1), items are committed to the planner on this thread in the order added.
+
+    At most ``2 * threads`` items are in flight: a planner that stages each destination (a
+    dtype cast) holds that many staging tensors at most. A destination whose memory overlaps
+    one in flight waits until those are done. On an error nothing more is started.
+    """
+
+    def __init__(self, threads: int, planner: LoadPlanner):
+        self.pool = ThreadPoolExecutor(threads, "ckptconf-read") if threads > 1 else None
+        self.limit = 2 * threads
+        self.planner = planner
+        self.pending: deque[tuple[ReadItem, Any, list[Future]]] = deque()
+        self.spans: list[tuple[int, int]] = []  # destination bytes in flight, sorted, disjoint
+
+    def __enter__(self) -> _WholeChunkReads:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if kind is None:
+                self.drain()
+        finally:
+            for _, _, futures in self.pending:
+                for future in futures:
+                    future.cancel()
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, item: ReadItem, target, pieces: list) -> None:
+        """Read ``pieces`` (callables) into ``target``, then commit ``item``."""
+        span = (target.data_ptr(), target.data_ptr() + target.numel() * target.element_size())
+        if self._overlaps(span):
+            self.drain()
+        while len(self.pending) >= self.limit:
+            self._commit_oldest()
+        if self.pool is None:
+            for piece in pieces:
+                piece()
+            self.planner.commit_tensor(item, target)
+            return
+        self.pending.append((item, target, [self.pool.submit(piece) for piece in pieces]))
+        bisect.insort(self.spans, span)
+
+    def drain(self) -> None:
+        """Wait for every read in flight and commit its item."""
+        while self.pending:
+            self._commit_oldest()
+
+    def _commit_oldest(self) -> None:
+        item, target, futures = self.pending[0]
+        for future in futures:
+            future.result()
+        self.pending.popleft()
+        self.spans.remove(
+            (target.data_ptr(), target.data_ptr() + target.numel() * target.element_size())
+        )
+        self.planner.commit_tensor(item, target)
+
+    def _overlaps(self, span: tuple[int, int]) -> bool:
+        at = bisect.bisect_left(self.spans, span)
+        before = self.spans[at - 1] if at > 0 else None
+        after = self.spans[at] if at < len(self.spans) else None
+        return (before is not None and before[1] > span[0]) or (
+            after is not None and after[0] < span[1]
+        )
 
 
 def _planned_bytes(item) -> int | None:

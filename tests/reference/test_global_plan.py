@@ -155,6 +155,7 @@ def _good():
         pytest.param(lambda p: p[1].items.append(item("t", (2, 0), (0, 4), (4, 4))), id="empty-twice"),
         pytest.param(lambda p: p[1].items.append(item("s", (0,), (1,), (1,))), id="scalar-twice"),
         pytest.param(lambda p: p[1].items.append(WriteItem(index=MetadataIndex("t"), type=WriteItemType.BYTE_IO)), id="kinds"),
+        pytest.param(lambda p: [q.items.append(WriteItem(index=MetadataIndex("o"), type=WriteItemType.BYTE_IO, tensor_data=TensorWriteData(chunk=ChunkStorageMetadata(torch.Size([0]), torch.Size([r + 1])), properties=TensorProperties(dtype=torch.float32), size=torch.Size([4])))) for r, q in enumerate(p)], id="bytes-with-tensor-data"),
     ],
 )  # fmt: skip
 def test_each_broken_plan_goes_to_the_readable_steps(breakage):
@@ -209,3 +210,16 @@ def test_metadata_lists_chunks_by_offsets_whatever_the_rank_order():
     chunks = fast[1].state_dict_metadata["t"].chunks
     assert [tuple(c.offsets) for c in chunks] == [(0, 0), (0, 2), (2, 0), (2, 2)]
     assert_same(fast, readable(plans))
+
+
+def test_sizes_that_would_overflow_int64_go_to_the_readable_steps():
+    big = 2**62
+    # (4, 2**62 - 1) elements: a numpy product wraps; the chunk overlaps the four rows
+    wraps = [
+        SavePlan([item("h", (0, 1), (4, big - 1), (4, big), dtype=torch.int8)]),
+        SavePlan([item("h", (k, 0), (1, big), (4, big), dtype=torch.int8) for k in range(4)]),
+    ]
+    beyond = [SavePlan([item("h", (0,), (big,), (big,)), item("h", (big,), (3 * big,), (big,))])]
+    for plans in (wraps, beyond):
+        assert readable(plans)[2] != []
+        assert fast_global_plan(plans, dedup=True, planner_data="paths") is None

@@ -346,3 +346,121 @@ def test_crc32_checkpoints_still_load_and_xxh3_is_the_default(tmp_path):
     assert_state_equal(dest, state(2))
     with pytest.raises(ValueError, match="checksum must be one of"):
         FileSystemWriter(tmp_path / "x", checksum="md5")
+
+
+class _SlowFirstRead(__import__("ckptconf.reference.filesystem", fromlist=["x"]).DirectoryStore):
+    """Reads at offset 0 return late, so a read that overlaps them would run meanwhile."""
+
+    concurrent_reads = True  # declared: this store's reads may run at once
+    calls: list = []
+
+    def read_into(self, name, start, buffer):
+        import threading
+        import time
+
+        self.calls.append(threading.current_thread().name)
+        got = super().read_into(name, start, buffer)
+        if start == 0:
+            time.sleep(0.2)  # widens the window; the overlap check, not timing, must decide
+        return got
+
+
+def test_tied_destinations_are_read_one_after_the_other_and_the_last_key_wins(tmp_path):
+    path = tmp_path / "ck"
+    save({"embed": torch.full((1024,), 1.0), "head": torch.full((1024,), 2.0)}, path)
+    tied = torch.zeros(1024)
+    reader = FileSystemReader(path, threads=4)
+    reader.store = _SlowFirstRead(path)
+    load({"embed": tied, "head": tied}, storage_reader=reader)
+    assert tied.unique().tolist() == [2.0]
+
+
+def test_a_store_that_reads_its_own_way_is_read_on_the_calling_thread(tmp_path):
+    from ckptconf.reference.filesystem import DirectoryStore
+
+    class Own(DirectoryStore):
+        calls: list = []
+
+        def read_into(self, name, start, buffer):
+            import threading
+
+            self.calls.append(threading.current_thread().name)
+            return super().read_into(name, start, buffer)
+
+    save(_big_state(), tmp_path / "ck")
+    reader = FileSystemReader(tmp_path / "ck", threads=4)
+    reader.store = Own(tmp_path / "ck")
+    assert reader.store.concurrent_reads is False and DirectoryStore(tmp_path).concurrent_reads
+    dest = {k: torch.zeros_like(v) for k, v in _big_state().items() if isinstance(v, torch.Tensor)}
+    dest["strided"], dest["obj"] = torch.zeros(10, 6, dtype=torch.float64), {"step": None}
+    load(dest, storage_reader=reader)
+    assert torch.equal(dest["big"], _big_state()["big"])
+    assert set(Own.calls) == {"MainThread"}
+
+
+def test_every_corrupt_block_of_a_piece_and_a_short_read_leave_no_unverified_byte(tmp_path):
+    path = tmp_path / "ck"
+    n = (12 << 20) // 4  # three 4 MiB blocks, one piece
+    save({"w": torch.arange(n, dtype=torch.float32)}, path)
+    (data,) = _data_files(path)
+    with open(data, "r+b") as file:
+        for at in (100, (8 << 20) + 100):  # blocks 0 and 2
+            file.seek(at)
+            file.write(b"\xff")
+    dest = {"w": torch.full((n,), -1.0)}
+    with pytest.raises(CheckpointError, match="block 0 of its data"):
+        load(dest, storage_reader=FileSystemReader(path, threads=1))
+    block = n // 3
+    assert torch.equal(dest["w"][:block], torch.zeros(block))
+    assert torch.equal(dest["w"][2 * block :], torch.zeros(block))
+    assert torch.equal(dest["w"][block : 2 * block], torch.arange(block, 2 * block).float())
+    # a read that comes back short (the file cut meanwhile): the piece read is zeroed
+    from ckptconf.reference.filesystem import DirectoryStore
+
+    class Short(DirectoryStore):
+        def read_into(self, name, start, buffer):
+            return super().read_into(name, start, buffer) - 4096
+
+    reader = FileSystemReader(path, threads=1)
+    reader.store = Short(path)
+    dest = {"w": torch.full((n,), -1.0)}
+    with pytest.raises(CheckpointError, match="truncated"):
+        load(dest, storage_reader=reader)
+    assert torch.equal(dest["w"], torch.zeros(n))
+
+
+def test_a_planner_resolving_the_wrong_dtype_or_kind_is_a_clear_error(tmp_path):
+    class Wrong(ReferenceSavePlanner):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def resolve_data(self, write_item):
+            return self.value
+
+    for value, message in (
+        (
+            torch.zeros(5, dtype=torch.float64),
+            r"resolved torch.float64, the plan says torch.float32",
+        ),
+        ([1, 2], r"resolved a list, not a tensor"),
+    ):
+        for threads in (1, 3):
+            with pytest.raises(CheckpointError, match=message):
+                save(
+                    {"w": torch.zeros(10)},
+                    storage_writer=FileSystemWriter(tmp_path / "ck", threads=threads),
+                    planner=Wrong(value),
+                )
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        FileSystemReader(tmp_path, threads=0)
+
+
+def test_conjugate_and_negative_views_save_their_values(tmp_path):
+    z = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    state = {"conj": z.conj(), "neg": torch._neg_view(torch.arange(4.0))}
+    save(state, tmp_path / "ck")
+    dest = {"conj": torch.zeros(2, dtype=torch.complex64), "neg": torch.zeros(4)}
+    load(dest, tmp_path / "ck")
+    assert dest["conj"].tolist() == [1 - 2j, 3 + 4j]
+    assert dest["neg"].tolist() == [-0.0, -1.0, -2.0, -3.0]
