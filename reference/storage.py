@@ -711,6 +711,9 @@ def _fits(target, shape, dtype) -> bool:
         and target.dtype == dtype
         and target.is_contiguous()
         and tuple(target.shape) == tuple(shape)
+        # a size-1 dim keeps any stride through is_contiguous(): a one-element slice of
+        # step 2 cannot be viewed as bytes
+        and target.reshape(-1).stride(0) == 1
     )
 
 

@@ -464,3 +464,13 @@ def test_conjugate_and_negative_views_save_their_values(tmp_path):
     load(dest, tmp_path / "ck")
     assert dest["conj"].tolist() == [1 - 2j, 3 + 4j]
     assert dest["neg"].tolist() == [-0.0, -1.0, -2.0, -3.0]
+
+
+def test_a_one_element_destination_with_a_stride_loads(tmp_path):
+    """A one-element slice of step 2 is "contiguous" to torch but not viewable as bytes."""
+    save({"b": torch.tensor([5.0])}, tmp_path / "ck")
+    holder = torch.zeros(4)
+    dest = {"b": holder[1::2][:1]}
+    assert dest["b"].is_contiguous() and dest["b"].stride() == (2,)
+    load(dest, tmp_path / "ck")
+    assert holder.tolist() == [0.0, 5.0, 0.0, 0.0]
