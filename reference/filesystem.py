@@ -3,7 +3,8 @@
 Layout of a checkpoint folder::
 
     ckptconf.json           the committed metadata (replaced atomically by rename)
-    gen-<save id>/r<N>.bin  raw data written by rank N in that save
+    gen-<save id>/r<N>.bin  raw data written by rank N in that save (and r<N>-<k>.bin
+                            where a rank with much to write spreads it over threads)
 
 ``ckptconf.json`` is written to a temporary name, flushed to disk, then renamed over
 the old one, and the folder is synced, so a crash leaves either the old or the new
@@ -72,6 +73,11 @@ class DirectoryStore(BlobStore):
             kind.read_range is DirectoryStore.read_range
             and kind.read_into is DirectoryStore.read_into
         )
+
+    @property
+    def concurrent_writes(self) -> bool:
+        """Each sink is a file of its own; a subclass that writes its own way says so itself."""
+        return type(self).open_sink is DirectoryStore.open_sink
 
     def __init__(self, path: str | os.PathLike, *, sync_files: bool = True):
         self.path = Path(path)

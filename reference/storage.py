@@ -83,6 +83,9 @@ class BlobStore(abc.ABC):
     """
 
     concurrent_reads: bool = False
+    concurrent_writes: bool = False
+    """Where true, sinks of different files may be open and written from several threads at
+    once (a writer then spreads a rank's items over several data files)."""
 
     location: str
 
@@ -154,6 +157,7 @@ def _threads(threads: int | None) -> int:
 
 
 _PIECE_BYTES = 32 << 20  # a thread's share of a large item, rounded to whole checksum blocks
+_SPREAD_BYTES = 64 << 20  # a rank writing this much spreads its items over several files
 
 
 def _pieces(length: int, block_size: int) -> list[tuple[int, int]]:
@@ -244,12 +248,16 @@ class ReferenceStorageWriter(StorageWriter):
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
-        """Write every item of ``plan`` to this rank's data file, tensors as raw bytes.
+        """Write every item of ``plan`` to this rank's data file(s), tensors as raw bytes.
 
-        Items lie in the file in plan order. Where the store's sink takes positional writes,
-        ``threads`` threads checksum and write pieces of the items at once (both release the
-        GIL); tensors that need a copy first (on a GPU, not contiguous) are copied by the
-        thread writing them, so at most ``threads`` such copies exist at a time.
+        Items lie in a file in plan order. A rank with at least 64 MiB to write, on a store
+        whose sinks may be written at once (``concurrent_writes``), spreads its items over up to
+        ``threads`` files, one thread each, largest items first to the least-filled file (a
+        file system serialises writes to one file: Linux takes the inode lock). Else, where
+        the sink takes positional writes, ``threads`` threads checksum and write pieces of the
+        items into the one file at once (both release the GIL). Tensors that need a copy first
+        (on a GPU, not contiguous) are copied by the thread writing them, so at most
+        ``threads`` such copies exist at a time.
         """
         target = plan.storage_data
         if not isinstance(target, _PlanStorageData):
@@ -266,18 +274,67 @@ class ReferenceStorageWriter(StorageWriter):
             else:
                 lengths.append(_planned_bytes(item))
             values.append(data)
-        with self.store.open_sink(target.file) as sink:
-            if sink.positional and self.threads > 1 and None not in lengths:
-                checksums = self._write_positional(sink, plan.items, values, lengths)
-            else:
-                checksums = self._write_in_order(sink, plan.items, values)
-        results, offset = [], 0
-        for item, sums in zip(plan.items, checksums):
-            length = sums[0]
-            region = Region(target.file, offset, length, self.block_size, sums[1], self.checksum)
-            offset += length
+        spread = self._spread(lengths)
+        if len(spread) > 1:
+            written = self._write_spread(target.file, spread, plan.items, values)
+        else:
+            with self.store.open_sink(target.file) as sink:
+                if sink.positional and self.threads > 1 and None not in lengths:
+                    sums = self._write_positional(sink, plan.items, values, lengths)
+                else:
+                    sums = self._write_in_order(sink, plan.items, values)
+            written, offset = [], 0
+            for length, checksums in sums:
+                written.append((target.file, offset, length, checksums))
+                offset += length
+        results = []
+        for item, (file, offset, length, checksums) in zip(plan.items, written):
+            region = Region(file, offset, length, self.block_size, checksums, self.checksum)
             results.append(WriteResult(index=item.index, size_in_bytes=length, storage_data=region))
         return _completed(results)
+
+    def _spread(self, lengths: list[int | None]) -> list[list[int]]:
+        """Item positions per file, in plan order within a file: one file unless the store
+        takes concurrent writes and the rank writes at least ``_SPREAD_BYTES``."""
+        one = [list(range(len(lengths)))]
+        if None in lengths or self.threads < 2 or not self.store.concurrent_writes:
+            return one
+        if sum(lengths) < _SPREAD_BYTES:  # type: ignore[arg-type]
+            return one
+        files: list[list[int]] = [[] for _ in range(self.threads)]
+        filled = [0] * self.threads
+        for position in sorted(range(len(lengths)), key=lambda p: (-lengths[p], p)):  # type: ignore[operator]
+            least = min(range(self.threads), key=lambda f: (filled[f], f))
+            files[least].append(position)
+            filled[least] += lengths[position]  # type: ignore[operator]
+        return [sorted(f) for f in files if f]
+
+    def _write_spread(self, name: str, spread, items, values) -> list[tuple[str, int, int, tuple]]:
+        """Write file ``k`` of ``spread`` (``name``, then ``name`` with ``-k`` before ``.bin``)
+        on a thread of its own; each item's file, offset, length and checksums."""
+        stem = name.removesuffix(".bin")
+        names = [name] + [f"{stem}-{k}.bin" for k in range(1, len(spread))]
+
+        def write_file(
+            file: str, positions: list[int]
+        ) -> list[tuple[int, tuple[str, int, int, tuple]]]:
+            out, offset = [], 0
+            with self.store.open_sink(file) as sink:
+                for p in positions:
+                    payload = self._payload(items[p], values[p])
+                    sink.write(payload)
+                    sums = block_checksums(self.checksum, payload, self.block_size)
+                    out.append((p, (file, offset, len(payload), sums)))
+                    offset += len(payload)
+            return out
+
+        written: list = [None] * len(items)
+        with ThreadPoolExecutor(len(spread), thread_name_prefix="ckptconf-write") as pool:
+            futures = [pool.submit(write_file, f, positions) for f, positions in zip(names, spread)]
+            for future in futures:
+                for p, where in future.result():
+                    written[p] = where
+        return written
 
     def _payload(self, item, value) -> memoryview:
         """The bytes of one resolved item, checked against the byte count the plan gives."""

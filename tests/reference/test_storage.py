@@ -474,3 +474,28 @@ def test_a_one_element_destination_with_a_stride_loads(tmp_path):
     assert dest["b"].is_contiguous() and dest["b"].stride() == (2,)
     load(dest, tmp_path / "ck")
     assert holder.tolist() == [0.0, 5.0, 0.0, 0.0]
+
+
+def test_a_rank_with_much_to_write_spreads_it_over_one_file_per_thread(tmp_path):
+    """68 MiB on 2 threads: the largest item to one file, the others (in plan order) to the
+    other; regions name the file each item lies in, and the state loads back."""
+    mib = 1 << 20
+    state = {
+        "a": torch.arange(5 * mib, dtype=torch.float32),  # 20 MiB
+        "b": torch.arange(10 * mib, dtype=torch.float32),  # 40 MiB
+        "c": torch.arange(2 * mib, dtype=torch.float32),  # 8 MiB
+    }
+    save(state, storage_writer=FileSystemWriter(tmp_path / "ck", threads=2))
+    files = sorted(Path(f).name for f in _data_files(tmp_path / "ck"))
+    assert files == ["r0-1.bin", "r0.bin"]
+    folder = Path(_data_files(tmp_path / "ck")[0]).parent
+    assert (folder / "r0.bin").read_bytes() == state["b"].numpy().tobytes()
+    assert (folder / "r0-1.bin").read_bytes() == (
+        state["a"].numpy().tobytes() + state["c"].numpy().tobytes()
+    )
+    dest = {k: torch.zeros_like(v) for k, v in state.items()}
+    load(dest, tmp_path / "ck")
+    assert all(torch.equal(dest[k], state[k]) for k in state)
+    # one thread, or a store that writes its own way: one file
+    save(state, storage_writer=FileSystemWriter(tmp_path / "one", threads=1))
+    assert [Path(f).name for f in _data_files(tmp_path / "one")] == ["r0.bin"]
