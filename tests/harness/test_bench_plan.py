@@ -24,7 +24,11 @@ def test_each_world_is_timed_for_both_planners(capsys):
     assert row.dcp_wire_seconds > 0 and row.reference_wire_seconds > 0
     assert main(["bench", "plan", "--ranks", "3", "--tensors", "1", "--wire"]) == 0
     out = capsys.readouterr().out
-    assert "reference speed-up" in out and "(un)pickling" in out
+    assert "reference speed-up" in out and "(un)pickling" in out and "not run" not in out
+    (row,) = bench_plan((4,), tensors=1, repeats=1, dcp_max_ranks=3)
+    assert row.dcp_seconds != row.dcp_seconds and row.reference_seconds > 0
+    assert main(["bench", "plan", "--ranks", "3", "--tensors", "1", "--dcp-max-ranks", "2"]) == 0
+    assert "not run" in capsys.readouterr().out
 
 
 def test_both_planners_plan_the_same_shards():
