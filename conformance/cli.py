@@ -362,7 +362,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=120)  # a log or a pipe: the tables whole, not squeezed to 80
+        console = Console(width=200)  # a log or a pipe: the tables whole, not squeezed to 80
     if args.target == "plan":
         return _bench_plan(args, console)
     if args.target == "io":

