@@ -277,10 +277,19 @@ def test_noncontiguous_values_save_their_elements(tmp_path, make):
     assert torch.equal(dest["v"], value)
 
 
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Threads' pieces of 32 KiB and files spread from 256 KiB, so small states show both."""
+    import ckptconf.reference.storage as storage
+
+    monkeypatch.setattr(storage, "_PIECE_BYTES", 32 << 10)
+    monkeypatch.setattr(storage, "_SPREAD_BYTES", 256 << 10)
+
+
 def _big_state():
     # items larger than a thread's piece and of several sizes, a non-contiguous one, an object
     return {
-        "big": torch.arange(9 << 20, dtype=torch.float32),  # 36 MiB: two pieces of 32 MiB
+        "big": torch.arange(36 << 10, dtype=torch.float32),  # 144 KiB: pieces of 32 KiB
         "small": torch.arange(1000, dtype=torch.int16),
         "strided": torch.arange(60, dtype=torch.float64).reshape(6, 10).t(),
         "obj": {"step": 7},
@@ -288,11 +297,12 @@ def _big_state():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_threads_write_and_read_the_bytes_one_thread_writes(tmp_path, threads):
+def test_threads_write_and_read_the_bytes_one_thread_writes(tmp_path, threads, small_pieces):
     """The data file is byte for byte the one a single thread writes, in plan order, and
-    loads back through the threaded reader (pieces of a 36 MiB tensor on several threads)."""
+    loads back through the threaded reader (pieces of a 144 KiB tensor on several threads)."""
     for name, n in (("one", 1), ("many", threads)):
-        save(_big_state(), storage_writer=FileSystemWriter(tmp_path / name, threads=n))
+        writer = FileSystemWriter(tmp_path / name, threads=n, block_size=4096)
+        save(_big_state(), storage_writer=writer)
     (one,), (many,) = _data_files(tmp_path / "one"), _data_files(tmp_path / "many")
     assert Path(one).read_bytes() == Path(many).read_bytes()
     expected = _big_state()
@@ -476,16 +486,17 @@ def test_a_one_element_destination_with_a_stride_loads(tmp_path):
     assert holder.tolist() == [0.0, 5.0, 0.0, 0.0]
 
 
-def test_a_rank_with_much_to_write_spreads_it_over_one_file_per_thread(tmp_path):
-    """68 MiB on 2 threads: the largest item to one file, the others (in plan order) to the
-    other; regions name the file each item lies in, and the state loads back."""
-    mib = 1 << 20
+def test_a_rank_with_much_to_write_spreads_it_over_one_file_per_thread(tmp_path, small_pieces):
+    """Three items of 20:40:8 on 2 threads, above the (scaled) threshold: the largest item to one
+    file, the others (in plan order) to the other; regions name the file each item lies in,
+    and the state loads back."""
+    mib = 1 << 12  # x 4 bytes: 272 KiB in all, above the 256 KiB threshold
     state = {
         "a": torch.arange(5 * mib, dtype=torch.float32),  # 20 MiB
         "b": torch.arange(10 * mib, dtype=torch.float32),  # 40 MiB
         "c": torch.arange(2 * mib, dtype=torch.float32),  # 8 MiB
     }
-    save(state, storage_writer=FileSystemWriter(tmp_path / "ck", threads=2))
+    save(state, storage_writer=FileSystemWriter(tmp_path / "ck", threads=2, block_size=4096))
     files = sorted(Path(f).name for f in _data_files(tmp_path / "ck"))
     assert files == ["r0-1.bin", "r0.bin"]
     folder = Path(_data_files(tmp_path / "ck")[0]).parent
