@@ -13,7 +13,7 @@ from ckptconf.harness.bench_io import IMPLEMENTATIONS, bench_io, peak_rss_growth
 def test_each_implementation_round_trips_the_state_and_is_timed(tmp_path):
     result = bench_io(1 << 20, count=4, rounds=1, folder=str(tmp_path), rss=False)
     assert (result.total, result.count) == (1 << 20, 4)
-    assert set(result.save) == set(result.load) == {"raw", "dcp", "reference"}
+    assert set(result.save) == set(result.load) == {"raw", "dcp", "dcp-4", "reference"}
     assert all(s > 0 for s in [*result.save.values(), *result.load.values()])
     assert result.rss == {}
     assert os.listdir(tmp_path) == []  # nothing left behind
@@ -45,7 +45,7 @@ def test_the_command_prints_the_growth_in_mib_and_times_the_state(tmp_path, caps
     monkeypatch.setattr(module, "peak_rss_growth", growth)
     assert main(["bench", "io", "--mib", "4", "--count", "2", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "reference / DCP" in out and "peak RSS growth (MiB)" in out and "DCP x state" in out
+    assert "ref. / best DCP" in out and "peak RSS growth (MiB)" in out and "DCP x state" in out
     speed, growth = _rows(out)[:2], _rows(out)[2:]
     assert [row[:3] for row in speed] == [["4", "2", "save"], ["4", "2", "load"]]
     assert growth == [
