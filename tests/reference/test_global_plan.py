@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from ckptconf.harness.bench_plan import local_plans
 from ckptconf.harness.simulated import mesh_values
 from ckptconf.reference import ReferenceSavePlanner
 from ckptconf.reference._compat import set_up_save_planner
@@ -50,15 +51,6 @@ def assert_same(fast, slow):
         assert getattr(entry, "chunks", None) == getattr(
             slow_metadata.state_dict_metadata[key], "chunks", None
         )
-
-
-def local_plans(states):
-    plans = []
-    for rank, state in enumerate(states):
-        planner = ReferenceSavePlanner()
-        set_up_save_planner(planner, state, rank == 0)
-        plans.append(planner.create_local_plan())
-    return plans
 
 
 @st.composite
