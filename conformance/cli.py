@@ -563,7 +563,35 @@ def _bench_plan(args: argparse.Namespace, console) -> int:
             ]
         table.add_row(*cells)
     console.print(table)
+    if args.load:
+        _bench_load_plan(worlds, args.tensors, console)
     return 0
+
+
+def _bench_load_plan(worlds: tuple[int, ...], tensors: int, console) -> None:
+    from ckptconf.harness.bench_plan import bench_load_plan
+    from rich.table import Table
+
+    console.print(f"planning the load of the same state on the same layout on {worlds} ranks...")
+    table = Table(
+        title="load planning, best of 2 (same metadata and destinations): the middle rank's "
+        "local plan, the coordinator's global plan of R such plans"
+    )
+    columns = ("ranks", "chunks", "read items", "DCP local (s)", "reference local (s)")
+    for column in (*columns, "local speed-up", "DCP global (s)", "reference global (s)"):
+        table.add_column(column, justify="right")
+    for row in bench_load_plan(worlds, tensors=tensors):
+        table.add_row(
+            str(row.ranks),
+            str(row.chunks),
+            str(row.read_items),
+            f"{row.dcp_local:.4f}",
+            f"{row.reference_local:.4f}",
+            f"{row.speedup:.2f}x",
+            f"{row.dcp_global:.4f}",
+            f"{row.reference_global:.4f}",
+        )
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -723,6 +751,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=4096,
         help="plan: largest world DCP's planner is timed on (it takes minutes at 10,000 ranks)",
+    )
+    bench.add_argument(
+        "--load",
+        action="store_true",
+        help="plan: also time load planning (one rank's local plan, the global plan) of that state",
     )
     bench.add_argument(
         "--wire",

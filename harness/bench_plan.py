@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["PlanBench", "bench_plan"]
+__all__ = ["LoadPlanBench", "PlanBench", "bench_load_plan", "bench_plan", "local_plans"]
 
 
 @dataclass
@@ -124,4 +124,95 @@ def bench_plan(
         )
         chunks = ranks * tensors + ranks
         out.append(PlanBench(ranks, tensors, chunks, dcp, reference, dcp_wire, ref_wire))
+    return out
+
+
+@dataclass
+class LoadPlanBench:
+    """Seconds of load planning for one world, DCP and reference: one rank's local plan
+    (``set_up_planner`` and ``create_local_plan``) and the coordinator's global plan."""
+
+    ranks: int
+    chunks: int
+    dcp_local: float
+    reference_local: float
+    dcp_global: float
+    reference_global: float
+    read_items: int
+
+    @property
+    def speedup(self) -> float:
+        """DCP's local planning time over the reference's."""
+        return self.dcp_local / self.reference_local
+
+
+def _destination(ranks: int, tensors: int, mesh):
+    """What the middle rank loads into: its ``Shard(0)`` DTensor of each tensor (4 rows of 8),
+    and the replicated one as a plain tensor."""
+    import torch
+    from torch.distributed.tensor import DTensor, Shard
+
+    state = {}
+    for t in range(tensors):
+        state[f"layers.{t}.w"] = DTensor.from_local(
+            torch.zeros(4, 8), mesh, [Shard(0)], run_check=False,
+            shape=torch.Size([ranks * 4, 8]), stride=(8, 1),
+        )  # fmt: skip
+    state["emb"] = torch.zeros(16, 8)
+    return state
+
+
+def bench_load_plan(
+    worlds: tuple[int, ...] = (256, 1024), tensors: int = 100, repeats: int = 2
+) -> list[LoadPlanBench]:
+    """Load planning of the state :func:`bench_plan` saves, resumed on the same layout: the
+    middle rank's local plan against the checkpoint's metadata (R chunks per tensor), and the
+    coordinator's ``create_global_plan`` on R plans like it; DCP's ``DefaultLoadPlanner`` and
+    the reference's ``ReferenceLoadPlanner`` on the same metadata and destinations.
+
+    The rank's DTensors need a process group of R ranks: torch's fake process group (from its
+    testing package) gives one in this process, with no communication.
+    """
+    import torch.distributed as dist
+    from ckptconf.reference import ReferenceLoadPlanner, ReferenceSavePlanner
+    from ckptconf.reference._compat import set_up_save_planner
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("bench_load_plan starts its own (fake) process group; one is running")
+    out = []
+    for ranks in worlds:
+        states = _states(ranks, tensors)
+        coordinator = ReferenceSavePlanner()
+        set_up_save_planner(coordinator, states[0], True)
+        _, metadata = coordinator.create_global_plan(local_plans(states))
+        del states
+        dist.init_process_group("fake", store=FakeStore(), rank=ranks // 2, world_size=ranks)
+        try:
+            mesh = init_device_mesh("cpu", (ranks,))
+            times = {}
+            for name, factory in (("dcp", DefaultLoadPlanner), ("reference", ReferenceLoadPlanner)):
+                local = glob = float("inf")
+                for _ in range(repeats):
+                    planner, state = factory(), _destination(ranks, tensors, mesh)
+                    start = time.perf_counter()
+                    planner.set_up_planner(state, metadata, False)
+                    plan = planner.create_local_plan()
+                    local = min(local, time.perf_counter() - start)
+                    coordinator = factory()
+                    coordinator.set_up_planner(_destination(ranks, tensors, mesh), metadata, True)
+                    start = time.perf_counter()
+                    coordinator.create_global_plan([plan] * ranks)
+                    glob = min(glob, time.perf_counter() - start)
+                times[name] = (local, glob, len(plan.items))
+        finally:
+            dist.destroy_process_group()
+        out.append(
+            LoadPlanBench(
+                ranks, ranks * tensors + 1, times["dcp"][0], times["reference"][0],
+                times["dcp"][1], times["reference"][1], times["reference"][2],
+            )
+        )  # fmt: skip
     return out

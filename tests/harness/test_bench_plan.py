@@ -56,3 +56,16 @@ def test_both_planners_plan_the_same_shards():
         assert sum(len(p.items) for p in out) == 4 * 2 + 1  # the replica written once
     assert chunks[DefaultSavePlanner] == chunks[ReferenceSavePlanner]
     assert chunks[DefaultSavePlanner]["layers.1.w"] == [(0, 0), (4, 0), (8, 0), (12, 0)]
+
+
+def test_load_planning_is_timed_for_both_planners_on_the_same_metadata(capsys):
+    """Each planner plans the middle rank's resume: one read item per tensor (its own rows of
+    the saved chunk it wrote) and one for the replicated tensor."""
+    from ckptconf.harness.bench_plan import bench_load_plan
+
+    (row,) = bench_load_plan((4,), tensors=3, repeats=1)
+    assert (row.ranks, row.chunks, row.read_items) == (4, 13, 4)
+    assert min(row.dcp_local, row.reference_local, row.dcp_global, row.reference_global) > 0
+    assert row.speedup == row.dcp_local / row.reference_local
+    assert main(["bench", "plan", "--ranks", "2", "--tensors", "1", "--load"]) == 0
+    assert "reference local (s)" in capsys.readouterr().out
