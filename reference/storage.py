@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -284,10 +285,7 @@ class ReferenceStorageWriter(StorageWriter):
                     sums = self._write_positional(sink, plan.items, values, lengths)
                 else:
                     sums = self._write_in_order(sink, plan.items, values)
-            written, offset = [], 0
-            for length, checksums in sums:
-                written.append((target.file, offset, length, checksums))
-                offset += length
+            written = _laid_out(target.file, sums)
         results = []
         for item, (file, offset, length, checksums) in zip(plan.items, written):
             region = Region(file, offset, length, self.block_size, checksums, self.checksum)
@@ -316,24 +314,18 @@ class ReferenceStorageWriter(StorageWriter):
         stem = name.removesuffix(".bin")
         names = [name] + [f"{stem}-{k}.bin" for k in range(1, len(spread))]
 
-        def write_file(
-            file: str, positions: list[int]
-        ) -> list[tuple[int, tuple[str, int, int, tuple]]]:
-            out, offset = [], 0
+        def write_file(file: str, positions: list[int]) -> list[tuple[str, int, int, tuple]]:
             with self.store.open_sink(file) as sink:
-                for p in positions:
-                    payload = self._payload(items[p], values[p])
-                    sink.write(payload)
-                    sums = block_checksums(self.checksum, payload, self.block_size)
-                    out.append((p, (file, offset, len(payload), sums)))
-                    offset += len(payload)
-            return out
+                sums = self._write_in_order(
+                    sink, [items[p] for p in positions], [values[p] for p in positions]
+                )
+            return _laid_out(file, sums)
 
         written: list = [None] * len(items)
         with ThreadPoolExecutor(len(spread), thread_name_prefix="ckptconf-write") as pool:
             futures = [pool.submit(write_file, f, positions) for f, positions in zip(names, spread)]
-            for future in futures:
-                for p, where in future.result():
+            for positions, future in zip(spread, futures):
+                for p, where in zip(positions, future.result()):
                     written[p] = where
         return written
 
@@ -355,8 +347,7 @@ class ReferenceStorageWriter(StorageWriter):
         expected = _planned_bytes(item)
         if expected is not None and len(payload) != expected:
             raise ValueError(
-                f"write item {item.index.fqn!r} at offsets {tuple(item.index.offset or ())}: the planner "
-                f"resolved {len(payload)} bytes, the plan says {expected}"
+                f"{where}: the planner resolved {len(payload)} bytes, the plan says {expected}"
             )
         return payload
 
@@ -369,9 +360,7 @@ class ReferenceStorageWriter(StorageWriter):
         return out
 
     def _write_positional(self, sink, items, values, lengths) -> list[tuple[int, tuple[int, ...]]]:
-        starts = [0]
-        for length in lengths[:-1]:
-            starts.append(starts[-1] + length)
+        starts = [0, *accumulate(lengths[:-1])]
 
         def write_piece(payload, at: int, a: int, b: int) -> tuple[int, ...]:
             view = payload[a:b]
@@ -519,13 +508,20 @@ class ReferenceStorageReader(StorageReader):
                         f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
                     )
                 if items[0].type == LoadItemType.BYTE_IO:
-                    reads.drain()  # the store is read on this thread alone unless it allows more
+                    reads.drain()  # the planner hears of items in plan order
                     data = self._read(region, 0, region.length, storage_index)
                     for item in items:
                         planner.load_bytes(item, io.BytesIO(bytes(data)))
                     continue
-                target = self._whole_chunk_destination(storage_index, region, items, planner)
-                if target is None or not _fits(target, *self._stored_as(storage_index)):
+                shape, dtype = self._stored_as(storage_index)
+                target = None  # a destination is resolved once only: a planner may keep state
+                if (
+                    len(items) == 1
+                    and shape is not None
+                    and self._whole_chunk(region, items[0], shape, dtype)
+                ):
+                    target = planner.resolve_tensor(items[0]).detach()
+                if target is None or not _fits(target, shape, dtype):
                     reads.drain()
                     self._read_tensor_items(storage_index, region, items, planner, target)
                     continue
@@ -545,17 +541,6 @@ class ReferenceStorageReader(StorageReader):
         entry = self.metadata.state_dict_metadata[storage_index.fqn]  # type: ignore[union-attr]
         return self._chunk_sizes.get(storage_index), entry.properties.dtype
 
-    def _whole_chunk_destination(self, storage_index, region: Region, items, planner):
-        """The destination, resolved, when one item reads its whole saved chunk; else ``None``."""
-        shape, dtype = self._stored_as(storage_index)
-        if (
-            len(items) != 1
-            or shape is None
-            or not self._whole_chunk(region, items[0], shape, dtype)
-        ):
-            return None
-        return planner.resolve_tensor(items[0]).detach()
-
     def _read_tensor_items(
         self,
         storage_index,
@@ -566,15 +551,12 @@ class ReferenceStorageReader(StorageReader):
     ) -> None:
         """Read the span of a saved chunk that ``items`` need and copy each piece out
         (``resolved``: the destination of a single item, if already resolved)."""
-        entry = self.metadata.state_dict_metadata[storage_index.fqn]  # type: ignore[union-attr]
-        dtype = entry.properties.dtype
+        shape, dtype = self._stored_as(storage_index)
         itemsize = dtype.itemsize
-        shape = self._chunk_sizes.get(storage_index)
         if shape is None:
             raise IntegrityError(
                 f"key {storage_index.fqn!r}: no saved chunk starts at offsets {_offsets(storage_index)}"
             )
-        # a destination is resolved once only: a planner may keep state meanwhile
         strides = [1] * len(shape)
         for d in range(len(shape) - 2, -1, -1):
             strides[d] = strides[d + 1] * shape[d + 1]
@@ -686,7 +668,8 @@ class _WholeChunkReads:
         self.pool = ThreadPoolExecutor(threads, "ckptconf-read") if threads > 1 else None
         self.limit = 2 * threads
         self.planner = planner
-        self.pending: deque[tuple[ReadItem, Any, list[Future]]] = deque()
+        # (item, destination, its bytes in memory, futures of its pieces), in the order added
+        self.pending: deque[tuple[ReadItem, Any, tuple[int, int], list]] = deque()
         self.spans: list[tuple[int, int]] = []  # destination bytes in flight, sorted, disjoint
 
     def __enter__(self) -> _WholeChunkReads:
@@ -697,7 +680,7 @@ class _WholeChunkReads:
             if kind is None:
                 self.drain()
         finally:
-            for _, _, futures in self.pending:
+            for *_, futures in self.pending:
                 for future in futures:
                     future.cancel()
             if self.pool is not None:
@@ -715,7 +698,7 @@ class _WholeChunkReads:
                 piece()
             self.planner.commit_tensor(item, target)
             return
-        self.pending.append((item, target, [self.pool.submit(piece) for piece in pieces]))
+        self.pending.append((item, target, span, [self.pool.submit(piece) for piece in pieces]))
         bisect.insort(self.spans, span)
 
     def drain(self) -> None:
@@ -724,13 +707,11 @@ class _WholeChunkReads:
             self._commit_oldest()
 
     def _commit_oldest(self) -> None:
-        item, target, futures = self.pending[0]
+        item, target, span, futures = self.pending[0]
         for future in futures:
             future.result()
         self.pending.popleft()
-        self.spans.remove(
-            (target.data_ptr(), target.data_ptr() + target.numel() * target.element_size())
-        )
+        self.spans.remove(span)
         self.planner.commit_tensor(item, target)
 
     def _overlaps(self, span: tuple[int, int]) -> bool:
@@ -740,6 +721,15 @@ class _WholeChunkReads:
         return (before is not None and before[1] > span[0]) or (
             after is not None and after[0] < span[1]
         )
+
+
+def _laid_out(
+    file: str, sums: list[tuple[int, tuple[int, ...]]]
+) -> list[tuple[str, int, int, tuple]]:
+    """``(file, offset, length, checksums)`` of items written one after another into ``file``,
+    from each one's ``(length, checksums)``."""
+    starts = [0, *accumulate(length for length, _ in sums)]
+    return [(file, at, length, checksums) for at, (length, checksums) in zip(starts, sums)]
 
 
 def _planned_bytes(item) -> int | None:

@@ -358,30 +358,57 @@ def test_crc32_checkpoints_still_load_and_xxh3_is_the_default(tmp_path):
         FileSystemWriter(tmp_path / "x", checksum="md5")
 
 
-class _SlowFirstRead(__import__("ckptconf.reference.filesystem", fromlist=["x"]).DirectoryStore):
-    """Reads at offset 0 return late, so a read that overlaps them would run meanwhile."""
+class _Deferred:
+    """A future whose work runs when its result is asked for: what ran, and when, is then
+    decided by the code under test, not by thread timing."""
 
-    concurrent_reads = True  # declared: this store's reads may run at once
-    calls: list = []
+    def __init__(self, fn):
+        self.fn, self.ran = fn, False
 
-    def read_into(self, name, start, buffer):
-        import threading
-        import time
+    def result(self):
+        if not self.ran:
+            self.ran = True
+            self.fn()
 
-        self.calls.append(threading.current_thread().name)
-        got = super().read_into(name, start, buffer)
-        if start == 0:
-            time.sleep(0.2)  # widens the window; the overlap check, not timing, must decide
-        return got
+    def cancel(self):
+        return False
 
 
-def test_tied_destinations_are_read_one_after_the_other_and_the_last_key_wins(tmp_path):
+class _DeferredPool:
+    def submit(self, fn):
+        return _Deferred(fn)
+
+    def shutdown(self, **_):
+        pass
+
+
+def test_a_read_into_memory_in_flight_waits_for_it_and_others_do_not():
+    """Reads into overlapping destinations (tied weights) run one after the other, each
+    committed before the next starts; reads into other memory stay in flight together."""
+    from ckptconf.reference.storage import _WholeChunkReads
+
+    log = []
+
+    class Planner:
+        def commit_tensor(self, item, target):
+            log.append(f"commit {item}")
+
+    tied, other = torch.zeros(8), torch.zeros(8)
+    with _WholeChunkReads(2, Planner()) as reads:
+        reads.pool = _DeferredPool()
+        reads.add("embed", tied, [lambda: log.append("read embed")])
+        reads.add("other", other, [lambda: log.append("read other")])
+        assert log == []  # both in flight
+        reads.add("head", tied[2:6], [lambda: log.append("read head")])  # overlaps embed
+        assert log == ["read embed", "commit embed", "read other", "commit other"]
+    assert log[4:] == ["read head", "commit head"]
+
+
+def test_tied_destinations_load_and_the_last_key_wins(tmp_path):
     path = tmp_path / "ck"
     save({"embed": torch.full((1024,), 1.0), "head": torch.full((1024,), 2.0)}, path)
     tied = torch.zeros(1024)
-    reader = FileSystemReader(path, threads=4)
-    reader.store = _SlowFirstRead(path)
-    load({"embed": tied, "head": tied}, storage_reader=reader)
+    load({"embed": tied, "head": tied}, storage_reader=FileSystemReader(path, threads=4))
     assert tied.unique().tolist() == [2.0]
 
 
