@@ -187,10 +187,11 @@ def fast_global_plan(
     load = np.zeros(len(plans), dtype=np.int64)
     replicated: list[tuple[int, str, int, _Key, np.ndarray]] = []  # bytes, key, chunk id, rows
     owner: dict[str, np.ndarray] = {}
-    chunk_ids: dict[str, np.ndarray] = {}
+    chunk_ids: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # ids, counts, ranks
     for fqn, entry in keys.items():
         ranks = np.asarray(entry.ranks, dtype=np.int64)
         if entry.is_object:
+            order = np.arange(len(ranks))
             ids, counts = np.zeros(len(ranks), dtype=np.int64), np.array([len(ranks)])
             per_chunk = np.ones(1, dtype=np.int64)
         else:
@@ -206,22 +207,24 @@ def fast_global_plan(
             per_chunk[ids] = extents.prod(axis=1) * dtype.itemsize
         if not dedup and (counts > 1).any():
             return None
-        chunk_ids[fqn] = (ids, counts)
+        chunk_ids[fqn] = (ids, counts, ranks)
         chosen = np.full(len(counts), -1, dtype=np.int64)
         single = counts == 1
         if single.any():
             rows = np.flatnonzero(single[ids])
             chosen[ids[rows]] = ranks[rows]
             np.add.at(load, ranks[rows], per_chunk[ids[rows]])
+        # ``order`` lists the rows chunk by chunk (ids ascending), each chunk's in plan order
+        starts = np.concatenate(([0], np.cumsum(counts)))
         for chunk in np.flatnonzero(~single).tolist():
-            rows = np.flatnonzero(ids == chunk)
+            rows = order[starts[chunk] : starts[chunk + 1]]
             replicated.append((int(per_chunk[chunk]), fqn, chunk, entry, rows))
         owner[fqn] = chosen
     # replicated chunks, largest first (ties by the readable dedup's key order), to the
     # holder with the fewest bytes so far (ties to the lowest rank): dedup_save_plans' rule
     replicated.sort(key=lambda r: (-r[0], _order(write_item_key(r[3].items[int(r[4][0])]))))
-    for nbytes, fqn, chunk, entry, rows in replicated:
-        holders = np.unique(np.asarray(entry.ranks, dtype=np.int64)[rows])
+    for nbytes, fqn, chunk, _, rows in replicated:
+        holders = np.unique(chunk_ids[fqn][2][rows])
         chosen = int(holders[np.argmin(load[holders])])
         owner[fqn][chunk] = chosen
         load[chosen] += nbytes
@@ -234,11 +237,11 @@ def _assemble(plans, keys, tensors, owner, chunk_ids, planner_data):
     entries: dict[str, Any] = {}
     first_kept: list[tuple[int, int, str]] = []
     for fqn, entry in keys.items():
-        ids, counts = chunk_ids[fqn]
+        ids, counts, ranks = chunk_ids[fqn]
         if len(counts) == len(ids):  # no replicas: every item stays
             kept = np.ones(len(ids), dtype=bool)
         else:  # the first of the owner's copies stays (a rank may hold one chunk twice)
-            rows = np.flatnonzero(np.asarray(entry.ranks, dtype=np.int64) == owner[fqn][ids])
+            rows = np.flatnonzero(ranks == owner[fqn][ids])
             _, first = np.unique(ids[rows], return_index=True)
             kept = np.zeros(len(ids), dtype=bool)
             kept[rows[first]] = True
