@@ -1,12 +1,14 @@
 """docs/backends.md: the verdicts on several backends, generated from their JSON reports.
 
-``ckptconf backends-page REPORT.json ... -o docs/backends.md``. Per backend: the command,
-versions, totals, run time; its own findings (failures and the expected failures of its
-own expectations file, whose reasons are the hand-checked explanation, with the line in the
-backend's source); failures inherited from the DCP backend it is built on, by reference; and
-what could not run, with why. A failure that no expectation explains is marked **not
-reviewed**: it is published only once a person has checked it is the backend's, not the
-suite's (then it goes into the backend's expectations file with its reason).
+``ckptconf backends-page REPORT.json ... -o docs/backends.md``. Reports of one backend (a ci
+run and dev runs with other seeds, say) are shown together: a row per run, then one section
+per backend with the command of each run; its own findings across the runs (failures, and the
+failures its own expectations file explains, with the reviewed reason), each saying which runs
+found it; what it inherits from the backend it is built on, entry by entry; the credits (a
+test its parent fails and it passes); and what could not run, with why. A failure no
+expectation explains is marked **not reviewed**: it is published only once a person has
+checked it is the backend's, not the suite's (then it goes into the backend's expectations
+file with its reason). ``--note 'NAME: text'`` adds what changed for a backend.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ import shlex
 from collections import Counter
 from typing import Any
 
+from .kit.outcomes import Outcome
+
 __all__ = ["render_backends_page"]
 
 _COLUMNS = (
-    "passed",
-    "failed",
-    "expected failure",
-    "inherited failure",
-    "unsupported",
-    "unexpected pass",
+    Outcome.PASSED,
+    Outcome.FAILED,
+    Outcome.EXPECTED,
+    Outcome.INHERITED,
+    Outcome.UNSUPPORTED,
+    Outcome.UNEXPECTED_PASS,
 )
 
 
@@ -42,18 +46,26 @@ def _one_line(text: str | None, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _own_finding(test: dict[str, Any]) -> list[str]:
+def _run_name(report: dict[str, Any]) -> str:
+    seed = report.get("seed")
+    return report.get("profile", "?") + (f" (seed {seed})" if seed is not None else "")
+
+
+def _own_finding(test: dict[str, Any], runs: list[str]) -> list[str]:
     failure = test.get("failure") or {}
-    reviewed = test["outcome"] == "expected failure"
-    reason = test.get("message", "").removeprefix("expected failure: ")
-    lines = [
-        f"#### `{test['id']}` ({test['level']})",
-        "",
-        f"Reviewed: {reason}" if reviewed else "**Not reviewed** (no expectation explains it).",
-        "",
-    ]
+    lines = [f"#### `{test['id']}` ({test['level']})", "", f"Found by: {', '.join(runs)}.", ""]
+    if test["outcome"] == Outcome.EXPECTED.value:
+        for known in test.get("known", ()):
+            lines += [f"Reviewed ({known['entry']}): {known['reason']}", ""]
+            lines += [f"Failure: {known['signature']}, {known['count']} example(s).", ""]
+            for example in known.get("examples", ())[:1]:
+                lines += ["Case:", "", "```", (example.get("case") or "").strip(), "```", ""]
+        return lines
+    lines += ["**Not reviewed** (no expectation explains it).", ""]
     if failure.get("what"):
         lines += [f"What failed: {_one_line(failure['what'])}", ""]
+    if failure.get("verdict"):
+        lines += [f"Verdict: {_one_line(failure['verdict'])}", ""]
     if failure.get("case"):
         lines += ["Case:", "", "```", failure["case"].strip(), "```", ""]
     if failure.get("details"):
@@ -65,75 +77,115 @@ def _own_finding(test: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _section(report: dict[str, Any]) -> list[str]:
-    backend = report.get("backend", {})
-    tests = report.get("tests", [])
-    own = [t for t in tests if t["outcome"] in ("failed", "expected failure")]
-    inherited = [t for t in tests if t["outcome"] == "inherited failure"]
-    unsupported = [t for t in tests if t["outcome"] == "unsupported"]
-    unexpected = [t for t in tests if t["outcome"] == "unexpected pass"]
-    versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
+def _by_test(reports: list[dict[str, Any]], outcomes: tuple[str, ...]):
+    """Per test id, the first report's entry with one of ``outcomes`` and the runs that had it."""
+    found: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for report in reports:
+        for test in report.get("tests", []):
+            if test["outcome"] in outcomes:
+                found.setdefault(test["id"], (test, []))[1].append(_run_name(report))
+    return sorted(found.items())
+
+
+def _section(reports: list[dict[str, Any]], note: str | None) -> list[str]:
+    first = reports[0]
+    backend = first.get("backend", {})
+    versions = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items())
+    own = _by_test(reports, (Outcome.FAILED.value, Outcome.EXPECTED.value))
+    inherited = _by_test(reports, (Outcome.INHERITED.value,))
+    unexpected = _by_test(reports, (Outcome.UNEXPECTED_PASS.value,))
+    credited = [t for t in first.get("tests", []) if t.get("credit")]
     lines = [
         f"## {backend.get('name', '?')}",
         "",
         f"- what: {backend.get('description', '')}",
-        f"- command: `{report.get('command') or '?'}`",
-        f"- run: {report.get('date', '?')}, profile {report.get('profile')}, "
-        f"{_minutes(report.get('wall_seconds'))}; {versions}",
         f"- inherits from: {backend.get('inherits') or 'nothing'}; declared unsupported: "
         f"{', '.join(backend.get('unsupported', [])) or 'nothing'}",
-        "- totals: " + ", ".join(f"{n} {o}" for o, n in sorted(_totals(report).items())),
-        "",
-        f"### Own findings ({len(own)})",
-        "",
+        f"- versions: {versions}",
     ]
+    for report in reports:
+        lines.append(
+            f"- {_run_name(report)}, {report.get('date', '?')}, "
+            f"{_minutes(report.get('wall_seconds'))}: `{report.get('command') or '?'}`"
+        )
+    lines.append("")
+    if note:
+        lines += [f"What changed: {note}", ""]
+    lines += [f"### Own findings ({len(own)})", ""]
     if not own:
         lines += ["None.", ""]
-    for test in own:
-        lines += _own_finding(test)
+    for _, (test, runs) in own:
+        lines += _own_finding(test, runs)
     if unexpected:
         lines += [f"### Unexpected passes ({len(unexpected)})", ""]
-        lines += [f"- `{t['id']}`: {_one_line(t.get('message'))}" for t in unexpected] + [""]
+        for test_id, (test, runs) in unexpected:
+            lines.append(
+                f"- `{test_id}` ({', '.join(runs)}): {'; '.join(test.get('unmatched', ()))}"
+            )
+        lines.append("")
     lines += [f"### Inherited from {backend.get('inherits')} ({len(inherited)})", ""]
-    for test in inherited:
-        lines.append(
-            f"- `{test['id']}`: {_one_line(test.get('message', '').removeprefix('inherited from '), 200)}"
+    for test_id, (test, runs) in inherited:
+        entries = "; ".join(
+            f"{k['entry'].rsplit('/', 1)[-1]} ({k['count']} example(s)): {_one_line(k['reason'], 160)}"
+            for k in test.get("known", ())
         )
-    lines += ["", f"### Could not run ({len(unsupported)})", ""]
+        lines.append(f"- `{test_id}` ({', '.join(runs)}): {entries}")
+    lines.append("")
+    if credited:
+        lines += [f"### Passes where {backend.get('inherits')} fails ({len(credited)})", ""]
+        lines += [f"- `{t['id']}`: {_one_line(t['credit'], 300)}" for t in credited] + [""]
+    unsupported = [t for t in first.get("tests", []) if t["outcome"] == Outcome.UNSUPPORTED.value]
+    lines += [f"### Could not run ({len(unsupported)})", ""]
     reasons = Counter(_one_line(t.get("message"), 200) for t in unsupported)
     lines += [f"- {n} test(s): {reason}" for reason, n in reasons.most_common()] + [""]
     return lines
 
 
 def render_backends_page(
-    reports: list[dict[str, Any]], *, sources: list[str], not_run: list[str] = ()
+    reports: list[dict[str, Any]],
+    *,
+    sources: list[str],
+    not_run: list[str] = (),
+    notes: dict[str, str] | None = None,
 ) -> str:
-    """The markdown page for ``reports`` (JSON reports, one per backend), ``sources`` their
-    paths as the command was given them; ``not_run``: ``"name: why"`` for backends tried and
-    not run."""
+    """The markdown page for ``reports`` (JSON reports; several may be of one backend),
+    ``sources`` their paths as the command was given them; ``not_run``: ``"name: why"`` for
+    backends tried and not run; ``notes``: per backend name, what changed."""
+    notes = notes or {}
     lines = [
         "# Backends: ckptconf verdicts",
         "",
         "Generated by `ckptconf backends-page "
-        + " ".join([*sources, *(f"--not-run {shlex.quote(n)}" for n in not_run)])
+        + " ".join(
+            [
+                *sources,
+                *(f"--not-run {shlex.quote(n)}" for n in not_run),
+                *(f"--note {shlex.quote(f'{k}: {v}')}" for k, v in notes.items()),
+            ]
+        )
         + " -o docs/backends.md` from the JSON reports of `ckptconf run --report`; do not "
         "edit by hand. Own findings are the backend's failures; those marked reviewed were "
-        "checked by hand and carry the reason from the backend's expectations file.",
+        "checked by hand and carry the reason from the backend's expectations file. A failure "
+        "counts as inherited only where the parent backend failed the same example the same "
+        "way in the same run.",
         "",
-        "| backend | " + " | ".join(_COLUMNS) + " | run time |",
-        "|---|" + "---:|" * (len(_COLUMNS) + 1),
+        "| backend | run | " + " | ".join(c.value for c in _COLUMNS) + " | run time |",
+        "|---|---|" + "---:|" * (len(_COLUMNS) + 1),
     ]
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for report in reports:
-        totals = _totals(report)
-        name = report.get("backend", {}).get("name", "?")
-        lines.append(
-            f"| {name} | "
-            + " | ".join(str(totals.get(c, 0)) for c in _COLUMNS)
-            + f" | {_minutes(report.get('wall_seconds'))} |"
-        )
+        grouped.setdefault(report.get("backend", {}).get("name", "?"), []).append(report)
+    for name, group in grouped.items():
+        for report in group:
+            totals = _totals(report)
+            lines.append(
+                f"| {name} | {_run_name(report)} | "
+                + " | ".join(str(totals.get(c.value, 0)) for c in _COLUMNS)
+                + f" | {_minutes(report.get('wall_seconds'))} |"
+            )
     lines.append("")
-    for report in reports:
-        lines += _section(report)
+    for name, group in grouped.items():
+        lines += _section(group, notes.get(name))
     if not_run:
         lines += ["## Not run", ""] + [f"- {entry}" for entry in not_run] + [""]
     return "\n".join(lines).rstrip() + "\n"

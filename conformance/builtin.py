@@ -145,7 +145,7 @@ def torch_dcp() -> Backend:
         storage_reader=_dcp_reader,
         checkpointer=_DcpCheckpointer(_dcp_writer, _dcp_reader),
         description="torch.distributed.checkpoint FileSystemWriter/Reader with the default planners",
-        expectations=str(EXPECTATIONS_DIR / "torch-dcp.txt"),
+        expectations=str(EXPECTATIONS_DIR / "torch-dcp.toml"),
     )
 
 
@@ -169,7 +169,8 @@ def torch_dcp_fsspec() -> Backend:
         storage_reader=_fsspec_reader,
         checkpointer=_DcpCheckpointer(_fsspec_writer, _fsspec_reader),
         description="torch.distributed.checkpoint FsspecWriter/Reader with the default planners",
-        expectations=str(EXPECTATIONS_DIR / "torch-dcp-fsspec.txt"),
+        expectations=str(EXPECTATIONS_DIR / "torch-dcp-fsspec.toml"),
+        inherits="torch-dcp",
     )
 
 
@@ -194,13 +195,14 @@ def torch_dcp_hf() -> Backend:
         checkpointer=_DcpCheckpointer(_hf_writer, _hf_reader),
         unsupported=frozenset({"objects", "sharded_tensor", "async_save"}),
         description="torch.distributed.checkpoint HuggingFaceStorageWriter/Reader (safetensors)",
-        expectations=str(EXPECTATIONS_DIR / "torch-dcp-hf.txt"),
+        expectations=str(EXPECTATIONS_DIR / "torch-dcp-hf.toml"),
+        inherits="torch-dcp",
     )
 
 
 def expectations_file(name: str) -> Path | None:
     """The expectations file of built-in backend ``name``, if it has one."""
-    path = EXPECTATIONS_DIR / f"{name}.txt"
+    path = EXPECTATIONS_DIR / f"{name}.toml"
     return path if path.exists() else None
 
 

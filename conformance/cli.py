@@ -54,9 +54,10 @@ class _Progress:
     def pytest_runtest_logreport(self, report):
         if self.live or report.when != "call" and not (report.when == "setup" and report.skipped):
             return
-        outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
+        info = next((v for name, v in report.user_properties if name == "ckptconf"), None)
+        outcome = info["outcome"] if info else report.outcome
         self.console.print(
-            f"[{self.done + 1}/{self.total}] {outcome:7} {report.nodeid.split('::', 1)[-1]} "
+            f"[{self.done + 1}/{self.total}] {outcome:11} {report.nodeid.split('::', 1)[-1]} "
             f"({report.duration:.1f} s)",
             markup=False,
             highlight=False,
@@ -81,8 +82,8 @@ def _outcome_style(outcome: str) -> str:
         "passed": "green",
         "failed": "red",
         "unexpected pass": "yellow",
-        "expected failure": "yellow",
-        "inherited failure": "magenta",
+        "expected": "yellow",
+        "inherited": "magenta",
         "unsupported": "cyan",
     }.get(outcome, "white")
 
@@ -204,20 +205,20 @@ def _run(args: argparse.Namespace) -> int:
             console.print(failure["minimal_case"], markup=False, highlight=False)
         if failure.get("reproduction"):
             console.print(f"reproduce: {failure['reproduction']}", markup=False, highlight=False)
-        for name, reason in test.get("known_in", {}).items():
-            console.print(
-                f"known: {name} fails this test too ({reason}); a backend built on DCP's "
-                f"planners or driver declares inherits={name!r} (or --inherit {name})",
-                markup=False,
-                highlight=False,
-            )
+        if test.get("hint"):
+            console.print(f"hint: {test['hint']}", markup=False, highlight=False)
     for test in report.tests:
         if test["outcome"] == "unexpected pass":
             console.print(
-                f"[yellow]listed as an expected failure but passed this run: {test['id']}[/yellow]"
+                f"[yellow]unexpected pass: {test['id']}: no example failed as listed "
+                f"({'; '.join(test.get('unmatched', ()))})[/yellow]",
+                highlight=False,
             )
     for entry in report.unmatched_expectations:
-        console.print(f"[yellow]expectation matches no test (remove it?): {entry}[/yellow]")
+        console.print(
+            f"[yellow]expectation matched no failure this run (remove it?): {entry}[/yellow]",
+            highlight=False,
+        )
     core = report.core_failures()
     total = sum(sum(c.values()) for c in counts.values())
     passed = sum(c["passed"] for c in counts.values())
@@ -314,7 +315,14 @@ def _backends_page(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"ckptconf backends-page: cannot read {path}: {exc}", file=sys.stderr)
             return 2
-    text = render_backends_page(reports, sources=args.paths, not_run=args.not_run)
+    notes = {}
+    for note in args.note:
+        name, sep, text = note.partition(":")
+        if not sep or not text.strip():
+            print(f"ckptconf backends-page: --note {note!r} is not 'NAME: text'", file=sys.stderr)
+            return 2
+        notes[name.strip()] = text.strip()
+    text = render_backends_page(reports, sources=args.paths, not_run=args.not_run, notes=notes)
     return _emit(text, args.output)
 
 
@@ -690,7 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     page = sub.add_parser(
         "backends-page", help="render several JSON reports as one page (docs/backends.md)"
     )
-    page.add_argument("paths", nargs="+", help="JSON reports, one per backend, in page order")
+    page.add_argument(
+        "paths",
+        nargs="+",
+        help="JSON reports in page order; several of one backend (other profiles or seeds) "
+        "are shown together",
+    )
     page.add_argument("-o", "--output", default=None, help="write here instead of stdout")
     page.add_argument(
         "--not-run",
@@ -698,6 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="'NAME: WHY'",
         help="a backend tried and not run, with why (repeatable)",
+    )
+    page.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="'NAME: TEXT'",
+        help="what changed for backend NAME since the last page (repeatable)",
     )
     page.set_defaults(handler=_backends_page)
     inspect = sub.add_parser(

@@ -1,82 +1,281 @@
-"""Expectations files: known failures of a backend, each with a reason.
+"""Expectations files: a backend's known failures, each named by how it fails and why.
 
-One entry a line: a test id prefix, then ``#`` and the reason::
+An expectations file is TOML, one ``[[known]]`` table per known failure::
 
-    # torch DCP saves only the first offset of a non-contiguous _StridedShard shard
-    test_roundtrip.py::TestRoundTrip::test_round_trip_strided  # DCP records one offset per strided shard
+    # torch DCP plans a _StridedShard shard as one chunk at its first offset
+    [[known]]
+    test = "roundtrip::test_round_trip_strided_shard"
+    step = "save"
+    kind = "raised"
+    raises = "CheckpointException"
+    match = "overlapping chunks"
+    reason = "DCP plans a _StridedShard shard as one chunk at its first global offset ..."
 
-Ids are ``module.py::Class::test`` (parameters may follow), whatever directory pytest
-ran from. An entry matching no collected test is reported, so the file cannot go stale
-silently. A listed test that passes is reported as an "unexpected pass" (not a failure),
-unless its reason starts with ``when drawn:``: a property test whose failing cases a run
-draws only now and then (the finding pinned, every run, by a test of its own) passes in
-the runs that draw none, and that pass says nothing about the entry.
+- ``test``: ``<suite>::<test function>``, then optionally ``[<parameters>]`` as pytest
+  writes them (``faults::test_failed_save_keeps_the_previous_checkpoint[finish]``); the
+  parameters may use ``*`` and ``?``. Ids do not depend on the module or class a test ran
+  from, so one entry covers the shipped suites and a class-style subclass of them.
+- The signature, matched against the failure's fields (:class:`~.kit.failures.ConformanceFailure`):
+  ``step`` (one of :data:`~.kit.failures.STEPS`; not for kind ``harness``) and ``kind`` (one
+  of :data:`~.kit.failures.KINDS`) must equal the failure's; ``raises``, required for kind
+  ``raised``, names an exception type one of the failing ranks raised; ``match`` is a
+  regular expression searched in the failure's message (its headline, the ranks' errors and
+  its details: mismatches, tracebacks, what the ranks printed; not the case); ``key`` a glob
+  on the failure's key.
+  Every entry but a ``hang`` or ``lost_rank`` one has ``match`` or ``key``.
+- ``reason``: why the backend fails so, for the person reading the report.
+
+A failure matching no entry is the backend's own, even in a listed test: an entry excuses the
+failure it names and nothing else. A hang, a lost rank or a harness error matches only an entry
+of that kind. Bad entries (no signature, an unknown key, step, kind or test, a pattern that is
+no regular expression) raise :class:`ExpectationsError` naming file and line; an entry that
+matches no failure in a run is reported after it.
+
+Files of the earlier format (``<test id prefix>  # <reason>`` lines) are refused with how to
+convert them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["WHEN_DRAWN", "Expectation", "Expectations", "ExpectationsError"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the tested interpreter is 3.11
+    import tomli as tomllib
+
+from .kit.failures import KINDS, STEPS, error_type
+
+__all__ = ["Expectation", "Expectations", "ExpectationsError", "failure_message"]
+
+_KEYS = ("test", "step", "kind", "raises", "match", "key", "reason")
+_UNPATTERNED = ("hang", "lost_rank")
+_TEST = re.compile(r"(?P<suite>[a-z0-9_]+)::(?P<name>test_\w+)(?P<params>\[.*\])?")
 
 
 class ExpectationsError(ValueError):
-    """An expectations file is malformed."""
+    """An expectations file or entry is malformed: the message names file and line."""
 
 
-WHEN_DRAWN = "when drawn:"
-"""How the reason of an entry starts whose test fails only in runs that draw a failing case."""
+def failure_message(failure: Mapping[str, Any]) -> str:
+    """The text an entry's ``match`` searches: the failure's headline, the ranks' errors and its
+    details (every mismatch, the ranks' tracebacks and what they printed); not the case."""
+    errors = "\n".join(failure.get("errors") or ())
+    return f"{failure.get('what') or ''}\n{errors}\n{failure.get('details') or ''}"
 
 
 @dataclass(frozen=True)
 class Expectation:
-    """A known failure: tests whose id starts with ``prefix`` fail, because ``reason``."""
+    """A known failure: ``test`` fails at ``step`` as ``kind`` (raising ``raises``, with a
+    message matching ``match``, at a key matching ``key``), because ``reason``."""
 
-    prefix: str
+    test: str
+    step: str | None
+    kind: str
     reason: str
+    raises: str | None = None
+    match: str | None = None
+    key: str | None = None
+    source: str = "<none>"
     line: int = 0
+    _pattern: re.Pattern | None = field(default=None, compare=False, repr=False)
 
     @property
-    def when_drawn(self) -> bool:
-        """Whether the test fails only in the runs that draw a failing case."""
-        return self.reason.startswith(WHEN_DRAWN)
+    def where(self) -> str:
+        """``file:line`` of the entry."""
+        return f"{self.source}:{self.line}"
+
+    @property
+    def suite(self) -> str:
+        """The suite the entry's test belongs to."""
+        return self.test.split("::", 1)[0]
+
+    @property
+    def function(self) -> str:
+        """The test function the entry names (without parameters)."""
+        return self.test.split("::", 1)[1].split("[", 1)[0]
+
+    def covers(self, test_id: str) -> bool:
+        """Whether the entry is about the test ``<suite>::<function>[<params>]``."""
+        if "[" in self.test:
+            return _glob(self.test).fullmatch(test_id) is not None
+        return test_id == self.test or test_id.startswith(self.test + "[")
+
+    def matches(self, failure: Mapping[str, Any]) -> bool:
+        """Whether ``failure`` (a :meth:`ConformanceFailure.fields` mapping) fails as this entry
+        says: the same step and kind, and every pattern the entry gives found."""
+        if failure.get("kind") != self.kind:
+            return False
+        if self.step is not None and failure.get("step") != self.step:
+            return False
+        if self.raises is not None:
+            raised = {error_type(e).rsplit(".", 1)[-1] for e in failure.get("errors") or ()}
+            if self.raises.rsplit(".", 1)[-1] not in raised:
+                return False
+        if self._pattern is not None and not self._pattern.search(failure_message(failure)):
+            return False
+        return self.key is None or _glob(self.key).fullmatch(str(failure.get("key") or ""))
+
+    def signature(self) -> str:
+        """The entry's signature as one line: step, kind and patterns."""
+        parts = [f"step {self.step}"] if self.step else []
+        parts.append(f"kind {self.kind}")
+        parts += [
+            f"{n} {v!r}"
+            for n, v in (("raises", self.raises), ("match", self.match), ("key", self.key))
+            if v is not None
+        ]
+        return ", ".join(parts)
 
 
 class Expectations:
-    """The entries of one file, matched by longest prefix."""
+    """The entries of one expectations file."""
 
     def __init__(self, entries: list[Expectation], source: str = "<none>"):
-        self.entries = sorted(entries, key=lambda e: -len(e.prefix))
+        self.entries = list(entries)
         self.source = source
 
     @classmethod
     def load(cls, path: str | Path) -> Expectations:
-        """Parse ``path``; a missing file means no known failures."""
+        """Parse ``path``; a missing file means no known failures. Raises
+        :class:`ExpectationsError` naming file and line for a malformed file or entry."""
         path = Path(path)
         if not path.exists():
             return cls([], str(path))
-        entries = []
-        for number, raw in enumerate(path.read_text().splitlines(), start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            prefix, sep, reason = line.partition("#")
-            if not sep or not reason.strip():
+        text = path.read_text()
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ExpectationsError(
+                f"{path}: not a TOML expectations file: {exc}" + _old_format_hint(text)
+            ) from None
+        unknown = sorted(set(data) - {"known"})
+        if unknown:
+            raise ExpectationsError(
+                f"{path}: unknown top-level key(s) {unknown}; entries are [[known]] tables"
+            )
+        tables = data.get("known", [])
+        lines = _table_lines(text)
+        if not isinstance(tables, list) or len(lines) != len(tables):
+            raise ExpectationsError(
+                f"{path}: entries must be [[known]] tables, each starting on a line of its own"
+            )
+        return cls([_entry(t, str(path), n) for t, n in zip(tables, lines)], str(path))
+
+    def for_test(self, test_id: str) -> list[Expectation]:
+        """The entries about test ``test_id`` (``<suite>::<function>[<params>]``)."""
+        return [e for e in self.entries if e.covers(test_id)]
+
+    def check_tests(self, suites: Mapping[str, Iterable[str]]) -> None:
+        """Raise :class:`ExpectationsError` for an entry naming a suite or test function that
+        ``suites`` (suite name -> its test function names) does not have."""
+        for entry in self.entries:
+            if entry.suite not in suites:
                 raise ExpectationsError(
-                    f"{path}:{number}: an entry needs a reason after '#': {raw!r}"
+                    f"{entry.where}: unknown suite {entry.suite!r} in test {entry.test!r}; "
+                    f"suites: {', '.join(sorted(suites))}"
                 )
-            entries.append(Expectation(prefix.strip(), reason.strip(), number))
-        return cls(entries, str(path))
+            if entry.function not in set(suites[entry.suite]):
+                raise ExpectationsError(
+                    f"{entry.where}: suite {entry.suite!r} has no test {entry.function!r} "
+                    f"(test = {entry.test!r})"
+                )
 
-    def match(self, test_id: str) -> Expectation | None:
-        """The entry covering ``test_id``, if any."""
-        return next((e for e in self.entries if test_id.startswith(e.prefix)), None)
+    def unmatched(self, matched: Iterable[str]) -> list[str]:
+        """Entries (as ``file:line test: signature``) whose ``where`` is not in ``matched``."""
+        seen = set(matched)
+        return [f"{e.where} {e.test}: {e.signature()}" for e in self.entries if e.where not in seen]
 
-    def unmatched(self, test_ids: list[str]) -> list[str]:
-        """Entries (as ``file:line prefix``) that match none of ``test_ids``."""
-        return [
-            f"{self.source}:{e.line} {e.prefix}"
-            for e in self.entries
-            if not any(t.startswith(e.prefix) for t in test_ids)
-        ]
+
+def _glob(pattern: str) -> re.Pattern:
+    """``pattern`` with ``*`` (any text) and ``?`` (one character) as its only wildcards: brackets
+    are literal, as in pytest's parameter ids."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _table_lines(text: str) -> list[int]:
+    """The line number of each ``[[known]]`` header, in order."""
+    return [
+        number
+        for number, line in enumerate(text.splitlines(), start=1)
+        if re.fullmatch(r"\s*\[\[\s*known\s*\]\]\s*(#.*)?", line)
+    ]
+
+
+def _entry(table: Any, source: str, line: int) -> Expectation:
+    where = f"{source}:{line}"
+    if not isinstance(table, dict):
+        raise ExpectationsError(f"{where}: an entry is a table of {', '.join(_KEYS)}")
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise ExpectationsError(f"{where}: unknown key(s) {unknown}; an entry has {list(_KEYS)}")
+    for name, value in table.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ExpectationsError(f"{where}: {name} must be a non-empty string, got {value!r}")
+    missing = [k for k in ("test", "step", "kind", "reason") if k not in table]
+    if table.get("kind") == "harness" and "step" in missing:
+        missing.remove("step")  # a harness error comes from no step of the backend's
+    if "step" in missing or "kind" in missing:
+        raise ExpectationsError(
+            f"{where}: the entry for {table.get('test', '?')!r} names no signature (step and "
+            "kind, and raises, match or key): an entry excuses one way of failing, never a "
+            "whole test"
+        )
+    if missing:
+        raise ExpectationsError(f"{where}: the entry has no {' and no '.join(missing)}")
+    if not _TEST.fullmatch(table["test"]):
+        raise ExpectationsError(
+            f"{where}: test {table['test']!r} is not <suite>::<test function>[<parameters>]"
+        )
+    if "step" in table and table["step"] not in STEPS:
+        raise ExpectationsError(f"{where}: unknown step {table['step']!r}; steps: {list(STEPS)}")
+    if table["kind"] not in KINDS:
+        raise ExpectationsError(f"{where}: unknown kind {table['kind']!r}; kinds: {list(KINDS)}")
+    if table["kind"] == "raised" and "raises" not in table:
+        raise ExpectationsError(
+            f"{where}: a kind 'raised' entry names the exception type (raises = ...)"
+        )
+    if table["kind"] not in _UNPATTERNED and "match" not in table and "key" not in table:
+        raise ExpectationsError(
+            f"{where}: the entry for {table['test']!r} has no pattern: give match (a regular "
+            "expression searched in the failure's message) or key (a glob on its key)"
+        )
+    pattern = None
+    if "match" in table:
+        try:
+            pattern = re.compile(table["match"])
+        except re.error as exc:
+            raise ExpectationsError(
+                f"{where}: match {table['match']!r} is no regular expression: {exc}"
+            ) from None
+    return Expectation(
+        test=table["test"],
+        step=table.get("step"),
+        kind=table["kind"],
+        reason=" ".join(table["reason"].split()),
+        raises=table.get("raises"),
+        match=table.get("match"),
+        key=table.get("key"),
+        source=source,
+        line=line,
+        _pattern=pattern,
+    )
+
+
+def _old_format_hint(text: str) -> str:
+    if any(
+        "::" in line and "#" in line and not line.lstrip().startswith("[")
+        for line in text.splitlines()
+    ):
+        return (
+            "\nThis looks like the earlier '<test id>  # <reason>' format, which excused every "
+            "failure of a listed test. Write each known failure as a [[known]] table with test, "
+            "step, kind, raises/match/key and reason (see ckptconf.conformance.expectations)."
+        )
+    return ""

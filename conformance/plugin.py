@@ -386,9 +386,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     path = config.getoption("ckpt_expectations") or report.backend.get("expectations")
     if path and not (config.option.keyword or config.option.markexpr):
         # only an unfiltered run shows that an entry matches no test
-        report.unmatched_expectations = Expectations.load(path).unmatched(
-            [t["id"] for t in report.tests]
-        )
+        report.unmatched_expectations = Expectations.load(path).unmatched(report.matched_entries())
     path = config.getoption("ckpt_report")
     if path:
         report.write(path)
@@ -403,7 +401,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line(line)
     for entry in report.unmatched_expectations:
         terminalreporter.write_line(
-            f"expectation matches no test (remove it?): {entry}", yellow=True
+            f"expectation matched no failure this run (remove it?): {entry}", yellow=True
         )
     path = config.getoption("ckpt_report")
     if path:

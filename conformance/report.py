@@ -17,23 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .expectations import WHEN_DRAWN
 from .kit.failures import render_failure
-from .kit.trial import UNSUPPORTED_PREFIX
+from .kit.outcomes import Outcome
 
 __all__ = ["OUTCOMES", "Report", "render_markdown"]
 
-OUTCOMES = (
-    "passed",
-    "failed",
-    "unsupported",
-    "expected failure",
-    "inherited failure",
-    "unexpected pass",
-    "skipped",
-)
-"""``inherited failure``: a test the built-in backend this one inherits from (``inherits``)
-is known to fail, failing here too."""
+OUTCOMES = tuple(o.value for o in Outcome)
+"""The outcomes, in the order tables list them (see :class:`~.kit.outcomes.Outcome`)."""
+
+_KNOWN = (Outcome.EXPECTED.value, Outcome.INHERITED.value)
 
 
 @dataclass
@@ -56,56 +48,42 @@ class Report:
         """Add the outcome of a test's setup or call phase (setup only when it did not pass).
 
         ``info`` is what the suites' plugin attached to the test report: id, suite, level,
-        backend, and for a phase that raised its failure fields (or error text) and
-        hypothesis' falsifying example.
+        backend, the outcome and its message, and for a phase that raised its failure fields
+        (or error text) and hypothesis' falsifying example; for a call, the known failures its
+        examples met, and the hint or credit its verdict found.
         """
         if report.when == "setup" and report.passed:
             return
         if info.get("backend") and not self.backend:
             self.backend = info["backend"]
-        reason = _skip_reason(report)
-        listed = getattr(report, "wasxfail", "")
-        inherited = listed.startswith("inherited from ")
-        if report.skipped and hasattr(report, "wasxfail"):
-            outcome = "inherited failure" if inherited else "expected failure"
-        elif report.skipped:
-            outcome = "unsupported" if reason.startswith(UNSUPPORTED_PREFIX) else "skipped"
-        elif report.passed and hasattr(report, "wasxfail"):
-            # an inherited defect this backend does not have is no stale expectation of its own,
-            # nor is a pass of a test that fails only when it draws a failing case
-            outcome = "passed" if inherited or WHEN_DRAWN in listed else "unexpected pass"
-        elif report.failed:
-            outcome = "failed"
-        else:
-            outcome = "passed"
+        outcome = info["outcome"]
         entry: dict[str, Any] = {
             "id": info["id"],
+            "test": info.get("test"),
             "suite": info.get("suite"),
             "level": info.get("level"),
             "outcome": outcome,
             "duration": round(report.duration, 3),
         }
-        if outcome in ("unsupported", "skipped"):
-            entry["message"] = reason
-        elif outcome in ("expected failure", "inherited failure", "unexpected pass"):
-            entry["message"] = report.wasxfail
-        if outcome in ("failed", "expected failure", "inherited failure"):
+        if info.get("message"):
+            entry["message"] = info["message"]
+        if outcome == Outcome.FAILED.value:
             failure = info.get("failure")
             if failure is None:  # not a ConformanceFailure: an error of the test or of pytest
                 failure = {
                     "backend": (info.get("backend") or {}).get("name"),
                     "suite": info.get("suite"),
                     "test": info["id"],
+                    "kind": "harness",
                     "what": info.get("error") or _last_line(report.longreprtext),
                     "details": report.longreprtext[-4000:],
                     "minimal_case": info.get("minimal_case"),
                 }
             entry["failure"] = failure
-            entry["message"] = entry.get("message") or failure.get("what")
-        if outcome == "failed":
-            known = known_dcp_findings(info["id"])
-            if known:
-                entry["known_in"] = known
+            entry["message"] = failure.get("what")
+        for extra in ("known", "hint", "credit", "unmatched"):
+            if info.get(extra):
+                entry[extra] = info[extra]
         self.tests = [t for t in self.tests if t["id"] != info["id"]] + [entry]
 
     def counts(self) -> dict[str, Counter]:
@@ -134,6 +112,15 @@ class Report:
             )
         )
         return lines
+
+    def matched_entries(self) -> set[str]:
+        """The backend's own expectations entries (``file:line``) some failure matched."""
+        return {
+            known["entry"]
+            for test in self.tests
+            for known in test.get("known", ())
+            if known["origin"] == "own"
+        }
 
     def core_failures(self) -> int:
         """Failed tests of level core (inherited failures are not the backend's own)."""
@@ -172,27 +159,6 @@ class Report:
         temporary.replace(path)
 
 
-def known_dcp_findings(test_id: str) -> dict[str, str]:
-    """The built-in DCP backends whose expectations list ``test_id``, with their reasons: a
-    backend built on DCP's planners or driver may have inherited the failure (``inherits``)."""
-    from .builtin import BUILT_IN, expectations_file
-    from .expectations import Expectations
-
-    found = {}
-    for name in BUILT_IN:
-        path = expectations_file(name)
-        entry = Expectations.load(path).match(test_id) if path else None
-        if entry is not None:
-            found[name] = entry.reason
-    return found
-
-
-def _skip_reason(report) -> str:
-    if report.skipped and isinstance(report.longrepr, tuple):
-        return report.longrepr[2].removeprefix("Skipped: ")
-    return ""
-
-
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else "")[:300]
@@ -217,27 +183,53 @@ def render_markdown(data: dict[str, Any]) -> str:
     ]
     for suite, counts in sorted(data.get("summary", {}).items()):
         out.append(f"| {suite} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
-    failures = [
+    shown = [
         t
         for t in data.get("tests", [])
-        if t["outcome"] in ("failed", "unexpected pass", "expected failure", "inherited failure")
+        if t["outcome"] in ("failed", "unexpected pass", *_KNOWN) or t.get("credit")
     ]
-    if failures:
-        out += ["", "## Failures and expected failures", ""]
-        for test in failures:
-            out += [f"### `{test['id']}`: {test['outcome']}", "", test.get("message") or ""]
+    if shown:
+        out += ["", "## Failures, known failures and credits", ""]
+        for test in shown:
+            out += [f"### `{test['id']}`: {test['outcome']}", ""]
             failure = test.get("failure")
             if failure:
-                out += ["", "```", render_failure({**failure, "reproduction": None}), "```"]
+                out += ["```", render_failure({**failure, "reproduction": None}), "```"]
                 if failure.get("minimal_case"):
                     out += ["", "Minimal case:", "", "```", failure["minimal_case"], "```"]
                 if failure.get("reproduction"):
                     out += ["", f"Reproduce: `{failure['reproduction']}`"]
-            for name, reason in test.get("known_in", {}).items():
-                out += ["", f"{name} fails this test too: {reason}"]
+            elif test.get("message") and test["outcome"] not in _KNOWN:
+                out.append(test["message"])
+            out += known_lines(test)
+            for extra in ("hint", "credit"):
+                if test.get(extra):
+                    out += ["", f"{extra.capitalize()}: {test[extra]}"]
+            for entry in test.get("unmatched", ()):
+                out += ["", f"Listed, and no example failed so: {entry}"]
             out.append("")
     if data.get("unmatched_expectations"):
-        out += ["", "## Expectations matching no test", ""] + [
+        out += ["", "## Expectations matching no failure", ""] + [
             f"- {e}" for e in data["unmatched_expectations"]
         ]
     return "\n".join(out) + "\n"
+
+
+def known_lines(test: dict[str, Any]) -> list[str]:
+    """Markdown lines for the known failures a test's examples met: entry, reason, examples."""
+    out = []
+    for known in test.get("known", ()):
+        origin = "expected" if known["origin"] == "own" else f"inherited from {known['origin']}"
+        out += [
+            "",
+            f"{known['count']} example(s) {origin} ({known['entry']}: {known['signature']}): "
+            f"{known['reason']}",
+        ]
+        for example in known.get("examples", ()):
+            out += [
+                "",
+                "```",
+                f"{example.get('what')}\n{example.get('case') or ''}".rstrip(),
+                "```",
+            ]
+    return out

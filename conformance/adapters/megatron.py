@@ -62,6 +62,6 @@ def backend() -> Backend:
         unsupported=frozenset({"nested_state_dicts", "objects", "dtensor", "strided_shard"}),
         description=f"megatron-core {version('megatron-core')} MCoreSavePlanner/MCoreLoadPlanner "
         "with DCP's FileSystemWriter/Reader",
-        expectations=str(EXPECTATIONS_DIR / "megatron.txt"),
+        expectations=str(EXPECTATIONS_DIR / "megatron.toml"),
         inherits="torch-dcp",
     )

@@ -59,6 +59,6 @@ def backend() -> Backend:
         unsupported=frozenset({"storage", "async_save"}),
         description=f"nvidia-resiliency-ext {version('nvidia-resiliency-ext')} "
         "FileSystemWriterAsync under its own plan/write/finalize driver, DCP's FileSystemReader",
-        expectations=str(EXPECTATIONS_DIR / "nvidia-resiliency-ext.txt"),
+        expectations=str(EXPECTATIONS_DIR / "nvidia-resiliency-ext.toml"),
         inherits="torch-dcp",
     )

@@ -144,6 +144,6 @@ def backend() -> Backend:
         stored_objects=S3Objects,
         description=f"s3torchconnector {version('s3torchconnector')} S3StorageWriter/Reader "
         "with DCP's default planners",
-        expectations=str(EXPECTATIONS_DIR / "s3torchconnector.txt"),
+        expectations=str(EXPECTATIONS_DIR / "s3torchconnector.toml"),
         inherits="torch-dcp",
     )

@@ -9,13 +9,17 @@ from the same fields, whether from the exception or from a report on disk.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "ConformanceFailure",
     "HangFailure",
     "FAILURE_FIELDS",
+    "KINDS",
+    "STEPS",
+    "error_of",
+    "error_type",
     "Mismatch",
     "exception_text",
     "listing",
@@ -24,11 +28,43 @@ __all__ = [
 
 _MAX_SHOWN = 8
 
+STEPS = (
+    "save",
+    "async_save",
+    "load",
+    "read_metadata",
+    "plan",
+    "simulate",
+    "checkpointer",
+    "write",
+    "read",
+)
+"""What a failing step did, the first word of every step a suite runs: a save, an async save, a
+load, ``read_metadata``, planning (``create_local_plan``/``create_global_plan`` alone), a save
+and load on simulated ranks, a ``Checkpointer`` round trip, the storage protocol driven by hand
+(``write``, ``read``)."""
+
+KINDS = {
+    "raised": "a step raised where it must not",
+    "wrong_values": "a step returned, but what it loaded, read or left behind is wrong",
+    "no_error": "a step that must raise returned without an error",
+    "wrong_error": "a step raised, but not as it must (on some ranks only, or without naming "
+    "what failed)",
+    "hang": "a step did not finish within its timeout",
+    "lost_rank": "a rank died during a step",
+    "harness": "the test itself could not run its step (not the backend's failure to keep the "
+    "contract: a bug of the test, the harness, or the backend's set-up)",
+}
+"""How a step failed: the kinds of :attr:`ConformanceFailure.kind`, with what each means."""
+
 FAILURE_FIELDS = (
     "backend",
     "suite",
     "test",
     "what",
+    "step",
+    "kind",
+    "errors",
     "case",
     "rank",
     "key",
@@ -38,6 +74,7 @@ FAILURE_FIELDS = (
     "details",
     "minimal_case",
     "reproduction",
+    "verdict",
 )
 """The fields of a failure, in the order the report lists them."""
 
@@ -53,7 +90,6 @@ class Mismatch:
     expected: Any = None
     actual: Any = None
     count: int = 1
-    local_shape: tuple[int, ...] | None = field(default=None)
 
     def __str__(self) -> str:
         where = f" at global index {self.global_index}" if self.global_index is not None else ""
@@ -102,7 +138,7 @@ def _plain(value: Any) -> Any:
     """A JSON-ready form of a field value: scalars stay, tuples become lists, the rest repr."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value):
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, str)) for v in value):
         return list(value)
     return repr(value)
 
@@ -110,12 +146,16 @@ def _plain(value: Any) -> Any:
 class ConformanceFailure(AssertionError):
     """A backend broke the contract: what, on which case, where, and how to reproduce it.
 
-    ``what`` is the one-line headline; ``case`` the drawn case as a person reads it;
-    ``rank``, ``key``, ``index`` (global element index), ``expected`` and ``actual`` say
-    where the first wrong value is, when there is one; ``details`` holds the rest (every
-    mismatch, every rank's error and traceback); ``minimal_case`` is the falsifying
-    example hypothesis reports after shrinking (filled in by the pytest plugin);
-    ``reproduction`` a command that re-runs the test.
+    ``what`` is the one-line headline; ``step`` (one of :data:`STEPS`) and ``kind`` (one of
+    :data:`KINDS`) say which step failed and how, and ``errors`` lists each distinct
+    ``Type: message`` the failing ranks raised: with ``key``, what an expectations entry
+    matches (:mod:`ckptconf.conformance.expectations`). ``case`` is the drawn case as a person
+    reads it; ``rank``, ``key``, ``index`` (global element index), ``expected`` and ``actual``
+    say where the first wrong value is, when there is one; ``details`` holds the rest (every
+    mismatch, every rank's error and traceback); ``minimal_case`` is the falsifying example
+    hypothesis reports after shrinking (filled in by the pytest plugin); ``reproduction`` a
+    command that re-runs the test; ``verdict`` what the suite found out about the failure's
+    origin (the parent backend passes this case, say).
     """
 
     def __init__(
@@ -125,6 +165,9 @@ class ConformanceFailure(AssertionError):
         backend: str = "",
         suite: str | None = None,
         test: str | None = None,
+        step: str | None = None,
+        kind: str | None = None,
+        errors: tuple[str, ...] | list[str] = (),
         case: str = "",
         rank: int | None = None,
         key: str | None = None,
@@ -134,12 +177,25 @@ class ConformanceFailure(AssertionError):
         details: str = "",
         minimal_case: str | None = None,
         reproduction: str | None = None,
+        verdict: str | None = None,
     ):
+        if step is not None and step not in STEPS:
+            raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"unknown failure kind {kind!r}; expected one of {sorted(KINDS)}")
         self.what, self.backend, self.suite, self.test = what, backend, suite, test
+        self.step, self.kind, self.errors = step, kind, tuple(errors)
         self.case, self.rank, self.key, self.index = case, rank, key, index
         self.expected, self.actual, self.details = expected, actual, details
         self.minimal_case, self.reproduction = minimal_case, reproduction
+        self.verdict = verdict
         super().__init__(render_failure(self.fields()))
+
+    def add_verdict(self, text: str) -> None:
+        """Say what the suite found out about this failure (shown, and kept in the report);
+        the exception is changed in place, so a re-raise keeps where it came from."""
+        self.verdict = f"{self.verdict}; {text}" if self.verdict else text
+        self.args = (render_failure(self.fields()),)
 
     def fields(self) -> dict[str, Any]:
         """The failure as JSON-ready data; ``expected`` and ``actual`` as their repr."""
@@ -158,6 +214,7 @@ class ConformanceFailure(AssertionError):
                 known[name] = _Shown(known[name])
         if known.get("index") is not None:
             known["index"] = tuple(known["index"])
+        known["errors"] = tuple(known.get("errors") or ())
         return cls(data.get("what", ""), **known)
 
     def __reduce__(self):
@@ -185,9 +242,27 @@ def _rebuild(data: dict[str, Any]) -> ConformanceFailure:
     return ConformanceFailure.from_fields(data)
 
 
+def error_of(exc: BaseException) -> str:
+    """``Type: message`` of an exception raised in the controller, as a failure's ``errors``
+    list it (cut at 3,000 characters)."""
+    return f"{type(exc).__name__}: {str(exc).strip()[:3000]}"
+
+
+def error_type(error: str) -> str:
+    """The exception type name of an ``errors`` entry (``"Type: message"``)."""
+    return error.split(":", 1)[0].strip()
+
+
 def render_failure(fields: dict[str, Any]) -> str:
-    """The text of a failure from its fields: headline, case, where, details, reproduction."""
+    """The text of a failure from its fields: headline, verdict, case, where, details,
+    reproduction."""
     lines = [f"[{fields.get('backend') or '?'}] {fields.get('what', '')}"]
+    if fields.get("verdict"):
+        lines.append(f"verdict: {fields['verdict']}")
+    if fields.get("step") or fields.get("kind"):
+        types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or ()))
+        raised = f", raises {', '.join(types)}" if types else ""
+        lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
     if fields.get("case"):
         lines += ["case:", str(fields["case"]).rstrip()]
     where = []

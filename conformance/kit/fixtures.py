@@ -21,19 +21,33 @@ from typing import Any
 import pytest
 from ckptconf.conformance.backend import FEATURES, Backend
 from ckptconf.conformance.builtin import BUILT_IN, expectations_file
-from ckptconf.conformance.expectations import Expectations
+from ckptconf.conformance.expectations import Expectations, ExpectationsError
 from ckptconf.conformance.loading import BackendSpecError, load_backend
 
-from .trial import UNSUPPORTED_PREFIX, Checker
+from .failures import HangFailure
+from .outcomes import Outcome, Unsupported, unsupported
+from .trial import Checker
+from .verdicts import Verdict, _add_verdict
 
-__all__ = ["canonical_id", "describe_backend", "backend_from_options"]
+__all__ = [
+    "backend_from_options",
+    "canonical_id",
+    "describe_backend",
+    "expectations_of",
+    "inherited_from",
+    "suite_test_id",
+]
 
 INFO = "ckptconf"
 """The ``user_properties`` entry carrying a conformance test's data to the report."""
 
 _backend_key = pytest.StashKey[Backend]()
+_verdict_key = pytest.StashKey[Verdict]()
+_outcome_key = pytest.StashKey[Outcome]()
+_runs_key = pytest.StashKey[dict]()
 _option_backend = pytest.StashKey[Backend]()
 _expectations: dict[str, Expectations] = {}
+_builtins: dict[str, Backend] = {}
 
 
 def canonical_id(item: pytest.Item) -> str:
@@ -154,8 +168,9 @@ def ckpt(
     ckpt_path: Callable[[], str],
     ckpt_repro: str,
 ) -> Checker:
-    """The conformance test's checker: skips what the backend declared unsupported, marks
-    listed expected failures, and makes trials of drawn cases (see :class:`~.trial.Checker`)."""
+    """The conformance test's checker: reports as unsupported what the backend declared
+    unsupported, judges failures by the expectations that name them (its ``verdict``), and
+    makes trials of drawn cases (see :class:`~.trial.Checker`)."""
     from .. import plugin
     from .launched import LaunchedRanks
     from .running import PoolRanks
@@ -172,35 +187,65 @@ def ckpt(
         if not ckpt_backend.supports(f)
     ]
     if missing:
-        pytest.skip(UNSUPPORTED_PREFIX + ", ".join(dict.fromkeys(missing)))
-    reason = _expected_failure(request.config, ckpt_backend, canonical_id(item))
-    if reason is not None:
-        # not strict: a property test may draw no failing case in a run; the report flags the pass
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+        unsupported("declared unsupported: " + ", ".join(dict.fromkeys(missing)))
     suite = item.get_closest_marker("ckpt_suite")
-    return Checker(
-        ckpt_backend,
-        ranks=ranks,
-        paths=ckpt_path,
-        suite=suite.args[0] if suite else None,
-        test=canonical_id(item),
-        reproduction=ckpt_repro,
-        skip=pytest.skip,
-        timeout=request.config.getoption("ckpt_timeout"),
-    )
+    timeout = request.config.getoption("ckpt_timeout")
+
+    def checker(backend: Backend, reproduction: str | None = None) -> Checker:
+        return Checker(
+            backend,
+            ranks=ranks,
+            paths=ckpt_path,
+            suite=suite.args[0] if suite else None,
+            test=canonical_id(item),
+            reproduction=reproduction,
+            skip=pytest.skip,
+            timeout=timeout,
+        )
+
+    checked = checker(ckpt_backend, ckpt_repro)
+    checked.verdict = _verdict(request.config, ckpt_backend, suite_test_id(item), checker)
+    item.stash[_verdict_key] = checked.verdict
+    return checked
 
 
-EXPECTED = "expected failure: "
-INHERITED = "inherited from {}: "
-"""How the xfail reason of a listed failure starts: the report tells the two kinds apart."""
+def suite_test_id(item: pytest.Item) -> str:
+    """``<suite>::<test function>[<parameters>]``: the test's id in expectations files, the same
+    whichever module or class (the shipped one, a class-style subclass) it ran from."""
+    suite = item.get_closest_marker("ckpt_suite")
+    name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
+    params = f"[{item.callspec.id}]" if hasattr(item, "callspec") else ""
+    return f"{suite.args[0] if suite else '?'}::{name}{params}"
+
+
+def _suite_tests() -> dict[str, set[str]]:
+    """Every suite's test function names, for checking that expectations name real tests."""
+    from ckptconf.conformance.suites import SUITES
+
+    return {
+        name: {attr for attr in dir(cls) if attr.startswith("test_")}
+        for name, cls in SUITES.items()
+    }
 
 
 def _load(path: str | None) -> Expectations:
+    """The expectations file at ``path`` (none: empty), parsed and checked once per process; a
+    malformed one stops the run, naming file and line."""
     if not path:
         return Expectations([])
     if path not in _expectations:
-        _expectations[path] = Expectations.load(path)
+        try:
+            loaded = Expectations.load(path)
+            loaded.check_tests(_suite_tests())
+        except ExpectationsError as exc:
+            raise pytest.UsageError(f"ckptconf expectations: {exc}") from None
+        _expectations[path] = loaded
     return _expectations[path]
+
+
+def expectations_of(config: pytest.Config, backend: Backend) -> Expectations:
+    """The backend's own expectations: ``--ckpt-expectations``, else its ``expectations`` file."""
+    return _load(config.getoption("ckpt_expectations") or backend.expectations)
 
 
 def inherited_from(config: pytest.Config, backend: Backend) -> str | None:
@@ -214,17 +259,69 @@ def inherited_from(config: pytest.Config, backend: Backend) -> str | None:
     return chosen or backend.inherits
 
 
-def _expected_failure(config: pytest.Config, backend: Backend, test_id: str) -> str | None:
-    """The xfail reason of a test the backend's expectations list, or that the built-in
-    backend it inherits from fails (its own entry first)."""
-    own = _load(config.getoption("ckpt_expectations") or backend.expectations).match(test_id)
-    if own is not None:
-        return EXPECTED + own.reason
+def _verdict(
+    config: pytest.Config,
+    backend: Backend,
+    test: str,
+    checker_for: Callable[[Backend], Checker],
+) -> Verdict:
+    """The verdict of ``test`` against ``backend``: its own entries, its parent's, and the
+    other built-in backends' (for the ``inherits`` hint)."""
+    builtins = {}
+    for name in BUILT_IN:
+        entries = _load(str(expectations_file(name) or "")).for_test(test)
+        if entries:
+            builtins[name] = (_builtin(name), entries)
     parent = inherited_from(config, backend)
-    if parent is None:
-        return None
-    inherited = _load(str(expectations_file(parent) or "")).match(test_id)
-    return None if inherited is None else INHERITED.format(parent) + inherited.reason
+    return Verdict(
+        test,
+        backend.name,
+        own=expectations_of(config, backend).for_test(test),
+        parent=_builtin(parent) if parent else None,
+        inherited=builtins[parent][1] if parent in builtins else (),
+        builtins=builtins,
+        checker_for=checker_for,
+        runs=config.stash.setdefault(_runs_key, {}),
+    )
+
+
+def _builtin(name: str) -> Backend:
+    if name not in _builtins:
+        _builtins[name] = load_backend(name)
+    return _builtins[name]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """Judge what a conformance test raised (a property test judges each example itself) and
+    decide its outcome; expected and inherited failures end as pytest xfails."""
+    verdict = pyfuncitem.stash.get(_verdict_key, None)
+    if verdict is None:
+        return (yield)
+    drawn = getattr(pyfuncitem.obj, "ckptconf_property_test", False)
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    example = pyfuncitem.callspec.id if hasattr(pyfuncitem, "callspec") else ""
+
+    def replay(checker: Checker) -> None:
+        pyfuncitem.obj(**{**arguments, "ckpt": checker})
+
+    try:
+        result = yield
+    except (Exception, HangFailure) as exc:
+        if drawn or not verdict.judge(exc, replay, example):
+            pyfuncitem.stash[_outcome_key] = verdict.outcome(failed=True)
+            if verdict.hint:
+                _add_verdict(exc, verdict.hint)
+            raise
+        result = None
+    else:
+        if not drawn:
+            verdict.passed(example, replay)
+    outcome = verdict.outcome(failed=False)
+    pyfuncitem.stash[_outcome_key] = outcome
+    if outcome in (Outcome.EXPECTED, Outcome.INHERITED):
+        pytest.xfail(verdict.reason())
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
@@ -234,16 +331,50 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if suite and report.when in ("setup", "call"):
         level = item.get_closest_marker("ckpt_level")
         backend = item.stash.get(_backend_key, None)
+        outcome, message = _outcome(item, call, report)
         info = {
             "id": canonical_id(item),
+            "test": suite_test_id(item),
             "suite": suite.args[0],
             "level": level.args[0] if level else None,
             "backend": describe_backend(backend, item.config) if backend is not None else None,
+            "outcome": outcome.value,
+            "message": message,
             **_failure_info(call),
         }
+        verdict = item.stash.get(_verdict_key, None)
+        if verdict is not None and report.when == "call":
+            info.update(verdict.to_json())
         # user_properties travel with the report to the xdist controller
         report.user_properties.append((INFO, info))
     return report
+
+
+def _outcome(item: pytest.Item, call: pytest.CallInfo, report) -> tuple[Outcome, str | None]:
+    """The outcome of a test's setup or call phase, from what it raised and its verdict."""
+    value = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(value, Unsupported):
+        return Outcome.UNSUPPORTED, value.reason
+    if isinstance(value, pytest.skip.Exception):
+        return Outcome.SKIPPED, str(value.msg)
+    decided = item.stash.get(_outcome_key, None) if report.when == "call" else None
+    if decided is not None:
+        verdict = item.stash[_verdict_key]
+        if decided in (Outcome.EXPECTED, Outcome.INHERITED):
+            return decided, verdict.reason()
+        return decided, None
+    return (Outcome.FAILED if report.failed else Outcome.PASSED), None
+
+
+def pytest_report_teststatus(report, config: pytest.Config):
+    """Class-style runs show the same words as the report: ``inherited``, ``unsupported``..."""
+    info = next((value for name, value in report.user_properties if name == INFO), None)
+    if info is None or report.when not in ("setup", "call"):
+        return None
+    outcome = Outcome(info["outcome"])
+    if outcome in (Outcome.PASSED, Outcome.FAILED) or report.when == "setup" and report.passed:
+        return None
+    return outcome.value, outcome.letter, outcome.value.upper()
 
 
 def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:
@@ -276,5 +407,9 @@ def _falsifying_example(notes: list[str]) -> str | None:
     draws = [n for n in notes if n.startswith("Draw ")]
     if draws:
         return "\n".join(draws)
-    example = [n for n in notes if n.startswith(("Falsifying example", "Failing test case"))]
+    example = [
+        n
+        for n in notes
+        if n.startswith(("Falsifying example", "Falsifying explicit example", "Failing "))
+    ]
     return "\n".join(example) or None

@@ -10,13 +10,18 @@ other hypothesis tests in the same session keep their own settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, Phase, example, find, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample, Unsatisfiable
 
-__all__ = ["PROFILES", "profile_settings", "property_test", "tune"]
+from .failures import HangFailure
+from .verdicts import ReplayDiverged
+
+__all__ = ["PROFILES", "Pinned", "profile_settings", "property_test", "tune"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     "ci": dict(max_examples=20, derandomize=True),
@@ -34,6 +39,8 @@ _COMMON: dict[str, Any] = dict(
         HealthCheck.data_too_large,
         # the suites are abstract classes: several subclasses (backends) share one test function
         HealthCheck.differing_executors,
+        # a pinned example draws what it does not pin with hypothesis.find (its simplest value)
+        HealthCheck.nested_given,
     ],
 )
 
@@ -66,15 +73,157 @@ def profile_settings(name: str | None = None) -> settings:
     return settings(**options)
 
 
+class Pinned:
+    """A deterministic example of a property test: the values of its labelled draws.
+
+    Pinned examples run first, in every profile, derandomized or not (hypothesis' explicit
+    phase), so a layout class that generated examples reach only now and then is checked every
+    run. A draw the example gives no value for takes its strategy's simplest value (the first
+    example ``hypothesis.find`` generates). ``requires``: features the example needs; on a backend
+    lacking one it is not run. ``adapt(value, params)``, if given, adapts each given value to
+    the test's parameters (a dtype, say). A pinned value must be one the test's strategy could
+    draw: the test does not check that.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        requires: Sequence[str] = (),
+        adapt: Callable[[Any, dict[str, Any]], Any] | None = None,
+        **draws: Any,
+    ):
+        self.name, self.requires, self.draws = name, tuple(requires), draws
+        self._adapt, self._params = adapt, None
+
+    def bound(self, params: dict[str, Any]) -> Pinned:
+        """This example for a test run with ``params`` (its ``parametrize`` values)."""
+        bound = Pinned(self.name, requires=self.requires, adapt=self._adapt, **self.draws)
+        bound._params = params
+        return bound
+
+    def draw(self, strategy: Any, label: str | None = None) -> Any:
+        """The pinned value of the draw labelled ``label``, else the strategy's simplest."""
+        if label in self.draws:
+            value = self.draws[label]
+            return self._adapt(value, self._params or {}) if self._adapt else value
+        try:
+            return find(strategy, lambda _: True, settings=_SIMPLEST)
+        except (NoSuchExample, Unsatisfiable) as exc:
+            raise _PinnedDoesNotApply(f"pinned example {self.name!r}: {label!r}: {exc}") from exc
+
+    def applies(self, backend: Any) -> bool:
+        """Whether ``backend`` supports every feature the example needs."""
+        return all(backend.supports(f) for f in self.requires)
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{k}={v!r}" for k, v in self.draws.items())
+        return f"Pinned({self.name!r}, {values})"
+
+
+# the first example hypothesis generates is made of each choice's simplest value; no shrinking
+_SIMPLEST = settings(
+    database=None, derandomize=True, max_examples=50, deadline=None, phases=(Phase.generate,)
+)
+
+
+class _PinnedDoesNotApply(Exception):
+    """A draw the pinned example does not give has no value with it (a filter rejects them
+    all): the example does not apply to this test."""
+
+
+class _Recorded:
+    """Hypothesis' ``data``, remembering every value drawn, so the example can be run again on
+    another backend (:meth:`replay`)."""
+
+    def __init__(self, data: Any):
+        self._data, self.values = data, []
+
+    def draw(self, strategy: Any, label: str | None = None) -> Any:
+        value = self._data.draw(strategy, label=label)
+        self.values.append((label, value))
+        return value
+
+    def replay(self) -> _Replayed:
+        return _Replayed(self.values)
+
+    def __repr__(self) -> str:
+        return repr(self.values)
+
+
+class _Replayed:
+    """The values an example drew, given again in order."""
+
+    def __init__(self, values: list[tuple[str | None, Any]]):
+        self._values = list(values)
+
+    def draw(self, strategy: Any, label: str | None = None) -> Any:
+        if not self._values or self._values[0][0] != label:
+            raise ReplayDiverged(
+                f"re-run on another backend, the test drew {label!r} where the example drew "
+                f"{self._values[0][0] if self._values else 'nothing more'!r}"
+            )
+        return self._values.pop(0)[1]
+
+
+def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(self, ckpt, data, ...)`` run as one example: a failure the test's verdict
+    (``ckpt.verdict``) knows is recorded and the example passes, so hypothesis draws on; any
+    other failure propagates and is shrunk."""
+
+    @functools.wraps(fn)
+    def run_example(self, ckpt, data, **kwargs):
+        verdict = getattr(ckpt, "verdict", None)
+        if isinstance(data, Pinned):
+            if not data.applies(ckpt.backend):
+                return None
+            drawn, example = data.bound(kwargs), f"pinned {data.name}"
+
+            def again():
+                return drawn
+        else:
+            drawn = _Recorded(data)
+            example, again = None, drawn.replay
+
+        def replay(checker):
+            return fn(self, ckpt=checker, data=again(), **kwargs)
+
+        try:
+            fn(self, ckpt=ckpt, data=drawn, **kwargs)
+        except _PinnedDoesNotApply:
+            return None
+        except (Exception, HangFailure) as exc:
+            if verdict is not None and verdict.judge(exc, replay, example or repr(drawn)):
+                return None
+            raise
+        if verdict is not None:
+            verdict.passed(example or repr(drawn), replay)
+        return None
+
+    return run_example
+
+
 def property_test(
-    *, max_examples: int | Callable[[int], int] | None = None, **overrides: Any
+    *,
+    max_examples: Callable[[int], int] | None = None,
+    pinned: Sequence[Pinned] = (),
+    **overrides: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``@given(data=st.data())`` under this session's ckptconf profile, ``overrides`` on top.
 
-    ``max_examples`` is a number, or a function of the profile's number (a test that tries
-    every storage hook runs a third of the examples per hook). Under a profile that is not
-    derandomized, the test uses the session's seed (``--hypothesis-seed`` if given).
+    ``max_examples`` is a function of the profile's number of examples (a test that tries
+    every storage hook runs a third of them per hook), never a fixed number: ``thorough``
+    must draw more than ``ci``. ``pinned`` examples (:class:`Pinned`) run first in every
+    profile. Under a profile that is not derandomized, the test uses the session's seed
+    (``--hypothesis-seed`` if given). Each example's failure is judged by the test's verdict
+    (:mod:`.verdicts`): a known failure is recorded and drawing goes on.
     """
+    if max_examples is not None and not callable(max_examples):
+        raise TypeError(
+            "max_examples must be a function of the profile's number of examples (e.g. "
+            f"lambda n: n // 2), not the fixed {max_examples!r}: a fixed number draws as few "
+            "examples under thorough as under ci"
+        )
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         from ckptconf.conformance.plugin import session_seed
@@ -82,14 +231,17 @@ def property_test(
         base = profile_settings()
         options = dict(overrides)
         if max_examples is not None:
-            options["max_examples"] = (
-                max_examples(base.max_examples) if callable(max_examples) else max_examples
-            )
-        test = settings(parent=base, **options)(given(data=st.data())(fn))
+            options["max_examples"] = max(1, max_examples(base.max_examples))
+        test = given(data=st.data())(_judged(fn))
+        for case in reversed(pinned):
+            test = example(data=case)(test)
+        test = settings(parent=base, **options)(test)
         number = session_seed()
         if number is not None and not base.derandomize:
             test = seed(number)(test)
         test.ckptconf_property_test = True  # what tests/conformance/test_layout.py checks
+        test.ckptconf_pinned = tuple(pinned)
+        test.ckptconf_draws = fn  # the test's body: tests/conformance/test_layout_classes.py
         _decorated.append(fn.__qualname__)
         return test
 

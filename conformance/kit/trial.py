@@ -19,13 +19,18 @@ from typing import Any
 
 from ckptconf.conformance.backend import Backend
 
-from .failures import ConformanceFailure, HangFailure, Mismatch, listing
+from .failures import STEPS, ConformanceFailure, HangFailure, Mismatch, listing
+from .outcomes import unsupported
 from .running import PoolRanks, RankOutcome, Ranks, RanksLost
 
-__all__ = ["UNSUPPORTED_PREFIX", "Checker", "Trial", "check_save_then_load", "describe_outcomes"]
-
-UNSUPPORTED_PREFIX = "unsupported by backend: "
-"""How a skip for a feature the backend lacks starts (the report counts such skips apart)."""
+__all__ = [
+    "Checker",
+    "Trial",
+    "check_save_then_load",
+    "describe_outcomes",
+    "errors_of",
+    "step_of",
+]
 
 DEFAULT_TIMEOUT = 120.0
 """Seconds a step may take on its ranks before they are stopped and their stacks shown."""
@@ -48,6 +53,22 @@ def describe_outcomes(outcomes: Sequence[RankOutcome], *, tracebacks: bool = Tru
             if o.output.strip():
                 lines.append(f"--- output of rank {o.rank} ---\n{o.output.rstrip()[-4000:]}")
     return "\n".join(lines)
+
+
+def errors_of(outcomes: Sequence[RankOutcome]) -> tuple[str, ...]:
+    """Each distinct ``Type: message`` the ranks raised, in rank order (messages cut at 3,000
+    characters): a failure's ``errors``."""
+    found = (f"{o.error_type}: {o.message.strip()[:3000]}" for o in outcomes if o.raised)
+    return tuple(dict.fromkeys(found))
+
+
+def step_of(label: str) -> str:
+    """The step (one of :data:`~.failures.STEPS`) a step's label names by its first word:
+    ``"load (after the failed save)"`` is a ``load``."""
+    step = label.split(maxsplit=1)[0] if label.strip() else ""
+    if step not in STEPS:
+        raise ValueError(f"a step's label must start with its step, one of {STEPS}: {label!r}")
+    return step
 
 
 def _ranks(ranks: Sequence[int]) -> str:
@@ -80,6 +101,8 @@ class Trial:
         self.suite, self.test, self.reproduction = suite, test, reproduction
         self.timeout = timeout
         self._skip = skip or _cannot_run
+        self.last_step: str | None = None
+        """The step of the last step run: what a failure is about unless it says otherwise."""
 
     def about(self, case: Any) -> Trial:
         """This trial, for ``case`` instead (the same case with a change made, say)."""
@@ -95,10 +118,23 @@ class Trial:
         )
 
     def fail(
-        self, what: str, details: str = "", *, mismatch: Mismatch | None = None, **where: Any
+        self,
+        what: str,
+        details: str = "",
+        *,
+        kind: str,
+        step: str | None = None,
+        errors: Sequence[str] = (),
+        mismatch: Mismatch | None = None,
+        **where: Any,
     ) -> ConformanceFailure:
-        """The failure to raise: ``what`` went wrong in this trial; ``mismatch`` (or ``where``:
-        rank, key, index, expected, actual) says where the first wrong value is."""
+        """The failure to raise: ``what`` went wrong in this trial, of ``kind`` (one of
+        :data:`~.failures.KINDS`) at ``step`` (default: the last step run); ``errors`` are the
+        ``Type: message`` the ranks raised; ``mismatch`` (or ``where``: rank, key, index,
+        expected, actual) says where the first wrong value is."""
+        step = step or self.last_step
+        if step is None:
+            raise ValueError(f"a failure needs a step, and no step ran yet: {what!r}")
         if mismatch is not None:
             where = {
                 "rank": mismatch.rank,
@@ -113,6 +149,9 @@ class Trial:
             backend=self.backend.name,
             suite=self.suite,
             test=self.test,
+            step=step,
+            kind=kind,
+            errors=tuple(errors),
             case=self.case,
             details=details,
             reproduction=self.reproduction,
@@ -131,7 +170,7 @@ class Trial:
         dead rank fails the trial, naming ``step`` and showing every stuck rank's stack (a hang
         as a :class:`~.failures.HangFailure`, not shrunk)."""
         try:
-            return self._step(self.ranks.run, fn, args, world, timeout)
+            return self._step(self.ranks.run, fn, args, world, timeout, step)
         except RanksLost as exc:
             raise self._lost(step, exc) from None
 
@@ -151,6 +190,8 @@ class Trial:
             raise self.fail(
                 f"{step} raised on {_ranks([o.rank for o in failed])}",
                 describe_outcomes(outcomes),
+                kind="raised",
+                errors=errors_of(outcomes),
                 rank=failed[0].rank,
             )
         return [o.value for o in outcomes]
@@ -166,15 +207,22 @@ class Trial:
         """As :meth:`outcomes` on new processes, for a step that kills a rank: a lost rank is
         returned, not raised."""
         try:
-            return self._step(self.ranks.run_fresh, fn, args, world, timeout)
+            return self._step(self.ranks.run_fresh, fn, args, world, timeout, step)
         except RanksLost as exc:
             return exc
 
-    def check_values(self, mismatches: Sequence[Mismatch], what: str) -> None:
-        """Fail listing every mismatch if there is any; ``what`` is prefixed with their count."""
+    def check_values(
+        self, mismatches: Sequence[Mismatch], what: str, *, step: str | None = None
+    ) -> None:
+        """Fail listing every mismatch if there is any; ``what`` is prefixed with their count;
+        ``step``: the step whose values these are (default: the last step run)."""
         if mismatches:
             raise self.fail(
-                f"{len(mismatches)} {what}", listing(mismatches), mismatch=mismatches[0]
+                f"{len(mismatches)} {what}",
+                listing(mismatches),
+                kind="wrong_values",
+                step=step,
+                mismatch=mismatches[0],
             )
 
     def save_then_load(
@@ -200,9 +248,13 @@ class Trial:
             [m for rank in loaded for m in rank], "loaded value(s) differ from what was saved"
         )
 
-    def _step(self, how, fn, args, world: int, timeout: float | None) -> list[RankOutcome]:
+    def _step(
+        self, how, fn, args, world: int, timeout: float | None, label: str
+    ) -> list[RankOutcome]:
         """``how`` (``ranks.run`` or ``ranks.run_fresh``) of ``fn`` on ``world`` ranks, if a world
-        of that size can run here (else skipped, with the reason)."""
+        of that size can run here (else skipped, with the reason); ``label`` names the step, and
+        must start with one of :data:`~.failures.STEPS`."""
+        self.last_step = step_of(label)
         reason = self.ranks.unavailable(world)
         if reason is not None:
             self._skip(reason)
@@ -216,6 +268,7 @@ class Trial:
         failure = self.fail(
             f"{step} {what}: {exc.reason}",
             describe_outcomes(exc.outcomes),
+            kind="hang" if exc.hung else "lost_rank",
             rank=exc.outcomes[0].rank if exc.outcomes else None,
         )
         return HangFailure(failure) if exc.hung else failure
@@ -269,9 +322,9 @@ class Checker:
 
     def _planner(self, factory: Callable[[], Any] | None, step: str) -> Callable[[], Any]:
         if factory is None:
-            (self._skip or _cannot_run)(
-                f"{UNSUPPORTED_PREFIX}its own {step} replaces the driver and it exposes no "
-                f"{step} planner, so there is nothing to run at the planner level"
+            unsupported(
+                f"its own {step} replaces the driver and it exposes no {step} planner, so "
+                "there is nothing to run at the planner level"
             )
         return factory
 

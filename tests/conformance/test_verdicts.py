@@ -124,8 +124,9 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
 @pytest.mark.multiprocess
 def test_failures_inherited_from_dcp_are_reported_apart_and_do_not_fail_the_run(tmp_path):
     """A backend on DCP's planners fails what DCP fails: without the declaration those are its
-    failures, each saying DCP fails it too; with ``inherits`` (or ``--inherit``) they are
-    inherited failures and the exit code follows its own failures only."""
+    failures, with the hint to declare ``inherits`` only because DCP, run on the same example,
+    fails it the same way; with ``inherits`` (or ``--inherit``) they are inherited failures and
+    the exit code follows its own failures only."""
     selection = "TestPlans and size_mismatch and rejects"
     report = tmp_path / "plain.json"
     plain = _cli(
@@ -140,8 +141,8 @@ def test_failures_inherited_from_dcp_are_reported_apart_and_do_not_fail_the_run(
     assert plain.returncode == 0, plain.stdout[-3000:]  # a strict test: failed, not core
     (test,) = json.loads(report.read_text())["tests"]
     assert test["outcome"] == "failed"
-    assert "global size" in test["known_in"]["torch-dcp"]
-    assert "known: torch-dcp fails this test too" in plain.stdout
+    assert test["hint"].startswith("torch-dcp fails this example the same way (")
+    assert "declare inherits='torch-dcp'" in plain.stdout
     again = _cli(
         "--backend",
         "tests.planted.verdicts:dcp_planners",
@@ -168,8 +169,9 @@ def test_failures_inherited_from_dcp_are_reported_apart_and_do_not_fail_the_run(
     )
     data = json.loads(report.read_text())
     (test,) = data["tests"]
-    assert test["outcome"] == "inherited failure", result.stdout[-3000:]
-    assert test["message"].startswith("inherited from torch-dcp: strict: ranks disagreeing")
+    assert test["outcome"] == "inherited", result.stdout[-3000:]
+    assert test["message"].startswith("inherited from torch-dcp (1 example(s), ")
+    assert "ranks disagreeing on a key's global size" in test["message"]
     assert data["backend"]["inherits"] == "torch-dcp"
     assert result.returncode == 0
 

@@ -1,6 +1,7 @@
 """Backends that test the suite's verdicts rather than the contract: each once drew a wrong
 verdict from it (a pass for a backend that could not even plan, a failure for a backend that
-starts processes, a hang shrunk for minutes). Used by tests/conformance/test_verdicts.py.
+starts processes, a hang shrunk for minutes, an own defect filed as DCP's). Used by
+tests/conformance/test_verdicts.py and test_verdicts_by_failure.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 import tempfile
 import threading
 
+import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from ckptconf.conformance import Backend
 from ckptconf.reference import (
     FileSystemReader,
@@ -19,8 +22,13 @@ from ckptconf.reference import (
     ReferenceLoadPlanner,
     ReferenceSavePlanner,
 )
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 __all__ = [
+    "dcp_hangs_on_four",
+    "dcp_inheriting",
+    "dcp_resembling_error",
+    "dcp_row_offset",
     "dcp_planners",
     "dcp_planners_inheriting",
     "fails_every_save",
@@ -170,4 +178,82 @@ def stored_elsewhere_listed() -> Backend:
     on its objects (and DCP, without checksums, fails the flipped-bit test)."""
     return dataclasses.replace(
         stored_elsewhere(), name="stored-elsewhere-listed", stored_objects=_elsewhere_objects
+    )
+
+
+# --- backends built on DCP that declare inherits="torch-dcp" ------------------------------------
+# Their verdicts must separate DCP's known failures from their own (tests/conformance/
+# test_verdicts_by_failure.py): each has DCP's defects, some add one of their own.
+
+
+def dcp_inheriting() -> Backend:
+    """Correct: DCP's filesystem storage and planners under another name, declaring what it is
+    built on; every failure it has is DCP's."""
+    return Backend(
+        name="dcp_inheriting",
+        storage_writer=dcp.FileSystemWriter,
+        storage_reader=dcp.FileSystemReader,
+        inherits="torch-dcp",
+    )
+
+
+class _RowOffsetLoadPlanner(DefaultLoadPlanner):
+    """DCP's load planner reading a piece of a saved chunk one row early: a read item whose
+    storage offset on dim 0 is not 0 (a resharding load takes part of a saved chunk) starts a
+    row before it. Loads of whole chunks, as a round trip makes, are right."""
+
+    def create_local_plan(self):
+        plan = super().create_local_plan()
+        items = []
+        for item in plan.items:
+            offsets = item.storage_offsets
+            if len(offsets) and offsets[0] > 0:
+                offsets = torch.Size([offsets[0] - 1, *offsets[1:]])
+                item = dataclasses.replace(item, storage_offsets=offsets)
+            items.append(item)
+        return dataclasses.replace(plan, items=items)
+
+
+def dcp_row_offset() -> Backend:
+    """DCP with a resharding read one row early: its own defect sits in test_placement_change,
+    a test DCP fails too (ShardedTensor shards past the end), behind DCP's failure."""
+    return dataclasses.replace(
+        dcp_inheriting(), name="dcp_row_offset", load_planner=_RowOffsetLoadPlanner
+    )
+
+
+class _ResemblingWriter(dcp.FileSystemWriter):
+    """DCP's writer refusing ShardedTensor saves whose last shard is empty with a message that
+    resembles DCP's own validation error ("out of range chunk"), from its local plan."""
+
+    def prepare_local_plan(self, plan):
+        for item in plan.items:
+            chunk = item.tensor_data.chunk if item.tensor_data else None
+            if chunk is not None and 0 in chunk.sizes and any(chunk.offsets):
+                raise RuntimeError(f"key:{item.index.fqn} has an out of range chunk")
+        return super().prepare_local_plan(plan)
+
+
+def dcp_resembling_error() -> Backend:
+    """DCP whose writer rejects empty trailing shards itself, with another error than DCP's
+    (same step, same wrapper exception, another message): its own failure, not DCP's."""
+    return dataclasses.replace(
+        dcp_inheriting(), name="dcp_resembling_error", storage_writer=_ResemblingWriter
+    )
+
+
+class _HangingOnFourWriter(dcp.FileSystemWriter):
+    """DCP's writer whose rank 1 waits forever in ``prepare_local_plan`` on a 4-rank save."""
+
+    def prepare_local_plan(self, plan):
+        if dist.get_world_size() == 4 and dist.get_rank() == 1:
+            threading.Event().wait()
+        return super().prepare_local_plan(plan)
+
+
+def dcp_hangs_on_four() -> Backend:
+    """DCP whose save hangs on 4 ranks: in test_round_trip_strided_shard, where DCP's known
+    failure is an exception, the hang is the backend's own."""
+    return dataclasses.replace(
+        dcp_inheriting(), name="dcp_hangs_on_four", storage_writer=_HangingOnFourWriter
     )

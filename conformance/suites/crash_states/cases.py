@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from ...backend import Backend
-from ...kit.cases import SaveLoadCase, resalted
+from ...kit.cases import Layout, SaveLoadCase, TensorSpec, resalted
 from ...kit.strategies import save_load_cases, supported_options
 
-__all__ = ["crash_cases", "state_budget"]
+__all__ = ["crash_cases", "plain_case", "state_budget"]
 
 _BUDGETS = {"ci": 24, "dev": 64, "thorough": None}
 
@@ -38,3 +38,9 @@ def crash_cases(
 def _layout(case: SaveLoadCase) -> tuple:
     """What a checkpoint's metadata records of a case: keys, shapes, dtypes, placements."""
     return (case.tensors, case.save_layouts, tuple(key for key, _ in case.objects))
+
+
+def plain_case(world: int) -> SaveLoadCase:
+    """A small state of one plain tensor on ``world`` ranks: B of a pinned example, whose A
+    holds the layouts under test (no pinned A is laid out so)."""
+    return SaveLoadCase((TensorSpec("b", (4,), "float32"),), (Layout(),), (Layout(),), world, world)

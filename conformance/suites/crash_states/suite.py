@@ -28,11 +28,12 @@ import pytest
 from hypothesis import Phase
 
 from ...kit import values
-from ...kit.cases import SaveLoadCase
-from ...kit.fixtures import UNSUPPORTED_PREFIX
+from ...kit.cases import SaveLoadCase, resalted
+from ...kit.layouts import layout_examples
+from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from . import ranks
-from .cases import crash_cases, state_budget
+from .cases import crash_cases, plain_case, state_budget
 from .filetree import Files, FileTree, Operation
 from .operations import UnreplayableCall, file_operations
 from .recording import recorder_unavailable
@@ -46,18 +47,31 @@ _PER_STATE = 5.0  # seconds more for the loads step, per state
 # every example records a save under strace and loads dozens of states: few examples, and no
 # shrinking (the drawn cases are small already)
 _SETTINGS: dict[str, Any] = dict(
-    max_examples=lambda n: max(2, n // 8), phases=[Phase.explicit, Phase.reuse, Phase.generate]
+    max_examples=lambda n: max(2, n // 8),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    # every layout class crash_cases draws, each world's in one case (A), B a small plain state
+    pinned=layout_examples(
+        save_worlds=(1, 2),
+        same_layout=True,
+        kinds=("plain", "dtensor"),
+        max_side=6,
+        allow_empty=False,
+        objects=True,
+        combined=True,
+        label="A and B",
+        wrap=lambda case: (case, resalted(plain_case(case.save_world))),
+    ),
 )
 
 
 def _recordable(ckpt) -> None:
     reason = recorder_unavailable()
     if reason is not None:
-        pytest.skip(UNSUPPORTED_PREFIX + reason)
+        unsupported(reason)
     if ckpt.backend.stored_objects is not None:
-        pytest.skip(
-            UNSUPPORTED_PREFIX + "it stores checkpoints elsewhere than in a local folder "
-            "(it gives stored_objects), and only local file-system calls are recorded"
+        unsupported(
+            "it stores checkpoints elsewhere than in a local folder (it gives stored_objects), "
+            "and only local file-system calls are recorded"
         )
 
 
@@ -121,10 +135,10 @@ class _Run:
         trial, world = self.trial, self.new.save_world
         self.root.mkdir(parents=True)
         if self.old is not None:
-            trial.run("save of A", values.save_case, self.old, self.path, world=world)
+            trial.run("save (of A)", values.save_case, self.old, self.path, world=world)
         before = FileTree.from_folder(self.root)
         recorded = trial.run(
-            "save of B under strace",
+            "save (of B, under strace)",
             ranks.save_recorded,
             self.new,
             self.path,
@@ -133,7 +147,7 @@ class _Run:
         )
         unavailable = [r["unavailable"] for r in recorded if "unavailable" in r]
         if unavailable:
-            pytest.skip(UNSUPPORTED_PREFIX + unavailable[0])
+            unsupported(unavailable[0])
         operations, after = self._operations(
             before, {r: rec["cwd"] for r, rec in enumerate(recorded)}
         )
@@ -142,7 +156,7 @@ class _Run:
         # out of the way: a reader that follows absolute paths must not find the saved files
         self.root.rename(self.moved)
         results = trial.run(
-            f"loads of {len(states)} crash states",
+            f"load (of {len(states)} crash states)",
             ranks.load_states,
             self.old,
             self.new,
@@ -162,6 +176,7 @@ class _Run:
                     f"{describe_files(state.files, old, after)}\n"
                     f"({len(states)} distinct states built from {len(operations)} operations; "
                     f"this is state {i + 1}, kept at {paths[i]})",
+                    kind="wrong_values",
                 )
 
     def _operations(self, before: FileTree, cwd: dict[int, str]) -> tuple[list[Operation], Files]:
@@ -172,24 +187,22 @@ class _Run:
         try:
             operations = file_operations(calls, str(self.root), tree, cwd)
         except (UnreplayableCall, TruncatedString) as exc:
-            pytest.skip(
-                f"{UNSUPPORTED_PREFIX}its save made a call the crash model cannot replay: {exc}"
-            )
+            unsupported(f"its save made a call the crash model cannot replay: {exc}")
         except (TraceSyntaxError, LookupError, ValueError) as exc:  # ckptconf's, not the backend's
-            pytest.skip(
-                f"{UNSUPPORTED_PREFIX}ckptconf could not replay this strace recording "
-                f"({type(exc).__name__}: {exc}); please report it to ckptconf"
+            unsupported(
+                f"ckptconf could not replay this strace recording ({type(exc).__name__}: {exc}); "
+                "please report it to ckptconf"
             )
         after = FileTree.from_folder(self.root).visible()
         replayed = tree.visible()
         if replayed != after:
             differ = sorted(p for p in {*after, *replayed} if after.get(p, 0) != replayed.get(p, 0))
-            pytest.skip(
-                f"{UNSUPPORTED_PREFIX}replaying the recorded calls does not give the folder its "
-                f"save left ({', '.join(differ[:5])} differ): it writes in a way strace does not show"
+            unsupported(
+                "replaying the recorded calls does not give the folder its save left "
+                f"({', '.join(differ[:5])} differ): it writes in a way strace does not show"
             )
         if not operations:
-            pytest.skip(f"{UNSUPPORTED_PREFIX}its save wrote nothing under the checkpoint's folder")
+            unsupported("its save wrote nothing under the checkpoint's folder")
         return operations, after
 
     def _profile(self) -> str:

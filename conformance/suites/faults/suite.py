@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from ...kit import values
 from ...kit.cases import resalted
-from ...kit.fixtures import UNSUPPORTED_PREFIX
+from ...kit.layouts import layout_examples
+from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
-from ...kit.trial import Trial, describe_outcomes
+from ...kit.trial import Trial, describe_outcomes, errors_of
 from . import ranks
 from .cases import fault_cases
 from .injection import READER_HOOKS, WRITER_HOOKS
@@ -30,14 +31,28 @@ __all__ = ["FaultsTests"]
 
 _TIMEOUT = 60.0
 _KILL_POINTS = tuple(p for p in KILL_POINTS if p != "set_up_storage_writer")
-_PER_HOOK = {"max_examples": lambda n: max(3, n // 3)}
+_CASES = dict(
+    save_worlds=(1, 2, 3),
+    same_layout=True,
+    kinds=("plain", "dtensor"),
+    max_side=6,
+    allow_empty=False,
+    objects=True,
+    combined=True,
+)
+""":func:`~.cases.fault_cases`' options, for its pinned examples (each world's layouts in one
+case, the coordinator failing: a fault test's example costs a second)."""
+_PER_HOOK = {
+    "max_examples": lambda n: max(3, n // 3),
+    "pinned": layout_examples(**_CASES, label="failing rank and case", wrap=lambda c: (0, c)),
+}
 """A third of the profile's examples for each hook: all hooks tried, the cost bounded."""
 
 
 def _injectable(ckpt, storage: str) -> None:
     reason = ckpt.backend.injection_unsupported(storage)
     if reason is not None:
-        pytest.skip(UNSUPPORTED_PREFIX + reason)
+        unsupported(reason)
 
 
 def _faulty_step(trial: Trial, step: str, fn, case, path: str, hook: str, rank: int) -> list:
@@ -48,9 +63,8 @@ def _faulty_step(trial: Trial, step: str, fn, case, path: str, hook: str, rank: 
     """
     outcomes = trial.run(step, fn, case, path, hook, rank, world=case.save_world)
     if not outcomes[rank]["fired"]:
-        pytest.skip(
-            f"{UNSUPPORTED_PREFIX}its {step.split()[0]} never called {hook} on rank {rank}, so "
-            "no fault was injected"
+        unsupported(
+            f"its {step.split()[0]} never called {hook} on rank {rank}, so no fault was injected"
         )
     return outcomes
 
@@ -62,12 +76,15 @@ def _check_every_rank_reports(trial: Trial, hook: str, rank: int, results: list)
             raise trial.fail(
                 f"rank {r} did not raise after a fault at {hook} on rank {rank}",
                 "the operation returned normally",
+                kind="no_error",
                 rank=r,
             )
         if expected not in result["text"]:
             raise trial.fail(
                 f"rank {r}'s error does not report the failing rank's exception ({expected!r})",
                 f"rank {r} raised {result['type']}: {result['text'][:1500]}",
+                kind="wrong_error",
+                errors=(f"{result['type']}: {result['text'][:3000]}",),
                 rank=r,
             )
 
@@ -81,6 +98,8 @@ def _check_previous_checkpoint(trial: Trial, old, path: str, after: str) -> None
         raise trial.fail(
             f"the previous checkpoint no longer loads {after}",
             describe_outcomes(outcomes),
+            kind="raised",
+            errors=errors_of(outcomes),
             rank=next(o.rank for o in outcomes if o.raised),
         )
     trial.check_values(
@@ -104,7 +123,7 @@ class FaultsTests:
         trial = ckpt.trial(f"fault at {hook} on rank {rank}\n{case.describe()}", timeout=_TIMEOUT)
         results = _faulty_step(
             trial,
-            "save with a faulty writer",
+            "save (with a faulty writer)",
             ranks.save_with_fault,
             case,
             ckpt.path(),
@@ -126,7 +145,7 @@ class FaultsTests:
             "save (before the faulty load)", values.save_case, case, path, world=case.save_world
         )
         results = _faulty_step(
-            trial, "load with a faulty reader", ranks.load_with_fault, case, path, hook, rank
+            trial, "load (with a faulty reader)", ranks.load_with_fault, case, path, hook, rank
         )
         _check_every_rank_reports(trial, hook, rank, results)
 
@@ -141,11 +160,17 @@ class FaultsTests:
         newer = resalted(case)
         trial = ckpt.trial(f"fault at {hook} on rank {rank}\n{case.describe()}", timeout=_TIMEOUT)
         path = ckpt.path()
-        trial.run("first save", values.save_case, case, path, world=case.save_world)
+        trial.run("save (the first)", values.save_case, case, path, world=case.save_world)
         _faulty_step(
-            trial, "re-save with a faulty writer", ranks.save_with_fault, newer, path, hook, rank
+            trial,
+            "save (again, with a faulty writer)",
+            ranks.save_with_fault,
+            newer,
+            path,
+            hook,
+            rank,
         )
-        _check_previous_checkpoint(trial, case, path, f"after a re-save failed at {hook}")
+        _check_previous_checkpoint(trial, case, path, f"(after a re-save failed at {hook})")
 
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.ckpt_requires("atomic_commit")
@@ -159,10 +184,10 @@ class FaultsTests:
         trial = ckpt.trial(f"fault at {hook} on rank {rank}\n{case.describe()}", timeout=_TIMEOUT)
         path = ckpt.path()
         _faulty_step(
-            trial, "save with a faulty writer", ranks.save_with_fault, case, path, hook, rank
+            trial, "save (with a faulty writer)", ranks.save_with_fault, case, path, hook, rank
         )
         results = trial.run(
-            "load after the failed save",
+            "load (after the failed save)",
             ranks.load_expecting_failure,
             case,
             path,
@@ -173,18 +198,19 @@ class FaultsTests:
                 raise trial.fail(
                     f"rank {r} loaded a checkpoint whose save failed",
                     f"mismatches: {result.get('mismatches')}",
+                    kind="no_error",
                     rank=r,
                 )
         control = ckpt.path()
         trial.run(
-            "the same save without a fault (control)",
+            "save (the same, without a fault: the control)",
             values.save_case,
             case,
             control,
             world=case.save_world,
         )
         loaded = trial.run(
-            "load of the control", values.load_case, case, control, world=case.save_world
+            "load (of the control)", values.load_case, case, control, world=case.save_world
         )
         trial.check_values(
             [m for r in loaded for m in r],
@@ -194,7 +220,11 @@ class FaultsTests:
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.ckpt_requires("atomic_commit")
     # fresh processes cost seconds per example: few examples, and no shrinking
-    @property_test(max_examples=3, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    @property_test(
+        max_examples=lambda n: max(3, n // 6),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        pinned=layout_examples(**{**_CASES, "save_worlds": (2,)}, wrap=lambda c: (0, c)),
+    )
     def test_rank_killed_mid_save_keeps_the_previous_checkpoint(self, ckpt, data):
         """A rank SIGKILLed at a point of a re-save: the previous checkpoint still loads whole."""
         _injectable(ckpt, "storage_writer")
@@ -205,9 +235,9 @@ class FaultsTests:
         newer = resalted(case)
         trial = ckpt.trial(f"rank {rank} killed at {point}\n{case.describe()}", timeout=_TIMEOUT)
         path = ckpt.path()
-        trial.run("first save", values.save_case, case, path, world=2)
+        trial.run("save (the first)", values.save_case, case, path, world=2)
         killed = trial.run_fresh(
-            f"re-save killing rank {rank} at {point}",
+            f"save (again, killing rank {rank} at {point})",
             ranks.save_killed,
             newer,
             path,
@@ -216,7 +246,7 @@ class FaultsTests:
             world=2,
         )
         if isinstance(killed, Exception) or any(o.raised for o in killed):
-            survivor, after = case, f"after rank {rank} was killed at {point}"
+            survivor, after = case, f"(after rank {rank} was killed at {point})"
         else:  # the save never reached the point (mid_write with one item): it completed
-            survivor, after = newer, f"after a re-save that never reached {point}"
+            survivor, after = newer, f"(after a re-save that never reached {point})"
         _check_previous_checkpoint(trial, survivor, path, after)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ...kit import values
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
+from ...kit.layouts import layout_examples
 from ...kit.profiles import property_test
 from ...kit.strategies import (
     ALL_DTYPES,
@@ -53,6 +54,16 @@ def _dtype_params():
     ]
 
 
+def _in_dtype(case: SaveLoadCase, params: dict) -> SaveLoadCase:
+    """A pinned case in the dtype the test runs with."""
+    tensors = tuple(replace(t, dtype=params["dtype"]) for t in case.tensors)
+    return replace(case, tensors=tensors)
+
+
+_STRICT_PINS = layout_examples(same_layout=True, kinds=("plain", "dtensor"), max_side=MAX_SIDE)
+"""The strict loads' cases (``KindsTests._strict_case``): no ShardedTensor, no objects."""
+
+
 def _check_tree(ckpt, case: TreeCase) -> None:
     """Save the tree's state, load it into a blank tree, compare every value."""
     ckpt.trial(case).save_then_load(case, ckpt.path(), save=ranks.save_tree, load=ranks.load_tree)
@@ -66,7 +77,11 @@ class KindsTests:
     # (a) dtypes
 
     @pytest.mark.parametrize("dtype", _dtype_params())
-    @property_test()
+    @property_test(
+        pinned=layout_examples(
+            same_layout=True, max_side=MAX_SIDE, per_parameters=_in_dtype, label="case"
+        )
+    )
     def test_dtype_round_trip(self, ckpt, dtype, data):
         """Tensors of one dtype, any supported layout, on 1 and 2 ranks."""
         if not available_dtypes([dtype]):
@@ -77,7 +92,7 @@ class KindsTests:
         )
         ckpt.check_save_then_load(case)
 
-    @property_test()
+    @property_test(pinned=layout_examples(same_layout=True, max_side=MAX_SIDE, objects=True))
     def test_mixed_dtypes(self, ckpt, data):
         """Several dtypes in one checkpoint (1-byte next to 8-byte elements), with objects."""
         options = supported_options(
@@ -91,7 +106,11 @@ class KindsTests:
     # (b) 0-dim and empty tensors
 
     @pytest.mark.ckpt_requires("scalar_tensors")
-    @property_test()
+    @property_test(
+        pinned=layout_examples(
+            same_layout=True, objects=True, keep=lambda c: c.tensors[0].shape == ()
+        )
+    )
     def test_scalar_tensors(self, ckpt, data):
         """0-dim tensors (plain, or replicated DTensors), every supported dtype."""
         case = data.draw(
@@ -108,7 +127,9 @@ class KindsTests:
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("empty_tensors")
-    @property_test()
+    @property_test(
+        pinned=layout_examples(same_layout=True, min_dims=1, keep=lambda c: 0 in c.tensors[0].shape)
+    )
     def test_empty_tensors(self, ckpt, data):
         """Tensors with a size-0 dim, any supported layout."""
         case = data.draw(
@@ -149,7 +170,7 @@ class KindsTests:
         )
         return case, views, text
 
-    @property_test()
+    @property_test(pinned=layout_examples(same_layout=True, kinds=("plain",), max_side=MAX_SIDE))
     def test_noncontiguous_sources(self, ckpt, data):
         """Transposed views, stepped slices, views at a storage offset and views sharing one
         storage save their values (not their storage) and are not modified by the save;
@@ -175,7 +196,7 @@ class KindsTests:
         ]
         trial.check_values(found, "problem(s) saving a transposed view")
 
-    @property_test()
+    @property_test(pinned=layout_examples(same_layout=True, kinds=("plain",), max_side=MAX_SIDE))
     def test_noncontiguous_destinations(self, ckpt, data):
         """Loading in place into the same kinds of views writes the view's elements and
         nothing else of the storage around them."""
@@ -225,6 +246,7 @@ class KindsTests:
             raise trial.fail(
                 "a save of colliding keys raised on some ranks only",
                 "\n".join(f"  rank {r}: {o}" for r, o in enumerate(outcomes)),
+                kind="wrong_error",
             )
         loaded = trial.run("load", ranks.load_tree, case, path, world=2)
         trial.check_values(
@@ -262,6 +284,12 @@ class KindsTests:
                     f"  rank {r}: "
                     + (f"raised {o['type']}: {o['text'][-300:]}" if o["raised"] else "no error")
                     for r, o in enumerate(outcomes)
+                ),
+                kind="no_error" if silent else "wrong_error",
+                errors=tuple(
+                    dict.fromkeys(
+                        f"{o['type']}: {o['text'][-3000:]}" for o in outcomes if o["raised"]
+                    )
                 ),
                 rank=(silent or unnamed)[0],
                 key=spec.key,
@@ -370,16 +398,23 @@ class KindsTests:
             raise trial.fail(
                 f"loading into a state with {what} must raise on every rank and modify nothing",
                 "\n".join(problems) + ("\nerrors:\n" + errors if errors else ""),
+                kind="no_error" if any(not r["raised"] for r in results) else "wrong_values",
+                errors=tuple(
+                    dict.fromkeys(
+                        f"{r['type']}: {r['text'][-3000:]}" for r in results if r["raised"]
+                    )
+                ),
             )
         control = [f"  rank {r['rank']}: {c}" for r in results for c in r["control"]]
         if control:
             raise trial.fail(
                 "after the rejected load, loading the checkpoint into a matching state failed",
                 "\n".join(control),
+                kind="wrong_values",
             )
 
     @pytest.mark.ckpt_level("strict")
-    @property_test()
+    @property_test(pinned=_STRICT_PINS)
     def test_missing_key_in_checkpoint_raises(self, ckpt, data):
         """The destination has a key the checkpoint lacks: an error, destination untouched."""
         case = self._strict_case(ckpt, data)
@@ -388,7 +423,7 @@ class KindsTests:
 
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.ckpt_requires("strict_keys")
-    @property_test()
+    @property_test(pinned=_STRICT_PINS)
     def test_unexpected_key_in_checkpoint_raises(self, ckpt, data):
         """The checkpoint has a key the destination lacks: an error, destination untouched."""
         case = self._strict_case(ckpt, data)
@@ -396,7 +431,7 @@ class KindsTests:
         self._check_rejected(ckpt, saved, case, "a key the checkpoint has and it lacks")
 
     @pytest.mark.ckpt_level("strict")
-    @property_test()
+    @property_test(pinned=_STRICT_PINS)
     def test_shape_mismatch_raises(self, ckpt, data):
         """A destination tensor of another global shape (same number of dims)."""
         case = self._strict_case(ckpt, data)
@@ -417,7 +452,7 @@ class KindsTests:
         self._check_rejected(ckpt, saved, dest, "a shape mismatch")
 
     @pytest.mark.ckpt_level("strict")
-    @property_test()
+    @property_test(pinned=_STRICT_PINS)
     def test_dtype_mismatch_raises(self, ckpt, data):
         """A destination tensor of another dtype (no silent cast)."""
         case = self._strict_case(ckpt, data)

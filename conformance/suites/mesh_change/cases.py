@@ -391,3 +391,305 @@ def simulated_cases(draw, save_world: int, load_world: int) -> SimulatedCase:
         saves.append(draw(placements(mesh=save_mesh, ndim=len(shape), strided=False)))
         loads.append(draw(placements(mesh=load_mesh, ndim=len(shape), strided=False)))
     return SimulatedCase(tuple(specs), save_mesh, tuple(saves), load_mesh, tuple(loads))
+
+
+# --- pinned examples: every layout class each test draws, every run ------------------------------
+
+
+def _spec(i: int, shape: tuple[int, ...], dtype: str = "float64") -> TensorSpec:
+    return TensorSpec(f"pinned.w{i}", shape, dtype, salt=1 + 1000 * i)
+
+
+def _dt(mesh: tuple[int, ...], *placements: str) -> Layout:
+    return Layout("dtensor", mesh, placements)
+
+
+def _pins(label: str, *examples: tuple[str, Any, tuple[str, ...]], **also: Any) -> list:
+    from ...kit.profiles import Pinned
+
+    return [Pinned(name, requires=needs, **{label: case}, **also) for name, case, needs in examples]
+
+
+_DT = ("dtensor",)
+
+PINNED_MESH_CHANGES = _pins(
+    "case",
+    (
+        "(4,) Shard(0) -> (2, 2) Shard(0), Shard(1), uneven",
+        SaveLoadCase((_spec(0, (4, 5)),), (_dt((4,), "S0"),), (_dt((2, 2), "S0", "S1"),), 4, 4),
+        _DT,
+    ),
+    (
+        "(2, 2) Replicate, Shard(0) -> (4,) Shard(0), an empty shard",
+        SaveLoadCase((_spec(0, (3, 2)),), (_dt((2, 2), "R", "S0"),), (_dt((4,), "S0"),), 4, 4),
+        _DT,
+    ),
+    (
+        "(3,) Shard(0), empty shards -> (2, 2) Shard(0), Replicate",
+        SaveLoadCase((_spec(0, (1, 3)),), (_dt((3,), "S0"),), (_dt((2, 2), "S0", "R"),), 3, 4),
+        (*_DT, "world_size_change"),
+    ),
+    (
+        "0-dim, (4,) Replicate -> (2, 2) Replicate",
+        SaveLoadCase((_spec(0, ()),), (_dt((4,), "R"),), (_dt((2, 2), "R", "R"),), 4, 4),
+        (*_DT, "scalar_tensors"),
+    ),
+    (
+        "size-0, (2,) Shard(0) -> (2, 2) Shard(0), Shard(0)",
+        SaveLoadCase((_spec(0, (0, 3)),), (_dt((2,), "S0"),), (_dt((2, 2), "S0", "S0"),), 2, 4),
+        (*_DT, "empty_tensors", "world_size_change"),
+    ),
+)
+"""Pinned examples of :func:`mesh_change_cases`."""
+
+
+def _at(world: int, *held: Held) -> Step:
+    return Step(world, held)
+
+
+def _sub(ranks: tuple[int, ...], mesh: tuple[int, ...], *placements: str) -> Held:
+    return Held("submesh", mesh, placements, ranks=ranks)
+
+
+def _hold(kind: str, mesh: tuple[int, ...] = (), *placements: str, dim: int = 0) -> Held:
+    return Held(kind, mesh, placements, shard_dim=dim)
+
+
+PINNED_SUBMESHES = _pins(
+    "case",
+    (
+        "a permuted 2-D submesh of 4 ranks; loaded into a whole-world mesh, a ShardedTensor",
+        MeshCase(
+            (_spec(0, (3, 5)), _spec(1, (3, 2))),
+            (
+                _at(4, _sub((3, 1, 0, 2), (2, 2), "S0", "S1"), _hold("dtensor", (4,), "S0")),
+                _at(4, _sub((3, 1, 0, 2), (2, 2), "S0", "S1"), _hold("dtensor", (4,), "S0")),
+                _at(2, _hold("dtensor", (2,), "S1"), _hold("sharded_tensor")),
+                _at(1, _hold("plain"), _hold("plain")),
+            ),
+        ),
+        (*_DT, "sharded_tensor", "world_size_change"),
+    ),
+    (
+        "a submesh of 2 of 3 ranks, size-0 and Replicate; loaded into another submesh, a 2-D mesh",
+        MeshCase(
+            (_spec(0, (5, 2)), _spec(1, (0, 2))),
+            (
+                _at(3, _sub((2, 0), (2,), "S0"), _hold("dtensor", (3,), "R")),
+                _at(3, _sub((2, 0), (2,), "S0"), _hold("dtensor", (3,), "R")),
+                _at(3, _sub((1,), (1,), "R"), _hold("sharded_tensor")),
+                _at(4, _hold("dtensor", (2, 2), "R", "S0"), _hold("plain")),
+            ),
+        ),
+        (*_DT, "sharded_tensor", "empty_tensors", "world_size_change"),
+    ),
+    (
+        "a submesh next to a plain tensor and next to a ShardedTensor",
+        MeshCase(
+            (_spec(0, (4, 2)), _spec(1, (3, 2))),
+            (
+                _at(2, _sub((1,), (1,), "S0"), _hold("plain")),
+                _at(2, _sub((1,), (1,), "S0"), _hold("plain")),
+                _at(2, _hold("plain"), _hold("dtensor", (2,), "S0")),
+                _at(3, _sub((2, 1), (2,), "S1"), _hold("sharded_tensor")),
+            ),
+        ),
+        (*_DT, "sharded_tensor", "world_size_change"),
+    ),
+    (
+        "a submesh next to a ShardedTensor, loaded as saved",
+        MeshCase(
+            (_spec(0, (4, 2)), _spec(1, (3, 2))),
+            (
+                _at(3, _sub((0, 2), (2,), "S0"), _hold("sharded_tensor")),
+                _at(3, _sub((0, 2), (2,), "S0"), _hold("sharded_tensor")),
+                _at(3, _hold("dtensor", (3,), "S0"), _hold("plain")),
+                _at(3, _hold("plain"), _hold("dtensor", (3,), "S1")),
+            ),
+        ),
+        (*_DT, "sharded_tensor"),
+    ),
+)
+"""Pinned examples of :func:`submesh_cases`."""
+
+PINNED_CHAINS = _pins(
+    "case",
+    (
+        "ShardedTensor past the end -> 2-D DTensor -> submesh -> plain",
+        MeshCase(
+            (_spec(0, (1, 3)), _spec(1, (5, 2))),
+            (
+                _at(3, _hold("sharded_tensor"), _hold("sharded_tensor", dim=1)),
+                _at(4, _hold("dtensor", (2, 2), "S0", "R"), _hold("dtensor", (2, 2), "S1", "S0")),
+                _at(2, _sub((1,), (1,), "S0"), _sub((1, 0), (2,), "R")),
+                _at(3, _hold("plain"), _hold("plain")),
+            ),
+            chain=True,
+        ),
+        (*_DT, "sharded_tensor", "world_size_change"),
+    ),
+    (
+        "plain -> DTensor, empty shards -> ShardedTensor past the end, saved again -> plain",
+        MeshCase(
+            (_spec(0, (2, 3)), _spec(1, (0, 2))),
+            (
+                _at(2, _hold("plain"), _hold("plain")),
+                _at(3, _hold("dtensor", (3,), "S0"), _hold("dtensor", (3,), "S0")),
+                _at(4, _hold("sharded_tensor"), _hold("sharded_tensor")),
+                _at(3, _hold("plain"), _hold("plain")),
+            ),
+            chain=True,
+        ),
+        (*_DT, "sharded_tensor", "empty_tensors", "world_size_change"),
+    ),
+)
+"""Pinned examples of :func:`chain_cases`."""
+
+
+def _rows(*ranks: tuple[tuple[int, int], ...]) -> Held:
+    return Held("checkpointable", slabs=tuple(ranks))
+
+
+def _wrapper(*ranks: tuple[int, int]) -> Held:
+    return Held("local_shards", slabs=tuple((r,) for r in ranks))
+
+
+_CK = ("checkpointable",)
+
+PINNED_CHECKPOINTABLES = _pins(
+    "case",
+    (
+        "two row ranges per rank -> plain on 1 rank",
+        MeshCase(
+            (_spec(0, (8, 2)),),
+            (_at(2, _rows(((0, 2), (4, 2)), ((2, 2), (6, 2)))), _at(1, _hold("plain"))),
+        ),
+        (*_CK, "world_size_change"),
+    ),
+    (
+        "plain on 1 rank -> several pieces of one saved chunk on one rank, uneven",
+        MeshCase(
+            (_spec(0, (5, 2)),),
+            (_at(1, _hold("plain")), _at(2, _rows(((0, 1), (3, 2)), ((1, 2),)))),
+        ),
+        (*_CK, "world_size_change"),
+    ),
+    (
+        "rows held twice, a rank with none -> DTensor Shard(0), empty shards",
+        MeshCase(
+            (_spec(0, (3, 2)),),
+            (_at(3, _rows(((0, 2), (2, 1)), (), ((2, 1),))), _at(4, _hold("dtensor", (4,), "S0"))),
+        ),
+        (*_CK, *_DT, "world_size_change"),
+    ),
+    (
+        "ShardedTensor on 4 ranks -> row ranges",
+        MeshCase(
+            (_spec(0, (5, 3)), _spec(1, (4, 2))),
+            (
+                _at(4, _hold("sharded_tensor"), _hold("sharded_tensor")),
+                _at(2, _rows(((0, 3),), ((3, 2),)), _rows(((0, 1), (2, 2)), ((1, 1),))),
+            ),
+        ),
+        (*_CK, "sharded_tensor", "world_size_change"),
+    ),
+    (
+        "a 2-D mesh, Replicate, size-0 -> row ranges -> a 2-D mesh",
+        MeshCase(
+            (_spec(0, (4, 0)), _spec(1, (3, 2))),
+            (
+                _at(4, _hold("dtensor", (2, 2), "S0", "R"), _hold("dtensor", (2, 2), "R", "S0")),
+                _at(2, _rows(((0, 2),), ((2, 2),)), _rows(((0, 1), (2, 1)), ((1, 1),))),
+            ),
+        ),
+        (*_CK, *_DT, "empty_tensors", "world_size_change"),
+    ),
+    (
+        "row ranges, size-0 -> a 2-D mesh, Replicate",
+        MeshCase(
+            (_spec(0, (4, 0)), _spec(1, (3, 2))),
+            (
+                _at(2, _rows(((0, 2),), ((2, 2),)), _rows(((0, 1), (2, 1)), ((1, 1),))),
+                _at(4, _hold("dtensor", (2, 2), "R", "S0"), _hold("dtensor", (2, 2), "S0", "R")),
+            ),
+        ),
+        (*_CK, *_DT, "empty_tensors", "world_size_change"),
+    ),
+    (
+        "row ranges -> ShardedTensor on 4 ranks",
+        MeshCase(
+            (_spec(0, (3, 2)),),
+            (_at(2, _rows(((0, 1), (2, 1)), ((1, 1),))), _at(4, _hold("sharded_tensor"))),
+        ),
+        (*_CK, "sharded_tensor", "world_size_change"),
+    ),
+)
+"""Pinned examples of :func:`with_kind_cases` for ``checkpointable`` (one kind per step, as
+the strategy draws)."""
+
+PINNED_LOCAL_SHARDS = _pins(
+    "case",
+    (
+        "LocalShardsWrapper, uneven, an empty rank -> plain on 1 rank",
+        MeshCase(
+            (_spec(0, (4, 3)),),
+            (_at(3, _wrapper((0, 0), (0, 3), (3, 1))), _at(1, _hold("plain"))),
+        ),
+        (*_CK, *_DT, "world_size_change"),
+    ),
+    (
+        "plain on 2 ranks -> LocalShardsWrapper",
+        MeshCase((_spec(0, (5, 2)),), (_at(2, _hold("plain")), _at(2, _wrapper((0, 2), (2, 3))))),
+        (*_CK, *_DT),
+    ),
+    (
+        "a 2-D mesh, Replicate -> LocalShardsWrapper",
+        MeshCase(
+            (_spec(0, (4, 2)),),
+            (_at(4, _hold("dtensor", (2, 2), "R", "S0")), _at(2, _wrapper((0, 1), (1, 3)))),
+        ),
+        (*_CK, *_DT, "world_size_change"),
+    ),
+    (
+        "ShardedTensor -> LocalShardsWrapper",
+        MeshCase(
+            (_spec(0, (3, 2)),), (_at(2, _hold("sharded_tensor")), _at(2, _wrapper((0, 3), (3, 0))))
+        ),
+        (*_CK, *_DT, "sharded_tensor"),
+    ),
+    (
+        "LocalShardsWrapper -> two pieces of one saved chunk on one rank, rows held twice",
+        MeshCase(
+            (_spec(0, (4, 2)),),
+            (_at(2, _wrapper((0, 3), (3, 1))), _at(2, _rows(((0, 1), (2, 1)), ((1, 3),)))),
+        ),
+        (*_CK, *_DT),
+    ),
+    (
+        "row ranges, two on a rank -> LocalShardsWrapper",
+        MeshCase(
+            (_spec(0, (6, 2)),),
+            (_at(2, _rows(((0, 2), (4, 2)), ((2, 2),))), _at(2, _wrapper((0, 2), (2, 4)))),
+        ),
+        (*_CK, *_DT),
+    ),
+    (
+        "LocalShardsWrapper, size-0 -> a 2-D mesh, Replicate",
+        MeshCase(
+            (_spec(0, (6, 0)),),
+            (
+                _at(4, _wrapper((0, 1), (1, 2), (3, 3), (6, 0))),
+                _at(4, _hold("dtensor", (2, 2), "R", "S0")),
+            ),
+        ),
+        (*_CK, *_DT, "empty_tensors"),
+    ),
+    (
+        "LocalShardsWrapper -> ShardedTensor",
+        MeshCase(
+            (_spec(0, (5, 2)),), (_at(2, _wrapper((0, 4), (4, 1))), _at(2, _hold("sharded_tensor")))
+        ),
+        (*_CK, *_DT, "sharded_tensor"),
+    ),
+)
+"""Pinned examples of :func:`with_kind_cases` for ``local_shards`` (one kind per step)."""

@@ -20,14 +20,20 @@ from ckptconf.reference._compat import checkpointable_protocol, local_shards_wra
 from hypothesis import Phase
 
 from ...kit.cases import SaveLoadCase, TensorSpec
-from ...kit.failures import exception_text
-from ...kit.fixtures import UNSUPPORTED_PREFIX
+from ...kit.failures import error_of, exception_text
+from ...kit.layouts import layout_examples
+from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from ...kit.strategies import save_load_cases, supported_options
 from ...kit.trial import Trial
 from . import ranks
 from .cases import (
     DTYPES,
+    PINNED_CHAINS,
+    PINNED_CHECKPOINTABLES,
+    PINNED_LOCAL_SHARDS,
+    PINNED_MESH_CHANGES,
+    PINNED_SUBMESHES,
     Held,
     MeshCase,
     Step,
@@ -45,17 +51,20 @@ __all__ = ["MeshChangeTests"]
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 """Phases for tests whose one example costs several world calls: no shrinking."""
 
+_CHECKPOINTER_PINS = layout_examples(same_layout=True, max_side=6, objects=True)
+"""Pinned examples of the Checkpointer tests' cases (``_checkpointer_case``)."""
+
 
 def _check_mesh_case(trial: Trial, case: MeshCase, ckpt) -> None:
     """Run every step of the case; the first step that raises or loads a wrong value fails."""
     paths = [ckpt.path() for _ in case.steps]
-    trial.run("step 0 (save)", ranks.save_step, case, 0, paths[0], world=case.steps[0].world)
+    trial.run("save (step 0)", ranks.save_step, case, 0, paths[0], world=case.steps[0].world)
     last = len(case.steps) - 1
     for i in range(1, len(case.steps)):
         source = paths[i - 1] if case.chain else paths[0]
         resave = paths[i] if case.chain and i < last else None
         loaded = trial.run(
-            f"step {i} (load{' and save' if resave else ''})",
+            f"load (step {i}{', then save' if resave else ''})",
             ranks.load_step,
             case,
             i,
@@ -80,7 +89,7 @@ class MeshChangeTests:
     """Loads after a change of mesh, world, submesh or tensor kind give the saved values."""
 
     @pytest.mark.ckpt_requires("dtensor", "resharding")
-    @property_test(max_examples=10)
+    @property_test(max_examples=lambda n: n // 2, pinned=PINNED_MESH_CHANGES)
     def test_1d_mesh_to_2d_mesh_and_back(self, ckpt, data):
         """DTensors saved on a 1-D mesh load on a 2-D mesh and the reverse ((4,) <-> (2, 2),
         (2,) -> (2, 2), ...), placements drawn on both sides."""
@@ -88,7 +97,7 @@ class MeshChangeTests:
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("dtensor", "resharding")
-    @property_test(max_examples=6, phases=NO_SHRINK)
+    @property_test(max_examples=lambda n: 3 * n // 10, phases=NO_SHRINK, pinned=PINNED_SUBMESHES)
     def test_submesh_tensor(self, ckpt, data):
         """A DTensor on a DeviceMesh of some ranks (ranks outside hold an empty local tensor)
         loads back as saved, into the whole world, another submesh, or a plain tensor."""
@@ -96,17 +105,17 @@ class MeshChangeTests:
         _check_mesh_case(ckpt.trial(case), case, ckpt)
 
     @pytest.mark.ckpt_requires("resharding")
-    @property_test(max_examples=5, phases=NO_SHRINK)
+    @property_test(max_examples=lambda n: n // 4, phases=NO_SHRINK, pinned=PINNED_CHAINS)
     def test_kind_chain(self, ckpt, data):
         """Save under one kind (DTensor, submesh, plain, ShardedTensor), load under another,
         save what was loaded, load under a third (and a fourth), on 2 to 4 ranks."""
         if len(chain_kinds(ckpt.backend)) < 2:
-            pytest.skip(UNSUPPORTED_PREFIX + "a chain needs DTensor or ShardedTensor values")
+            unsupported("a chain needs DTensor or ShardedTensor values")
         case = data.draw(chain_cases(ckpt.backend), label="case")
         _check_mesh_case(ckpt.trial(case), case, ckpt)
 
     @pytest.mark.ckpt_requires("checkpointable", "uneven_shards", "resharding")
-    @property_test(max_examples=8)
+    @property_test(max_examples=lambda n: 2 * n // 5, pinned=PINNED_CHECKPOINTABLES)
     def test_checkpointable_subclass(self, ckpt, data):
         """A tensor subclass that only implements DCP's checkpointable protocol (uneven row
         ranges, several or none per rank, some held twice) saves and loads with resharding."""
@@ -115,7 +124,7 @@ class MeshChangeTests:
         _check_mesh_case(ckpt.trial(case), case, ckpt)
 
     @pytest.mark.ckpt_requires("checkpointable", "dtensor", "uneven_shards", "resharding")
-    @property_test(max_examples=6)
+    @property_test(max_examples=lambda n: 3 * n // 10, pinned=PINNED_LOCAL_SHARDS)
     def test_local_shards_wrapper(self, ckpt, data):
         """A DTensor over torch's LocalShardsWrapper (one uneven row range per rank, as
         TestCheckpointableReshard) saves and loads with resharding."""
@@ -152,7 +161,7 @@ class MeshChangeTests:
         how = "async_save" if use_async else "save"
         trial = ckpt.trial(case)
         results = trial.run(
-            f"Checkpointer {how} and load",
+            f"checkpointer ({how}, then load)",
             ranks.checkpointer_round_trip,
             case,
             ckpt.path(),
@@ -160,20 +169,20 @@ class MeshChangeTests:
             world=case.save_world,
         )
         if any(r is None for r in results):
-            pytest.skip(UNSUPPORTED_PREFIX + "its checkpointer has no async_save")
+            unsupported("its checkpointer has no async_save")
         trial.check_values(
             [m for r in results for m in r],
             f"value(s) loaded after Checkpointer.{how} differ from what was saved",
         )
 
     @pytest.mark.ckpt_requires("checkpointer")
-    @property_test(max_examples=5)
+    @property_test(max_examples=lambda n: n // 4, pinned=_CHECKPOINTER_PINS)
     def test_checkpointer_save_and_load(self, ckpt, data):
         """``checkpointer(path).save(state)`` then ``.load(blank)`` on the same object."""
         self._check_checkpointer(ckpt, data, use_async=False)
 
     @pytest.mark.ckpt_requires("checkpointer", "async_save")
-    @property_test(max_examples=5)
+    @property_test(max_examples=lambda n: n // 4, pinned=_CHECKPOINTER_PINS)
     def test_checkpointer_async_save_and_load(self, ckpt, data):
         """``checkpointer(path).async_save(state)``, wait, then ``.load(blank)``."""
         self._check_checkpointer(ckpt, data, use_async=True)
@@ -182,7 +191,7 @@ class MeshChangeTests:
     @pytest.mark.parametrize(
         "worlds", [(256, 16), (6, 256), (64, 96), (1, 128)], ids=lambda w: f"{w[0]}to{w[1]}"
     )
-    @property_test(max_examples=4)
+    @property_test(max_examples=lambda n: n // 5)
     def test_simulated_world_change(self, ckpt, worlds, data):
         """Save on N and load on M simulated ranks (1-D and 2-D meshes, up to 256 ranks)
         through the backend's planners and in-memory storage; each rank's value is a
@@ -194,5 +203,13 @@ class MeshChangeTests:
         try:
             found = simulate_mesh_change(case, save_planner, load_planner)
         except Exception as exc:  # noqa: BLE001 - any error of the backend's planners fails
-            raise trial.fail("simulated save or load raised", exception_text(exc)) from exc
-        trial.check_values(found, "value(s) loaded on simulated ranks differ from what was saved")
+            raise trial.fail(
+                "simulated save or load raised",
+                exception_text(exc),
+                kind="raised",
+                step="simulate",
+                errors=(error_of(exc),),
+            ) from exc
+        trial.check_values(
+            found, "value(s) loaded on simulated ranks differ from what was saved", step="simulate"
+        )

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from ...kit.cases import TensorSpec
 from ...kit.profiles import property_test
-from ...kit.trial import Trial
+from ...kit.trial import Trial, errors_of
 from . import ranks
 from .cases import (
     Holding,
@@ -117,6 +117,8 @@ class PerRankTests:
                     + (f"raised {o.error_type}: {o.message[-300:]}" if o.raised else "no error")
                     for o in outcomes
                 ),
+                kind="no_error" if quiet else "wrong_error",
+                errors=errors_of(outcomes),
                 rank=(quiet or unnamed)[0],
                 key=dropped[0],
             )
@@ -146,6 +148,7 @@ class PerRankTests:
                 "a save of objects that differ under one key raised on some ranks only, or "
                 "without naming the key",
                 "\n".join(f"  rank {r}: {o}" for r, o in enumerate(outcomes)),
+                kind="wrong_error",
                 key=key,
             )
         got = trial.run("load", ranks.load_divergent_object, key, path, world=2)
@@ -155,6 +158,7 @@ class PerRankTests:
                 "objects that differ under one key were saved without an error and not kept per "
                 "rank: a rank got another rank's value",
                 "\n".join(f"  rank {r} loaded {got[r]!r}" for r in range(2)),
+                kind="wrong_values",
                 rank=wrong[0],
                 key=key,
                 expected=("seen_by", wrong[0]),
@@ -179,7 +183,7 @@ class PerRankTests:
             ckpt.path(),
         )
         trial.run("save", ranks.save_per_rank, case, path, world=2)
-        outcomes = trial.run("load into meta", ranks.load_into_meta, path, world=2)
+        outcomes = trial.run("load (into meta tensors)", ranks.load_into_meta, path, world=2)
         bad = [
             r
             for r, o in enumerate(outcomes)
@@ -191,6 +195,7 @@ class PerRankTests:
                 "a load into a meta-device tensor must raise on every rank, or put the loaded "
                 "values in the state dict",
                 "\n".join(f"  rank {r}: {o}" for r, o in enumerate(outcomes)),
+                kind="wrong_error" if mixed else "wrong_values",
                 rank=(bad or [0])[0],
                 key="w",
             )
@@ -227,9 +232,9 @@ class PerRankTests:
         ]
         trial: Trial = ckpt.trial("\n".join(c.describe() for c in cases))
         paths = [ckpt.path() for _ in groups]
-        trial.run("save in sub-groups", ranks.save_in_sub_groups, groups, cases, paths, world=4)
+        trial.run("save (in sub-groups)", ranks.save_in_sub_groups, groups, cases, paths, world=4)
         loaded = trial.run(
-            "load in sub-groups", ranks.load_in_sub_groups, groups, cases, paths, world=4
+            "load (in sub-groups)", ranks.load_in_sub_groups, groups, cases, paths, world=4
         )
         trial.check_values(
             [m for rank in loaded for m in rank],

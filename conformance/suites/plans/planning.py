@@ -21,7 +21,7 @@ from ckptconf.reference._compat import add_note, set_up_save_planner
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
 
-from ...kit.failures import ConformanceFailure, exception_text, listing
+from ...kit.failures import ConformanceFailure, error_of, exception_text, listing
 from ...kit.trial import Trial
 
 __all__ = [
@@ -42,7 +42,11 @@ def plan_save(
         result, _ = simulate_save_planning(states, factory)
     except Exception as exc:  # noqa: BLE001 - any planner error is the finding
         raise trial.fail(
-            f"planning a save on {len(states)} simulated ranks raised", exception_text(exc)
+            f"planning a save on {len(states)} simulated ranks raised",
+            exception_text(exc),
+            kind="raised",
+            step="plan",
+            errors=(error_of(exc),),
         ) from None
     return result
 
@@ -98,6 +102,14 @@ def save_then_load_in_memory(
     return metadata, plans
 
 
-def failure(trial: Trial, what: str, problems: Sequence[str]) -> ConformanceFailure:
-    """The trial's failure listing up to 8 problems."""
-    return trial.fail(what, "found:\n" + listing(problems))
+def failure(
+    trial: Trial,
+    what: str,
+    problems: Sequence[str],
+    *,
+    kind: str = "wrong_values",
+    step: str = "plan",
+) -> ConformanceFailure:
+    """The trial's failure listing up to 8 problems: by default, planning (``step``) gave a
+    wrong plan or metadata (``kind``)."""
+    return trial.fail(what, "found:\n" + listing(problems), kind=kind, step=step)

@@ -25,7 +25,7 @@ from ckptconf.reference import validate_global_plan
 from hypothesis import strategies as st
 
 from ...backend import Backend
-from ...kit.failures import exception_text
+from ...kit.failures import error_of, exception_text
 from ...kit.profiles import property_test
 from ...kit.strategies import ALL_DTYPES, BASIC_DTYPES
 from ...kit.trial import Trial
@@ -314,7 +314,13 @@ def _set_up(trial: Trial, factory):
     try:
         return coordinator_planner(factory)
     except PlannerSetUpError as exc:
-        raise trial.fail("the save planner could not be made and set up", str(exc)) from None
+        raise trial.fail(
+            "the save planner could not be made and set up",
+            str(exc),
+            kind="raised",
+            step="plan",
+            errors=(error_of(exc.__cause__ or exc),),
+        ) from None
 
 
 def _accepted(trial: Trial, factory, case: PlanCase, *, what: str = "a valid plan") -> None:
@@ -324,7 +330,13 @@ def _accepted(trial: Trial, factory, case: PlanCase, *, what: str = "a valid pla
     try:
         plans, metadata = planner.create_global_plan(case.save_plans(template))
     except Exception as exc:  # noqa: BLE001 - any error is the finding
-        raise trial.fail(f"create_global_plan rejected {what}", exception_text(exc)) from None
+        raise trial.fail(
+            f"create_global_plan rejected {what}",
+            exception_text(exc),
+            kind="raised",
+            step="plan",
+            errors=(error_of(exc),),
+        ) from None
     problems = metadata_differences(case.metadata(), metadata)
     problems += dedup_problems(case.save_plans(), plans, metadata)
     if problems:
@@ -360,7 +372,7 @@ def _check_rejected(trial: Trial, factory, case: PlanCase) -> None:
             for p in validate_global_plan(plans, metadata)
         ]
         problems.append(f"DCP's _validate_global_plan finds in it: {_dcp_verdict(plans, metadata)}")
-    raise failure(trial, what, problems)
+    raise failure(trial, what, problems, kind="no_error")
 
 
 def _states(ckpt, case: PlanStateCase, *, data: str = "meta") -> list[dict]:
@@ -386,17 +398,25 @@ def _check_simulated_reshard(
     except Exception as exc:  # noqa: BLE001 - any planner error is the finding
         notes = "\n".join(getattr(exc, "__notes__", []))
         raise trial.fail(
-            "a simulated save or load raised", f"{exception_text(exc)}\n{notes}"
+            "a simulated save or load raised",
+            f"{exception_text(exc)}\n{notes}",
+            kind="raised",
+            step="simulate",
+            errors=(error_of(exc),),
         ) from None
     problems = metadata_problems(saved, metadata) if check_metadata else []
     if problems:
-        raise failure(trial, "the saved metadata does not describe the state", problems)
+        raise failure(
+            trial, "the saved metadata does not describe the state", problems, step="simulate"
+        )
     problems = read_plan_problems(plans, dest_states, metadata)
     if problems:
-        raise failure(trial, "the load plans do not read every element once", problems)
+        raise failure(
+            trial, "the load plans do not read every element once", problems, step="simulate"
+        )
     problems = loaded_value_problems(dest, dest_states)
     if problems:
-        raise failure(trial, "loaded values differ from the saved ones", problems)
+        raise failure(trial, "loaded values differ from the saved ones", problems, step="simulate")
 
 
 def _dcp_verdict(plans, metadata) -> str:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import strategies as st
 
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
+from ...kit.layouts import layout_examples
 from ...kit.profiles import property_test
 from ...kit.strategies import save_load_cases, supported_options, world_sizes
 
@@ -41,7 +42,14 @@ class ReshardingTests:
     """Any destination layout loads from any saved layout (DTensor, ShardedTensor, plain)."""
 
     # three times the profile's examples: cheap cases, and the core of what resharding means
-    @property_test(max_examples=lambda n: 3 * n)
+    @property_test(
+        max_examples=lambda n: 3 * n,
+        pinned=layout_examples(
+            save_worlds=(1, 2, 3, 4),
+            per_rank_keys=True,
+            also={"world": lambda case: case.save_world},
+        ),
+    )
     def test_placement_change(self, ckpt, data):
         """Same world (1 to 4 ranks, and the session's largest), each tensor loaded under an
         independently drawn layout, held by every rank or by some ranks only (another subset
@@ -61,7 +69,12 @@ class ReshardingTests:
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("world_size_change")
-    @property_test(max_examples=lambda n: 3 * n)
+    @property_test(
+        max_examples=lambda n: 3 * n,
+        pinned=layout_examples(
+            save_worlds=(1, 2, 3, 4), world_change=True, per_rank_keys=True, objects=True
+        ),
+    )
     def test_world_size_change(self, ckpt, data):
         """Saved on N ranks, loaded on M ranks (1 to 4 each, and the session's largest world);
         keys held by every rank or by some ranks only, on either side."""
@@ -76,7 +89,20 @@ class ReshardingTests:
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("dtensor", "strided_shard")
-    @property_test()
+    @property_test(
+        pinned=layout_examples(
+            save_worlds=(2, 4),
+            load_worlds=(1, 2, 4),
+            world_change=None,
+            kinds=("dtensor",),
+            strided=True,
+            keep=lambda c: any(
+                p.startswith("SS")
+                for lay in c.save_layouts + c.load_layouts
+                for p in lay.placements
+            ),
+        )
+    )
     def test_strided_shard_placement_change(self, ckpt, data):
         """To and from _StridedShard layouts."""
         options = supported_options(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ...kit.layouts import layout_examples
 from ...kit.profiles import property_test
 from ...kit.strategies import save_load_cases, supported_options
 
@@ -15,7 +16,11 @@ __all__ = ["RoundTripTests"]
 class RoundTripTests:
     """Save a value-encoded state and load it into the same layout."""
 
-    @property_test()
+    @property_test(
+        pinned=layout_examples(
+            save_worlds=(1, 2), same_layout=True, per_rank_keys=True, objects=True
+        )
+    )
     def test_round_trip(self, ckpt, data):
         """Tensors of any layout the backend supports, with objects, nested or flat; on two
         ranks a key may be held by one of them only."""
@@ -26,7 +31,7 @@ class RoundTripTests:
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("dtensor")
-    @property_test()
+    @property_test(pinned=layout_examples(save_worlds=(2,), same_layout=True, kinds=("dtensor",)))
     def test_round_trip_dtensor_on_two_ranks(self, ckpt, data):
         """DTensors only, on 2 ranks, uneven and empty shards included."""
         options = supported_options(ckpt.backend, kinds=("dtensor",), objects=False)
@@ -36,7 +41,11 @@ class RoundTripTests:
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("sharded_tensor")
-    @property_test()
+    @property_test(
+        pinned=layout_examples(
+            save_worlds=(2, 3), same_layout=True, kinds=("sharded_tensor",), min_dims=1
+        )
+    )
     def test_round_trip_sharded_tensor_on_two_ranks(self, ckpt, data):
         """ShardedTensors (ChunkShardingSpec on any dim) only, on 2 and 3 ranks, uneven included."""
         options = supported_options(
@@ -48,7 +57,15 @@ class RoundTripTests:
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("dtensor", "strided_shard")
-    @property_test()
+    @property_test(
+        pinned=layout_examples(
+            save_worlds=(2, 4),
+            same_layout=True,
+            kinds=("dtensor",),
+            strided=True,
+            keep=lambda c: any(p.startswith("SS") for p in c.save_layouts[0].placements),
+        )
+    )
     def test_round_trip_strided_shard(self, ckpt, data):
         """DTensors with a _StridedShard placement (FSDP2 + TP layouts), on 2 and 4 ranks."""
         options = supported_options(

@@ -18,6 +18,7 @@ metadata every file without which ``read_metadata`` fails or says something else
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -28,13 +29,14 @@ from hypothesis import strategies as st
 from ...kit import values
 from ...kit.cases import SaveLoadCase, resalted
 from ...kit.failures import listing
-from ...kit.fixtures import UNSUPPORTED_PREFIX
+from ...kit.layouts import layout_examples
 from ...kit.oracle import cover_problems, metadata_problems
+from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from ...kit.trial import Trial
 from ...stored import StoredObjects
 from . import ranks
-from .cases import flat_cases, hand_cases, other_cases, sized_cases
+from .cases import MAX_SIDE, flat_cases, hand_cases, other_cases, sized_cases
 from .files import (
     DataSpan,
     data_spans,
@@ -97,7 +99,9 @@ def _check_metadata(trial: Trial, expected: dict, summaries: list[dict], when: s
     ]
     if problems:
         raise trial.fail(
-            f"the metadata read back {when} does not match the saved state", listing(problems, 12)
+            f"the metadata read back {when} does not match the saved state",
+            listing(problems, 12),
+            kind="wrong_values",
         )
 
 
@@ -128,7 +132,7 @@ def _saved(trial: Trial, case: SaveLoadCase, path: str) -> tuple[StoredObjects, 
             else "a backend that stores elsewhere (an object store) gives the suite a "
             "stored_objects factory (ckptconf.conformance.StoredObjects)"
         )
-        pytest.skip(f"{UNSUPPORTED_PREFIX}it stored nothing found at {store.where()}: {how}")
+        unsupported(f"it stored nothing found at {store.where()}: {how}")
     summary = trial.run("read_metadata", ranks.read_metadata_summary, path, world=1)[0]
     return store, files, summary
 
@@ -146,7 +150,7 @@ def _check_corrupted_load(
     """Load after ``change``: every rank raises, or (unless ``must_raise``) every value is right."""
     trial = trial.about(f"{trial.case}\ncorruption: {change}")
     outcomes = trial.run(
-        "load of the corrupted checkpoint", ranks.load_outcome, case, path, world=case.save_world
+        "load (of the corrupted checkpoint)", ranks.load_outcome, case, path, world=case.save_world
     )
     raised = [r for r, o in enumerate(outcomes) if o["raised"]]
     quiet = [r for r, o in enumerate(outcomes) if not o["raised"]]
@@ -158,6 +162,7 @@ def _check_corrupted_load(
         raise trial.fail(
             f"a corrupted checkpoint loaded without error on rank(s) {quiet}, with wrong values",
             listing(wrong) + ("\n" + errors if errors else ""),
+            kind="wrong_values",
             mismatch=wrong[0],
         )
     if raised:
@@ -165,6 +170,8 @@ def _check_corrupted_load(
             f"rank(s) {raised} raised loading a corrupted checkpoint, rank(s) {quiet} returned "
             "normally",
             errors,
+            kind="wrong_error",
+            errors=tuple(dict.fromkeys(outcomes[r]["error"][:3000] for r in raised)),
             rank=quiet[0],
         )
     if must_raise:
@@ -172,10 +179,27 @@ def _check_corrupted_load(
             "the load returned without error although bytes it must read are missing",
             "  every rank returned normally, with the saved values: the bytes lost were zeros "
             "(a zero fill restores them) or were read from somewhere else",
+            kind="no_error",
         )
 
 
 # --- the suite ---------------------------------------------------------------------------------
+
+_FLAT = dict(same_layout=True, max_side=MAX_SIDE, objects=True)
+""":func:`~.cases.flat_cases`' options, for its pinned examples."""
+
+
+_FLAT_PINS = layout_examples(**_FLAT)
+_SIZED_PINS = layout_examples(
+    same_layout=True,
+    max_side=MAX_SIDE,
+    min_dims=1,
+    allow_empty=False,
+    keep=lambda c: math.prod(c.tensors[0].shape) >= 2,
+    combined=True,
+)
+"""Pinned examples of :func:`~.cases.sized_cases` (tensors of 2 elements or more), each
+world's layouts in one case: an example corrupts and probes files, which costs seconds."""
 
 
 @pytest.mark.ckpt_suite("storage")
@@ -184,7 +208,7 @@ class StorageTests:
     """The backend's storage: metadata, re-saves, siblings, and corrupted files."""
 
     @pytest.mark.ckpt_level("core")
-    @property_test()
+    @property_test(pinned=_FLAT_PINS)
     def test_metadata_matches_the_saved_state(self, ckpt, data):
         """After a save, ``storage_reader(path).read_metadata()`` on every rank lists every key
         saved and no other: tensors with their size, dtype and chunks tiling them exactly,
@@ -207,8 +231,10 @@ class StorageTests:
         hand = data.draw(hand_cases(ckpt.backend), label="hand case")
         trial, path = ckpt.trial(hand), ckpt.path()
         write, read = ranks.write_by_hand, ranks.read_by_hand
-        trial.run("writing by hand", write, hand, path, world=hand.world)
-        results = trial.run("reading by hand", read, hand, path, world=hand.world)
+        trial.run("write (the storage protocol by hand)", write, hand, path, world=hand.world)
+        results = trial.run(
+            "read (the storage protocol by hand)", read, hand, path, world=hand.world
+        )
         expected: dict = {t.spec.key: (tuple(t.spec.shape), t.spec.dtype) for t in hand.tensors}
         expected.update({key: None for key, _, _ in hand.objects})
         summaries = [r["summary"] for r in results]
@@ -219,7 +245,7 @@ class StorageTests:
         )
 
     @pytest.mark.ckpt_level("core")
-    @property_test()
+    @property_test(pinned=layout_examples(**_FLAT, label="v1"))
     def test_resave_same_keys_new_values(self, ckpt, data):
         """Save v1, then v2 (same keys and shapes, other values) to the same path: the path
         holds exactly v2; save v1 again: exactly v1."""
@@ -227,7 +253,7 @@ class StorageTests:
         self._resave(ckpt, first, resalted(first))
 
     @pytest.mark.ckpt_level("core")
-    @property_test()
+    @property_test(pinned=layout_examples(**_FLAT, label="v1"))
     def test_resave_other_keys_and_shapes(self, ckpt, data):
         """Save v1, then v2 (other keys, some old keys with new shapes and dtypes, maybe on
         another number of ranks) to the same path: the metadata lists exactly v2's keys
@@ -241,13 +267,13 @@ class StorageTests:
         trial = ckpt.trial(f"v1: {first.describe()}\nv2: {second.describe()}")
         path = ckpt.path()
         for number, (case, name) in enumerate(((first, "v1"), (second, "v2"), (first, "v1"))):
-            what = f"save {number + 1} ({name})"
+            what = f"save (number {number + 1}: {name})"
             trial.run(what, values.save_case, case, path, world=case.save_world)
             if number:
                 _check_checkpoint(trial, case, path, f"after {what} over the previous one")
 
     @pytest.mark.ckpt_level("core")
-    @property_test()
+    @property_test(pinned=layout_examples(**_FLAT, label="first"))
     def test_sibling_checkpoints_saved_concurrently(self, ckpt, data):
         """Two checkpoints under one parent (``step_1`` and ``step_10``) saved at the same time
         by the same ranks, each save in its own thread on its own gloo process group
@@ -265,13 +291,19 @@ class StorageTests:
         trial = ckpt.trial(f"{paths[0]}: {first.describe()}\n{paths[1]}: {second.describe()}")
         save = ranks.save_siblings_concurrently
         trial.run(
-            "two concurrent saves", save, first, paths[0], second, paths[1], world=first.save_world
+            "save (two, concurrently)",
+            save,
+            first,
+            paths[0],
+            second,
+            paths[1],
+            world=first.save_world,
         )
         for case, path in ((first, paths[0]), (second, paths[1])):
             _check_checkpoint(trial, case, path, f"from {path} after the concurrent saves")
 
     @pytest.mark.ckpt_level("core")
-    @property_test()
+    @property_test(pinned=_SIZED_PINS)
     def test_short_read_is_an_error(self, ckpt, data):
         """A data file cut short inside the saved bytes of a chunk (bytes found nowhere else)
         fails the load on every rank: never zeros or stale values in the destination.
@@ -304,7 +336,7 @@ class StorageTests:
 
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.ckpt_requires("integrity")
-    @property_test()
+    @property_test(pinned=_SIZED_PINS)
     def test_flipped_bit_is_an_error_or_harmless(self, ckpt, data):
         """One bit flipped in one file of the checkpoint (half the draws inside a chunk's saved
         bytes, found by their values): the load raises on every rank or gives exactly the
@@ -329,7 +361,7 @@ class StorageTests:
 
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.ckpt_requires("integrity")
-    @property_test()
+    @property_test(pinned=_SIZED_PINS)
     def test_truncated_file_is_an_error_or_harmless(self, ckpt, data):
         """Any file of the checkpoint (metadata included) truncated to 0 bytes or cut at any
         point: the load raises on every rank or gives exactly the saved values."""
@@ -347,7 +379,7 @@ class StorageTests:
 
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.ckpt_requires("integrity")
-    @property_test()
+    @property_test(pinned=_SIZED_PINS)
     def test_deleted_file_is_an_error_or_harmless(self, ckpt, data):
         """Any one file of the checkpoint deleted: the load raises on every rank or gives
         exactly the saved values (the file was not needed)."""
@@ -362,7 +394,7 @@ class StorageTests:
     @pytest.mark.ckpt_level("strict")
     @pytest.mark.ckpt_requires("integrity")
     # an example probes the metadata: seconds; cases are small
-    @property_test(phases=_NO_SHRINK)
+    @property_test(phases=_NO_SHRINK, pinned=_SIZED_PINS)
     def test_tampered_metadata_is_an_error_or_harmless(self, ckpt, data):
         """A metadata file (one without which ``read_metadata`` fails or says something else)
         changed outside the saved tensor bytes, one of three ways (see ``_metadata_change``):
@@ -373,12 +405,10 @@ class StorageTests:
         trial, path = ckpt.trial(case), ckpt.path()
         store, files, summary = _saved(trial, case, path)
         depends = ranks.files_metadata_depends_on
-        found = trial.run("read_metadata without each file", depends, path, files, world=1)
+        found = trial.run("read_metadata (without each file)", depends, path, files, world=1)
         metadata_files = nonempty_files(store, found[0])
         if not metadata_files:
-            pytest.skip(
-                UNSUPPORTED_PREFIX + "no file of the checkpoint changes what read_metadata returns"
-            )
+            unsupported("no file of the checkpoint changes what read_metadata returns")
         file = _pick(data, metadata_files, "metadata file")
         spans = [s for s in data_spans(store, files, case, summary) if s.file == file]
         offset, change, what = _metadata_change(data, trial, store, path, file, spans, summary)
@@ -415,7 +445,7 @@ def _metadata_change(
         mask = data.draw(st.sampled_from([1, 2]), label="bit probed")
         probe = ranks.accepted_metadata_changes
         found = trial.run(
-            "read_metadata of tampered metadata", probe, path, file, window, mask, world=1
+            "read_metadata (of tampered metadata)", probe, path, file, window, mask, world=1
         )[0]
         by_kind: dict[str, list[int]] = {}
         for position, after in found:

@@ -1,0 +1,135 @@
+"""Expectations files: entries name a failure (step, kind, exception, pattern), never a test alone."""
+
+from __future__ import annotations
+
+import pytest
+from ckptconf.conformance import ConformanceFailure
+from ckptconf.conformance.builtin import BUILT_IN, expectations_file
+from ckptconf.conformance.expectations import Expectations, ExpectationsError
+from ckptconf.conformance.kit.fixtures import _suite_tests
+
+ENTRY = """
+[[known]]
+test = "resharding::test_placement_change"
+step = "save"
+kind = "raised"
+raises = "CheckpointException"
+match = "out of bounds chunk"
+reason = "chunks past the end"
+"""
+
+
+def _failure(**fields) -> dict:
+    base = {
+        "what": "save raised on ranks 0, 1",
+        "step": "save",
+        "kind": "raised",
+        "errors": ["CheckpointException: ranks 0: ValueError: key:w has out of bounds chunk"],
+        "details": "",
+        "key": None,
+    }
+    return {**base, **fields}
+
+
+def _load(tmp_path, text: str) -> Expectations:
+    path = tmp_path / "known.toml"
+    path.write_text(text)
+    return Expectations.load(path)
+
+
+def test_an_entry_matches_its_failure_and_no_other(tmp_path):
+    (entry,) = _load(tmp_path, ENTRY).for_test("resharding::test_placement_change")
+    assert entry.matches(_failure())
+    # the same test failing another way is not excused
+    assert not entry.matches(_failure(step="load"))
+    assert not entry.matches(_failure(kind="hang", errors=[]))
+    assert not entry.matches(_failure(kind="wrong_values", errors=[]))
+    assert not entry.matches(_failure(errors=["RuntimeError: out of bounds chunk"]))
+    assert not entry.matches(_failure(errors=["CheckpointException: overlapping chunks"]))
+    assert not entry.matches(_failure(kind="harness", step=None))
+
+
+def test_match_searches_the_headline_errors_and_details_and_key_is_a_glob(tmp_path):
+    text = ENTRY.replace('match = "out of bounds chunk"', 'match = "in rank output"\nkey = "w*"')
+    (entry,) = _load(tmp_path, text).entries
+    printed = _failure(errors=["CheckpointException: x"], details="--- output ---\nin rank output")
+    assert entry.matches({**printed, "key": "weight"})
+    assert not entry.matches({**printed, "key": "bias"})
+    # a ConformanceFailure's own fields, as the verdict passes them
+    failure = ConformanceFailure(
+        "save raised on rank 0",
+        step="save",
+        kind="raised",
+        errors=("CheckpointException: in rank output",),
+        key="w",
+    )
+    assert entry.matches(failure.fields())
+
+
+def test_parameters_may_use_globs_and_an_entry_without_covers_every_parameter(tmp_path):
+    text = ENTRY.replace("test_placement_change", "test_more_ranks_than_rows[*-sharded_tensor-*]")
+    glob = _load(tmp_path, text)
+    assert glob.for_test("resharding::test_more_ranks_than_rows[1-rows-sharded_tensor-on-3]")
+    assert not glob.for_test("resharding::test_more_ranks_than_rows[3-rows-plain-on-1]")
+    whole = _load(tmp_path, ENTRY)
+    assert whole.for_test("resharding::test_placement_change")
+    assert whole.for_test("resharding::test_placement_change[x]")
+    assert not whole.for_test("resharding::test_placement_change_more")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (('step = "save"\n', ""), r"known.toml:2: the entry .* names no signature"),
+        (('kind = "raised"\n', ""), r"known.toml:2: the entry .* names no signature"),
+        (('raises = "CheckpointException"\n', ""), r"known.toml:2: a kind 'raised' entry names"),
+        (('match = "out of bounds chunk"\n', 'match = "("\n'), r"known.toml:2: match '\(' is no"),
+        (('step = "save"', 'step = "unpack"'), r"known.toml:2: unknown step 'unpack'"),
+        (('kind = "raised"', 'kind = "flaky"'), r"known.toml:2: unknown kind 'flaky'"),
+        (('reason = "chunks past the end"\n', ""), r"known.toml:2: the entry has no reason"),
+        (('test = "', 'tset = "'), r"known.toml:2: unknown key\(s\) \['tset'\]"),
+        (('test = "resharding::', 'test = "test_resharding.py::'), r"is not <suite>::<test"),
+    ],
+)
+def test_a_bad_entry_is_an_error_naming_file_and_line(tmp_path, change, message):
+    with pytest.raises(ExpectationsError, match=message):
+        _load(tmp_path, ENTRY.replace(*change))
+
+
+def test_a_pattern_is_required_except_for_hangs(tmp_path):
+    unpatterned = ENTRY.replace('match = "out of bounds chunk"\n', "")
+    unpatterned = unpatterned.replace('kind = "raised"', 'kind = "wrong_values"')
+    unpatterned = unpatterned.replace('raises = "CheckpointException"\n', "")
+    with pytest.raises(ExpectationsError, match="known.toml:2: .* has no pattern"):
+        _load(tmp_path, unpatterned)
+    (hang,) = _load(tmp_path, unpatterned.replace("wrong_values", "hang")).entries
+    assert hang.matches(_failure(kind="hang", errors=[]))
+
+
+def test_unknown_tests_and_the_old_format_are_errors(tmp_path):
+    suites = _suite_tests()
+    with pytest.raises(ExpectationsError, match=r"known.toml:2: suite 'resharding' has no test"):
+        _load(tmp_path, ENTRY.replace("test_placement_change", "test_gone")).check_tests(suites)
+    with pytest.raises(ExpectationsError, match=r"known.toml:2: unknown suite 'reshard'"):
+        _load(tmp_path, ENTRY.replace("resharding::", "reshard::")).check_tests(suites)
+    old = "test_roundtrip.py::TestRoundTrip::test_round_trip  # a reason\n"
+    with pytest.raises(ExpectationsError, match="earlier '<test id>  # <reason>' format"):
+        _load(tmp_path, old)
+
+
+def test_unmatched_lists_entries_no_failure_matched(tmp_path):
+    expectations = _load(tmp_path, ENTRY + ENTRY.replace("test_placement_change", "test_x"))
+    first, second = expectations.entries
+    assert (first.line, second.line) == (2, 10)
+    assert expectations.unmatched([first.where]) == [
+        f"{second.where} resharding::test_x: step save, kind raised, raises "
+        "'CheckpointException', match 'out of bounds chunk'"
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_the_shipped_expectations_parse_and_name_real_tests(name):
+    path = expectations_file(name)
+    if path is None:
+        pytest.skip(f"{name} has no expectations file")
+    Expectations.load(path).check_tests(_suite_tests())

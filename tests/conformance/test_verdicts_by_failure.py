@@ -1,0 +1,161 @@
+"""Verdicts by failure, end to end: backends built on DCP that declare ``inherits="torch-dcp"``
+get DCP's known failures as inherited and their own as their own, even where the two meet in
+one test (the backends are in tests/planted/verdicts.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .suite_runner import run_conformance
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PLACEMENT = "TestResharding and test_placement_change"
+
+
+def _tests(report: dict) -> dict[str, dict]:
+    return {t["id"].split("::")[-1]: t for t in report["tests"]}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_an_own_defect_behind_a_dcp_failure_in_the_same_test_is_the_backends_own(tmp_path):
+    """test_placement_change: DCP fails its pinned ShardedTensor example (shards past the end,
+    run first); drawing goes on and finds the backend's own resharding read one row early."""
+    result, report = run_conformance("tests.planted.verdicts:dcp_row_offset", PLACEMENT, tmp_path)
+    test = _tests(report)["test_placement_change"]
+    assert test["outcome"] == "failed", result.stdout[-3000:]
+    failure = test["failure"]
+    assert (failure["step"], failure["kind"]) == ("load", "wrong_values"), failure
+    (known,) = test["known"]
+    assert known["origin"] == "torch-dcp" and known["count"] >= 1, known
+    assert "out of bounds chunk" in known["signature"]
+    assert result.returncode == 1  # a core test failed: the run fails
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_failure_resembling_dcps_is_the_backends_own(tmp_path):
+    """Empty trailing ShardedTensor shards rejected with another message than DCP's: the entry
+    does not match, and the failure is the backend's, in a test DCP fails at the same step."""
+    result, report = run_conformance(
+        "tests.planted.verdicts:dcp_resembling_error",
+        "TestRoundTrip and test_round_trip_sharded_tensor_on_two_ranks",
+        tmp_path,
+    )
+    (test,) = report["tests"]
+    assert test["outcome"] == "failed", result.stdout[-3000:]
+    failure = test["failure"]
+    assert (failure["step"], failure["kind"]) == ("save", "raised")
+    assert "out of range chunk" in "\n".join(failure["errors"])
+    assert "known" not in test  # DCP's own failure never came: this backend fails first
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_hang_where_dcp_raises_is_the_backends_own(tmp_path):
+    """test_round_trip_strided_shard: DCP's known failure is an exception at save; this backend
+    hangs on 4 ranks, a failure no entry names."""
+    result, report = run_conformance(
+        "tests.planted.verdicts:dcp_hangs_on_four",
+        "TestRoundTrip and test_round_trip_strided_shard",
+        tmp_path,
+        extra=["--ckpt-timeout", "15"],
+    )
+    (test,) = report["tests"]
+    assert test["outcome"] == "failed", result.stdout[-3000:]
+    assert test["failure"]["kind"] == "hang", test["failure"]
+    assert test["failure"]["what"].startswith("save hung")
+
+
+# what DCP fails in this selection, each test with the entries (torch-dcp.toml lines) it meets
+SELECTION = (
+    "(TestRoundTrip and (sharded_tensor or strided)) or (TestKinds and (int_keys or "
+    "unexpected_key)) or (TestMeshChange and checkpointer_save) or (TestPlans and gap_on_one)"
+)
+INHERITED = {
+    "test_round_trip_sharded_tensor_on_two_ranks",
+    "test_round_trip_strided_shard",
+    "test_int_keys_keep_their_type",
+    "test_unexpected_key_in_checkpoint_raises",
+    "test_checkpointer_save_and_load",
+    "test_rejects_gap_on_one_rank",
+}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_correct_dcp_based_backend_inherits_dcps_failures_and_passes(tmp_path):
+    """DCP under another name: each failure DCP has here is inherited (DCP, run on the same
+    example, fails it the same way), and the run exits 0."""
+    result, report = run_conformance("tests.planted.verdicts:dcp_inheriting", SELECTION, tmp_path)
+    outcomes = {name: t["outcome"] for name, t in _tests(report).items()}
+    assert outcomes == dict.fromkeys(INHERITED, "inherited"), result.stdout[-3000:]
+    for test in report["tests"]:
+        assert {k["origin"] for k in test["known"]} == {"torch-dcp"}, test
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "inherited" in result.stdout  # pytest's own summary uses the report's words
+
+
+CLASS_STYLE = """
+import pytest
+from ckptconf.conformance.suites import KindsTests, MeshChangeTests, PlansTests, RoundTripTests
+
+from tests.planted.verdicts import dcp_inheriting
+
+
+@pytest.fixture(scope="session")
+def backend():
+    return dcp_inheriting()
+
+
+class TestMyRoundTrip(RoundTripTests):
+    pass
+
+
+class TestMyKinds(KindsTests):
+    pass
+
+
+class TestMyMeshChange(MeshChangeTests):
+    pass
+
+
+class TestMyPlans(PlansTests):
+    pass
+"""
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_class_style_runs_give_the_same_verdicts(tmp_path):
+    """The same backend given by a fixture to subclasses of the suites in a user's module: the
+    expectations apply by suite and test name, whatever the module and class are called."""
+    (tmp_path / "test_mine.py").write_text(CLASS_STYLE)
+    selection = SELECTION.replace("TestRoundTrip", "TestMyRoundTrip").replace(
+        "TestKinds", "TestMyKinds"
+    )
+    selection = selection.replace("TestMeshChange", "TestMyMeshChange").replace(
+        "TestPlans", "TestMyPlans"
+    )
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_mine.py", "-p", "no:cacheprovider", "-k", selection]
+        + ["--ckpt-profile", "ci", "--ckpt-no-shrink", "--ckpt-report", str(report), "-v"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+    )
+    tests = _tests(json.loads(report.read_text()))
+    assert {n: t["outcome"] for n, t in tests.items()} == dict.fromkeys(INHERITED, "inherited")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "6 inherited" in result.stdout.splitlines()[-1], result.stdout[-600:]
+    assert "test_mine.py::TestMyKinds::test_int_keys_keep_their_type INHERITED" in result.stdout
