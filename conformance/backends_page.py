@@ -21,14 +21,7 @@ from .kit.outcomes import Outcome
 
 __all__ = ["render_backends_page"]
 
-_COLUMNS = (
-    Outcome.PASSED,
-    Outcome.FAILED,
-    Outcome.EXPECTED,
-    Outcome.INHERITED,
-    Outcome.UNSUPPORTED,
-    Outcome.UNEXPECTED_PASS,
-)
+_COLUMNS = tuple(Outcome)
 
 
 def _minutes(seconds: float | None) -> str:
@@ -56,7 +49,10 @@ def _own_finding(test: dict[str, Any], runs: list[str]) -> list[str]:
     lines = [f"#### `{test['id']}` ({test['level']})", "", f"Found by: {', '.join(runs)}.", ""]
     if test["outcome"] == Outcome.EXPECTED.value:
         for known in test.get("known", ()):
-            lines += [f"Reviewed ({known['entry']}): {known['reason']}", ""]
+            if known["origin"] == "own":
+                lines += [f"Reviewed ({known['entry']}): {known['reason']}", ""]
+            else:
+                lines += [f"Also inherited from {known['origin']} ({known['entry']}).", ""]
             lines += [f"Failure: {known['signature']}, {known['count']} example(s).", ""]
             for example in known.get("examples", ())[:1]:
                 lines += ["Case:", "", "```", (example.get("case") or "").strip(), "```", ""]
@@ -78,13 +74,20 @@ def _own_finding(test: dict[str, Any], runs: list[str]) -> list[str]:
 
 
 def _by_test(reports: list[dict[str, Any]], outcomes: tuple[str, ...]):
-    """Per test id, the first report's entry with one of ``outcomes`` and the runs that had it."""
-    found: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    """Per test id with one of ``outcomes`` in any run: the entry to show (a failure before an
+    expected one, so no run's own failure hides behind another's review) and the runs, each
+    with its outcome."""
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for report in reports:
         for test in report.get("tests", []):
             if test["outcome"] in outcomes:
-                found.setdefault(test["id"], (test, []))[1].append(_run_name(report))
-    return sorted(found.items())
+                found.setdefault(test["id"], []).append((_run_name(report), test))
+    merged = []
+    for test_id, seen in sorted(found.items()):
+        shown = next((t for _, t in seen if t["outcome"] == Outcome.FAILED.value), seen[0][1])
+        runs = [f"{run} ({t['outcome']})" if len(outcomes) > 1 else run for run, t in seen]
+        merged.append((test_id, (shown, runs)))
+    return merged
 
 
 def _section(reports: list[dict[str, Any]], note: str | None) -> list[str]:
@@ -94,7 +97,7 @@ def _section(reports: list[dict[str, Any]], note: str | None) -> list[str]:
     own = _by_test(reports, (Outcome.FAILED.value, Outcome.EXPECTED.value))
     inherited = _by_test(reports, (Outcome.INHERITED.value,))
     unexpected = _by_test(reports, (Outcome.UNEXPECTED_PASS.value,))
-    credited = [t for t in first.get("tests", []) if t.get("credit")]
+    credited = {t["id"]: t for r in reports for t in r.get("tests", []) if t.get("credit")}
     lines = [
         f"## {backend.get('name', '?')}",
         "",
@@ -133,10 +136,16 @@ def _section(reports: list[dict[str, Any]], note: str | None) -> list[str]:
     lines.append("")
     if credited:
         lines += [f"### Passes where {backend.get('inherits')} fails ({len(credited)})", ""]
-        lines += [f"- `{t['id']}`: {_one_line(t['credit'], 300)}" for t in credited] + [""]
-    unsupported = [t for t in first.get("tests", []) if t["outcome"] == Outcome.UNSUPPORTED.value]
+        lines += [f"- `{i}`: {_one_line(t['credit'], 300)}" for i, t in sorted(credited.items())]
+        lines.append("")
+    unsupported = {
+        t["id"]: t
+        for r in reports
+        for t in r.get("tests", [])
+        if t["outcome"] == Outcome.UNSUPPORTED.value
+    }
     lines += [f"### Could not run ({len(unsupported)})", ""]
-    reasons = Counter(_one_line(t.get("message"), 200) for t in unsupported)
+    reasons = Counter(_one_line(t.get("message"), 200) for t in unsupported.values())
     lines += [f"- {n} test(s): {reason}" for reason, n in reasons.most_common()] + [""]
     return lines
 

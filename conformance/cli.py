@@ -54,7 +54,9 @@ class _Progress:
     def pytest_runtest_logreport(self, report):
         if self.live or report.when != "call" and not (report.when == "setup" and report.skipped):
             return
-        info = next((v for name, v in report.user_properties if name == "ckptconf"), None)
+        from .plugin import INFO
+
+        info = next((v for name, v in report.user_properties if name == INFO), None)
         outcome = info["outcome"] if info else report.outcome
         self.console.print(
             f"[{self.done + 1}/{self.total}] {outcome:11} {report.nodeid.split('::', 1)[-1]} "

@@ -18,10 +18,12 @@ An expectations file is TOML, one ``[[known]]`` table per known failure::
 - The signature, matched against the failure's fields (:class:`~.kit.failures.ConformanceFailure`):
   ``step`` (one of :data:`~.kit.failures.STEPS`; not for kind ``harness``) and ``kind`` (one
   of :data:`~.kit.failures.KINDS`) must equal the failure's; ``raises``, required for kind
-  ``raised``, names an exception type one of the failing ranks raised; ``match`` is a
-  regular expression searched in the failure's message (its headline, the ranks' errors and
-  its details: mismatches, tracebacks, what the ranks printed; not the case); ``key`` a glob
-  on the failure's key.
+  ``raised``, names the exception type every failing rank raised; ``match`` is a
+  regular expression that must be found in every line of what went wrong, each searched with
+  the headline (every failing rank's error, every wrong value; with none of those, the
+  headline and details); ``key`` a glob every key involved must match; ``case`` a regular
+  expression searched in the case's description. The entry names the whole failure: one wrong
+  value or one rank's error it does not describe makes the failure the backend's own.
   Every entry but a ``hang`` or ``lost_rank`` one has ``match`` or ``key``.
 - ``reason``: why the backend fails so, for the person reading the report.
 
@@ -51,9 +53,10 @@ else:  # pragma: no cover - the tested interpreter is 3.11
 
 from .kit.failures import KINDS, STEPS, error_type
 
-__all__ = ["Expectation", "Expectations", "ExpectationsError", "failure_message"]
+__all__ = ["Expectation", "Expectations", "ExpectationsError", "failure_messages"]
 
-_KEYS = ("test", "step", "kind", "raises", "match", "key", "reason")
+_KEYS = ("test", "step", "kind", "raises", "match", "key", "case", "reason")
+_RAISING = ("raised", "wrong_error")
 _UNPATTERNED = ("hang", "lost_rank")
 _TEST = re.compile(r"(?P<suite>[a-z0-9_]+)::(?P<name>test_\w+)(?P<params>\[.*\])?")
 
@@ -62,17 +65,22 @@ class ExpectationsError(ValueError):
     """An expectations file or entry is malformed: the message names file and line."""
 
 
-def failure_message(failure: Mapping[str, Any]) -> str:
-    """The text an entry's ``match`` searches: the failure's headline, the ranks' errors and its
-    details (every mismatch, the ranks' tracebacks and what they printed); not the case."""
-    errors = "\n".join(failure.get("errors") or ())
-    return f"{failure.get('what') or ''}\n{errors}\n{failure.get('details') or ''}"
+def failure_messages(failure: Mapping[str, Any]) -> list[str]:
+    """The texts an entry's ``match`` must each be found in: one per line of the failure's
+    ``errors`` (a rank's error, a wrong value), each with the headline; a failure without any
+    (no error where one was due, a hang) is its headline and details."""
+    what = failure.get("what") or ""
+    errors = failure.get("errors") or ()
+    if errors:
+        return [f"{what}\n{error}" for error in errors]
+    return [f"{what}\n{failure.get('details') or ''}"]
 
 
 @dataclass(frozen=True)
 class Expectation:
     """A known failure: ``test`` fails at ``step`` as ``kind`` (raising ``raises``, with a
-    message matching ``match``, at a key matching ``key``), because ``reason``."""
+    message matching ``match``, at keys matching ``key``, on a case matching ``case``), because
+    ``reason``."""
 
     test: str
     step: str | None
@@ -81,9 +89,11 @@ class Expectation:
     raises: str | None = None
     match: str | None = None
     key: str | None = None
+    case: str | None = None
     source: str = "<none>"
     line: int = 0
     _pattern: re.Pattern | None = field(default=None, compare=False, repr=False)
+    _case: re.Pattern | None = field(default=None, compare=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -108,18 +118,26 @@ class Expectation:
 
     def matches(self, failure: Mapping[str, Any]) -> bool:
         """Whether ``failure`` (a :meth:`ConformanceFailure.fields` mapping) fails as this entry
-        says: the same step and kind, and every pattern the entry gives found."""
+        says, all of it: the same step and kind; every failing rank raising ``raises``; ``match``
+        found in every line of what went wrong (each rank's error, each wrong value), not in one
+        of them only; every key involved matching ``key``; the case matching ``case``."""
         if failure.get("kind") != self.kind:
             return False
         if self.step is not None and failure.get("step") != self.step:
             return False
         if self.raises is not None:
-            raised = {error_type(e).rsplit(".", 1)[-1] for e in failure.get("errors") or ()}
-            if self.raises.rsplit(".", 1)[-1] not in raised:
+            raised = [error_type(e).rsplit(".", 1)[-1] for e in failure.get("errors") or ()]
+            if not raised or any(t != self.raises.rsplit(".", 1)[-1] for t in raised):
                 return False
-        if self._pattern is not None and not self._pattern.search(failure_message(failure)):
+        if self._pattern is not None and not all(
+            self._pattern.search(text) for text in failure_messages(failure)
+        ):
             return False
-        return self.key is None or _glob(self.key).fullmatch(str(failure.get("key") or ""))
+        if self.key is not None:
+            keys = failure.get("keys") or [failure.get("key") or ""]
+            if not all(_glob(self.key).fullmatch(str(k)) for k in keys):
+                return False
+        return self._case is None or bool(self._case.search(str(failure.get("case") or "")))
 
     def signature(self) -> str:
         """The entry's signature as one line: step, kind and patterns."""
@@ -127,7 +145,12 @@ class Expectation:
         parts.append(f"kind {self.kind}")
         parts += [
             f"{n} {v!r}"
-            for n, v in (("raises", self.raises), ("match", self.match), ("key", self.key))
+            for n, v in (
+                ("raises", self.raises),
+                ("match", self.match),
+                ("key", self.key),
+                ("case", self.case),
+            )
             if v is not None
         ]
         return ", ".join(parts)
@@ -141,11 +164,14 @@ class Expectations:
         self.source = source
 
     @classmethod
-    def load(cls, path: str | Path) -> Expectations:
-        """Parse ``path``; a missing file means no known failures. Raises
-        :class:`ExpectationsError` naming file and line for a malformed file or entry."""
+    def load(cls, path: str | Path, *, required: bool = False) -> Expectations:
+        """Parse ``path``; a missing file means no known failures, unless ``required`` (a file
+        someone named). Raises :class:`ExpectationsError` naming file and line for a malformed
+        file or entry."""
         path = Path(path)
         if not path.exists():
+            if required:
+                raise ExpectationsError(f"{path}: no such expectations file")
             return cls([], str(path))
         text = path.read_text()
         try:
@@ -157,7 +183,8 @@ class Expectations:
         unknown = sorted(set(data) - {"known"})
         if unknown:
             raise ExpectationsError(
-                f"{path}: unknown top-level key(s) {unknown}; entries are [[known]] tables"
+                f"{path}:{_line_of(text, unknown[0])}: unknown top-level key(s) {unknown}; "
+                "entries are [[known]] tables"
             )
         tables = data.get("known", [])
         lines = _table_lines(text)
@@ -190,6 +217,12 @@ class Expectations:
         """Entries (as ``file:line test: signature``) whose ``where`` is not in ``matched``."""
         seen = set(matched)
         return [f"{e.where} {e.test}: {e.signature()}" for e in self.entries if e.where not in seen]
+
+
+def _line_of(text: str, key: str) -> int:
+    """The first line that defines ``key`` (``key = ...`` or ``[key]``), else 1."""
+    pattern = re.compile(rf"\s*(\[+\s*)?{re.escape(key)}\s*(=|\])")
+    return next((n for n, line in enumerate(text.splitlines(), 1) if pattern.match(line)), 1)
 
 
 def _glob(pattern: str) -> re.Pattern:
@@ -241,19 +274,29 @@ def _entry(table: Any, source: str, line: int) -> Expectation:
         raise ExpectationsError(
             f"{where}: a kind 'raised' entry names the exception type (raises = ...)"
         )
+    if "raises" in table and table["kind"] not in _RAISING:
+        raise ExpectationsError(
+            f"{where}: raises is for kinds {list(_RAISING)}: a {table['kind']!r} failure raises "
+            "nothing"
+        )
+    if table["kind"] == "harness" and "step" in table:
+        raise ExpectationsError(
+            f"{where}: a harness error comes from no step of the backend's: remove step"
+        )
     if table["kind"] not in _UNPATTERNED and "match" not in table and "key" not in table:
         raise ExpectationsError(
             f"{where}: the entry for {table['test']!r} has no pattern: give match (a regular "
             "expression searched in the failure's message) or key (a glob on its key)"
         )
-    pattern = None
-    if "match" in table:
-        try:
-            pattern = re.compile(table["match"])
-        except re.error as exc:
-            raise ExpectationsError(
-                f"{where}: match {table['match']!r} is no regular expression: {exc}"
-            ) from None
+    patterns = {}
+    for name in ("match", "case"):
+        if name in table:
+            try:
+                patterns[name] = re.compile(table[name])
+            except re.error as exc:
+                raise ExpectationsError(
+                    f"{where}: {name} {table[name]!r} is no regular expression: {exc}"
+                ) from None
     return Expectation(
         test=table["test"],
         step=table.get("step"),
@@ -262,9 +305,11 @@ def _entry(table: Any, source: str, line: int) -> Expectation:
         raises=table.get("raises"),
         match=table.get("match"),
         key=table.get("key"),
+        case=table.get("case"),
         source=source,
         line=line,
-        _pattern=pattern,
+        _pattern=patterns.get("match"),
+        _case=patterns.get("case"),
     )
 
 

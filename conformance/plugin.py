@@ -13,6 +13,7 @@ plugin, which does not import hypothesis until a run asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shlex
@@ -37,6 +38,8 @@ _OPTIONS = (
     "ckpt_world_size",
 )
 _PROFILE_NAMES = ("ci", "dev", "thorough")
+INFO = "ckptconf"
+"""The ``user_properties`` entry carrying a conformance test's data to the report."""
 _SEED = "ckptconf_seed"  # workerinput key: the controller's seed, for every xdist worker
 
 _config: pytest.Config | None = None
@@ -331,7 +334,7 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if _config is None or _is_xdist_worker(_config):
         return
-    info = next((value for name, value in report.user_properties if name == "ckptconf"), None)
+    info = next((value for name, value in report.user_properties if name == INFO), None)
     if info is None:
         return
     from .report import Report
@@ -348,6 +351,21 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     path = _config.getoption("ckpt_report")
     if path:  # after every test: a stopped run keeps what it found
         _config.stash[_report_key].write(path)
+
+
+def pytest_report_teststatus(report, config: pytest.Config):
+    """Pytest's own lines and summary use the suite's words: ``inherited``, ``unsupported``...
+    Here, not in the suites' fixtures, so that the xdist controller of a class-style run, which
+    imports no suite, speaks them too."""
+    info = next((value for name, value in report.user_properties if name == INFO), None)
+    if info is None or report.when not in ("setup", "call"):
+        return None
+    from .kit.outcomes import Outcome
+
+    outcome = Outcome(info["outcome"])
+    if outcome in (Outcome.PASSED, Outcome.FAILED) or report.when == "setup" and report.passed:
+        return None
+    return outcome.value, outcome.letter, outcome.value.upper()
 
 
 def _runner(config: pytest.Config) -> str:
@@ -377,19 +395,30 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     report = report_of(config)
     if report is None:
         return
-    from .expectations import Expectations
+    from .expectations import Expectations, ExpectationsError
 
     if not report.backend and requested(config):
         from .kit.fixtures import backend_from_options, describe_backend
 
         report.backend = describe_backend(backend_from_options(config), config)
     path = config.getoption("ckpt_expectations") or report.backend.get("expectations")
-    if path and not (config.option.keyword or config.option.markexpr):
-        # only an unfiltered run shows that an entry matches no test
-        report.unmatched_expectations = Expectations.load(path).unmatched(report.matched_entries())
+    if path and _unfiltered(config):  # only a whole run shows that an entry matches nothing
+        with contextlib.suppress(ExpectationsError):  # a bad file stopped the run already
+            report.unmatched_expectations = Expectations.load(path).unmatched(
+                report.matched_entries()
+            )
     path = config.getoption("ckpt_report")
     if path:
         report.write(path)
+
+
+def _unfiltered(config: pytest.Config) -> bool:
+    """Whether the run was the whole suite: no ``-k``/``-m``, no node ids (``--lf``), no
+    ``-x``/``--maxfail``."""
+    option = config.option
+    if option.keyword or option.markexpr or getattr(option, "maxfail", 0):
+        return False
+    return not any("::" in str(arg) for arg in config.args)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

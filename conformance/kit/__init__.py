@@ -6,6 +6,9 @@
 - :mod:`.running`: running a step on every rank (:class:`~.running.Ranks`, the pools)
 - :mod:`.trial`: a drawn case of a test against a backend; failures with every field
 - :mod:`.failures`: :class:`~.failures.ConformanceFailure` and :class:`~.failures.Mismatch`
+- :mod:`.outcomes`: the outcomes of a test (:class:`~.outcomes.Outcome`), ``unsupported``
+- :mod:`.verdicts`: each failing example judged against the expectations that name it
+- :mod:`.layouts`: layout classes of drawn cases, and pinned examples of each
 - :mod:`.oracle`: the coverage oracle (chunks tiling a tensor, metadata describing a state)
 - :mod:`.profiles`: the suites' hypothesis profiles and :func:`~.profiles.property_test`
 - :mod:`.fixtures`: the pytest fixtures (``ckpt`` and friends), registered when asked for

@@ -18,6 +18,8 @@ __all__ = [
     "FAILURE_FIELDS",
     "KINDS",
     "STEPS",
+    "MAX_ERRORS",
+    "error_line",
     "error_of",
     "error_type",
     "Mismatch",
@@ -27,6 +29,9 @@ __all__ = [
 ]
 
 _MAX_SHOWN = 8
+
+MAX_ERRORS = 200
+"""The most lines a failure's ``errors`` keeps (wrong values beyond are counted, not listed)."""
 
 STEPS = (
     "save",
@@ -65,6 +70,7 @@ FAILURE_FIELDS = (
     "step",
     "kind",
     "errors",
+    "keys",
     "case",
     "rank",
     "key",
@@ -147,9 +153,10 @@ class ConformanceFailure(AssertionError):
     """A backend broke the contract: what, on which case, where, and how to reproduce it.
 
     ``what`` is the one-line headline; ``step`` (one of :data:`STEPS`) and ``kind`` (one of
-    :data:`KINDS`) say which step failed and how, and ``errors`` lists each distinct
-    ``Type: message`` the failing ranks raised: with ``key``, what an expectations entry
-    matches (:mod:`ckptconf.conformance.expectations`). ``case`` is the drawn case as a person
+    :data:`KINDS`) say which step failed and how; ``errors`` lists what went wrong, one line
+    each: every distinct ``Type: message`` the failing ranks raised, or every wrong value (a
+    :class:`Mismatch`, up to :data:`MAX_ERRORS`); ``keys`` every state-dict key involved. These
+    are what an expectations entry matches (:mod:`ckptconf.conformance.expectations`). ``case`` is the drawn case as a person
     reads it; ``rank``, ``key``, ``index`` (global element index), ``expected`` and ``actual``
     say where the first wrong value is, when there is one; ``details`` holds the rest (every
     mismatch, every rank's error and traceback); ``minimal_case`` is the falsifying example
@@ -168,6 +175,7 @@ class ConformanceFailure(AssertionError):
         step: str | None = None,
         kind: str | None = None,
         errors: tuple[str, ...] | list[str] = (),
+        keys: tuple[str, ...] | list[str] = (),
         case: str = "",
         rank: int | None = None,
         key: str | None = None,
@@ -184,7 +192,8 @@ class ConformanceFailure(AssertionError):
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown failure kind {kind!r}; expected one of {sorted(KINDS)}")
         self.what, self.backend, self.suite, self.test = what, backend, suite, test
-        self.step, self.kind, self.errors = step, kind, tuple(errors)
+        self.step, self.kind, self.errors = step, kind, tuple(errors)[:MAX_ERRORS]
+        self.keys = tuple(keys) or ((key,) if key is not None else ())
         self.case, self.rank, self.key, self.index = case, rank, key, index
         self.expected, self.actual, self.details = expected, actual, details
         self.minimal_case, self.reproduction = minimal_case, reproduction
@@ -215,6 +224,7 @@ class ConformanceFailure(AssertionError):
         if known.get("index") is not None:
             known["index"] = tuple(known["index"])
         known["errors"] = tuple(known.get("errors") or ())
+        known["keys"] = tuple(known.get("keys") or ())
         return cls(data.get("what", ""), **known)
 
     def __reduce__(self):
@@ -242,10 +252,14 @@ def _rebuild(data: dict[str, Any]) -> ConformanceFailure:
     return ConformanceFailure.from_fields(data)
 
 
+def error_line(type_name: str, message: str) -> str:
+    """``Type: message`` as a failure's ``errors`` list an exception (cut at 3,000 characters)."""
+    return f"{type_name}: {message.strip()[:3000]}"
+
+
 def error_of(exc: BaseException) -> str:
-    """``Type: message`` of an exception raised in the controller, as a failure's ``errors``
-    list it (cut at 3,000 characters)."""
-    return f"{type(exc).__name__}: {str(exc).strip()[:3000]}"
+    """:func:`error_line` of an exception raised in the controller."""
+    return error_line(type(exc).__name__, str(exc))
 
 
 def error_type(error: str) -> str:
@@ -260,7 +274,8 @@ def render_failure(fields: dict[str, Any]) -> str:
     if fields.get("verdict"):
         lines.append(f"verdict: {fields['verdict']}")
     if fields.get("step") or fields.get("kind"):
-        types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or ()))
+        raised = fields.get("kind") in ("raised", "wrong_error")
+        types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or () if raised))
         raised = f", raises {', '.join(types)}" if types else ""
         lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
     if fields.get("case"):

@@ -24,10 +24,11 @@ from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
 from ckptconf.conformance.loading import BackendSpecError, load_backend
 
+from ..plugin import INFO
 from .failures import HangFailure
 from .outcomes import Outcome, Unsupported, unsupported
 from .trial import Checker
-from .verdicts import Verdict, _add_verdict
+from .verdicts import KnownHang, Verdict, add_verdict
 
 __all__ = [
     "backend_from_options",
@@ -38,8 +39,6 @@ __all__ = [
     "suite_test_id",
 ]
 
-INFO = "ckptconf"
-"""The ``user_properties`` entry carrying a conformance test's data to the report."""
 
 _backend_key = pytest.StashKey[Backend]()
 _verdict_key = pytest.StashKey[Verdict]()
@@ -83,6 +82,14 @@ def backend_from_options(config: pytest.Config) -> Backend:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from .. import plugin
+
+    if plugin.requested(config):  # bad expectations stop the run before any test, not in each
+        backend = backend_from_options(config)
+        expectations_of(config, backend)
+        parent = inherited_from(config, backend)
+        if parent is not None:
+            _load(str(expectations_file(parent) or ""))
     for item in items:
         unknown = [
             f for m in item.iter_markers("ckpt_requires") for f in m.args if f not in FEATURES
@@ -228,24 +235,25 @@ def _suite_tests() -> dict[str, set[str]]:
     }
 
 
-def _load(path: str | None) -> Expectations:
+def _load(path: str | None, *, required: bool = False) -> Expectations:
     """The expectations file at ``path`` (none: empty), parsed and checked once per process; a
-    malformed one stops the run, naming file and line."""
+    malformed one (or a ``required`` one missing) stops the whole run, naming file and line."""
     if not path:
         return Expectations([])
     if path not in _expectations:
         try:
-            loaded = Expectations.load(path)
+            loaded = Expectations.load(path, required=required)
             loaded.check_tests(_suite_tests())
         except ExpectationsError as exc:
-            raise pytest.UsageError(f"ckptconf expectations: {exc}") from None
+            pytest.exit(f"ckptconf expectations: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         _expectations[path] = loaded
     return _expectations[path]
 
 
 def expectations_of(config: pytest.Config, backend: Backend) -> Expectations:
-    """The backend's own expectations: ``--ckpt-expectations``, else its ``expectations`` file."""
-    return _load(config.getoption("ckpt_expectations") or backend.expectations)
+    """The backend's own expectations: ``--ckpt-expectations``, else its ``expectations`` file
+    (either must exist)."""
+    return _load(config.getoption("ckpt_expectations") or backend.expectations, required=True)
 
 
 def inherited_from(config: pytest.Config, backend: Backend) -> str | None:
@@ -307,11 +315,13 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 
     try:
         result = yield
+    except KnownHang:  # a property test stopped drawing at a known hang
+        result = None
     except (Exception, HangFailure) as exc:
         if drawn or not verdict.judge(exc, replay, example):
             pyfuncitem.stash[_outcome_key] = verdict.outcome(failed=True)
             if verdict.hint:
-                _add_verdict(exc, verdict.hint)
+                add_verdict(exc, verdict.hint)
             raise
         result = None
     else:
@@ -364,17 +374,6 @@ def _outcome(item: pytest.Item, call: pytest.CallInfo, report) -> tuple[Outcome,
             return decided, verdict.reason()
         return decided, None
     return (Outcome.FAILED if report.failed else Outcome.PASSED), None
-
-
-def pytest_report_teststatus(report, config: pytest.Config):
-    """Class-style runs show the same words as the report: ``inherited``, ``unsupported``..."""
-    info = next((value for name, value in report.user_properties if name == INFO), None)
-    if info is None or report.when not in ("setup", "call"):
-        return None
-    outcome = Outcome(info["outcome"])
-    if outcome in (Outcome.PASSED, Outcome.FAILED) or report.when == "setup" and report.passed:
-        return None
-    return outcome.value, outcome.letter, outcome.value.upper()
 
 
 def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:

@@ -315,6 +315,7 @@ def layout_examples(
     dtype: str = "float64",
     keep: Callable[[SaveLoadCase], bool] | None = None,
     combined: bool = False,
+    max_tensors: int = 3,
     label: str = "case",
     also: dict[str, Callable[[SaveLoadCase], Any]] | None = None,
     wrap: Callable[[SaveLoadCase], Any] | None = None,
@@ -330,7 +331,7 @@ def layout_examples(
     resharding pairs: several pieces of one saved chunk on one rank, a loaded piece from several
     saved chunks, a world size change where allowed. ``keep`` filters the cases (as a
     strategy's ``.filter``); ``combined`` puts the cases of each pair of worlds in one case, one
-    tensor each (for tests whose examples cost seconds). The case is drawn under ``label``
+    tensor each, at most ``max_tensors`` a case (for tests whose examples cost seconds). The case is drawn under ``label``
     (``wrap`` turns it into the drawn value), ``also`` gives other labels' values from it, and
     ``per_parameters(case, params)`` adapts it to the test's parameters (a dtype, say).
     """
@@ -374,9 +375,10 @@ def layout_examples(
     for name, saved, loaded in found:
         case = _case((saved,), (loaded,), dtype, objects)
         if keep is None or keep(case):
-            cases.append((name, case, _needs(saved, loaded)))
+            needed = _needs(saved, loaded) + (("objects",) if objects else ())
+            cases.append((name, case, tuple(sorted(needed))))
     if combined:
-        cases = _combine(cases, dtype, objects)
+        cases = _combine(cases, objects, max_tensors)
     return [
         Pinned(
             name,
@@ -465,7 +467,7 @@ def _needs(saved: _Holding, loaded: _Holding) -> tuple[str, ...]:
 
 def _case(saved, loaded, dtype: str, objects: bool) -> SaveLoadCase:
     specs = tuple(
-        TensorSpec(f"pinned.w{i}", h.shape, dtype, salt=1 + 1000 * i) for i, h in enumerate(saved)
+        TensorSpec(f"pinned.w{i}", h.shape, dtype, salt=1000 * i) for i, h in enumerate(saved)
     )
     return SaveLoadCase(
         specs,
@@ -477,26 +479,27 @@ def _case(saved, loaded, dtype: str, objects: bool) -> SaveLoadCase:
     )
 
 
-def _combine(cases, dtype: str, objects: bool):
-    """One case per pair of worlds, holding every case's tensor."""
+def _combine(cases, objects: bool, most: int):
+    """The cases of each pair of worlds (and features needed) put together, ``most`` tensors a
+    case, as the strategy draws at most ``max_tensors``."""
     groups: dict[tuple, list] = {}
     for name, case, needed in cases:
-        key = (case.save_world, case.load_world, needed)
-        groups.setdefault(key, []).append((name, case, needed))
+        groups.setdefault((case.save_world, case.load_world, needed), []).append((name, case))
     out = []
-    for (save, load, _), group in groups.items():
-        specs = tuple(
-            replace(c.tensors[0], key=f"pinned.w{i}", salt=1 + 1000 * i)
-            for i, (_, c, _) in enumerate(group)
-        )
-        case = SaveLoadCase(
-            specs,
-            tuple(c.save_layouts[0] for _, c, _ in group),
-            tuple(c.load_layouts[0] for _, c, _ in group),
-            save,
-            load,
-            (("obj_step", 7),) if objects else (),
-        )
-        needed = tuple(sorted({f for _, _, n in group for f in n}))
-        out.append((f"{len(group)} layouts on {save} -> {load} rank(s)", case, needed))
+    for (save, load, needed), group in groups.items():
+        for start in range(0, len(group), most):
+            part = group[start : start + most]
+            case = SaveLoadCase(
+                tuple(
+                    replace(c.tensors[0], key=f"pinned.w{i}", salt=1000 * i)
+                    for i, (_, c) in enumerate(part)
+                ),
+                tuple(c.save_layouts[0] for _, c in part),
+                tuple(c.load_layouts[0] for _, c in part),
+                save,
+                load,
+                (("obj_step", 7),) if objects else (),
+            )
+            names = " + ".join(name for name, _ in part)
+            out.append((f"{names} ({save} -> {load} rank(s))", case, needed))
     return out

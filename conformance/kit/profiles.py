@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample, Unsatisfiable
 
 from .failures import HangFailure
-from .verdicts import ReplayDiverged
+from .verdicts import KnownHang, ReplayDiverged
 
 __all__ = ["PROFILES", "Pinned", "profile_settings", "property_test", "tune"]
 
@@ -177,7 +177,7 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(data, Pinned):
             if not data.applies(ckpt.backend):
                 return None
-            drawn, example = data.bound(kwargs), f"pinned {data.name}"
+            drawn, example = data.bound(kwargs), f"pinned {data.name}: {data.draws!r}"
 
             def again():
                 return drawn
@@ -194,6 +194,8 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
             return None
         except (Exception, HangFailure) as exc:
             if verdict is not None and verdict.judge(exc, replay, example or repr(drawn)):
+                if isinstance(exc, HangFailure):
+                    raise KnownHang() from exc
                 return None
             raise
         if verdict is not None:
@@ -224,6 +226,11 @@ def property_test(
             f"lambda n: n // 2), not the fixed {max_examples!r}: a fixed number draws as few "
             "examples under thorough as under ci"
         )
+
+    names = [p.name for p in pinned]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"pinned examples must have distinct names; given twice: {twice}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         from ckptconf.conformance.plugin import session_seed

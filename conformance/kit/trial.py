@@ -19,7 +19,7 @@ from typing import Any
 
 from ckptconf.conformance.backend import Backend
 
-from .failures import STEPS, ConformanceFailure, HangFailure, Mismatch, listing
+from .failures import STEPS, ConformanceFailure, HangFailure, Mismatch, error_line, listing
 from .outcomes import unsupported
 from .running import PoolRanks, RankOutcome, Ranks, RanksLost
 
@@ -56,9 +56,8 @@ def describe_outcomes(outcomes: Sequence[RankOutcome], *, tracebacks: bool = Tru
 
 
 def errors_of(outcomes: Sequence[RankOutcome]) -> tuple[str, ...]:
-    """Each distinct ``Type: message`` the ranks raised, in rank order (messages cut at 3,000
-    characters): a failure's ``errors``."""
-    found = (f"{o.error_type}: {o.message.strip()[:3000]}" for o in outcomes if o.raised)
+    """Each distinct ``Type: message`` the ranks raised, in rank order: a failure's ``errors``."""
+    found = (error_line(o.error_type or "", o.message) for o in outcomes if o.raised)
     return tuple(dict.fromkeys(found))
 
 
@@ -125,6 +124,7 @@ class Trial:
         kind: str,
         step: str | None = None,
         errors: Sequence[str] = (),
+        keys: Sequence[str] = (),
         mismatch: Mismatch | None = None,
         **where: Any,
     ) -> ConformanceFailure:
@@ -152,6 +152,7 @@ class Trial:
             step=step,
             kind=kind,
             errors=tuple(errors),
+            keys=tuple(keys),
             case=self.case,
             details=details,
             reproduction=self.reproduction,
@@ -222,6 +223,8 @@ class Trial:
                 listing(mismatches),
                 kind="wrong_values",
                 step=step,
+                errors=tuple(dict.fromkeys(str(m) for m in mismatches)),
+                keys=tuple(dict.fromkeys(m.key for m in mismatches)),
                 mismatch=mismatches[0],
             )
 
@@ -285,6 +288,10 @@ class Checker:
     not yet existing path under the session's temporary folder; ``ckpt.check_save_then_load``
     is the round trip most tests make.
     """
+
+    verdict = None
+    """The test's :class:`~.verdicts.Verdict` (set by the ``ckpt`` fixture): judges each failing
+    example; ``None`` where no test is judged (an example re-run on another backend)."""
 
     def __init__(
         self,

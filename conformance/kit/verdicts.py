@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +39,15 @@ from ..expectations import Expectation
 from .failures import ConformanceFailure, HangFailure, error_of, exception_text
 from .outcomes import Outcome
 
-__all__ = ["EXAMPLES_KEPT", "Known", "ReplayDiverged", "Verdict", "failure_fields"]
+__all__ = [
+    "EXAMPLES_KEPT",
+    "Known",
+    "KnownHang",
+    "ReplayDiverged",
+    "Verdict",
+    "add_verdict",
+    "failure_fields",
+]
 
 EXAMPLES_KEPT = 3
 """Examples kept (case and failure) per matched entry; every match is counted."""
@@ -52,6 +61,12 @@ Replay = Callable[[Any], None]
 Runs = dict[tuple[str, str, str], "dict[str, Any] | str | None"]
 """What other backends did on examples, by (backend, test, example): the failure's fields,
 ``None`` (it passed) or why it could not run."""
+
+
+class KnownHang(BaseException):
+    """A property test's example hung as an expectations entry says: recorded, and the test
+    stops drawing (every further hang would wait out the whole timeout). A ``BaseException``,
+    so that hypothesis does not take it for a failing example."""
 
 
 class ReplayDiverged(Exception):
@@ -146,15 +161,14 @@ class Verdict:
             if entry.matches(fields):
                 self._record(entry, "own", fields)
                 return True
-        for entry in self.inherited:
-            if not entry.matches(fields):
-                continue
+        candidates = [e for e in self.inherited if e.matches(fields)]
+        if candidates:
             parent = self._on(self.parent, example, replay)
-            if isinstance(parent, dict) and entry.matches(parent):
-                self._record(entry, self.parent.name, fields)
+            confirmed = [e for e in candidates if isinstance(parent, dict) and e.matches(parent)]
+            if confirmed:
+                self._record(confirmed[0], self.parent.name, fields)
                 return True
-            _add_verdict(exc, self._unconfirmed(entry, parent))
-            break
+            add_verdict(exc, self._unconfirmed(candidates[0], parent))
         self._last_own = (fields, replay, example)
         return False
 
@@ -182,7 +196,7 @@ class Verdict:
         """One line on the known failures met: each entry with its count and reason."""
         return "; ".join(
             f"{'expected' if k.origin == 'own' else f'inherited from {k.origin}'} "
-            f"({k.count} example(s), {k.entry.where}): {k.entry.reason}"
+            f"({k.count} example(s), {Path(k.entry.source).name}:{k.entry.line}): {k.entry.reason}"
             for k in self.known.values()
         )
 
@@ -232,11 +246,11 @@ class Verdict:
         )
 
     def _find_hint(self) -> None:
-        if self._last_own is None:
+        if self._last_own is None or self.parent is not None:
             return
         fields, replay, example = self._last_own
         for name, (backend, entries) in self.builtins.items():
-            if name in (self.backend_name, getattr(self.parent, "name", None)):
+            if name == self.backend_name:
                 continue
             for entry in entries:
                 if not entry.matches(fields):
@@ -278,7 +292,9 @@ def _run_on(checker: Any, replay: Replay) -> dict[str, Any] | str | None:
     return None
 
 
-def _add_verdict(exc: BaseException, text: str) -> None:
+def add_verdict(exc: BaseException, text: str) -> None:
+    """Say ``text`` about the failure ``exc`` (a :class:`ConformanceFailure`'s ``verdict``, or a
+    note on any other exception), in place."""
     failure = exc.failure if isinstance(exc, HangFailure) else exc
     if isinstance(failure, ConformanceFailure):
         failure.add_verdict(text)

@@ -59,6 +59,7 @@ DEV = _report(
     1234,
     [
         _test("test_b", "failed", failure={"what": "load raised"}),
+        _test("test_c", "failed", failure={"what": "save raised otherwise"}),
         _test("test_g", "failed", failure={"what": "save hung", "verdict": "torch-dcp passes"}),
     ],
 )
@@ -66,15 +67,26 @@ DEV = _report(
 
 def test_the_page_separates_own_reviewed_unreviewed_and_inherited_findings():
     page = render_backends_page([CI, DEV], sources=["ci.json", "dev.json"])
-    assert "| objstore | ci | 1 | 1 | 1 | 1 | 2 | 0 | 2 min 05 s |" in page
-    assert "| objstore | dev (seed 1234) | 0 | 2 | 0 | 0 | 0 | 0 | 2 min 05 s |" in page
+    header = (
+        "| backend | run | passed | failed | unsupported | expected | inherited | unexpected pass"
+    )
+    assert header + " | skipped | run time |" in page
+    assert "| objstore | ci | 1 | 1 | 2 | 1 | 1 | 0 | 0 | 2 min 05 s |" in page
+    assert "| objstore | dev (seed 1234) | 0 | 3 | 0 | 0 | 0 | 0 | 0 | 2 min 05 s |" in page
     assert page.count("## objstore") == 1
     assert "### Own findings (3)" in page
+    reviewed = render_backends_page([CI], sources=["ci.json"])
+    assert "Reviewed (/p/objstore.toml:1): writes in place" in reviewed
     b, c, g = (page.index(f"TestX::{n}`") for n in ("test_b", "test_c", "test_g"))
-    assert "Found by: ci, dev (seed 1234)." in page[b:c]
+    assert "Found by: ci (failed), dev (seed 1234) (failed)." in page[b:c]
     assert "**Not reviewed**" in page[b:c] and "Reproduce: `pytest b`" in page[b:c]
-    assert "Reviewed (/p/objstore.toml:1): writes in place" in page[c:g]
-    assert "Found by: dev (seed 1234)." in page[g:] and "Verdict: torch-dcp passes" in page[g:]
+    # reviewed in one run, failing otherwise in another: the failure is shown, not the review
+    assert "Found by: ci (expected), dev (seed 1234) (failed)." in page[c:g]
+    assert "**Not reviewed**" in page[c:g] and "save raised otherwise" in page[c:g]
+    assert (
+        "Found by: dev (seed 1234) (failed)." in page[g:]
+        and "Verdict: torch-dcp passes" in page[g:]
+    )
     assert (
         "### Inherited from torch-dcp (1)\n\n- `test_x.py::TestX::test_d` (ci): torch-dcp.toml:7 "
         "(2 example(s)): no sums" in page

@@ -8,6 +8,7 @@ from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
 from ckptconf.conformance.kit.fixtures import _suite_tests
 
+OUT_OF_BOUNDS = "CheckpointException: ranks 0: ValueError: key:w has out of bounds chunk"
 ENTRY = """
 [[known]]
 test = "resharding::test_placement_change"
@@ -24,7 +25,7 @@ def _failure(**fields) -> dict:
         "what": "save raised on ranks 0, 1",
         "step": "save",
         "kind": "raised",
-        "errors": ["CheckpointException: ranks 0: ValueError: key:w has out of bounds chunk"],
+        "errors": [OUT_OF_BOUNDS],
         "details": "",
         "key": None,
     }
@@ -49,21 +50,50 @@ def test_an_entry_matches_its_failure_and_no_other(tmp_path):
     assert not entry.matches(_failure(kind="harness", step=None))
 
 
-def test_match_searches_the_headline_errors_and_details_and_key_is_a_glob(tmp_path):
-    text = ENTRY.replace('match = "out of bounds chunk"', 'match = "in rank output"\nkey = "w*"')
-    (entry,) = _load(tmp_path, text).entries
-    printed = _failure(errors=["CheckpointException: x"], details="--- output ---\nin rank output")
-    assert entry.matches({**printed, "key": "weight"})
-    assert not entry.matches({**printed, "key": "bias"})
-    # a ConformanceFailure's own fields, as the verdict passes them
+def test_an_entry_must_describe_the_whole_failure(tmp_path):
+    """Every rank's error and every wrong value must fit the entry: the known defect next to one
+    more wrong value of the backend's own is not excused."""
+    (raised,) = _load(tmp_path, ENTRY).entries
+    other_rank = "RuntimeError: disk full"
+    assert not raised.matches(_failure(errors=[OUT_OF_BOUNDS, other_rank]))
+    assert not raised.matches(_failure(errors=[OUT_OF_BOUNDS, "CheckpointException: disk full"]))
+    values = ENTRY.replace('kind = "raised"', 'kind = "wrong_values"').replace(
+        'raises = "CheckpointException"\n', ""
+    )
+    values = values.replace('step = "save"', 'step = "load"')
+    values = values.replace(
+        "out of bounds chunk", "global index \\\\(\\\\): expected .* of the DTensor"
+    )
+    (entry,) = _load(tmp_path, values).entries
+    scalar = "rank 0, key 'step' at global index (): expected 1.0, got -2.0 - local index () of the DTensor(mesh=(2,), [R]) piece"
+    plain = "rank 0, key 'scale' at global index (): expected 2.0, got -3.0 - local index () of the plain piece"
     failure = ConformanceFailure(
+        "2 loaded value(s) differ", step="load", kind="wrong_values", errors=(scalar, plain)
+    )
+    assert not entry.matches(failure.fields())
+    only = ConformanceFailure(
+        "1 loaded value(s) differ", step="load", kind="wrong_values", errors=(scalar,)
+    )
+    assert entry.matches(only.fields())
+
+
+def test_key_globs_every_key_and_case_searches_the_case(tmp_path):
+    text = ENTRY.replace('match = "out of bounds chunk"', 'key = "w*"\ncase = "ShardedTensor"')
+    (entry,) = _load(tmp_path, text).entries
+    failure = _failure(keys=["weight", "wide"], case="'w': ShardedTensor(dim=0)")
+    assert entry.matches(failure)
+    assert not entry.matches({**failure, "keys": ["weight", "bias"]})
+    assert not entry.matches({**failure, "case": "'w': plain"})
+    # a ConformanceFailure's own fields, as the verdict passes them; the key alone makes keys
+    one = ConformanceFailure(
         "save raised on rank 0",
         step="save",
         kind="raised",
-        errors=("CheckpointException: in rank output",),
+        errors=(OUT_OF_BOUNDS,),
         key="w",
+        case="ShardedTensor(dim=0)",
     )
-    assert entry.matches(failure.fields())
+    assert one.fields()["keys"] == ["w"] and entry.matches(one.fields())
 
 
 def test_parameters_may_use_globs_and_an_entry_without_covers_every_parameter(tmp_path):
@@ -89,6 +119,8 @@ def test_parameters_may_use_globs_and_an_entry_without_covers_every_parameter(tm
         (('reason = "chunks past the end"\n', ""), r"known.toml:2: the entry has no reason"),
         (('test = "', 'tset = "'), r"known.toml:2: unknown key\(s\) \['tset'\]"),
         (('test = "resharding::', 'test = "test_resharding.py::'), r"is not <suite>::<test"),
+        (('kind = "raised"', 'kind = "no_error"'), r"known.toml:2: raises is for kinds"),
+        (('match = "out', 'case = "("\nmatch = "out'), r"known.toml:2: case '\(' is no"),
     ],
 )
 def test_a_bad_entry_is_an_error_naming_file_and_line(tmp_path, change, message):
@@ -104,6 +136,20 @@ def test_a_pattern_is_required_except_for_hangs(tmp_path):
         _load(tmp_path, unpatterned)
     (hang,) = _load(tmp_path, unpatterned.replace("wrong_values", "hang")).entries
     assert hang.matches(_failure(kind="hang", errors=[]))
+
+
+def test_a_harness_entry_has_no_step_and_a_named_file_must_exist(tmp_path):
+    harness = ENTRY.replace('kind = "raised"', 'kind = "harness"')
+    harness = harness.replace('raises = "CheckpointException"\n', "")
+    with pytest.raises(ExpectationsError, match="known.toml:2: a harness error comes from no step"):
+        _load(tmp_path, harness)
+    (entry,) = _load(tmp_path, harness.replace('step = "save"\n', "")).entries
+    harness_error = _failure(kind="harness", step=None, errors=["KeyError: out of bounds chunk"])
+    assert entry.matches(harness_error)
+    with pytest.raises(ExpectationsError, match="gone.toml: no such expectations file"):
+        Expectations.load(tmp_path / "gone.toml", required=True)
+    with pytest.raises(ExpectationsError, match=r"known.toml:1: unknown top-level key\(s\)"):
+        _load(tmp_path, "knwon = 1\n" + ENTRY)
 
 
 def test_unknown_tests_and_the_old_format_are_errors(tmp_path):

@@ -21,8 +21,9 @@ from ckptconf.conformance.suites import SUITES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-DRAWS = 50
-"""Examples drawn per test and parameter set to find the classes a test reaches."""
+DRAWS = 60
+"""Examples drawn per test (split across its parameter sets, at least 10 each) to find the
+classes it reaches."""
 
 
 class _Stop(Exception):
@@ -83,12 +84,12 @@ def _parameter_sets(test) -> list[dict]:
     ]
 
 
-def _drawn_classes(cls, test, params: dict) -> set[str]:
+def _drawn_classes(cls, test, params: dict, draws: int) -> set[str]:
     found: set[str] = set()
     body, checker = test.ckptconf_draws, _DryChecker()
 
     @settings(
-        max_examples=DRAWS,
+        max_examples=draws,
         derandomize=True,
         database=None,
         deadline=None,
@@ -113,8 +114,9 @@ def test_every_drawn_layout_class_is_pinned(cls, test):
         for value in example.draws.values():
             pinned.update(case_classes(value))
     drawn = set()
-    for params in _parameter_sets(test) or [{}]:
-        drawn |= _drawn_classes(cls, test, params)
+    sets = _parameter_sets(test) or [{}]
+    for params in sets:
+        drawn |= _drawn_classes(cls, test, params, max(10, DRAWS // len(sets)))
     assert drawn <= pinned, f"drawn but not pinned: {sorted(drawn - pinned)}"
 
 

@@ -154,3 +154,69 @@ def test_a_pass_where_the_parent_fails_gets_the_credit(tmp_path):
     none = _verdict(tmp_path, _Backends())
     none.passed("example 1", _Backends().replay)
     assert none.outcome(failed=False) is Outcome.PASSED and none.credit is None
+
+
+def test_the_parent_may_confirm_any_matching_entry(tmp_path):
+    """Two of the parent's entries match the failure; the parent's own failure fits the second
+    only: inherited, by the second."""
+    path = tmp_path / "two.toml"
+    path.write_text(
+        "[[known]]\n"
+        f'test = "{TEST}"\nstep = "save"\nkind = "raised"\nraises = "CheckpointException"\n'
+        'match = "chunk"\nreason = "first"\n'
+        "[[known]]\n"
+        f'test = "{TEST}"\nstep = "save"\nkind = "raised"\nraises = "CheckpointException"\n'
+        'match = "out of bounds"\nreason = "second"\n'
+    )
+    first, second = Expectations.load(path).for_test(TEST)
+    parent_failure = _failure("CheckpointException: out of bounds (no such word as ch-unk)")
+    assert second.matches(parent_failure.fields()) and not first.matches(parent_failure.fields())
+    backends = _Backends(**{"torch-dcp": parent_failure})
+    dcp = backends.backend("torch-dcp")
+    verdict = Verdict(
+        TEST,
+        "mine",
+        parent=dcp,
+        inherited=[first, second],
+        builtins={"torch-dcp": (dcp, [first, second])},
+        checker_for=backends.checker_for,
+    )
+    assert verdict.judge(_failure(), backends.replay, "example 1")
+    assert verdict.to_json()["known"][0]["reason"] == "second"
+
+
+def test_no_hint_to_a_backend_that_inherits_already(tmp_path):
+    backends = _Backends(**{"torch-dcp": _failure()})
+    verdict = _verdict(tmp_path, backends)
+    failure = _failure("CheckpointException: something else entirely")
+    assert not verdict.judge(failure, backends.replay, "example 1")
+    verdict.outcome(failed=True)
+    assert verdict.hint is None
+
+
+def test_a_known_hang_stops_the_property_test(tmp_path):
+    """Drawing on after a known hang would wait out the timeout at every example: the example
+    wrapper records it and stops the test with KnownHang, which the outcome then reads."""
+    from ckptconf.conformance.kit.profiles import Pinned, _judged
+    from ckptconf.conformance.kit.verdicts import KnownHang
+
+    path = tmp_path / "hang.toml"
+    path.write_text(
+        f'[[known]]\ntest = "{TEST}"\nstep = "save"\nkind = "hang"\nreason = "it waits"\n'
+    )
+    verdict = Verdict(TEST, "mine", own=Expectations.load(path).for_test(TEST))
+    ckpt = SimpleNamespace(verdict=verdict, backend=SimpleNamespace(supports=lambda f: True))
+
+    def body(self, ckpt, data):
+        raise HangFailure(_failure(None, kind="hang"))
+
+    with pytest.raises(KnownHang):
+        _judged(body)(None, ckpt=ckpt, data=Pinned("one"))
+    assert verdict.outcome(failed=False) is Outcome.EXPECTED
+
+
+def test_pinned_examples_have_distinct_names():
+    from ckptconf.conformance.kit.profiles import Pinned, property_test
+
+    with pytest.raises(ValueError, match=r"given twice: \['a'\]"):
+        property_test(pinned=[Pinned("a"), Pinned("a"), Pinned("b")])

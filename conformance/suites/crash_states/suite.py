@@ -58,6 +58,7 @@ _SETTINGS: dict[str, Any] = dict(
         allow_empty=False,
         objects=True,
         combined=True,
+        max_tensors=2,
         label="A and B",
         wrap=lambda case: (case, resalted(plain_case(case.save_world))),
     ),

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ...kit import values
 from ...kit.cases import resalted
+from ...kit.failures import error_line
 from ...kit.layouts import layout_examples
 from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
@@ -39,6 +40,7 @@ _CASES = dict(
     allow_empty=False,
     objects=True,
     combined=True,
+    max_tensors=2,
 )
 """:func:`~.cases.fault_cases`' options, for its pinned examples (each world's layouts in one
 case, the coordinator failing: a fault test's example costs a second)."""
@@ -84,7 +86,7 @@ def _check_every_rank_reports(trial: Trial, hook: str, rank: int, results: list)
                 f"rank {r}'s error does not report the failing rank's exception ({expected!r})",
                 f"rank {r} raised {result['type']}: {result['text'][:1500]}",
                 kind="wrong_error",
-                errors=(f"{result['type']}: {result['text'][:3000]}",),
+                errors=(error_line(result["type"], result["text"]),),
                 rank=r,
             )
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ...kit import values
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
+from ...kit.failures import error_line
 from ...kit.layouts import layout_examples
 from ...kit.profiles import property_test
 from ...kit.strategies import (
@@ -287,9 +288,7 @@ class KindsTests:
                 ),
                 kind="no_error" if silent else "wrong_error",
                 errors=tuple(
-                    dict.fromkeys(
-                        f"{o['type']}: {o['text'][-3000:]}" for o in outcomes if o["raised"]
-                    )
+                    dict.fromkeys(error_line(o["type"], o["text"]) for o in outcomes if o["raised"])
                 ),
                 rank=(silent or unnamed)[0],
                 key=spec.key,
@@ -400,9 +399,7 @@ class KindsTests:
                 "\n".join(problems) + ("\nerrors:\n" + errors if errors else ""),
                 kind="no_error" if any(not r["raised"] for r in results) else "wrong_values",
                 errors=tuple(
-                    dict.fromkeys(
-                        f"{r['type']}: {r['text'][-3000:]}" for r in results if r["raised"]
-                    )
+                    dict.fromkeys(error_line(r["type"], r["text"]) for r in results if r["raised"])
                 ),
             )
         control = [f"  rank {r['rank']}: {c}" for r in results for c in r["control"]]

@@ -197,6 +197,7 @@ _SIZED_PINS = layout_examples(
     allow_empty=False,
     keep=lambda c: math.prod(c.tensors[0].shape) >= 2,
     combined=True,
+    max_tensors=2,
 )
 """Pinned examples of :func:`~.cases.sized_cases` (tensors of 2 elements or more), each
 world's layouts in one case: an example corrupts and probes files, which costs seconds."""
