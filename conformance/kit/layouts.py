@@ -144,6 +144,10 @@ def _side_classes(spec: TensorSpec, holding: Any, world: int, side: str) -> set[
     held = pieces(shape, holding, world)
     holders = [boxes for boxes in held if boxes]
     volume = math.prod(shape)
+    if holding.kind == "sharded_tensor" and shape:
+        count, rows = len(getattr(holding, "ranks", ()) or range(world)), shape[holding.shard_dim]
+        if (count - 1) * math.ceil(rows / count) > rows:
+            found.add("ShardedTensor shards placed past the end")
     if volume and holding.kind != "plain":
         sizes = {sum(_volume(b) for b in boxes) for boxes in holders}
         if any(all(_volume(b) == 0 for b in boxes) for boxes in holders):
@@ -254,7 +258,6 @@ def _holdings(w: int) -> list[_Holding]:
         ),
         _Holding("even ShardedTensor", (2 * w, 2), sharded, w, st_),
         _Holding("uneven ShardedTensor", (w + 1, 2), sharded, w, st_),
-        _Holding("ShardedTensor shards past the end", (1, 3), sharded, w, st_),
         _Holding(
             "ShardedTensor on dim 1", (2, w + 1), Layout("sharded_tensor", shard_dim=1), w, st_
         ),
@@ -281,6 +284,8 @@ def _holdings(w: int) -> list[_Holding]:
             "ShardedTensor on some ranks", (3, 2), Layout("sharded_tensor", ranks=some), w, st_
         ),
     ]
+    if w >= 3:  # on 2 ranks the last chunk starts at most at the end
+        out.append(_Holding("ShardedTensor shards past the end", (1, 3), sharded, w, st_))
     if w == 4:
         out += [
             _Holding("2-D mesh", (4, 5), Layout("dtensor", (2, 2), ("S0", "S1")), w, dt),

@@ -198,12 +198,14 @@ def dcp_inheriting() -> Backend:
 
 
 class _RowOffsetLoadPlanner(DefaultLoadPlanner):
-    """DCP's load planner reading a piece of a saved chunk one row early: a read item whose
-    storage offset on dim 0 is not 0 (a resharding load takes part of a saved chunk) starts a
-    row before it. Loads of whole chunks, as a round trip makes, are right."""
+    """DCP's load planner reading a piece of a saved chunk one row early on 4 ranks or more: a
+    read item whose storage offset on dim 0 is not 0 (a resharding load takes part of a saved
+    chunk) starts a row before it. Loads of whole chunks, as a round trip makes, are right."""
 
     def create_local_plan(self):
         plan = super().create_local_plan()
+        if dist.get_world_size() < 4:
+            return plan
         items = []
         for item in plan.items:
             offsets = item.storage_offsets
@@ -215,8 +217,9 @@ class _RowOffsetLoadPlanner(DefaultLoadPlanner):
 
 
 def dcp_row_offset() -> Backend:
-    """DCP with a resharding read one row early: its own defect sits in test_placement_change,
-    a test DCP fails too (ShardedTensor shards past the end), behind DCP's failure."""
+    """DCP with a resharding read one row early on 4 ranks: its own defect sits in
+    test_placement_change behind DCP's failure there (ShardedTensor shards past the end, whose
+    pinned example on 3 ranks runs before those on 4)."""
     return dataclasses.replace(
         dcp_inheriting(), name="dcp_row_offset", load_planner=_RowOffsetLoadPlanner
     )

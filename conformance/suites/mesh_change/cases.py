@@ -685,6 +685,13 @@ PINNED_LOCAL_SHARDS = _pins(
         (*_CK, *_DT, "empty_tensors"),
     ),
     (
+        "ShardedTensor shards past the end -> LocalShardsWrapper",
+        MeshCase(
+            (_spec(0, (1, 3)),), (_at(3, _hold("sharded_tensor")), _at(2, _wrapper((0, 1), (1, 0))))
+        ),
+        (*_CK, *_DT, "sharded_tensor", "world_size_change"),
+    ),
+    (
         "LocalShardsWrapper -> ShardedTensor",
         MeshCase(
             (_spec(0, (5, 2)),), (_at(2, _wrapper((0, 4), (4, 1))), _at(2, _hold("sharded_tensor")))
