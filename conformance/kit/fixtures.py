@@ -402,10 +402,15 @@ def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:
 
 
 def _falsifying_example(notes: list[str]) -> str | None:
-    """The draws of hypothesis' falsifying example (``Draw 1 (case): ...``), or the example."""
+    """The draws of hypothesis' falsifying example (``Draw 1 (case): ...``), the pinned example
+    that failed (``Pinned('name', case=...)``), or the example as hypothesis tells it."""
     draws = [n for n in notes if n.startswith("Draw ")]
     if draws:
         return "\n".join(draws)
+    pinned = next((n for n in notes if "data=Pinned(" in n), None)
+    if pinned is not None:  # "Failing explicit example: test(\n    ..., data=Pinned(...),\n)"
+        text = pinned[pinned.index("data=Pinned(") + len("data=") :].rstrip()
+        return "pinned example " + text.removesuffix(")").rstrip().rstrip(",")
     example = [
         n
         for n in notes

@@ -60,9 +60,13 @@ def test_a_trial_fails_with_the_first_mismatch_in_the_fields():
         Mismatch("w", 1, "local index (0,)", (2,), 14.0, 7.0, 3),
         Mismatch("b", 0, "object differs", expected=b"x", actual=None),
     ]
-    with pytest.raises(ConformanceFailure) as caught:
+    with pytest.raises(ValueError, match="a failure needs a step, and no step ran yet"):
         trial.check_values(mismatches, "loaded value(s) differ")
+    with pytest.raises(ConformanceFailure) as caught:
+        trial.check_values(mismatches, "loaded value(s) differ", step="load")
     fields = caught.value.fields()
+    assert (fields["step"], fields["kind"], fields["keys"]) == ("load", "wrong_values", ["w", "b"])
+    assert fields["errors"] == [str(m) for m in mismatches]
     assert (fields["what"], fields["rank"], fields["key"], fields["index"]) == (
         "2 loaded value(s) differ",
         1,
@@ -110,9 +114,12 @@ def test_a_hang_is_lost_ranks_with_their_stacks_and_a_trial_failure():
     stuck = {o.rank: o for o in caught.value.outcomes}
     assert stuck[1].error_type == "Stuck" and "hang_on_rank_with_backend" in stuck[1].traceback
     trial = Trial(backend, "a hanging case", timeout=5)
-    with pytest.raises(HangFailure, match=r"^\[b\] a step hung: ") as failed:
+    with pytest.raises(ValueError, match="a step's label must start with its step"):
         trial.run("a step", rank_functions.hang_on_rank_with_backend, 1, world=2)
+    with pytest.raises(HangFailure, match=r"^\[b\] save \(that hangs\) hung: ") as failed:
+        trial.run("save (that hangs)", rank_functions.hang_on_rank_with_backend, 1, world=2)
     assert "hang_on_rank_with_backend" in failed.value.failure.fields()["details"]
+    assert (failed.value.failure.step, failed.value.failure.kind) == ("save", "hang")
     assert not isinstance(failed.value, Exception)  # hypothesis does not shrink it
 
 
