@@ -115,6 +115,10 @@ def _run(args: argparse.Namespace) -> int:
     except BackendSpecError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
+    problem = _expectations_problem(backend, args)
+    if problem is not None:  # pytest's own message is not shown under -p no:terminal
+        console.print(f"[red]ckptconf expectations:[/red] {problem}", markup=True, highlight=False)
+        return 2
     if args.device != "cpu":
         from ckptconf.harness import device_available
 
@@ -207,8 +211,6 @@ def _run(args: argparse.Namespace) -> int:
             console.print(failure["minimal_case"], markup=False, highlight=False)
         if failure.get("reproduction"):
             console.print(f"reproduce: {failure['reproduction']}", markup=False, highlight=False)
-        if test.get("hint"):
-            console.print(f"hint: {test['hint']}", markup=False, highlight=False)
     for test in report.tests:
         if test["outcome"] == "unexpected pass":
             console.print(
@@ -229,6 +231,26 @@ def _run(args: argparse.Namespace) -> int:
     if int(status) not in (0, 1):
         return int(status)
     return 1 if core else 0
+
+
+def _expectations_problem(backend, args: argparse.Namespace) -> str | None:
+    """Why the backend's expectations file (``--expectations``, else its own) or its parent's
+    cannot be used (every bad entry, with file and line), or ``None``."""
+    from .builtin import BUILT_IN, expectations_file
+    from .expectations import Expectations, ExpectationsError
+    from .kit.fixtures import suite_tests
+
+    parent = args.inherit or backend.inherits
+    if parent is not None and parent not in BUILT_IN:
+        return f"--inherit {parent!r} is not a built-in backend ({', '.join(sorted(BUILT_IN))})"
+    files = [(args.expectations and os.path.abspath(args.expectations)) or backend.expectations]
+    files.append(str(expectations_file(parent) or "") if parent else None)
+    try:
+        for path in filter(None, files):
+            Expectations.load(path, required=True).check_tests(suite_tests())
+    except ExpectationsError as exc:
+        return str(exc)
+    return None
 
 
 def _last_failed(report_path: str) -> list[str]:

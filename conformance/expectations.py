@@ -192,7 +192,15 @@ class Expectations:
             raise ExpectationsError(
                 f"{path}: entries must be [[known]] tables, each starting on a line of its own"
             )
-        return cls([_entry(t, str(path), n) for t, n in zip(tables, lines)], str(path))
+        entries, problems = [], []
+        for table, line in zip(tables, lines):
+            try:
+                entries.append(_entry(table, str(path), line))
+            except ExpectationsError as exc:
+                problems.append(str(exc))
+        if problems:  # every bad entry at once, not one per run
+            raise ExpectationsError("\n".join(problems))
+        return cls(entries, str(path))
 
     def for_test(self, test_id: str) -> list[Expectation]:
         """The entries about test ``test_id`` (``<suite>::<function>[<params>]``)."""
@@ -201,17 +209,41 @@ class Expectations:
     def check_tests(self, suites: Mapping[str, Iterable[str]]) -> None:
         """Raise :class:`ExpectationsError` for an entry naming a suite or test function that
         ``suites`` (suite name -> its test function names) does not have."""
+        problems = []
         for entry in self.entries:
             if entry.suite not in suites:
-                raise ExpectationsError(
+                problems.append(
                     f"{entry.where}: unknown suite {entry.suite!r} in test {entry.test!r}; "
                     f"suites: {', '.join(sorted(suites))}"
                 )
-            if entry.function not in set(suites[entry.suite]):
-                raise ExpectationsError(
+            elif entry.function not in set(suites[entry.suite]):
+                problems.append(
                     f"{entry.where}: suite {entry.suite!r} has no test {entry.function!r} "
                     f"(test = {entry.test!r})"
                 )
+        if problems:
+            raise ExpectationsError("\n".join(problems))
+
+    def check_parameters(self, tests: Iterable[str]) -> None:
+        """Raise :class:`ExpectationsError` for an entry naming parameters that none of
+        ``tests`` (every collected ``<suite>::<function>[<params>]``) has, where that function
+        was collected at all (so a partial collection cannot tell)."""
+        by_function: dict[str, list[str]] = {}
+        for test in tests:
+            by_function.setdefault(test.split("[", 1)[0], []).append(test)
+        problems = []
+        for entry in self.entries:
+            if "[" not in entry.test:
+                continue
+            collected = by_function.get(f"{entry.suite}::{entry.function}")
+            if collected and not any(entry.covers(t) for t in collected):
+                ids = sorted(t[t.index("[") :] for t in collected if "[" in t) or ["none"]
+                problems.append(
+                    f"{entry.where}: no parameters of {entry.suite}::{entry.function} match "
+                    f"{entry.test!r}; its parameters: {', '.join(ids[:12])}"
+                )
+        if problems:
+            raise ExpectationsError("\n".join(problems))
 
     def unmatched(self, matched: Iterable[str]) -> list[str]:
         """Entries (as ``file:line test: signature``) whose ``where`` is not in ``matched``."""

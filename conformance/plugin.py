@@ -311,11 +311,15 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
     from .kit.fixtures import backend_from_options
 
-    backend = backend_from_options(config)
+    if config.getoption("ckpt_backend") is not None:
+        backend = backend_from_options(config)
+        named = f"backend {backend.name} ({backend.spec})"
+    else:  # a class-style run gives its backend by a fixture, known once a test asks for it
+        named = "backend: the test module's backend fixture, else reference"
     seed = run_seed(config)
     device = config.getoption("ckpt_device") or "cpu"
     return [
-        f"ckptconf: backend {backend.name} ({backend.spec}), torch {torch.__version__}, "
+        f"ckptconf: {named}, torch {torch.__version__}, "
         f"profile {session_profile(config)}, seed {'derandomized' if seed is None else seed}, "
         f"device {device}"
     ]

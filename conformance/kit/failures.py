@@ -290,7 +290,8 @@ def render_failure(fields: dict[str, Any]) -> str:
     if fields.get("expected") is not None or fields.get("actual") is not None:
         where.append(f"expected {fields.get('expected')}, got {fields.get('actual')}")
     if where:
-        lines.append("first difference: " + ", ".join(where))
+        values = any(fields.get(k) is not None for k in ("index", "expected", "actual"))
+        lines.append(("first difference: " if values else "where: ") + ", ".join(where))
     if fields.get("details"):
         lines.append(str(fields["details"]).rstrip())
     if fields.get("reproduction"):

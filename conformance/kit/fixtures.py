@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "expectations_of",
     "inherited_from",
     "suite_test_id",
+    "suite_tests",
 ]
 
 
@@ -81,15 +83,25 @@ def backend_from_options(config: pytest.Config) -> Backend:
     return config.stash[_option_backend]
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k deselects: entries are checked against every test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from .. import plugin
 
     if plugin.requested(config):  # bad expectations stop the run before any test, not in each
         backend = backend_from_options(config)
-        expectations_of(config, backend)
+        files = [expectations_of(config, backend)]
         parent = inherited_from(config, backend)
         if parent is not None:
-            _load(str(expectations_file(parent) or ""))
+            files.append(_load(str(expectations_file(parent) or "")))
+        if not any("::" in str(arg) for arg in config.args):  # node ids collect some params
+            tests = [suite_test_id(i) for i in items if i.get_closest_marker("ckpt_suite")]
+            for expectations in files:
+                try:
+                    expectations.check_parameters(tests)
+                except ExpectationsError as exc:
+                    pytest.exit(
+                        f"ckptconf expectations: {exc}", returncode=pytest.ExitCode.USAGE_ERROR
+                    )
     for item in items:
         unknown = [
             f for m in item.iter_markers("ckpt_requires") for f in m.args if f not in FEATURES
@@ -146,13 +158,14 @@ def ckpt_repro(request: pytest.FixtureRequest, ckpt_backend: Backend) -> str:
 
 
 def reproduction(item: pytest.Item, backend: Backend) -> str:
-    """``cd <where pytest ran> && python -m pytest '<file>::<test>' <options>``: the test by its
-    node id; ``--ckpt-backend`` only when the backend came from that option."""
+    """``cd <where pytest ran> && <this python> -m pytest '<file>::<test>' <options>``: the test
+    by its node id, with the interpreter that ran it (bare ``python`` may lack ckptconf);
+    ``--ckpt-backend`` only when the backend came from that option."""
     from .. import plugin
 
     config = item.config
     target = "::".join([str(item.path), *item.nodeid.split("::")[1:]])
-    parts = ["python", "-m", "pytest", target]
+    parts = [sys.executable, "-m", "pytest", target]
     if backend is config.stash.get(_option_backend, None):
         parts += ["--ckpt-backend", backend.spec or backend.name]
     parts += ["--ckpt-profile", plugin.session_profile(config)]
@@ -162,6 +175,9 @@ def reproduction(item: pytest.Item, backend: Backend) -> str:
     device = config.getoption("ckpt_device")
     if device and device != "cpu":
         parts += ["--ckpt-device", device]
+    timeout = config.getoption("ckpt_timeout")
+    if timeout is not None:
+        parts += ["--ckpt-timeout", f"{timeout:g}"]
     folder = str(config.invocation_params.dir)
     if backend.spec in BUILT_IN:
         return shlex.join(parts)
@@ -225,7 +241,7 @@ def suite_test_id(item: pytest.Item) -> str:
     return f"{suite.args[0] if suite else '?'}::{name}{params}"
 
 
-def _suite_tests() -> dict[str, set[str]]:
+def suite_tests() -> dict[str, set[str]]:
     """Every suite's test function names, for checking that expectations name real tests."""
     from ckptconf.conformance.suites import SUITES
 
@@ -243,7 +259,7 @@ def _load(path: str | None, *, required: bool = False) -> Expectations:
     if path not in _expectations:
         try:
             loaded = Expectations.load(path, required=required)
-            loaded.check_tests(_suite_tests())
+            loaded.check_tests(suite_tests())
         except ExpectationsError as exc:
             pytest.exit(f"ckptconf expectations: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         _expectations[path] = loaded

@@ -169,6 +169,12 @@ class Verdict:
                 self._record(confirmed[0], self.parent.name, fields)
                 return True
             add_verdict(exc, self._unconfirmed(candidates[0], parent))
+        elif self.listed:
+            known = "; ".join(
+                f"{Path(e.source).name}:{e.line} ({e.signature()})"
+                for e in self.own + self.inherited
+            )
+            add_verdict(exc, f"no known failure of this test matches this one (known: {known})")
         self._last_own = (fields, replay, example)
         return False
 

@@ -107,7 +107,7 @@ def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
     failure = failed["failure"]
     assert failure["backend"] == "last_chunk_skipped"
     command = failure["reproduction"]
-    assert command.startswith(f"cd {project} && python -m pytest ")
+    assert command.startswith(f"cd {project} && {sys.executable} -m pytest ")
     assert f"{project}/test_mine.py::TestMine::test_round_trip_dtensor_on_two_ranks" in command
     assert "--ckpt-backend" not in command
     elsewhere = tmp_path / "elsewhere"

@@ -6,7 +6,7 @@ import pytest
 from ckptconf.conformance import ConformanceFailure
 from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
-from ckptconf.conformance.kit.fixtures import _suite_tests
+from ckptconf.conformance.kit.fixtures import suite_tests
 
 OUT_OF_BOUNDS = "CheckpointException: ranks 0: ValueError: key:w has out of bounds chunk"
 ENTRY = """
@@ -153,7 +153,7 @@ def test_a_harness_entry_has_no_step_and_a_named_file_must_exist(tmp_path):
 
 
 def test_unknown_tests_and_the_old_format_are_errors(tmp_path):
-    suites = _suite_tests()
+    suites = suite_tests()
     with pytest.raises(ExpectationsError, match=r"known.toml:2: suite 'resharding' has no test"):
         _load(tmp_path, ENTRY.replace("test_placement_change", "test_gone")).check_tests(suites)
     with pytest.raises(ExpectationsError, match=r"known.toml:2: unknown suite 'reshard'"):
@@ -178,4 +178,25 @@ def test_the_shipped_expectations_parse_and_name_real_tests(name):
     path = expectations_file(name)
     if path is None:
         pytest.skip(f"{name} has no expectations file")
-    Expectations.load(path).check_tests(_suite_tests())
+    Expectations.load(path).check_tests(suite_tests())
+
+
+def test_every_bad_entry_is_told_at_once(tmp_path):
+    bad = ENTRY.replace('kind = "raised"', 'kind = "flaky"') + ENTRY.replace('step = "save"', "")
+    with pytest.raises(ExpectationsError) as caught:
+        _load(tmp_path, bad)
+    lines = str(caught.value).splitlines()
+    assert [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in lines] == ["2", "10"]
+
+
+def test_parameters_no_collected_test_has_are_an_error(tmp_path):
+    text = ENTRY.replace("test_placement_change", "test_more_ranks_than_rows[7-rows-*]")
+    collected = ["resharding::test_more_ranks_than_rows[1-rows-x]", "resharding::test_x"]
+    with pytest.raises(
+        ExpectationsError, match=r"known.toml:2: no parameters of .* match .*\[1-rows-x\]"
+    ):
+        _load(tmp_path, text).check_parameters(collected)
+    _load(tmp_path, text).check_parameters(["resharding::test_other[1]"])  # not collected: fine
+    unparametrized = ENTRY.replace("test_placement_change", "test_placement_change[foo]")
+    with pytest.raises(ExpectationsError, match="its parameters: none"):
+        _load(tmp_path, unparametrized).check_parameters(["resharding::test_placement_change"])

@@ -220,3 +220,12 @@ def test_pinned_examples_have_distinct_names():
 
     with pytest.raises(ValueError, match=r"given twice: \['a'\]"):
         property_test(pinned=[Pinned("a"), Pinned("a"), Pinned("b")])
+
+
+def test_an_own_failure_in_a_listed_test_says_no_known_failure_matches(tmp_path):
+    backends = _Backends()
+    verdict = _verdict(tmp_path, backends, own=True, parent=False)
+    failure = _failure("RuntimeError: my own writer broke")
+    assert not verdict.judge(failure, backends.replay, "example 1")
+    assert failure.verdict.startswith("no known failure of this test matches this one (known: ")
+    assert "mine.toml:1 (step save, kind raised" in failure.verdict

@@ -207,3 +207,18 @@ def test_a_backend_that_cannot_save_stops_the_run_after_its_preflight(tmp_path):
     assert "preflight failed" in result.stdout
     assert "access denied to the bucket" in result.stdout
     assert not (tmp_path / "r.json").exists()  # no test ran
+
+
+def test_a_bad_expectations_file_stops_ckptconf_run_naming_every_bad_entry(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[known]]\ntest = "kinds::test_gone"\nstep = "load"\nkind = "no_error"\n'
+        'match = "x"\nreason = "no such test"\n'
+        '[[known]]\ntest = "kinds::test_dtype_mismatch_raises"\nstep = "load"\n'
+        'kind = "no_error"\nmatch = "("\nreason = "a bad pattern"\n'
+    )
+    result = _cli("--backend", "reference", "--expectations", str(bad), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert f"{bad}:7: match '(' is no regular expression" in result.stdout
+    missing = _cli("--backend", "reference", "--expectations", "nope.toml", cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.toml: no such expectations file" in missing.stdout

@@ -206,7 +206,8 @@ def unique_flat_keys(tree) -> bool:
 
 @st.composite
 def trees(draw, *, backend: Backend, world: int, max_leaves: int = 6):
-    """Nested dicts (dotted and unusual keys) and lists of tensors, with objects."""
+    """Nested dicts (dotted and unusual keys) and lists, with objects: a list holds a tensor
+    first (so DCP recurses into it, as into ``[{"w": t, "cfg": 3}]``), then any nodes."""
     salt = iter(range(0, 10**6, 1000))
     kinds = layout_kinds(backend)
     objects = backend.supports("objects")
@@ -234,8 +235,8 @@ def trees(draw, *, backend: Backend, world: int, max_leaves: int = 6):
             return leaf()
         if kind == "object":
             return Obj(draw(object_values()))
-        if kind == "list":  # a list DCP recurses into: tensors only
-            return [leaf() for _ in range(draw(st.integers(1, 3)))]
+        if kind == "list":  # a list DCP recurses into (it holds a tensor), with other nodes after
+            return [leaf()] + [node(depth + 1) for _ in range(draw(st.integers(0, 2)))]
         # below the top level, keys may be ints too (as optimizer state is keyed)
         nested_keys = st.one_of(unusual_keys(), st.integers(0, 3))
         keys = draw(st.lists(nested_keys, min_size=1, max_size=3, unique=True))
