@@ -13,7 +13,7 @@ from ...kit import values
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
 from ...kit.failures import error_line
 from ...kit.layouts import layout_examples
-from ...kit.profiles import property_test
+from ...kit.profiles import Pinned, property_test
 from ...kit.strategies import (
     ALL_DTYPES,
     BASIC_DTYPES,
@@ -60,6 +60,28 @@ def _in_dtype(case: SaveLoadCase, params: dict) -> SaveLoadCase:
     tensors = tuple(replace(t, dtype=params["dtype"]) for t in case.tensors)
     return replace(case, tensors=tensors)
 
+
+_NESTED_PINS = [
+    Pinned(
+        "an object under an int key",
+        requires=("objects",),
+        world=1,
+        tree={"w": Leaf(TensorSpec("", (3,), "float64", 0)), "extra": {0: Obj(7), "k": Obj("v")}},
+    ),
+    Pinned(
+        "a list of a tensor, an object and a dict, DTensors on 2 ranks",
+        requires=("objects", "dtensor"),
+        world=2,
+        tree={
+            "layers": [
+                Leaf(TensorSpec("", (4, 2), "float32", 0), Layout("dtensor", (2,), ("S0",))),
+                Obj(("cfg", 3)),
+                {"b": Leaf(TensorSpec("", (3,), "float64", 1000)), "n": Obj(None)},
+            ]
+        },
+    ),
+]
+"""Pinned trees: the shapes that break backends (int keys over objects, mixed lists)."""
 
 _STRICT_PINS = layout_examples(same_layout=True, kinds=("plain", "dtensor"), max_side=MAX_SIDE)
 """The strict loads' cases (``KindsTests._strict_case``): no ShardedTensor, no objects."""
@@ -296,7 +318,7 @@ class KindsTests:
         trial.save_then_load(case, ckpt.path())
 
     @pytest.mark.ckpt_requires("nested_state_dicts")
-    @property_test()
+    @property_test(pinned=_NESTED_PINS)
     def test_nested_containers(self, ckpt, data):
         """Dicts in dicts with dotted and unusual keys, lists of tensors, objects at any depth;
         the loaded state keeps its containers and gains no keys."""
