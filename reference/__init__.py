@@ -1,7 +1,9 @@
 """ckptconf.reference: a clean reference implementation of the torch.distributed.checkpoint contract.
 
-Entry points: :func:`save`, :func:`load`, :func:`async_save`, :class:`Checkpointer`;
-the parts they are made of (planners, storage, validation, geometry) plug into
+Entry points: :func:`save`, :func:`load`, :func:`async_save`, :class:`Checkpointer`; they take
+what ``torch.distributed.checkpoint.save/load`` take, Stateful values included, and their
+default arguments are the configuration the conformance suite certifies as the ``reference``
+backend. The parts they are made of (planners, storage, validation, geometry) plug into
 ``torch.distributed.checkpoint.save/load`` as well.
 
 Storage extension points: a :class:`BlobStore` is where one checkpoint lives (data files,
@@ -29,6 +31,7 @@ from .load_planner import ReferenceLoadPlanner
 from .memory import InMemoryReader, InMemoryWriter, MemoryStore
 from .metadata_format import parse_metadata
 from .save_planner import ReferenceSavePlanner
+from .serialization import UnsafeObjectError, safe_types
 from .staging import StagingPool
 from .storage import BlobSink, BlobStore, ReferenceStorageReader, ReferenceStorageWriter
 from .validation import validate_global_plan
@@ -56,6 +59,7 @@ __all__ = [
     "ReferenceStorageWriter",
     "StagingPool",
     "UnsafeMetadataError",
+    "UnsafeObjectError",
     "async_save",
     "chunk_overlap",
     "chunk_volume",
@@ -67,6 +71,7 @@ __all__ = [
     "open_checkpoint",
     "parse_metadata",
     "render_tree",
+    "safe_types",
     "save",
     "validate_global_plan",
     "verify",

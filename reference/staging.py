@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .flatten import map_leaves
+from .serialization import encode_object
 from .state_values import (
     StagedTensor,
     TensorPiece,
@@ -53,7 +54,8 @@ class StagingPool:
 
 
 def stage_state_dict(state_dict: dict[str, Any], pool: StagingPool | None = None) -> dict[str, Any]:
-    """A state dict whose tensors are host copies and whose objects are deep copies.
+    """A state dict whose tensors are host copies and whose objects are deep copies (each
+    checked to be storable: :class:`~.serialization.UnsafeObjectError` otherwise).
 
     Keys and nesting are kept, so the staged dict saves to the same checkpoint.
     """
@@ -63,6 +65,7 @@ def stage_state_dict(state_dict: dict[str, Any], pool: StagingPool | None = None
     def stage(key: str, value: Any) -> Any:
         nonlocal cuda_copies
         if not is_tensor_value(value):
+            encode_object(value, key=key)  # refused at the call, not in the background save
             return copy.deepcopy(value)
         pieces = []
         for piece in tensor_pieces(key, value):
