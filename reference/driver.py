@@ -17,6 +17,7 @@ from .filesystem import FileSystemReader, FileSystemWriter
 from .load_planner import ReferenceLoadPlanner
 from .save_planner import ReferenceSavePlanner
 from .staging import StagingPool, stage_state_dict
+from .stateful import load_stateful, saved_state
 
 __all__ = ["save", "load", "async_save"]
 
@@ -53,9 +54,12 @@ def save(
 ) -> Metadata:
     """Save ``state_dict`` from every rank of ``process_group`` (one process if none is initialised).
 
-    Any planner and storage writer following DCP's protocol works. A failure on any
-    rank raises the same ``CheckpointError`` on every rank, naming every failing rank.
+    Any planner and storage writer following DCP's protocol works. A Stateful value (DCP's
+    protocol: ``state_dict()``/``load_state_dict()``, at any depth) is saved as what its
+    ``state_dict()`` returns now. A failure on any rank raises the same ``CheckpointError`` on
+    every rank, naming every failing rank.
     """
+    state_dict = saved_state(state_dict)
     writer = _writer(path, storage_writer)
     planner = planner or ReferenceSavePlanner()
     coord = Coordination(process_group, coordinator_rank, no_dist)
@@ -97,9 +101,20 @@ def load(
 ) -> None:
     """Load into ``state_dict`` in place; its tensors define the layout read into.
 
-    Checks run on every rank before any destination tensor is written; a failure on
-    any rank raises the same ``CheckpointError`` on every rank.
+    A Stateful value is loaded into what its ``state_dict()`` returns, then given to its
+    ``load_state_dict``; the dict keeps the same object. Checks run on every rank before any
+    destination tensor is written, and objects are decoded before any is (see the reader); a
+    failure on any rank raises the same ``CheckpointError`` on every rank.
     """
+    load_stateful(
+        state_dict,
+        lambda destination: _load(
+            destination, path, process_group, coordinator_rank, planner, storage_reader, no_dist
+        ),
+    )
+
+
+def _load(state_dict, path, process_group, coordinator_rank, planner, storage_reader, no_dist):
     reader = _reader(path, storage_reader)
     planner = planner or ReferenceLoadPlanner()
     coord = Coordination(process_group, coordinator_rank, no_dist)
@@ -138,8 +153,9 @@ def async_save(
 ) -> Future:
     """Stage ``state_dict`` to host memory, then save it in a background thread.
 
-    Returns once staging is done: changing the state afterwards does not change what
-    is saved. The returned future gives the ``Metadata`` or raises the save's error.
+    Returns once staging is done (Stateful values give their ``state_dict()`` at the call;
+    an object no safe load could read is refused here): changing the state afterwards does
+    not change what is saved. The returned future gives the ``Metadata`` or raises the save's error.
     The background save runs collectives on ``process_group``; if this process uses
     that group meanwhile, pass a separate group (for example a gloo ``new_group``).
     """
@@ -152,7 +168,7 @@ def async_save(
         )
     writer = _writer(path, storage_writer)
     pool = staging_pool or StagingPool()
-    staged = stage_state_dict(state_dict, pool)
+    staged = stage_state_dict(saved_state(state_dict), pool)
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconf-async-save")
 
