@@ -70,6 +70,7 @@ class ReferenceLoadPlanner(LoadPlanner):
         self.metadata = metadata
         self.is_coordinator = is_coordinator
         self._views: dict[MetadataIndex, torch.Tensor] = {}
+        self._decoded: dict[str, Any] = {}
 
     def create_local_plan(self) -> LoadPlan:
         """Read items for every destination piece; ``LoadContractError`` lists every problem."""
@@ -194,10 +195,17 @@ class ReferenceLoadPlanner(LoadPlanner):
         """Adopt this rank's plan."""
         return central_plan
 
-    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        """Decode an object (safely) and put it where its key came from."""
+    def check_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        """Decode an object (safely) before anything is loaded: the reference reader calls this
+        for every object first, so one that cannot be decoded fails the load untouched."""
         key = read_item.dest_index.fqn
-        obj = decode_object(value, key=key)
+        self._decoded[key] = decode_object(value, key=key)
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        """Put an object where its key came from (decoding it, safely, unless
+        :meth:`check_bytes` already did)."""
+        key = read_item.dest_index.fqn
+        obj = self._decoded.pop(key) if key in self._decoded else decode_object(value, key=key)
         self.values[key] = obj
         set_by_path(self.original_state_dict, self.paths[key], obj)
 

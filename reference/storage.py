@@ -487,6 +487,12 @@ class ReferenceStorageReader(StorageReader):
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
         """Read each stored item once (the span the plan needs of it) and hand pieces to the planner.
 
+        Objects are read first and, where the planner has ``check_bytes`` (the reference
+        planner), decoded before any tensor is written; they reach the planner's
+        ``load_bytes`` last, once every tensor has loaded. What can still fail after a
+        destination tensor was written: a checksum or length mismatch found in a later chunk
+        (each chunk is verified as it is read in place, with no second copy).
+
         Whole saved chunks read into contiguous CPU destinations are read and verified in place
         by ``threads`` threads where the store allows concurrent reads (else on this thread);
         the planner is only called from this thread (``resolve_tensor`` before,
@@ -500,19 +506,29 @@ class ReferenceStorageReader(StorageReader):
         for item in plan.items:
             by_item[item.storage_index].append(item)
         threads = self.threads if self.store.concurrent_reads else 1
+        for storage_index in by_item:
+            if storage_index not in regions:
+                raise IntegrityError(
+                    f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
+                )
+        # objects first, and checked (decoded) by a planner that can, before any tensor is
+        # written; handed to the planner last, once every tensor has loaded
+        objects = {
+            storage_index: bytes(
+                self._read(regions[storage_index], 0, regions[storage_index].length, storage_index)
+            )
+            for storage_index, items in by_item.items()
+            if items[0].type == LoadItemType.BYTE_IO
+        }
+        check = getattr(planner, "check_bytes", None)
+        for storage_index, data in objects.items():
+            for item in by_item[storage_index] if check is not None else ():
+                check(item, io.BytesIO(data))
         with _WholeChunkReads(threads, planner) as reads:
             for storage_index, items in by_item.items():
-                region = regions.get(storage_index)
-                if region is None:
-                    raise IntegrityError(
-                        f"{self.store.location}: no data recorded for key {storage_index.fqn!r} at offsets {_offsets(storage_index)}"
-                    )
-                if items[0].type == LoadItemType.BYTE_IO:
-                    reads.drain()  # the planner hears of items in plan order
-                    data = self._read(region, 0, region.length, storage_index)
-                    for item in items:
-                        planner.load_bytes(item, io.BytesIO(bytes(data)))
+                if storage_index in objects:
                     continue
+                region = regions[storage_index]
                 shape, dtype = self._stored_as(storage_index)
                 target = None  # a destination is resolved once only: a planner may keep state
                 if (
@@ -534,6 +550,9 @@ class ReferenceStorageReader(StorageReader):
                         for a, b in _pieces(region.length, region.block_size)
                     ],
                 )
+        for storage_index, data in objects.items():
+            for item in by_item[storage_index]:
+                planner.load_bytes(item, io.BytesIO(data))
         return _completed(None)
 
     def _stored_as(self, storage_index: MetadataIndex) -> tuple[tuple[int, ...] | None, Any]:
