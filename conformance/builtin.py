@@ -29,7 +29,7 @@ def _reference_reader(path: str):
 def _reference_save_planner():
     from ckptconf.reference import ReferenceSavePlanner
 
-    return ReferenceSavePlanner(verify_replicas=True)
+    return ReferenceSavePlanner()
 
 
 def _reference_load_planner():
@@ -41,12 +41,9 @@ def _reference_load_planner():
 def _reference_save(state_dict, path, *, process_group=None, storage_writer=None):
     from ckptconf.reference import save
 
-    planner = _reference_save_planner()
     if storage_writer is not None:
-        return save(
-            state_dict, process_group=process_group, storage_writer=storage_writer, planner=planner
-        )
-    return save(state_dict, path, process_group=process_group, planner=planner)
+        return save(state_dict, process_group=process_group, storage_writer=storage_writer)
+    return save(state_dict, path, process_group=process_group)
 
 
 def _reference_load(state_dict, path, *, process_group=None, storage_reader=None):
@@ -65,30 +62,20 @@ def _reference_async_save(state_dict, path, *, process_group=None, storage_write
         state_dict,
         None if storage_writer is not None else path,
         process_group=process_group,
-        planner=_reference_save_planner(),
         storage_writer=storage_writer,
     )
 
 
 def _reference_checkpointer(path: str):
-    from ckptconf.reference import (
-        Checkpointer,
-        FileSystemReader,
-        FileSystemWriter,
-        ReferenceLoadPlanner,
-        ReferenceSavePlanner,
-    )
+    from ckptconf.reference import Checkpointer, FileSystemReader, FileSystemWriter
 
-    return Checkpointer(
-        FileSystemWriter(path),
-        FileSystemReader(path),
-        save_planner=ReferenceSavePlanner(verify_replicas=True),
-        load_planner=ReferenceLoadPlanner(),
-    )
+    return Checkpointer(FileSystemWriter(path), FileSystemReader(path))
 
 
 def reference() -> Backend:
-    """ckptconf's reference implementation, with its own drivers."""
+    """ckptconf's reference implementation as users call it: ``save``, ``load``,
+    ``async_save`` and ``Checkpointer`` with their default arguments (the suite certifies
+    exactly what users get; ``tests/reference/test_defaults.py`` checks it)."""
     return Backend(
         name="reference",
         storage_writer=_reference_writer,
@@ -99,8 +86,8 @@ def reference() -> Backend:
         load=_reference_load,
         async_save=_reference_async_save,
         checkpointer=_reference_checkpointer,
-        description="ckptconf.reference: FileSystemWriter/Reader, reference planners (replicas "
-        "verified) and drivers",
+        description="ckptconf.reference with its default arguments: FileSystemWriter/Reader, "
+        "reference planners (replicas verified), its own drivers",
     )
 
 

@@ -13,7 +13,17 @@ from ckptconf.harness.bench_io import IMPLEMENTATIONS, bench_io, peak_rss_growth
 def test_each_implementation_round_trips_the_state_and_is_timed(tmp_path):
     result = bench_io(1 << 20, count=4, rounds=1, folder=str(tmp_path), rss=False)
     assert (result.total, result.count) == (1 << 20, 4)
-    assert set(result.save) == set(result.load) == {"raw", "dcp", "dcp-4", "reference"}
+    assert (
+        set(result.save)
+        == set(result.load)
+        == {
+            "raw",
+            "dcp",
+            "dcp-4",
+            "reference",
+            "reference-unverified",
+        }
+    )
     assert all(s > 0 for s in [*result.save.values(), *result.load.values()])
     assert result.rss == {}
     assert os.listdir(tmp_path) == []  # nothing left behind

@@ -407,7 +407,9 @@ def test_local_plan_items_types_properties_and_paths():
         ("m.s", WriteItemType.SHARD, (2,), False),
         ("step", WriteItemType.BYTE_IO, None, None),
     ]
-    assert plan.planner_data == {"paths": {"m.w": ("m", "w"), "m.s": ("m", "s"), "step": ("step",)}}
+    assert plan.planner_data["paths"] == {"m.w": ("m", "w"), "m.s": ("m", "s"), "step": ("step",)}
+    # the replica check is on by default: one checksum per item, of what is written
+    assert sorted(k[0] for k in plan.planner_data["checksums"]) == ["m.s", "m.w", "step"]
     written = planner.resolve_data(plan.items[0])
     assert torch.equal(written, grad) and not written.requires_grad
     obj = planner.resolve_data(plan.items[2])
@@ -419,7 +421,7 @@ def test_local_plan_items_types_properties_and_paths():
 
 
 def test_unflattened_save_keeps_top_level_keys():
-    planner = ReferenceSavePlanner(flatten=False)
+    planner = ReferenceSavePlanner(flatten=False, verify_replicas=False)
     planner.set_up_planner({"m": {"w": 1}, "t": torch.zeros(2)})
     assert planner.is_coordinator is False and planner.storage_meta is None
     plan = planner.create_local_plan()
@@ -455,19 +457,19 @@ def test_without_dedup_replicas_are_an_error():
     ]
 
 
-def test_replica_check_names_offsets_groups_and_crc():
-    import zlib
+def test_replica_check_names_offsets_groups_and_checksums():
+    import xxhash
 
     states = [{"w": torch.zeros(2), "o": "x"}, {"w": torch.ones(2), "o": "y"}]
     with pytest.raises(PlanValidationError) as info:
-        simulate_save_planning(states, lambda: ReferenceSavePlanner(verify_replicas=True))
-    zeros = zlib.crc32(torch.zeros(2).numpy().tobytes())
-    ones = zlib.crc32(torch.ones(2).numpy().tobytes())
+        simulate_save_planning(states, ReferenceSavePlanner)  # on by default
+    zeros = xxhash.xxh3_64_intdigest(torch.zeros(2).numpy().tobytes())
+    ones = xxhash.xxh3_64_intdigest(torch.ones(2).numpy().tobytes())
     assert info.value.problems[1] == (
-        f"key 'w' at offsets (0,): replicas differ (ranks [0] have crc32 {zeros:08x}; "
-        f"ranks [1] have crc32 {ones:08x})"
+        f"key 'w' at offsets (0,): replicas differ (ranks [0] have checksum {zeros:016x}; "
+        f"ranks [1] have checksum {ones:016x})"
     )
-    assert info.value.problems[0].startswith("key 'o': replicas differ (ranks [0] have crc32 ")
+    assert info.value.problems[0].startswith("key 'o': replicas differ (ranks [0] have checksum ")
 
 
 # -- load planner ------------------------------------------------------------------------

@@ -254,12 +254,12 @@ def test_verify_replicas_reports_replicas_that_differ():
         {"w": torch.ones(4), "lr": 0.2},
     ]
     with pytest.raises(PlanValidationError) as info:
-        simulate_save_planning(states, lambda: ReferenceSavePlanner(verify_replicas=True))
+        simulate_save_planning(states, ReferenceSavePlanner)  # verify_replicas by default
     problems = info.value.problems
     assert len(problems) == 2
-    assert problems[0].startswith("key 'lr': replicas differ (ranks [0, 1] have crc32")
-    assert "ranks [2] have crc32" in problems[0]
+    assert problems[0].startswith("key 'lr': replicas differ (ranks [0, 1] have checksum")
+    assert "ranks [2] have checksum" in problems[0]
     assert problems[1].startswith("key 'w' at offsets (0,): replicas differ (ranks [0, 1]")
-    # equal replicas pass, and without the option differing replicas are not compared
-    simulate_save_planning(states[:2], lambda: ReferenceSavePlanner(verify_replicas=True))
-    simulate_save_planning(states, ReferenceSavePlanner)
+    # equal replicas pass, and with the check off differing replicas are not compared
+    simulate_save_planning(states[:2], ReferenceSavePlanner)
+    simulate_save_planning(states, lambda: ReferenceSavePlanner(verify_replicas=False))
