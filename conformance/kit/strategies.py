@@ -187,18 +187,54 @@ def layouts(
     return Layout("dtensor", mesh, chosen, ranks=holders)
 
 
+def real_stack_objects() -> dict[str, Any]:
+    """Non-tensor values real training stacks keep in their state dicts, by name, each with
+    where it comes from: numpy arrays and scalars and RNG states (Megatron's and torchtitan's
+    ``get_rng_state``), ``io.BytesIO`` (TransformerEngine < 2.0 ``_extra_state``, Megatron),
+    ``argparse.Namespace`` (Megatron's ``args``), ``SimpleNamespace``, paths, torch dtypes,
+    sizes and devices (Megatron's args), Python's ``random`` state, optimizer ``betas``."""
+    import argparse
+    import io
+    import pathlib
+    import random
+    import types
+
+    import numpy
+    import torch
+
+    return {
+        "numpy_array": numpy.arange(6.0).reshape(2, 3),
+        "numpy_int_array": numpy.arange(4, dtype=numpy.int32),
+        "numpy_scalar": numpy.float64(0.25),
+        "numpy_rng_state": numpy.random.RandomState(0).get_state(),
+        "python_rng_state": random.Random(0).getstate(),
+        "bytes_io": io.BytesIO(b"fp8 extra state"),
+        "namespace": argparse.Namespace(lr=0.1, num_layers=4, params_dtype=torch.bfloat16),
+        "simple_namespace": types.SimpleNamespace(step=3, name="run"),
+        "path": pathlib.PurePosixPath("/data/shards/00001"),
+        "torch_dtype": torch.float16,
+        "torch_size": torch.Size([2, 3]),
+        "torch_device": torch.device("cpu"),
+        "betas": (0.9, 0.999),
+    }
+
+
 def object_values() -> st.SearchStrategy:
-    """Non-tensor values a state dict may hold: bytes, numbers, strings, None, lists and tuples.
+    """Non-tensor values a state dict may hold: bytes, numbers (NaN and complex too), strings,
+    None, lists, tuples and sets, and the values of real stacks (:func:`real_stack_objects`).
 
     No dicts: DCP flattens dicts into keys, so a dict value is a container, not an object.
     """
     leaves = st.one_of(
         st.binary(max_size=8),
         st.integers(-(2**40), 2**40),
-        st.floats(allow_nan=False, width=64),
+        st.floats(width=64),
+        st.complex_numbers(max_magnitude=1e6, allow_nan=False),
         st.text(max_size=6),
         st.none(),
         st.booleans(),
+        st.frozensets(st.integers(0, 5), max_size=3),
+        st.sampled_from(sorted(real_stack_objects().items())).map(lambda item: item[1]),
     )
     return st.recursive(
         leaves, lambda c: st.one_of(st.lists(c, max_size=3), st.tuples(c, c)), max_leaves=6

@@ -7,6 +7,7 @@ any geometry of ckptconf's, so the oracle is independent of the reference.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from .cases import (
 from .failures import Mismatch
 
 __all__ = [
+    "same_object",
     "blank_state",
     "call_outcome",
     "build_state",
@@ -225,9 +227,34 @@ def piece_mismatches(
     ]
 
 
+def same_object(got: Any, want: Any) -> bool:
+    """Whether a loaded object is the saved one: the same type and value, through containers;
+    numpy arrays by dtype, shape and elements, ``io.BytesIO`` by its bytes, NaN equal to NaN,
+    namespaces by their attributes."""
+    if type(got) is not type(want):
+        return False
+    if isinstance(want, (list, tuple)):
+        return len(got) == len(want) and all(map(same_object, got, want))
+    if isinstance(want, dict):
+        return got.keys() == want.keys() and all(same_object(got[k], want[k]) for k in want)
+    if isinstance(want, float) and want != want:
+        return got != got
+    if isinstance(want, torch.Tensor):
+        return got.dtype == want.dtype and torch.equal(got, want)
+    if isinstance(want, io.BytesIO):
+        return got.getvalue() == want.getvalue()
+    if type(want).__module__ == "numpy" and hasattr(want, "dtype"):  # arrays and scalars
+        import numpy
+
+        return got.dtype == want.dtype and numpy.array_equal(got, want, equal_nan=True)
+    if hasattr(want, "__dict__") and type(want).__name__ in ("Namespace", "SimpleNamespace"):
+        return same_object(vars(got), vars(want))
+    return bool(got == want)
+
+
 def object_mismatch(key: str, rank: int, got: Any, want: Any) -> list[Mismatch]:
     """A mismatch if a loaded object differs from the saved one in value or type."""
-    if got != want or type(got) is not type(want):
+    if not same_object(got, want):
         return [Mismatch(key, rank, "object differs", expected=want, actual=got)]
     return []
 

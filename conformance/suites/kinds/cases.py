@@ -23,6 +23,7 @@ from ...kit.strategies import (
     layouts,
     no_prefix_clash,
     object_values,
+    real_stack_objects,
     tensor_keys,
 )
 
@@ -101,6 +102,9 @@ class TreeCase:
 
 MAX_SIDE = 6
 
+REAL_STACK_OBJECTS = real_stack_objects()
+"""Object values of real training stacks' state dicts (see the kit's ``real_stack_objects``)."""
+
 
 OBJECT_KINDS = {
     "empty_bytes": b"",
@@ -117,9 +121,14 @@ OBJECT_KINDS = {
     "empty_list": [],
     "mixed_list": [1, "a", b"b", None, [2.5]],
     "tuple": (1, (2.0, b"")),
+    "nan": float("nan"),
+    "complex": 1.5 - 2j,
+    "set": {1, 2},
+    "frozenset": frozenset({"x"}),
+    **REAL_STACK_OBJECTS,
 }
-"""Non-tensor values with a name each (no NaN: it never equals itself; no dict: DCP
-flattens dicts into keys)."""
+"""Non-tensor values with a name each (no dict: DCP flattens dicts into keys), the values real
+training stacks keep in their state dicts among them (:data:`REAL_STACK_OBJECTS`)."""
 
 
 def _clash_leaf(salt: int) -> Leaf:

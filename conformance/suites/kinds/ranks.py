@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ...backend import Backend
-from ...kit.cases import SaveLoadCase, encoded_tensor
+from ...kit.cases import SaveLoadCase, blank_tensor, encoded_tensor
 from ...kit.failures import Mismatch
 from ...kit.values import (
     blank_state,
@@ -29,6 +29,8 @@ from ...kit.values import (
     call_outcome,
     compare_state,
     local_pieces,
+    object_mismatch,
+    same_object,
     tensor_value,
 )
 from .cases import Leaf, Obj, TreeCase
@@ -42,6 +44,12 @@ __all__ = [
     "save_tree_outcome",
     "save_divergent_replica",
     "load_expecting_error",
+    "RankState",
+    "SubclassedTensor",
+    "stateful_load",
+    "stateful_save",
+    "subclass_load",
+    "subclass_save",
 ]
 
 VIEW_KINDS = ("transpose", "slice", "offset", "shared")
@@ -242,7 +250,7 @@ def _compare_tree(case: TreeCase, state: Any, tensors: dict | None = None) -> li
                 visit(path + (i,), v, got[i])
             return
         if isinstance(node, Obj):
-            if got != node.value or type(got) is not type(node.value):
+            if not same_object(got, node.value):
                 out.append(
                     Mismatch(name(path), rank, "object differs", expected=node.value, actual=got)
                 )
@@ -302,10 +310,16 @@ def load_tree(backend: Backend, case: TreeCase, path: str) -> list[Mismatch]:
 # --- loads that must fail ---------------------------------------------------------------------
 
 
-def _snapshot(case: SaveLoadCase, state: dict[str, Any]) -> dict[str, list[torch.Tensor]]:
+def _snapshot(case: SaveLoadCase, state: dict[str, Any]) -> dict[str, list[Any]]:
+    """Each destination tensor's bytes, piece by piece; a value that is no tensor any more (a
+    load that replaced it) is itself, so that it differs from the tensor's snapshot."""
     tensors = state["model"] if case.nested else state
     return {
-        spec.key: [_bytes(t).clone() for t in local_pieces(tensors[spec.key], layout)]
+        spec.key: (
+            [_bytes(t).clone() for t in local_pieces(tensors[spec.key], layout)]
+            if isinstance(tensors.get(spec.key), torch.Tensor)
+            else [tensors.get(spec.key)]
+        )
         for spec, layout in zip(case.tensors, case.load_layouts)
     }
 
@@ -328,12 +342,21 @@ def load_expecting_error(
         key
         for key, pieces in before.items()
         if len(pieces) != len(after[key])
-        or any(not torch.equal(a, b) for a, b in zip(pieces, after[key]))
+        or any(
+            not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b))
+            for a, b in zip(pieces, after[key])
+        )
     ]
     result: dict[str, Any] = {"rank": _rank(), "text": "", "type": None, **outcome}
     result["changed"] = changed
     if not outcome["raised"]:
-        result["loaded"] = [str(m) for m in compare_state(dest, state)][:5]
+        held = state["model"] if dest.nested else state
+        replaced = [
+            f"key {s.key!r} holds a {type(held.get(s.key)).__name__} now, not a tensor"
+            for s in dest.tensors
+            if not isinstance(held.get(s.key), torch.Tensor)
+        ]
+        result["loaded"] = replaced or [str(m) for m in compare_state(dest, state)][:5]
     good = build_state(control_case, for_load=True)
     control = call_outcome(lambda: backend.run_load(good, path), limit=1500)
     result["control"] = (
@@ -342,3 +365,121 @@ def load_expecting_error(
         else [str(m) for m in compare_state(control_case, good)][:5]
     )
     return result
+
+
+# --- Stateful values and tensor subclasses ----------------------------------------------------
+
+
+class RankState:
+    """A Stateful value (DCP's protocol) as an ``AppState`` is: a tensor, a step, and loader
+    state under a key of this rank's own (``loader_rank<r>``); counts its loads."""
+
+    def __init__(self, rank: int, *, blank: bool):
+        make = blank_tensor if blank else encoded_tensor
+        self.rank, self.weight = rank, make((4,), "float64", 1)
+        self.step, self.loader = (0, {"pos": -1}) if blank else (7, {"pos": 100 + rank})
+        self.loads: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "step": self.step, f"loader_rank{self.rank}": self.loader}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.loads.append(state_dict)
+        self.weight.copy_(state_dict["weight"])
+        self.step, self.loader = state_dict["step"], state_dict[f"loader_rank{self.rank}"]
+
+
+def _stateful_state(nested: bool, *, blank: bool) -> tuple[dict[str, Any], RankState]:
+    value = RankState(_rank(), blank=blank)
+    return (
+        {"trainer": {"app": value, "n": 0 if blank else 3}} if nested else {"app": value}
+    ), value
+
+
+def stateful_save(backend: Backend, path: str, nested: bool) -> None:
+    """Save a state holding a :class:`RankState` (at the top level or ``nested`` in a dict)."""
+    backend.run_save(_stateful_state(nested, blank=False)[0], path)
+
+
+def stateful_load(backend: Backend, path: str, nested: bool) -> list[Mismatch]:
+    """Load :func:`stateful_save`'s checkpoint into a blank state: the same object stays in the
+    dict, its ``load_state_dict`` ran once with the saved values, the values beside it loaded."""
+    state, value = _stateful_state(nested, blank=True)
+    backend.run_load(state, path)
+    rank, key = _rank(), "trainer.app" if nested else "app"
+    held = state["trainer"]["app"] if nested else state["app"]
+    if held is not value:
+        return [
+            Mismatch(
+                key, rank, f"the load replaced the Stateful value with a {type(held).__name__}"
+            )
+        ]
+    out = []
+    if len(value.loads) != 1:
+        out.append(
+            Mismatch(key, rank, f"load_state_dict ran {len(value.loads)} times, expected once")
+        )
+    out += object_mismatch(f"{key}.step", rank, value.step, 7)
+    out += object_mismatch(f"{key}.loader_rank{rank}", rank, value.loader, {"pos": 100 + rank})
+    want = encoded_tensor((4,), "float64", 1)
+    if not torch.equal(value.weight, want):
+        out.append(
+            Mismatch(
+                f"{key}.weight",
+                rank,
+                "tensor values differ",
+                expected=want.tolist(),
+                actual=value.weight.tolist(),
+            )
+        )
+    if nested:
+        out += object_mismatch("trainer.n", rank, state["trainer"]["n"], 3)
+    return out
+
+
+class SubclassedTensor(torch.Tensor):
+    """A plain ``torch.Tensor`` subclass, as float8 and torchao types are."""
+
+
+def _subclass_state(nested: bool, *, blank: bool) -> dict[str, Any]:
+    make = blank_tensor if blank else encoded_tensor
+    w = make((2, 3), "float32", 1).as_subclass(SubclassedTensor)
+    b = make((3,), "float64", 1000).as_subclass(SubclassedTensor)
+    return {"layer": {"w": w, "b": b}} if nested else {"w": w, "b": b}
+
+
+def subclass_save(backend: Backend, path: str, nested: bool) -> None:
+    """Save tensors of a :class:`SubclassedTensor` (flat, or ``nested`` in a dict)."""
+    backend.run_save(_subclass_state(nested, blank=False), path)
+
+
+def subclass_load(backend: Backend, path: str, nested: bool) -> list[Mismatch]:
+    """Load :func:`subclass_save`'s checkpoint into blank subclass tensors: values loaded in
+    place, the type kept."""
+    dest = _subclass_state(nested, blank=True)
+    holders = dest["layer"] if nested else dest
+    before = dict(holders)
+    backend.run_load(dest, path)
+    want = _subclass_state(nested, blank=False)
+    want, rank, out = (want["layer"] if nested else want), _rank(), []
+    for name, tensor in holders.items():
+        key = f"layer.{name}" if nested else name
+        if tensor is not before[name] or type(tensor) is not SubclassedTensor:
+            out.append(
+                Mismatch(
+                    key, rank, f"the load replaced the destination with a {type(tensor).__name__}"
+                )
+            )
+            continue
+        got, expected = tensor.as_subclass(torch.Tensor), want[name].as_subclass(torch.Tensor)
+        if not torch.equal(got, expected):
+            out.append(
+                Mismatch(
+                    key,
+                    rank,
+                    "tensor values differ",
+                    expected=expected.tolist(),
+                    actual=got.tolist(),
+                )
+            )
+    return out

@@ -378,6 +378,66 @@ class KindsTests:
         tree = {"embed": {"weight": tied}, "layers": [other], "lm_head": {"weight": tied}}
         _check_tree(ckpt, TreeCase(tree, world, tie=True))
 
+    # (d') what training code hands dcp.save: Stateful values, tensor subclasses
+
+    @pytest.mark.ckpt_requires("objects")
+    def test_stateful_values(self, ckpt):
+        """A Stateful value (``state_dict()``/``load_state_dict()``, DCP's protocol, as an
+        AppState wrapping model and optimizer is) at the top level, on 2 ranks, each with loader
+        state under a key of its own: saved as its ``state_dict()``, loaded through its
+        ``load_state_dict()``, the same object left in the dict."""
+        self._check_stateful(ckpt, nested=False)
+
+    @pytest.mark.ckpt_level("strict")
+    @pytest.mark.ckpt_requires("objects", "nested_state_dicts")
+    def test_nested_stateful_values(self, ckpt):
+        """The same, the Stateful value nested in a dict beside a plain value (DCP handles
+        top-level ones only)."""
+        self._check_stateful(ckpt, nested=True)
+
+    @staticmethod
+    def _check_stateful(ckpt, *, nested: bool) -> None:
+        where = "nested in a dict" if nested else "at the top level"
+        trial = ckpt.trial(
+            f"'app': a Stateful value {where} on 2 ranks: weight float64[4], step 7, "
+            "loader_rank<r> {'pos': 100 + r}"
+        )
+        path = ckpt.path()
+        trial.run("save", ranks.stateful_save, path, nested, world=2)
+        loaded = trial.run("load", ranks.stateful_load, path, nested, world=2)
+        trial.check_values([m for r in loaded for m in r], "problem(s) with the Stateful value")
+
+    @pytest.mark.parametrize(
+        "depth",
+        ["top", pytest.param("nested", marks=pytest.mark.ckpt_requires("nested_state_dicts"))],
+    )
+    def test_tensor_subclasses(self, ckpt, depth):
+        """Tensors of a plain ``torch.Tensor`` subclass (float8 and torchao types are such
+        subclasses), flat or nested: values load in place, the type kept."""
+        trial = ckpt.trial(
+            f"'w': float32[2, 3], 'b': float64[3] of a torch.Tensor subclass ({depth})"
+        )
+        path, nested = ckpt.path(), depth == "nested"
+        trial.run("save", ranks.subclass_save, path, nested, world=1)
+        loaded = trial.run("load", ranks.subclass_load, path, nested, world=1)
+        trial.check_values([m for r in loaded for m in r], "problem(s) with tensor subclasses")
+
+    @pytest.mark.ckpt_level("strict")
+    @pytest.mark.ckpt_requires("objects")
+    @pytest.mark.parametrize("change", ["tensor_to_object", "object_to_tensor"])
+    def test_a_key_that_changed_kind_raises(self, ckpt, change):
+        """A key saved as a tensor and loaded into an object, or the reverse: an error on every
+        rank naming the key, the destination untouched."""
+        keep = TensorSpec("kept", (3,), "float64", 1)
+        tensor = SaveLoadCase(
+            (keep, TensorSpec("changed", (2,), "float64", 7)), (Layout(),) * 2, (Layout(),) * 2
+        )
+        obj = SaveLoadCase((keep,), (Layout(),), (Layout(),), objects=(("changed", 7),))
+        saved, dest = (tensor, obj) if change == "tensor_to_object" else (obj, tensor)
+        self._check_rejected(
+            ckpt, saved, dest, f"a key changed from {change.replace('_', ' ')}", key="changed"
+        )
+
     # (e)-(h) strict loads
 
     @staticmethod
@@ -389,9 +449,11 @@ class KindsTests:
         )
 
     @staticmethod
-    def _check_rejected(ckpt, saved: SaveLoadCase, dest: SaveLoadCase, what: str) -> None:
-        """Save ``saved``; a load into ``dest`` must raise on every rank and change nothing;
-        a load into ``saved``'s own layout (the control) must work."""
+    def _check_rejected(
+        ckpt, saved: SaveLoadCase, dest: SaveLoadCase, what: str, *, key: str | None = None
+    ) -> None:
+        """Save ``saved``; a load into ``dest`` must raise on every rank (naming ``key``, if
+        given) and change nothing; a load into ``saved``'s own layout (the control) must work."""
         trial: Trial = ckpt.trial(f"saved:\n{saved.describe()}\ndestination:\n{dest.describe()}")
         path = ckpt.path()
         trial.run("save", values.save_case, saved, path, world=saved.save_world)
@@ -423,6 +485,16 @@ class KindsTests:
                 errors=tuple(
                     dict.fromkeys(error_line(r["type"], r["text"]) for r in results if r["raised"])
                 ),
+            )
+        unnamed = [r["rank"] for r in results if key is not None and key not in r["text"]]
+        if unnamed:
+            raise trial.fail(
+                f"loading into a state with {what} raised without naming the key {key!r}",
+                errors,
+                kind="wrong_error",
+                errors=tuple(dict.fromkeys(error_line(r["type"], r["text"]) for r in results)),
+                rank=unnamed[0],
+                key=key,
             )
         control = [f"  rank {r['rank']}: {c}" for r in results for c in r["control"]]
         if control:

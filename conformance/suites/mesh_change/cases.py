@@ -497,6 +497,19 @@ PINNED_SUBMESHES = _pins(
         (*_DT, "sharded_tensor", "world_size_change"),
     ),
     (
+        "a submesh, loaded beside a ShardedTensor whose shards lie past the end",
+        MeshCase(
+            (_spec(0, (4, 2)), _spec(1, (1, 3))),
+            (
+                _at(3, _sub((1, 2), (2,), "S0"), _hold("dtensor", (3,), "R")),
+                _at(3, _sub((1, 2), (2,), "S0"), _hold("dtensor", (3,), "R")),
+                _at(3, _hold("plain"), _hold("sharded_tensor")),
+                _at(2, _hold("dtensor", (2,), "S1"), _hold("plain")),
+            ),
+        ),
+        (*_DT, "sharded_tensor", "world_size_change"),
+    ),
+    (
         "a submesh next to a ShardedTensor, loaded as saved",
         MeshCase(
             (_spec(0, (4, 2)), _spec(1, (3, 2))),

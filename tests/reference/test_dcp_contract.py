@@ -1,0 +1,229 @@
+"""What training code relies on from ``dcp.save``/``dcp.load``, in the reference with its default
+arguments: Stateful values, the object kinds real stacks keep in state dicts, tensor
+subclasses, refusal at save time of what cannot be stored safely, and loads that fail before
+they write."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import enum
+import io
+import pathlib
+import random
+import types
+
+import numpy as np
+import pytest
+import torch
+from ckptconf.conformance import load_backend
+from ckptconf.reference import (
+    Checkpointer,
+    CheckpointError,
+    FileSystemReader,
+    FileSystemWriter,
+    ReferenceLoadPlanner,
+    ReferenceSavePlanner,
+    async_save,
+    load,
+    save,
+)
+
+
+class Counter:
+    """A Stateful value (DCP's protocol) holding a tensor and plain objects."""
+
+    def __init__(self, value: float, step: int):
+        self.weight = torch.full((3,), value)
+        self.step = step
+        self.loaded = []
+
+    def state_dict(self):
+        return {"weight": self.weight, "step": self.step}
+
+    def load_state_dict(self, state_dict):
+        self.loaded.append(dict(state_dict))
+        self.weight.copy_(state_dict["weight"])
+        self.step = state_dict["step"]
+
+
+class AppState:
+    """DCP's tutorial AppState: a Stateful wrapping a model and its optimizer."""
+
+    def __init__(self, seed: int):
+        torch.manual_seed(seed)
+        self.model = torch.nn.Linear(3, 2)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.01 * (seed + 1))
+        self.model(torch.ones(1, 3)).sum().backward()
+        self.optimizer.step()
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        self.model.load_state_dict(state_dict["model"])
+        self.optimizer.load_state_dict(state_dict["optim"])
+
+
+def test_stateful_values_save_their_state_dict_and_load_through_load_state_dict(tmp_path):
+    saved = {"app": AppState(1), "extra": {"counter": Counter(2.0, 7), "tag": "a"}, "n": 1}
+    save(saved, tmp_path / "c")
+    app, counter = AppState(5), Counter(0.0, 0)
+    dest = {"app": app, "extra": {"counter": counter, "tag": None}, "n": 0}
+    load(dest, tmp_path / "c")
+    assert dest["app"] is app and dest["extra"]["counter"] is counter  # the same objects
+    assert torch.equal(app.model.weight, saved["app"].model.weight)
+    assert app.optimizer.state_dict()["param_groups"][0]["lr"] == pytest.approx(0.02)
+    state = app.optimizer.state_dict()["state"][0]
+    assert torch.equal(state["exp_avg"], saved["app"].optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(counter.weight, torch.full((3,), 2.0)) and counter.step == 7
+    assert len(counter.loaded) == 1
+    assert dest["extra"]["tag"] == "a" and dest["n"] == 1  # plain values beside them load too
+
+
+def test_stateful_values_through_async_save_and_the_checkpointer(tmp_path):
+    counter = Counter(3.0, 4)
+    future = async_save({"c": counter}, tmp_path / "a")
+    counter.weight.fill_(-1.0)  # after the call: not what is saved
+    counter.step = -1
+    future.result()
+    ckpt = Checkpointer(FileSystemWriter(tmp_path / "k"), FileSystemReader(tmp_path / "k"))
+    ckpt.save({"c": Counter(5.0, 6)})
+    loaded = Counter(0.0, 0)
+    load({"c": loaded}, tmp_path / "a")
+    assert torch.equal(loaded.weight, torch.full((3,), 3.0)) and loaded.step == 4
+    ckpt.load({"c": loaded})
+    assert torch.equal(loaded.weight, torch.full((3,), 5.0)) and loaded.step == 6
+
+
+OBJECTS = {  # (an OrderedDict is a container, as in DCP: its items are keys of their own)
+    "ndarray": np.arange(6.0).reshape(2, 3),
+    "int ndarray": np.arange(4, dtype=np.int32),
+    "numpy scalar": np.float64(1.5),
+    "numpy int": np.int64(-3),
+    "BytesIO": io.BytesIO(b"fp8 meta"),
+    "Namespace": argparse.Namespace(lr=0.1, layers=4, name="gpt", dtype=torch.bfloat16),
+    "SimpleNamespace": types.SimpleNamespace(a=1, b=[1, 2]),
+    "Path": pathlib.PurePosixPath("/data/shards/00001"),
+    "set": {1, 2, 3},
+    "frozenset": frozenset({"x"}),
+    "complex": 1.5 - 2j,
+    "dtype": torch.float16,
+    "Size": torch.Size([2, 3]),
+    "device": torch.device("cpu"),
+    "numpy rng state": np.random.RandomState(0).get_state(),
+    "python rng state": random.Random(1).getstate(),
+    "empty bytes": b"",
+    "bytearray": bytearray(b"ab"),
+    "nan": float("nan"),
+}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, io.BytesIO):
+        return isinstance(b, io.BytesIO) and a.getvalue() == b.getvalue()
+    if isinstance(a, tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, float) and a != a:
+        return isinstance(b, float) and b != b
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("kind", sorted(OBJECTS))
+def test_object_kinds_of_real_state_dicts_round_trip(tmp_path, kind):
+    value = OBJECTS[kind]
+    save({"w": torch.ones(2), "obj": value, "nested": {"obj": value}}, tmp_path / "c")
+    dest = {"w": torch.zeros(2), "obj": None, "nested": {"obj": None}}
+    load(dest, tmp_path / "c")
+    assert _same(value, dest["obj"]) and _same(value, dest["nested"]["obj"]), dest
+
+
+class Mode(enum.Enum):
+    TRAIN = 1
+
+
+@dataclasses.dataclass
+class Config:
+    lr: float = 0.1
+
+
+UNSAFE = {
+    "enum": (Mode.TRAIN, "Mode"),
+    "dataclass": (Config(), "Config"),
+    "generator": (torch.Generator(), "Generator"),
+    "lambda": (lambda x: x, "function"),
+    "deque": (collections.deque([1]), "deque"),
+    "object array": (np.array([Config()], dtype=object), "ndarray"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNSAFE))
+def test_what_cannot_be_stored_safely_is_refused_at_save_time(tmp_path, kind):
+    value, type_name = UNSAFE[kind]
+    path = tmp_path / "c"
+    with pytest.raises(CheckpointError, match=rf"key 'trainer.state' \(a {type_name}\)"):
+        save({"w": torch.ones(2), "trainer": {"state": value}}, path)
+    assert not (path / "ckptconf.json").exists()  # nothing that looks like a checkpoint
+    with pytest.raises(Exception, match=rf"key 'trainer.state' \(a {type_name}\)"):
+        async_save({"trainer": {"state": value}}, tmp_path / "a")  # at the call
+
+
+def test_tensor_subclasses_round_trip(tmp_path):
+    class Scaled(torch.Tensor):  # a plain subclass, as float8 and torchao types are
+        pass
+
+    weight = torch.arange(6.0).reshape(2, 3).as_subclass(Scaled)
+    save({"w": weight, "nested": {"w": weight * 2}}, tmp_path / "c")
+    dest = {"w": torch.zeros(2, 3).as_subclass(Scaled), "nested": {"w": torch.zeros(2, 3)}}
+    load(dest, tmp_path / "c")
+    assert type(dest["w"]) is Scaled and torch.equal(dest["w"], weight)
+    assert torch.equal(dest["nested"]["w"], weight * 2)
+
+
+def test_a_key_that_changed_kind_is_an_error_naming_it(tmp_path):
+    save({"a": torch.ones(2), "b": {"x": 1}}, tmp_path / "c")
+    with pytest.raises(CheckpointError, match="key 'a': the checkpoint holds a tensor"):
+        load({"a": 3, "b": {"x": 0}}, tmp_path / "c")
+    with pytest.raises(CheckpointError, match="key 'b.x': the destination holds a tensor"):
+        load({"a": torch.zeros(2), "b": {"x": torch.zeros(1)}}, tmp_path / "c")
+
+
+def test_a_load_whose_object_cannot_be_decoded_writes_nothing(tmp_path, monkeypatch):
+    from ckptconf.reference import save_planner, serialization
+
+    def unchecked(value, *, key="?"):  # a writer without the save-time check
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        return buffer.getvalue()
+
+    monkeypatch.setattr(save_planner, "encode_object", unchecked)
+    save({"w": torch.arange(3.0), "z": {"mode": Mode.TRAIN}}, tmp_path / "c")
+    monkeypatch.setattr(save_planner, "encode_object", serialization.encode_object)
+    dest = {"w": torch.zeros(3), "z": {"mode": None}}
+    with pytest.raises(CheckpointError, match="object for key 'z.mode' cannot be loaded safely"):
+        load(dest, tmp_path / "c")
+    assert torch.equal(dest["w"], torch.zeros(3)) and dest["z"]["mode"] is None
+
+
+def test_the_defaults_are_the_certified_configuration():
+    """ckptconf.reference with default arguments is what the suite runs as 'reference'."""
+    assert ReferenceSavePlanner().verify_replicas is True
+    backend = load_backend("reference")
+    planner = backend.save_planner()
+    assert vars(planner) == vars(ReferenceSavePlanner())
+    assert vars(backend.load_planner()) == vars(ReferenceLoadPlanner())
+    ckpt = backend.checkpointer("/tmp/x")
+    assert (ckpt.save_planner, ckpt.load_planner) == (None, None)  # the drivers' defaults
+    assert type(backend.storage_writer("/tmp/x")) is FileSystemWriter
+
+
+def test_objects_differing_between_ranks_raise_with_the_defaults():
+    from ckptconf.harness.simulated import simulate_save_planning
+    from ckptconf.reference import PlanValidationError
+
+    states = [{"loader": {"epoch": 1}}, {"loader": {"epoch": 2}}]
+    with pytest.raises(PlanValidationError, match="key 'loader.epoch': replicas differ"):
+        simulate_save_planning(states, ReferenceSavePlanner)
