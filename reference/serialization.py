@@ -17,6 +17,7 @@ import base64
 import io
 import math
 import re
+import threading
 from typing import Any
 
 import torch
@@ -64,7 +65,9 @@ def decode_object(data: bytes | io.BytesIO, *, key: str = "?") -> Any:
     """Deserialize an object written by :func:`encode_object` or DCP, without running code."""
     stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
     try:
-        with _safe_globals():
+        # torch's safe_globals() swaps a process-wide set in and out: two threads decoding at
+        # once (sibling saves, an async save beside a load) would take each other's out
+        with _DECODING, _safe_globals():
             return torch.load(
                 stream, weights_only=True, map_location="cpu"
             )  # never False: untrusted
@@ -75,6 +78,9 @@ def decode_object(data: bytes | io.BytesIO, *, key: str = "?") -> Any:
             "allow-list other types with torch.serialization.add_safe_globals if you trust "
             "the checkpoint"
         ) from exc
+
+
+_DECODING = threading.Lock()
 
 
 def safe_types() -> list[Any]:
@@ -114,13 +120,16 @@ def _refused(exc: UnsafeObjectError) -> str:
 
 
 def _safe_globals():
+    """A context allowing :func:`safe_types` in weights-only loads: only those not allowed
+    already, so that leaving it takes out none that the program allowed itself."""
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     if safe_globals is None:  # older torch: allow-list process-wide
         torch.serialization.add_safe_globals(safe_types())
         import contextlib
 
         return contextlib.nullcontext()
-    return safe_globals(safe_types())
+    allowed = getattr(torch.serialization, "get_safe_globals", lambda: [])()
+    return safe_globals([t for t in safe_types() if t not in allowed])
 
 
 _TAGS = ("__tuple__", "__dict__", "__bytes__", "__float__")

@@ -227,3 +227,24 @@ def test_objects_differing_between_ranks_raise_with_the_defaults():
     states = [{"loader": {"epoch": 1}}, {"loader": {"epoch": 2}}]
     with pytest.raises(PlanValidationError, match="key 'loader.epoch': replicas differ"):
         simulate_save_planning(states, ReferenceSavePlanner)
+
+
+def test_decoding_leaves_the_programs_own_allowed_globals_and_runs_in_threads(tmp_path):
+    """The safe types are allowed for the reference's own loads only: a type the program allowed
+    itself stays allowed after, and decoding in several threads at once (sibling saves) works."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ckptconf.reference.serialization import decode_object, encode_object
+
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            data = [encode_object(("v2", b"", np.float64(i)), key=f"k{i}") for i in range(64)]
+            assert list(pool.map(lambda d: decode_object(d)[2], data)) == list(range(64))
+        assert argparse.Namespace in torch.serialization.get_safe_globals()
+        buffer = io.BytesIO()
+        torch.save(argparse.Namespace(a=1), buffer)
+        buffer.seek(0)
+        assert torch.load(buffer, weights_only=True).a == 1
+    finally:
+        torch.serialization.clear_safe_globals()

@@ -267,6 +267,8 @@ def loaded_value_problems(case: PlanStateCase, dest_states: Sequence[dict[str, A
     """Every destination element holds its global index (as saved); objects equal what was saved."""
     from ckptconf.harness.simulated import index_encoded
 
+    from ...kit.values import same_object
+
     problems: list[str] = []
     objects = {".".join(p): v for p, v in case.objects}
     for rank, state in enumerate(dest_states):
@@ -287,7 +289,7 @@ def loaded_value_problems(case: PlanStateCase, dest_states: Sequence[dict[str, A
                         f"{want[local].item()!r}, got {view[local].item()!r}"
                     )
         for key, value in objects.items():
-            if flat.get(key) != value:
+            if not same_object(flat.get(key), value):
                 problems.append(
                     f"rank {rank}, object {key!r}: expected {value!r}, got {flat.get(key)!r}"
                 )
