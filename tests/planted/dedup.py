@@ -134,7 +134,7 @@ def _kept_checksums(plan: SavePlan) -> SavePlan:
     """The plan with the checksums of the items it still writes."""
     data = dict(plan.planner_data or {})
     kept = {write_item_key(item) for item in plan.items}
-    data["crc32"] = {k: v for k, v in (data.get("crc32") or {}).items() if k in kept}
+    data["checksums"] = {k: v for k, v in (data.get("checksums") or {}).items() if k in kept}
     return dataclasses.replace(plan, planner_data=data)
 
 
