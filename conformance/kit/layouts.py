@@ -24,8 +24,9 @@ from typing import Any
 
 from .cases import Layout, SaveLoadCase, TensorSpec
 from .profiles import Pinned
+from .strategies import SMALL_CASES
 
-__all__ = ["case_classes", "layout_examples", "pieces"]
+__all__ = ["case_classes", "layout_examples", "pieces", "small_layout_examples"]
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]
 """A piece of a tensor: global offsets and sizes."""
@@ -508,3 +509,21 @@ def _combine(cases, objects: bool, most: int):
             names = " + ".join(name for name, _ in part)
             out.append((f"{names} ({save} -> {load} rank(s))", case, needed))
     return out
+
+
+def small_layout_examples(
+    save_worlds: Sequence[int], *, label: str, wrap: Callable[[SaveLoadCase], Any]
+) -> list[Pinned]:
+    """:func:`layout_examples` for a test drawing :func:`~.strategies.small_cases`: each
+    world's holding classes combined in one case (with objects), ``wrap`` making the drawn
+    value of ``label`` from it."""
+    return layout_examples(
+        save_worlds=save_worlds,
+        same_layout=True,
+        kinds=("plain", "dtensor"),
+        objects=True,
+        combined=True,
+        label=label,
+        wrap=wrap,
+        **SMALL_CASES,
+    )

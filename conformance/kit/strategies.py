@@ -39,6 +39,8 @@ __all__ = [
     "object_values",
     "placements",
     "save_load_cases",
+    "SMALL_CASES",
+    "small_cases",
     "supported_dtypes",
     "supported_options",
     "tensor_keys",
@@ -365,3 +367,17 @@ def supported_options(backend: Any, **overrides: Any) -> dict[str, Any]:
     if not backend.supports("nested_state_dicts"):
         options["nested"] = False
     return {**options, **overrides}
+
+
+SMALL_CASES: dict[str, Any] = dict(max_tensors=2, max_side=6, allow_empty=False)
+"""The size options of :func:`small_cases` (for :func:`~.layouts.small_layout_examples`)."""
+
+
+def small_cases(backend: Any, world: int) -> st.SearchStrategy[SaveLoadCase]:
+    """Small flat or nested states of the layouts ``backend`` supports, saved and loaded in
+    the same layout on ``world`` ranks: at most two tensors of sides up to 6, no
+    ShardedTensor, no empty tensor. The cases of tests where a fault or a crash, not
+    resharding, is under test, and every example costs fresh processes."""
+    options = supported_options(backend, **SMALL_CASES)
+    options["kinds"] = tuple(k for k in options["kinds"] if k != "sharded_tensor")
+    return save_load_cases(save_worlds=(world,), same_layout=True, **options)

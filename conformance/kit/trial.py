@@ -19,7 +19,16 @@ from typing import Any
 
 from ckptconf.conformance.backend import Backend
 
-from .failures import STEPS, ConformanceFailure, HangFailure, Mismatch, error_line, listing
+from .failures import (
+    STEPS,
+    ConformanceFailure,
+    HangFailure,
+    Mismatch,
+    error_line,
+    error_of,
+    exception_text,
+    listing,
+)
 from .outcomes import unsupported
 from .running import PoolRanks, RankOutcome, Ranks, RanksLost
 
@@ -158,6 +167,14 @@ class Trial:
             reproduction=self.reproduction,
             **where,
         )
+
+    def raised(self, what: str, exc: BaseException, *, step: str) -> ConformanceFailure:
+        """The failure to raise when the backend's code, called in the controller (a planner
+        planning a simulated world), raised ``exc`` at ``step``: kind ``raised``, the traceback
+        and any notes as details, ``Type: message`` as the error."""
+        notes = "\n".join(getattr(exc, "__notes__", ()))
+        details = exception_text(exc) + (f"\n{notes}" if notes else "")
+        return self.fail(what, details, kind="raised", step=step, errors=(error_of(exc),))
 
     def outcomes(
         self,

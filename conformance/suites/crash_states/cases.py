@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ...backend import Backend
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec, resalted
-from ...kit.strategies import save_load_cases, supported_options
+from ...kit.strategies import small_cases
 
 __all__ = ["crash_cases", "plain_case", "state_budget"]
 
@@ -27,9 +27,7 @@ def crash_cases(
     drawn with another layout than A (other keys, shapes, dtypes or placements: A's metadata
     with B's data files must not pass for either) and salted, so no value of B equals A's at the same index."""
     world = draw(st.sampled_from(worlds), label="world")
-    options = supported_options(backend, max_tensors=2, max_side=6, allow_empty=False)
-    options["kinds"] = tuple(k for k in options["kinds"] if k != "sharded_tensor")
-    cases = save_load_cases(save_worlds=(world,), same_layout=True, **options)
+    cases = small_cases(backend, world)
     old = draw(cases, label="A")
     new = draw(cases.filter(lambda case: _layout(case) != _layout(old)), label="B")
     return old, resalted(new)

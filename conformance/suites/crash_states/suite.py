@@ -29,7 +29,7 @@ from hypothesis import Phase
 
 from ...kit import values
 from ...kit.cases import SaveLoadCase, resalted
-from ...kit.layouts import layout_examples
+from ...kit.layouts import small_layout_examples
 from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from . import ranks
@@ -50,17 +50,8 @@ _SETTINGS: dict[str, Any] = dict(
     max_examples=lambda n: max(2, n // 8),
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     # every layout class crash_cases draws, each world's in one case (A), B a small plain state
-    pinned=layout_examples(
-        save_worlds=(1, 2),
-        same_layout=True,
-        kinds=("plain", "dtensor"),
-        max_side=6,
-        allow_empty=False,
-        objects=True,
-        combined=True,
-        max_tensors=2,
-        label="A and B",
-        wrap=lambda case: (case, resalted(plain_case(case.save_world))),
+    pinned=small_layout_examples(
+        (1, 2), label="A and B", wrap=lambda case: (case, resalted(plain_case(case.save_world)))
     ),
 )
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ...kit import values
 from ...kit.cases import resalted
 from ...kit.failures import error_line
-from ...kit.layouts import layout_examples
+from ...kit.layouts import small_layout_examples
 from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from ...kit.trial import Trial, describe_outcomes, errors_of
@@ -32,21 +32,12 @@ __all__ = ["FaultsTests"]
 
 _TIMEOUT = 60.0
 _KILL_POINTS = tuple(p for p in KILL_POINTS if p != "set_up_storage_writer")
-_CASES = dict(
-    save_worlds=(1, 2, 3),
-    same_layout=True,
-    kinds=("plain", "dtensor"),
-    max_side=6,
-    allow_empty=False,
-    objects=True,
-    combined=True,
-    max_tensors=2,
-)
-""":func:`~.cases.fault_cases`' options, for its pinned examples (each world's layouts in one
-case, the coordinator failing: a fault test's example costs a second)."""
 _PER_HOOK = {
     "max_examples": lambda n: max(3, n // 3),
-    "pinned": layout_examples(**_CASES, label="failing rank and case", wrap=lambda c: (0, c)),
+    # each world's layouts in one case, the coordinator failing: an example costs a second
+    "pinned": small_layout_examples(
+        (1, 2, 3), label="failing rank and case", wrap=lambda c: (0, c)
+    ),
 }
 """A third of the profile's examples for each hook: all hooks tried, the cost bounded."""
 
@@ -225,7 +216,7 @@ class FaultsTests:
     @property_test(
         max_examples=lambda n: max(3, n // 6),
         phases=[Phase.explicit, Phase.reuse, Phase.generate],
-        pinned=layout_examples(**{**_CASES, "save_worlds": (2,)}, wrap=lambda c: (0, c)),
+        pinned=small_layout_examples((2,), label="case", wrap=lambda c: (0, c)),
     )
     def test_rank_killed_mid_save_keeps_the_previous_checkpoint(self, ckpt, data):
         """A rank SIGKILLed at a point of a re-save: the previous checkpoint still loads whole."""

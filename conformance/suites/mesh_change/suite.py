@@ -20,7 +20,6 @@ from ckptconf.reference._compat import checkpointable_protocol, local_shards_wra
 from hypothesis import Phase
 
 from ...kit.cases import SaveLoadCase, TensorSpec
-from ...kit.failures import error_of, exception_text
 from ...kit.layouts import layout_examples
 from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
@@ -203,13 +202,7 @@ class MeshChangeTests:
         try:
             found = simulate_mesh_change(case, save_planner, load_planner)
         except Exception as exc:  # noqa: BLE001 - any error of the backend's planners fails
-            raise trial.fail(
-                "simulated save or load raised",
-                exception_text(exc),
-                kind="raised",
-                step="simulate",
-                errors=(error_of(exc),),
-            ) from exc
+            raise trial.raised("simulated save or load raised", exc, step="simulate") from exc
         trial.check_values(
             found, "value(s) loaded on simulated ranks differ from what was saved", step="simulate"
         )

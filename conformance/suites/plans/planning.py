@@ -21,7 +21,7 @@ from ckptconf.reference._compat import add_note, set_up_save_planner
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
 
-from ...kit.failures import ConformanceFailure, error_of, exception_text, listing
+from ...kit.failures import ConformanceFailure, exception_text, listing
 from ...kit.trial import Trial
 
 __all__ = [
@@ -41,12 +41,8 @@ def plan_save(
     try:
         result, _ = simulate_save_planning(states, factory)
     except Exception as exc:  # noqa: BLE001 - any planner error is the finding
-        raise trial.fail(
-            f"planning a save on {len(states)} simulated ranks raised",
-            exception_text(exc),
-            kind="raised",
-            step="plan",
-            errors=(error_of(exc),),
+        raise trial.raised(
+            f"planning a save on {len(states)} simulated ranks raised", exc, step="plan"
         ) from None
     return result
 

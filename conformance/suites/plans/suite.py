@@ -25,7 +25,7 @@ from ckptconf.reference import validate_global_plan
 from hypothesis import strategies as st
 
 from ...backend import Backend
-from ...kit.failures import error_of, exception_text
+from ...kit.failures import error_of
 from ...kit.profiles import property_test
 from ...kit.strategies import ALL_DTYPES, BASIC_DTYPES
 from ...kit.trial import Trial
@@ -330,13 +330,7 @@ def _accepted(trial: Trial, factory, case: PlanCase, *, what: str = "a valid pla
     try:
         plans, metadata = planner.create_global_plan(case.save_plans(template))
     except Exception as exc:  # noqa: BLE001 - any error is the finding
-        raise trial.fail(
-            f"create_global_plan rejected {what}",
-            exception_text(exc),
-            kind="raised",
-            step="plan",
-            errors=(error_of(exc),),
-        ) from None
+        raise trial.raised(f"create_global_plan rejected {what}", exc, step="plan") from None
     problems = metadata_differences(case.metadata(), metadata)
     problems += dedup_problems(case.save_plans(), plans, metadata)
     if problems:
@@ -396,14 +390,7 @@ def _check_simulated_reshard(
             ckpt.load_planner(),
         )
     except Exception as exc:  # noqa: BLE001 - any planner error is the finding
-        notes = "\n".join(getattr(exc, "__notes__", []))
-        raise trial.fail(
-            "a simulated save or load raised",
-            f"{exception_text(exc)}\n{notes}",
-            kind="raised",
-            step="simulate",
-            errors=(error_of(exc),),
-        ) from None
+        raise trial.raised("a simulated save or load raised", exc, step="simulate") from None
     problems = metadata_problems(saved, metadata) if check_metadata else []
     if problems:
         raise failure(
