@@ -226,3 +226,14 @@ def save_2d_for_inspection(path: str, writer: str) -> None:
         ref.save(state, path)
     else:
         dcp.save(state, storage_writer=dcp.FileSystemWriter(path))
+
+
+def save_per_rank_values_under_one_key(path: str) -> dict:
+    """pytorch/pytorch#120356: each rank holds its own values under one key, as if replicated.
+    Returns the error each rank got (DCP keeps one rank's copy and drops the other's)."""
+    rank = dist.get_rank()
+    try:
+        ref.save({"weight": torch.tensor([2 * rank, 2 * rank + 1])}, path)
+    except ref.CheckpointError as exc:
+        return {"error": str(exc)}
+    return {"error": None}

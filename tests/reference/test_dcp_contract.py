@@ -248,3 +248,70 @@ def test_decoding_leaves_the_programs_own_allowed_globals_and_runs_in_threads(tm
         assert torch.load(buffer, weights_only=True).a == 1
     finally:
         torch.serialization.clear_safe_globals()
+
+
+# --- cases from public bug reports ---------------------------------------------------------------
+
+
+def test_a_twice_resumed_stateful_saves_what_it_trained(tmp_path):
+    """pytorch/pytorch#138575 (torchtitan): DCP's load updated a Stateful in place and then
+    replaced it in the caller's dict with a copy, so the model trained on after a resume was not
+    the one the next save wrote, and a twice-resumed model was subtly wrong."""
+    save({"app": Counter(1.0, 1)}, tmp_path / "first")
+    resumed = Counter(0.0, 0)
+    state = {"app": resumed}
+    load(state, tmp_path / "first")
+    assert state["app"] is resumed
+    resumed.weight.add_(1.0)  # trains on
+    resumed.step += 1
+    save(state, tmp_path / "second")
+    again = Counter(0.0, 0)
+    load({"app": again}, tmp_path / "second")
+    assert torch.equal(again.weight, torch.full((3,), 2.0)) and again.step == 2
+
+
+def test_plain_values_beside_stateful_ones_are_loaded(tmp_path):
+    """pytorch/pytorch#125528: ``{"model": ..., "epoch": 0, "args": vars(args)}``; a load must
+    set ``epoch`` and ``args`` in the caller's dict, not only restore the Stateful values."""
+    saved_args = vars(argparse.Namespace(local_rank=0, world_size=2))
+    save({"app": Counter(3.0, 7), "epoch": 5, "args": saved_args}, tmp_path / "c")
+    state = {"app": Counter(0.0, 0), "epoch": 0, "args": {"local_rank": 1, "world_size": 1}}
+    load(state, tmp_path / "c")
+    assert state["epoch"] == 5 and state["args"] == {"local_rank": 0, "world_size": 2}
+    assert state["app"].step == 7 and torch.equal(state["app"].weight, torch.full((3,), 3.0))
+
+
+def test_a_loader_state_serialized_by_the_user_round_trips_byte_exact(tmp_path):
+    """meta-pytorch/data#1372 and pytorch/torchtitan#409: each rank's data loader state, kept by
+    the user as ``torch.save`` bytes in a BytesIO under a per-rank key. The reference stores the
+    bytes and never unpickles them."""
+    blobs = {}
+    for rank in range(2):
+        buffer = io.BytesIO()
+        torch.save({"rank": rank, "consumed": [rank, 7]}, buffer)
+        blobs[f"dataloader.dp_rank_{rank}"] = buffer
+    save({"w": torch.ones(2), **blobs}, tmp_path / "c")
+    dest = {"w": torch.zeros(2), **{key: None for key in blobs}}
+    load(dest, tmp_path / "c")
+    for key, buffer in blobs.items():
+        assert type(dest[key]) is io.BytesIO and dest[key].getvalue() == buffer.getvalue(), key
+
+
+@pytest.mark.multiprocess
+def test_per_rank_values_under_one_key_are_refused_on_every_rank(tmp_path):
+    """pytorch/pytorch#120356: rank 0 saves [0, 1] and rank 1 [2, 3] under ``weight``. DCP treats
+    them as replicas and keeps one; with its defaults the reference refuses the save on every
+    rank, naming the key and both checksums, and writes no checkpoint."""
+    from ckptconf.harness import get_world
+
+    from . import rank_scenarios as rs
+
+    path = tmp_path / "c"
+    results = get_world(2).run(rs.save_per_rank_values_under_one_key, str(path))
+    for result in results:
+        assert result["error"] is not None, results
+        assert (
+            "key 'weight' at offsets (0,): replicas differ (ranks [0] have checksum"
+            in (result["error"])
+        ), result
+    assert not (path / "ckptconf.json").exists()
