@@ -510,6 +510,19 @@ PINNED_SUBMESHES = _pins(
         (*_DT, "sharded_tensor", "world_size_change"),
     ),
     (
+        "a submesh, saved beside a ShardedTensor whose shards lie past the end",
+        MeshCase(
+            (_spec(0, (4, 2)), _spec(1, (1, 2))),
+            (
+                _at(4, _sub((3, 1), (2,), "S0"), _hold("sharded_tensor", dim=1)),
+                _at(4, _sub((3, 1), (2,), "S0"), _hold("sharded_tensor", dim=1)),
+                _at(1, _hold("plain"), _hold("plain")),
+                _at(2, _hold("dtensor", (2,), "S1"), _hold("dtensor", (2,), "S1")),
+            ),
+        ),
+        (*_DT, "sharded_tensor", "world_size_change"),
+    ),
+    (
         "a submesh next to a ShardedTensor, loaded as saved",
         MeshCase(
             (_spec(0, (4, 2)), _spec(1, (3, 2))),
