@@ -17,7 +17,7 @@ from .filesystem import FileSystemReader, FileSystemWriter
 from .load_planner import ReferenceLoadPlanner
 from .save_planner import ReferenceSavePlanner
 from .staging import StagingPool, stage_state_dict
-from .stateful import load_stateful, saved_state
+from .stateful import StatefulLoad, saved_state
 
 __all__ = ["save", "load", "async_save"]
 
@@ -59,13 +59,28 @@ def save(
     ``state_dict()`` returns now. A failure on any rank raises the same ``CheckpointError`` on
     every rank, naming every failing rank.
     """
-    state_dict = saved_state(state_dict)
+    return _save(
+        lambda: saved_state(state_dict),
+        path,
+        process_group,
+        coordinator_rank,
+        planner,
+        storage_writer,
+        no_dist,
+    )
+
+
+def _save(prepare, path, process_group, coordinator_rank, planner, storage_writer, no_dist):
+    """``save`` of what ``prepare()`` returns, called in the first step every rank takes part in
+    (a ``state_dict()`` or staging failing on one rank fails every rank instead of leaving the
+    others waiting)."""
     writer = _writer(path, storage_writer)
     planner = planner or ReferenceSavePlanner()
     coord = Coordination(process_group, coordinator_rank, no_dist)
     metadata_box: dict[str, Metadata] = {}
 
     def local_plan():
+        state_dict = prepare()
         set_up_save_planner(planner, state_dict, coord.is_coordinator, writer.storage_meta())
         set_up_storage_writer(writer, coord.is_coordinator, coord.rank)
         return writer.prepare_local_plan(planner.create_local_plan())
@@ -106,22 +121,16 @@ def load(
     destination tensor is written, and objects are decoded before any is (see the reader); a
     failure on any rank raises the same ``CheckpointError`` on every rank.
     """
-    load_stateful(
-        state_dict,
-        lambda destination: _load(
-            destination, path, process_group, coordinator_rank, planner, storage_reader, no_dist
-        ),
-    )
-
-
-def _load(state_dict, path, process_group, coordinator_rank, planner, storage_reader, no_dist):
     reader = _reader(path, storage_reader)
     planner = planner or ReferenceLoadPlanner()
     coord = Coordination(process_group, coordinator_rank, no_dist)
+    loading: list[StatefulLoad] = []
 
     def local_plan():
+        # the Statefuls' state_dict() run here: one failing on one rank fails every rank
+        loading.append(StatefulLoad(state_dict))
         metadata = reader.read_metadata()
-        planner.set_up_planner(state_dict, metadata, coord.is_coordinator)
+        planner.set_up_planner(loading[0].destination, metadata, coord.is_coordinator)
         set_up_storage_reader(reader, metadata, coord.is_coordinator, coord.rank)
         return reader.prepare_local_plan(planner.create_local_plan())
 
@@ -135,6 +144,8 @@ def _load(state_dict, path, process_group, coordinator_rank, planner, storage_re
         future.wait()
 
     coord.run_all("load reading", read)
+    # load_state_dict may run collectives of its own (set_state_dict): outside any step
+    loading[0].finish()
 
 
 _executor: ThreadPoolExecutor | None = None
@@ -155,7 +166,11 @@ def async_save(
 
     Returns once staging is done (Stateful values give their ``state_dict()`` at the call;
     an object no safe load could read is refused here): changing the state afterwards does
-    not change what is saved. The returned future gives the ``Metadata`` or raises the save's error.
+    not change what is saved. The returned future gives the ``Metadata`` or raises the save's
+    error. If staging fails on a rank, its background save still takes part in the first
+    step and fails it, so every other rank's future raises a ``CheckpointError`` naming that
+    rank instead of waiting; that rank raises the staging error at the call, once the step is
+    done (no collective of the save is left running).
     The background save runs collectives on ``process_group``; if this process uses
     that group meanwhile, pass a separate group (for example a gloo ``new_group``).
     """
@@ -168,21 +183,28 @@ def async_save(
         )
     writer = _writer(path, storage_writer)
     pool = staging_pool or StagingPool()
-    staged = stage_state_dict(saved_state(state_dict), pool)
+    failure: BaseException | None = None
+    try:
+        staged = stage_state_dict(saved_state(state_dict), pool)
+    except Exception as exc:  # noqa: BLE001 - raised at the call, and to the other ranks
+        failure = exc
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconf-async-save")
 
+    def prepare() -> dict[str, Any]:
+        if failure is not None:
+            raise failure
+        return staged
+
     def run() -> Metadata:
         try:
-            return save(
-                staged,
-                process_group=process_group,
-                coordinator_rank=coordinator_rank,
-                planner=planner,
-                storage_writer=writer,
-                no_dist=no_dist,
-            )
+            return _save(prepare, None, process_group, coordinator_rank, planner, writer, no_dist)
         finally:
             pool.release_all()
 
-    return _executor.submit(run)
+    future = _executor.submit(run)
+    if failure is not None:
+        # its first step fails on every rank; raise once no collective of this save is left
+        future.exception()
+        raise failure
+    return future

@@ -2,22 +2,37 @@
 
 Objects are written with ``torch.save`` (the format DCP's planners read) and read back with
 ``torch.load(weights_only=True)``, which rebuilds tensors, containers and primitives and
-refuses to import or call anything else, plus :data:`SAFE_TYPES`: value types training stacks
-keep in their state dicts whose rebuilding runs no code of theirs (numpy arrays and scalars,
-``io.BytesIO``, ``argparse.Namespace``, paths, ``bytes``, ``frozenset``; found in Megatron's,
-TransformerEngine's and torchtitan's state dicts). :func:`encode_object` checks that the bytes
-it writes load back so: a value that would not (an enum, a dataclass, a ``torch.Generator``,
-a lambda) is refused when it is saved, naming its key and type, so a save that succeeds is
-loadable. Reading never runs code from the checkpoint.
+refuses to import or call anything else. Value types that training stacks keep in their state
+dicts beyond those (numpy arrays, scalars, dtypes and RNG states, ``io.BytesIO``,
+``argparse.Namespace``, ``SimpleNamespace``, paths, ``frozenset``; found in Megatron's,
+TransformerEngine's and torchtitan's state dicts) are written as calls of :func:`rebuild`,
+which builds only those types from plain data: numpy values from ``.npy`` bytes read with
+``allow_pickle=False`` (numpy's own pickling would hand the file numpy's ``dtype.__setstate__``,
+with which crafted bytes make arrays over arbitrary memory). ``rebuild`` is the one function
+ckptconf adds to torch's weights-only allowlist (``torch.serialization.add_safe_globals``);
+nothing is swapped in and out of that process-wide list, so loads in other threads and the
+program's own allowlist are left alone. Sets are written in a fixed order, so equal sets on
+ranks with different string-hash seeds (torchrun) have equal bytes.
+
+:func:`encode_object` checks that the bytes it writes load back: a value that would not (an
+enum, a dataclass, a ``torch.Generator``, a lambda, a numpy object array) is refused when it is
+saved, naming its key and type, so a save that succeeds is loadable. Reading never runs code
+from the checkpoint. Objects DCP wrote holding such types (pickled by their own classes) are
+refused on load, naming the type, unless the program allow-lists it itself.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import codecs
 import io
 import math
+import pathlib
+import pickle
 import re
-import threading
+import sys
+import types
 from typing import Any
 
 import torch
@@ -27,6 +42,7 @@ __all__ = [
     "decode_object",
     "encode_object",
     "from_json_data",
+    "rebuild",
     "safe_types",
     "to_json_data",
 ]
@@ -37,99 +53,286 @@ class UnsafeObjectError(ValueError):
 
 
 def encode_object(value: Any, *, key: str = "?") -> bytes:
-    """Serialize ``value`` as DCP does for non-tensor values, after checking it loads back
-    with :func:`decode_object`; raises :class:`UnsafeObjectError` naming ``key`` and the
-    type otherwise (the save must not write what no safe load can read)."""
-    buffer = io.BytesIO()
+    """Serialize ``value`` as DCP does for non-tensor values (``torch.save``; the types of
+    :func:`safe_types` as calls of :func:`rebuild`), after checking it loads back with
+    :func:`decode_object`; raises :class:`UnsafeObjectError` naming ``key`` and the type
+    otherwise (the save must not write what no safe load can read)."""
     try:
-        torch.save(value, buffer)
+        data = _saved(value, _PICKLE_MODULE)
+        if _BUILTIN_GLOBALS.search(data):  # sets or b"": again, with the slow pickler
+            data = _saved(value, _ORDERED_PICKLE_MODULE)
     except Exception as exc:  # noqa: BLE001 - pickling raises many types
         raise UnsafeObjectError(
-            f"object for key {key!r} (a {type(value).__name__}) cannot be saved: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"object for key {key!r} (a {type(value).__name__}) cannot be saved: {_reason(exc)}"
         ) from exc
-    data = buffer.getvalue()
     try:
         decode_object(data, key=key)
     except UnsafeObjectError as exc:
         raise UnsafeObjectError(
             f"object for key {key!r} (a {type(value).__name__}) cannot be stored safely: a "
             f"checkpoint loads only tensors, containers, primitives and {_safe_names()}, and "
-            f"{_refused(exc)}. Store its state as such values (a dict of plain data, "
-            "a tensor), or make the object Stateful (state_dict/load_state_dict)"
+            f"{_reason(exc.__cause__ or exc)}. Store its state as such values (a dict of plain "
+            "data, a tensor), or make the object Stateful (state_dict/load_state_dict)"
         ) from None
     return data
 
 
 def decode_object(data: bytes | io.BytesIO, *, key: str = "?") -> Any:
-    """Deserialize an object written by :func:`encode_object` or DCP, without running code."""
+    """Deserialize an object written by :func:`encode_object` or DCP, without running code:
+    ``torch.load(weights_only=True)`` with :func:`rebuild` allowed. Raises
+    :class:`UnsafeObjectError` naming ``key`` and what was refused."""
     stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
+    if not stream.getbuffer().nbytes:
+        raise UnsafeObjectError(
+            f"object for key {key!r} cannot be loaded: its stored bytes are empty"
+        )
+    _allow_rebuild()
     try:
-        # torch's safe_globals() swaps a process-wide set in and out: two threads decoding at
-        # once (sibling saves, an async save beside a load) would take each other's out
-        with _DECODING, _safe_globals():
-            return torch.load(
-                stream, weights_only=True, map_location="cpu"
-            )  # never False: untrusted
+        # never weights_only=False: the bytes are untrusted
+        return torch.load(stream, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError here
         raise UnsafeObjectError(
-            f"object for key {key!r} cannot be loaded safely: {str(exc).splitlines()[0]}. "
-            "Only tensors, containers, primitives and ckptconf's safe types load by default; "
-            "allow-list other types with torch.serialization.add_safe_globals if you trust "
-            "the checkpoint"
+            f"object for key {key!r} cannot be loaded safely: {_reason(exc)}. Only tensors, "
+            f"containers, primitives and {_safe_names()} load; allow-list other types with "
+            "torch.serialization.add_safe_globals if you trust the checkpoint"
         ) from exc
 
 
-_DECODING = threading.Lock()
-
-
-def safe_types() -> list[Any]:
-    """The types (and numpy's rebuilding functions) a weights-only load may construct beyond
-    torch's defaults: each rebuilds data, none runs code of the checkpoint's choosing."""
-    import argparse
-    import pathlib
-    import types
-
-    found: list[Any] = [bytes, bytearray, frozenset, io.BytesIO, argparse.Namespace]
-    found += [types.SimpleNamespace, pathlib.PurePosixPath, pathlib.PosixPath]
-    found += [pathlib.PureWindowsPath, pathlib.WindowsPath]
+def rebuild(kind: str, payload: Any) -> Any:
+    """The value a stored object's ``(kind, payload)`` stands for (a call :func:`encode_object`
+    writes for the types of :func:`safe_types`). Builds only those types, from plain data:
+    numpy values from ``.npy`` bytes (``allow_pickle=False``: no object arrays). Raises
+    ``ValueError`` naming the kind for anything else."""
+    build = _BUILDERS.get(kind) if isinstance(kind, str) else None
+    if build is None:
+        raise ValueError(
+            f"unknown stored object kind {kind!r}; expected one of {sorted(_BUILDERS)}"
+        )
     try:
-        import numpy
-    except ImportError:  # numpy is a dependency, but a missing one must not stop other loads
-        return found
-    multiarray = getattr(getattr(numpy, "_core", None), "multiarray", None)
-    multiarray = multiarray or numpy.core.multiarray
-    found += [multiarray._reconstruct, multiarray.scalar, numpy.ndarray, numpy.dtype]
-    dtypes = getattr(numpy, "dtypes", None)  # numpy >= 1.25: one class per dtype
-    if dtypes is not None:
-        found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+        return build(payload)
+    except Exception as exc:  # noqa: BLE001 - a crafted payload may raise anything
+        raise ValueError(f"stored {kind} is malformed: {_reason(exc)}") from None
+
+
+def safe_types() -> list[type]:
+    """The types beyond torch's weights-only defaults that objects may hold: each is written
+    as a call of :func:`rebuild` and built back from plain data, never by its own unpickling."""
+    found: list[type] = [set, frozenset, io.BytesIO, argparse.Namespace, types.SimpleNamespace]
+    found += list(_PATHS.values())
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        found += [numpy.ndarray, numpy.generic, numpy.dtype]
     return found
 
 
+# --- writing: torch.save with a pickler that writes the safe types as rebuild calls ------------
+
+
+def _encoded(obj: Any) -> tuple[str, Any] | None:
+    """``(kind, payload)`` for a value of :func:`safe_types`, ``None`` for any other."""
+    kind = type(obj)
+    if kind is argparse.Namespace or kind is types.SimpleNamespace:
+        return kind.__name__, dict(vars(obj))
+    if kind is io.BytesIO:
+        return "BytesIO", (obj.getvalue(), obj.tell())
+    if kind in _PATH_NAMES:
+        return "path", (_PATH_NAMES[kind], str(obj))
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    if kind is numpy.ndarray:
+        return "ndarray", _npy(obj)
+    if isinstance(obj, numpy.generic):
+        return "numpy_scalar", _npy(numpy.asarray(obj))
+    if isinstance(obj, numpy.dtype):
+        return "numpy_dtype", _npy(numpy.empty(0, dtype=obj))
+    if isinstance(obj, type) and issubclass(obj, numpy.generic):
+        return "numpy_type", _npy(numpy.empty(0, dtype=obj))
+    return None
+
+
+class _Pickler(pickle.Pickler):
+    """The C pickler; it hands sets, frozensets and bytes to no hook (sets are written in hash
+    order, which differs between processes for strings, and ``b""`` as a call of ``bytes``,
+    which weights-only loads refuse)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        encoded = _encoded(obj)
+        return NotImplemented if encoded is None else (rebuild, encoded)
+
+
+class _OrderedPickler(pickle._Pickler):  # type: ignore[name-defined]
+    """The pure-Python pickler (20 to 30 times slower), which hands every value to
+    ``reducer_override``: sets and frozensets are written with their items in a fixed order,
+    ``b""`` as ``_codecs.encode("", "latin1")`` (as other bytes are)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is set or kind is frozenset:
+            return rebuild, (kind.__name__, _in_fixed_order(obj))
+        if kind is bytes and not obj:
+            return codecs.encode, ("", "latin1")
+        encoded = _encoded(obj)
+        return NotImplemented if encoded is None else (rebuild, encoded)
+
+
+def _pickle_module(pickler: type) -> types.ModuleType:
+    module = types.ModuleType("ckptconf_pickle")  # what torch.save uses of a pickle module
+    module.Pickler = pickler  # type: ignore[attr-defined]
+    module.dump = pickle.dump  # type: ignore[attr-defined]
+    return module
+
+
+_PICKLE_MODULE = _pickle_module(_Pickler)
+_ORDERED_PICKLE_MODULE = _pickle_module(_OrderedPickler)
+# a set, frozenset or b"" in a protocol-2 pickle (torch.save's): a GLOBAL of the builtin
+_BUILTIN_GLOBALS = re.compile(rb"c(?:__builtin__|builtins)\n(?:set|frozenset|bytes)\n")
+
+
+def _saved(value: Any, pickle_module: types.ModuleType) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer, pickle_module=pickle_module)
+    return buffer.getvalue()
+
+
+def _in_fixed_order(items: set | frozenset) -> list[Any]:
+    """The items sorted by their own encoding: the same order in every process, whatever its
+    string-hash seed (set order is not)."""
+
+    def encoding(item: Any) -> bytes:
+        buffer = io.BytesIO()
+        _OrderedPickler(buffer, protocol=2).dump(item)
+        return buffer.getvalue()
+
+    return [item for _, item in sorted(((encoding(i), i) for i in items), key=lambda p: p[0])]
+
+
+def _npy(array: Any) -> bytes:
+    import numpy
+
+    buffer = io.BytesIO()
+    numpy.lib.format.write_array(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+# --- reading: what rebuild builds ----------------------------------------------------------------
+
+
+def _array(data: Any) -> Any:
+    import numpy
+
+    if not isinstance(data, bytes):
+        raise TypeError(f"expected .npy bytes, got {type(data).__name__}")
+    stream = io.BytesIO(data)
+    array = numpy.lib.format.read_array(stream, allow_pickle=False)
+    if stream.read(1):
+        raise ValueError("bytes after the array")
+    return array
+
+
+def _scalar(data: Any) -> Any:
+    array = _array(data)
+    if array.shape != ():
+        raise ValueError(f"a scalar is stored as a 0-d array, got shape {array.shape}")
+    return array[()]
+
+
+def _namespace(kind: type) -> Any:
+    def build(fields: Any) -> Any:
+        if not (isinstance(fields, dict) and all(isinstance(k, str) for k in fields)):
+            raise TypeError("expected a dict of str to values")
+        return kind(**fields)
+
+    return build
+
+
+def _bytes_io(payload: Any) -> io.BytesIO:
+    value, position = payload
+    if not (isinstance(value, bytes) and type(position) is int and position >= 0):
+        raise TypeError("expected (bytes, position)")
+    stream = io.BytesIO(value)
+    stream.seek(position)
+    return stream
+
+
+def _path(payload: Any) -> pathlib.PurePath:
+    name, text = payload
+    if name not in _PATHS or not isinstance(text, str):
+        raise TypeError(f"expected (one of {sorted(_PATHS)}, str)")
+    kind = _PATHS[name]
+    if kind is pathlib.WindowsPath and sys.platform != "win32":
+        kind = pathlib.PureWindowsPath  # a concrete Windows path cannot exist here
+    elif kind is pathlib.PosixPath and sys.platform == "win32":
+        kind = pathlib.PurePosixPath
+    return kind(text)
+
+
+def _items(kind: type) -> Any:
+    def build(items: Any) -> Any:
+        if not isinstance(items, list):
+            raise TypeError("expected a list of items")
+        return kind(items)
+
+    return build
+
+
+_PATHS: dict[str, type] = {
+    kind.__name__: kind
+    for kind in (
+        pathlib.PurePosixPath,
+        pathlib.PosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.WindowsPath,
+    )
+}
+_PATH_NAMES = {kind: name for name, kind in _PATHS.items()}
+_BUILDERS = {
+    "set": _items(set),
+    "frozenset": _items(frozenset),
+    "Namespace": _namespace(argparse.Namespace),
+    "SimpleNamespace": _namespace(types.SimpleNamespace),
+    "BytesIO": _bytes_io,
+    "path": _path,
+    "ndarray": _array,
+    "numpy_scalar": _scalar,
+    "numpy_dtype": lambda data: _array(data).dtype,
+    "numpy_type": lambda data: _array(data).dtype.type,
+}
+
+
+def _allow_rebuild() -> None:
+    """Allow :func:`rebuild` in weights-only loads (added once, and again if the program
+    cleared the allowlist; never taken out, so no load in another thread loses it)."""
+    if rebuild not in torch.serialization.get_safe_globals():
+        torch.serialization.add_safe_globals([rebuild])
+
+
 def _safe_names() -> str:
-    return "numpy arrays and scalars, io.BytesIO, argparse.Namespace, SimpleNamespace, paths, bytes"
+    return (
+        "numpy arrays, scalars and dtypes, io.BytesIO, argparse.Namespace, SimpleNamespace, "
+        "paths, bytes, bytearray, sets and frozensets"
+    )
 
 
-def _refused(exc: UnsafeObjectError) -> str:
-    """What the weights-only load refused, from its message."""
-    cause = str(exc.__cause__ or exc)
-    found = re.search(r"GLOBAL ([\w.<>]+)", cause)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in one line: the type a weights-only load refused, the unpickler's
+    own complaint, else the first line of the message (never torch's advice to load with
+    ``weights_only=False``)."""
+    text = _ANSI.sub("", str(exc))
+    found = re.search(r"GLOBAL ([\w.<>]+)", text)
     if found:
         return f"it holds a {found.group(1)}, which a safe load does not construct"
-    return f"it does not load back ({cause.splitlines()[0] if cause else 'unknown error'})"
-
-
-def _safe_globals():
-    """A context allowing :func:`safe_types` in weights-only loads: only those not allowed
-    already, so that leaving it takes out none that the program allowed itself."""
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    if safe_globals is None:  # older torch: allow-list process-wide
-        torch.serialization.add_safe_globals(safe_types())
-        import contextlib
-
-        return contextlib.nullcontext()
-    allowed = getattr(torch.serialization, "get_safe_globals", lambda: [])()
-    return safe_globals([t for t in safe_types() if t not in allowed])
+    found = re.search(r"WeightsUnpickler error: (.+)", text)
+    if found:
+        return f"the unpickler refused it ({found.group(1).strip()})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line] or lines
+    return (
+        f"{type(exc).__name__}: {lines[0][:300]}" if lines else f"{type(exc).__name__} (no message)"
+    )
 
 
 _TAGS = ("__tuple__", "__dict__", "__bytes__", "__float__")

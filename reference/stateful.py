@@ -12,13 +12,13 @@ Stateful values nested in dicts and lists (as an optimizer's state sits under an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch.distributed.checkpoint.stateful import Stateful
 
-__all__ = ["is_stateful", "load_stateful", "saved_state"]
+__all__ = ["StatefulLoad", "is_stateful", "saved_state"]
 
 
 def is_stateful(value: Any) -> bool:
@@ -29,60 +29,87 @@ def is_stateful(value: Any) -> bool:
 
 def saved_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """``state_dict`` with every Stateful value, at any depth of dicts and lists, replaced by
-    what its ``state_dict()`` returns now (itself taken apart the same way)."""
-    return _replaced(state_dict, [])
+    what its ``state_dict()`` returns now (itself taken apart the same way). Raises
+    ``TypeError`` naming the key of a ``state_dict()`` that returned no dict."""
+    return _Replacer().replaced(state_dict, "")
 
 
-def load_stateful(state_dict: dict[str, Any], load: Callable[[dict[str, Any]], None]) -> None:
-    """Load into ``state_dict`` with ``load`` (which fills a dict in place), Stateful values
-    through a destination built from their ``state_dict()``, then their ``load_state_dict``
-    (the innermost first, so an outer object sees its parts loaded); the caller's dict keeps
-    its objects, and its other values are loaded in place as without Stateful values."""
-    found: list[tuple[Any, dict[str, Any]]] = []
-    destination = _replaced(state_dict, found)
-    if not found:
-        load(state_dict)
-        return
-    load(destination)
-    for value, loaded in reversed(found):
-        value.load_state_dict(loaded)
-    _write_back(state_dict, destination)
+class StatefulLoad:
+    """One load into ``state_dict`` through its Stateful values.
+
+    Call order: build it (calls every Stateful's ``state_dict()``; ``TypeError`` naming the key
+    of one that returned no dict), load into :attr:`destination` in place, then
+    :meth:`finish` (each Stateful's ``load_state_dict``, the innermost first so an outer
+    object sees its parts loaded; then the values the load replaced go back into the caller's
+    containers, whose Stateful objects stay themselves). Without Stateful values,
+    ``destination`` is ``state_dict`` itself.
+    """
+
+    def __init__(self, state_dict: dict[str, Any]):
+        self.state_dict = state_dict
+        self._replacer = _Replacer()
+        self.destination: dict[str, Any] = self._replacer.replaced(state_dict, "")
+
+    def finish(self) -> None:
+        for value, loaded in reversed(self._replacer.found):
+            value.load_state_dict(loaded)
+        self._write_back(self.state_dict, self.destination)
+
+    def _write_back(self, original: Any, destination: Any) -> None:
+        """Into the caller's containers that were copied on the way to a Stateful, the values
+        the load put in the copies; any other value (a list loaded as one object included) is
+        replaced whole."""
+        if destination is original:
+            return
+        pairs = original.items() if isinstance(original, Mapping) else enumerate(original)
+        for key, value in list(pairs):
+            if is_stateful(value):
+                continue
+            loaded = destination[key]
+            if id(loaded) in self._replacer.copies:
+                self._write_back(value, loaded)
+            elif loaded is not value:
+                original[key] = loaded
 
 
-def _replaced(value: Any, found: list[tuple[Any, dict[str, Any]]]) -> Any:
-    """``value`` with its Stateful values replaced; containers are copied only on the way to
-    one (elsewhere the load fills the caller's own containers)."""
-    if is_stateful(value):
-        state = value.state_dict()
-        if not isinstance(state, Mapping):
-            raise TypeError(
-                f"{type(value).__name__}.state_dict() returned a {type(state).__name__}, "
-                "expected a dict"
-            )
-        replaced = _replaced(dict(state), found)
-        found.append((value, replaced))
-        return replaced
-    if isinstance(value, Mapping):
-        items = {key: _replaced(item, found) for key, item in value.items()}
-        changed = any(items[key] is not item for key, item in value.items())
-        return items if changed else value
-    if isinstance(value, list):
-        items = [_replaced(item, found) for item in value]
-        return items if any(a is not b for a, b in zip(items, value)) else value
-    return value
+class _Replacer:
+    """Takes Stateful values out of a state dict, recording them and the containers copied."""
 
+    def __init__(self) -> None:
+        self.found: list[tuple[Any, dict[str, Any]]] = []
+        self.copies: set[int] = set()
+        self._keep: list[Any] = []  # the copies stay alive, so their ids stay theirs
 
-def _write_back(original: Any, destination: Any) -> None:
-    """Values a load put into the copied containers (objects replaced, not filled in place)
-    go back to the caller's own containers; Stateful values stay themselves."""
-    if destination is original:
-        return
-    pairs = original.items() if isinstance(original, Mapping) else enumerate(original)
-    for key, value in list(pairs):
+    def replaced(self, value: Any, key: str) -> Any:
+        """``value`` with its Stateful values replaced; containers are copied only on the way
+        to one (elsewhere a load fills the caller's own containers)."""
         if is_stateful(value):
-            continue
-        loaded = destination[key]
-        if isinstance(value, (Mapping, list)) and isinstance(loaded, (Mapping, list)):
-            _write_back(value, loaded)
-        elif loaded is not value:
-            original[key] = loaded
+            state = value.state_dict()
+            if not isinstance(state, Mapping):
+                raise TypeError(
+                    f"{type(value).__name__}.state_dict() (the Stateful at key {key or '<root>'!r}) "
+                    f"returned a {type(state).__name__}, expected a dict"
+                )
+            replaced = self._copy(dict(state), key, force=True)
+            self.found.append((value, replaced))
+            return replaced
+        if isinstance(value, (Mapping, list)):
+            return self._copy(value, key)
+        return value
+
+    def _copy(self, value: Any, key: str, force: bool = False) -> Any:
+        if isinstance(value, Mapping):
+            items = {k: self.replaced(v, _joined(key, k)) for k, v in value.items()}
+            changed = force or any(items[k] is not v for k, v in value.items())
+        else:
+            items = [self.replaced(v, _joined(key, i)) for i, v in enumerate(value)]
+            changed = any(a is not b for a, b in zip(items, value))
+        if not changed:
+            return value
+        self.copies.add(id(items))
+        self._keep.append(items)
+        return items
+
+
+def _joined(key: str, part: Any) -> str:
+    return f"{key}.{part}" if key else str(part)

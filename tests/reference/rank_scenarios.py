@@ -237,3 +237,43 @@ def save_per_rank_values_under_one_key(path: str) -> dict:
     except ref.CheckpointError as exc:
         return {"error": str(exc)}
     return {"error": None}
+
+
+class StatefulFailingOnRankOne:
+    """A Stateful whose ``state_dict()`` raises on rank 1 only."""
+
+    def state_dict(self):
+        if dist.get_rank() == 1:
+            raise RuntimeError("rank 1's loader cannot give its state")
+        return {"pos": 3}
+
+    def load_state_dict(self, state_dict):
+        pass
+
+
+def one_rank_failing_before_the_first_step(path: str, kind: str) -> dict:
+    """A failure on rank 1 before any collective: a Stateful's ``state_dict()`` at save or load,
+    an object no safe load reads at the ``async_save`` call. Returns the error each rank got
+    (the other rank's future's, for async), or ``"pending"`` for a future still waiting."""
+    import enum
+
+    class Mode(enum.Enum):
+        TRAIN = 1
+
+    rank = dist.get_rank()
+    try:
+        if kind == "save":
+            ref.save({"w": torch.ones(2), "loader": StatefulFailingOnRankOne()}, path)
+        elif kind == "load":
+            ref.save({"w": torch.ones(2), "loader": {"pos": 3}}, path)
+            ref.load({"w": torch.zeros(2), "loader": StatefulFailingOnRankOne()}, path)
+        else:
+            extra = Mode.TRAIN if rank == 1 else 1
+            future = ref.async_save({"w": torch.ones(2), "extra": extra}, path)
+            try:
+                future.result(timeout=60)
+            except TimeoutError:
+                return {"error": "pending"}
+        return {"error": None}
+    except BaseException as exc:  # noqa: BLE001 - CheckpointError is a BaseException, as DCP's
+        return {"error": f"{type(exc).__name__}: {exc}"}

@@ -229,25 +229,55 @@ def test_objects_differing_between_ranks_raise_with_the_defaults():
         simulate_save_planning(states, ReferenceSavePlanner)
 
 
-def test_decoding_leaves_the_programs_own_allowed_globals_and_runs_in_threads(tmp_path):
-    """The safe types are allowed for the reference's own loads only: a type the program allowed
-    itself stays allowed after, and decoding in several threads at once (sibling saves) works."""
+class _PausedRead(io.BytesIO):
+    """Object bytes whose first read waits until ``go_on`` is set (a slow storage read)."""
+
+    def __init__(self, data: bytes, inside, go_on):
+        super().__init__(data)
+        self.inside, self.go_on = inside, go_on
+
+    def read(self, *args):
+        if not self.inside.is_set():
+            self.inside.set()
+            self.go_on.wait()
+        return super().read(*args)
+
+
+def test_decoding_leaves_the_programs_allowlist_alone_while_other_threads_change_it():
+    """Decoding swaps nothing in torch's process-wide allowlist: a type the program allows
+    during a decode stays allowed, the program's own safe_globals context ending during a
+    decode does not break it, and decodes in several threads at once work."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from ckptconf.reference.serialization import decode_object, encode_object
 
-    torch.serialization.add_safe_globals([argparse.Namespace])
+    data = encode_object({"a": np.arange(3), "ns": argparse.Namespace(x=1)}, key="k")
+    before = list(torch.serialization.get_safe_globals())  # torch registers its own, too
     try:
+        inside, go_on = threading.Event(), threading.Event()
+
+        def program():
+            inside.wait()
+            torch.serialization.add_safe_globals([collections.deque])
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                pass
+            go_on.set()
+
+        thread = threading.Thread(target=program)
+        thread.start()
+        decoded = decode_object(_PausedRead(data, inside, go_on), key="k")
+        thread.join()
+        assert np.array_equal(decoded["a"], np.arange(3)) and decoded["ns"].x == 1
+        assert collections.deque in torch.serialization.get_safe_globals()
         with ThreadPoolExecutor(4) as pool:
-            data = [encode_object(("v2", b"", np.float64(i)), key=f"k{i}") for i in range(64)]
-            assert list(pool.map(lambda d: decode_object(d)[2], data)) == list(range(64))
-        assert argparse.Namespace in torch.serialization.get_safe_globals()
-        buffer = io.BytesIO()
-        torch.save(argparse.Namespace(a=1), buffer)
-        buffer.seek(0)
-        assert torch.load(buffer, weights_only=True).a == 1
+            many = [
+                encode_object(("v", b"", np.float64(i), {str(i)}), key=f"k{i}") for i in range(64)
+            ]
+            assert [d[2] for d in pool.map(decode_object, many)] == list(range(64))
     finally:
         torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
 
 
 # --- cases from public bug reports ---------------------------------------------------------------
@@ -315,3 +345,140 @@ def test_per_rank_values_under_one_key_are_refused_on_every_rank(tmp_path):
             in (result["error"])
         ), result
     assert not (path / "ckptconf.json").exists()
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("kind", ["save", "load", "async_save"])
+def test_a_failure_on_one_rank_before_any_collective_fails_every_rank(tmp_path, kind):
+    """A Stateful's state_dict() raising on rank 1 only (at save, at load), an unsafe object on
+    rank 1 only at the async_save call: every rank raises, none is left waiting for it."""
+    from ckptconf.harness import get_world
+
+    from . import rank_scenarios as rs
+
+    results = get_world(2).run(rs.one_rank_failing_before_the_first_step, str(tmp_path / "c"), kind)
+    if kind == "async_save":  # rank 1 raises at the call; rank 0's future names rank 1
+        assert results[1]["error"].startswith("UnsafeObjectError: object for key 'extra'"), results
+        assert "failed on rank(s) [1]" in results[0]["error"], results
+    else:
+        for result in results:
+            assert "failed on rank(s) [1]" in result["error"], results
+            assert "rank 1's loader cannot give its state" in result["error"], results
+
+
+# --- attacks and edges found by review -----------------------------------------------------------
+
+
+def _numpy_pickled(value) -> bytes:
+    """``value`` as DCP writes it: torch.save with numpy's own pickling."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def test_numpy_values_pickled_by_numpy_are_refused_naming_the_global():
+    """numpy's own pickling hands the file dtype.__setstate__, with which crafted bytes build
+    arrays over arbitrary memory: the reference never allows it, and names what it refused."""
+    from ckptconf.reference.serialization import UnsafeObjectError, decode_object
+
+    with pytest.raises(UnsafeObjectError, match=r"key 'm'.*holds a numpy\.\S*_reconstruct"):
+        decode_object(_numpy_pickled(np.arange(3)), key="m")
+    assert numpy_global_names().isdisjoint(
+        f"{g.__module__}.{g.__qualname__}"
+        for g in torch.serialization.get_safe_globals()
+        if hasattr(g, "__qualname__")
+    )
+
+
+def numpy_global_names() -> set[str]:
+    return {
+        "numpy.dtype",
+        "numpy.ndarray",
+        "numpy._core.multiarray._reconstruct",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.multiarray._reconstruct",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "message"),
+    [
+        ("ndarray", "object", "Object arrays cannot be loaded"),
+        ("ndarray", b"not npy", "magic"),
+        ("numpy_scalar", "vector", "0-d array"),
+        ("Namespace", {1: 2}, "dict of str"),
+        ("BytesIO", (b"x", -1), "bytes, position"),
+        ("path", ("os.system", "x"), "one of"),
+        ("eval", "1", "unknown stored object kind 'eval'"),
+    ],
+)
+def test_rebuild_builds_nothing_but_its_kinds_from_plain_data(kind, payload, message):
+    from ckptconf.reference.serialization import rebuild
+
+    if payload == "object":  # an object array's .npy, as a crafted file would hold it
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.array([Mode.TRAIN], dtype=object), allow_pickle=True)
+        payload = buffer.getvalue()
+    elif payload == "vector":
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.arange(2), allow_pickle=False)
+        payload = buffer.getvalue()
+    with pytest.raises(ValueError, match=message):
+        rebuild(kind, payload)
+
+
+def test_equal_sets_have_equal_bytes_whatever_the_hash_seed(tmp_path):
+    """Under torchrun every rank has its own string-hash seed: equal sets must still encode
+    to equal bytes, or the replica check fails a save of equal values."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from ckptconf.reference.serialization import encode_object\n"
+        "value = {'tokens': {'<pad>', '<eos>', '<bos>', '<unk>', '<mask>'},"
+        " 'nested': frozenset({frozenset({'a', 'b'}), 'c'}), 'n': np.int64(3)}\n"
+        "sys.stdout.buffer.write(encode_object(value, key='t'))\n"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    ]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_a_list_beside_a_stateful_loads_whole(tmp_path):
+    """A list of plain values is one object; a load through a Stateful puts it back whole,
+    whatever the destination list held."""
+    save({"model": Counter(1.0, 1), "losses": [0.9, 0.7, 0.5, 0.4]}, tmp_path / "c")
+    for held in ([], [0.0, 0.0], [0.0] * 6):
+        state = {"model": Counter(0.0, 0), "losses": list(held)}
+        load(state, tmp_path / "c")
+        assert state["losses"] == [0.9, 0.7, 0.5, 0.4], held
+
+
+def test_empty_object_bytes_and_a_stateful_without_a_dict_are_named(tmp_path):
+    from ckptconf.reference.serialization import UnsafeObjectError, decode_object
+
+    with pytest.raises(
+        UnsafeObjectError, match="key 'loader.pos' cannot be loaded: its stored bytes are empty"
+    ):
+        decode_object(b"", key="loader.pos")
+
+    class NoDict:
+        def state_dict(self):
+            return [1]
+
+        def load_state_dict(self, state_dict):
+            pass
+
+    with pytest.raises(
+        CheckpointError,
+        match=r"NoDict.state_dict\(\) \(the Stateful at key 'model.inner'\) returned a list",
+    ):
+        save({"model": {"inner": NoDict()}}, tmp_path / "c")
