@@ -396,6 +396,31 @@ def _stateful_state(nested: bool, *, blank: bool) -> tuple[dict[str, Any], RankS
     ), value
 
 
+FAILING_STATE = "rank 1's loader lost its state"
+"""What :class:`FailingState` raises on rank 1."""
+
+
+class FailingState(RankState):
+    """A :class:`RankState` whose ``state_dict()`` raises on rank 1 only (a data loader that
+    lost its state), as it may at a save or at a load."""
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.rank == 1:
+            raise RuntimeError(FAILING_STATE)
+        return super().state_dict()
+
+
+def failing_stateful_save(backend: Backend, path: str) -> None:
+    """Save ``{'app': FailingState}``: must raise on every rank, rank 1 first."""
+    backend.run_save({"app": FailingState(_rank(), blank=False)}, path)
+
+
+def failing_stateful_load(backend: Backend, path: str) -> None:
+    """Load :func:`stateful_save`'s checkpoint into ``{'app': FailingState}``: must raise on
+    every rank."""
+    backend.run_load({"app": FailingState(_rank(), blank=True)}, path)
+
+
 def stateful_save(backend: Backend, path: str, nested: bool) -> None:
     """Save a state holding a :class:`RankState` (at the top level or ``nested`` in a dict)."""
     backend.run_save(_stateful_state(nested, blank=False)[0], path)

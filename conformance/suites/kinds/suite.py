@@ -26,7 +26,7 @@ from ...kit.strategies import (
     supported_dtypes,
     supported_options,
 )
-from ...kit.trial import Trial
+from ...kit.trial import Trial, describe_outcomes
 from . import ranks
 from .cases import (
     KEY_CLASHES,
@@ -42,6 +42,7 @@ from .cases import (
     unique_flat_keys,
     unusual_keys,
 )
+from .ranks import FAILING_STATE
 
 __all__ = ["KindsTests"]
 
@@ -82,6 +83,10 @@ _NESTED_PINS = [
     ),
 ]
 """Pinned trees: the shapes that break backends (int keys over objects, mixed lists)."""
+
+_FAILING_TIMEOUT = 10.0
+"""Seconds for a step in which one rank fails at once: a tiny save or load; a rank still
+waiting after that waits for the failed rank."""
 
 _STRICT_PINS = layout_examples(same_layout=True, kinds=("plain", "dtensor"), max_side=MAX_SIDE)
 """The strict loads' cases (``KindsTests._strict_case``): no ShardedTensor, no objects."""
@@ -406,6 +411,56 @@ class KindsTests:
         trial.run("save", ranks.stateful_save, path, nested, world=2)
         loaded = trial.run("load", ranks.stateful_load, path, nested, world=2)
         trial.check_values([m for r in loaded for m in r], "problem(s) with the Stateful value")
+
+    @pytest.mark.ckpt_requires("objects")
+    @pytest.mark.parametrize("step", ["save", "load"])
+    def test_a_stateful_failing_on_one_rank_fails_every_rank(self, ckpt, step):
+        """A Stateful value whose ``state_dict()`` raises on rank 1 only (a data loader that
+        lost its state), at a save or a load on 2 ranks: every rank raises, within seconds;
+        none waits for rank 1 in a collective, none returns as if the step succeeded. The
+        control (the same value on both ranks, not failing) saves and loads."""
+        trial = ckpt.trial(
+            f"{step} of 'app': a Stateful value on 2 ranks whose state_dict() raises on rank 1 "
+            f"({FAILING_STATE!r}); control: the same value, not failing"
+        )
+        path = ckpt.path()
+        trial.run("save", ranks.stateful_save, path, False, world=2)
+        loaded = trial.run("load", ranks.stateful_load, path, False, world=2)
+        trial.check_values([m for r in loaded for m in r], "problem(s) with the Stateful value")
+        fn, target = (
+            (ranks.failing_stateful_save, ckpt.path())
+            if step == "save"
+            else (ranks.failing_stateful_load, path)
+        )
+        outcomes = trial.outcomes(
+            f"{step} (state_dict() raising on rank 1)",
+            fn,
+            target,
+            world=2,
+            timeout=_FAILING_TIMEOUT,
+        )
+        errors = tuple(
+            dict.fromkeys(error_line(o.error_type, o.message) for o in outcomes if o.raised)
+        )
+        returned = [o.rank for o in outcomes if not o.raised]
+        if returned:
+            raise trial.fail(
+                f"a {step} whose Stateful value failed on rank 1 returned on rank(s) {returned}",
+                describe_outcomes(outcomes),
+                kind="no_error",
+                errors=errors,
+                rank=returned[0],
+                key="app",
+            )
+        if FAILING_STATE not in outcomes[1].message + outcomes[1].traceback:
+            raise trial.fail(
+                f"rank 1's {step} raised, but not the error of its state_dict()",
+                describe_outcomes(outcomes),
+                kind="wrong_error",
+                errors=errors,
+                rank=1,
+                key="app",
+            )
 
     @pytest.mark.parametrize(
         "depth",
