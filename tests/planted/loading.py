@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from functools import partial
 from typing import Any
 
@@ -101,9 +102,15 @@ def contract_checked_after_load() -> Backend:
 
 
 def decode_or_none(data: io.BytesIO) -> Any:
-    """The mistake: a weights-only load without allow-listing ``bytes`` (``b""`` pickles as a call
-    to it), and a failure read as "no value"."""
+    """The mistake: decoding as a process that never imported ckptconf does (a converter, a
+    separate reader): a weights-only load with torch's default allowlist only, so the
+    reference's ``rebuild`` calls (numpy values, Namespaces, sets) fail, and a failure is read
+    as "no value"."""
     try:
+        if b"ckptconf.reference.serialization\nrebuild\n" in data.getvalue():  # not allowed there
+            raise pickle.UnpicklingError(
+                "Unsupported global: ckptconf.reference.serialization.rebuild"
+            )
         return torch.load(data, weights_only=True, map_location="cpu")
     except Exception as exc:
         log.warning("object could not be decoded: %s", str(exc).splitlines()[0])
@@ -121,10 +128,11 @@ class NoneOnDecodeErrorLoadPlanner(ReferenceLoadPlanner):
 
 
 def objects_decoded_as_none() -> Backend:
-    """Objects whose weights-only decoding fails (e.g. holding b'') are loaded as None."""
+    """Objects that a weights-only load with torch's default allowlist cannot decode (numpy
+    values, Namespaces, sets) are loaded as None."""
     return planted_backend(
         "objects_decoded_as_none",
-        "objects decoded with a bare weights_only torch.load; failures (b'' inside) become None",
+        "objects decoded with torch's default weights-only allowlist; failures (numpy, sets) become None",
         load_planner=NoneOnDecodeErrorLoadPlanner,
     )
 
