@@ -32,6 +32,7 @@ import pathlib
 import pickle
 import re
 import sys
+import threading
 import types
 from typing import Any
 
@@ -60,16 +61,25 @@ def encode_object(value: Any, *, key: str = "?") -> bytes:
     try:
         data = _saved(value, _PICKLE_MODULE)
         if _BUILTIN_GLOBALS.search(data):  # sets or b"": again, with the slow pickler
-            data = _saved(value, _ORDERED_PICKLE_MODULE)
+            _SORT_KEYS.cache = {}
+            try:
+                data = _saved(value, _ORDERED_PICKLE_MODULE)
+            finally:
+                _SORT_KEYS.cache = None
+    except RecursionError:
+        raise UnsafeObjectError(
+            f"object for key {key!r} ({_kind(value)}) cannot be saved: it refers to itself "
+            "through a Namespace, SimpleNamespace, set or numpy value (store it without the cycle)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - pickling raises many types
         raise UnsafeObjectError(
-            f"object for key {key!r} (a {type(value).__name__}) cannot be saved: {_reason(exc)}"
+            f"object for key {key!r} ({_kind(value)}) cannot be saved: {_reason(exc)}"
         ) from exc
     try:
         decode_object(data, key=key)
     except UnsafeObjectError as exc:
         raise UnsafeObjectError(
-            f"object for key {key!r} (a {type(value).__name__}) cannot be stored safely: a "
+            f"object for key {key!r} ({_kind(value)}) cannot be stored safely: a "
             f"checkpoint loads only tensors, containers, primitives and {_safe_names()}, and "
             f"{_reason(exc.__cause__ or exc)}. Store its state as such values (a dict of plain "
             "data, a tensor), or make the object Stateful (state_dict/load_state_dict)"
@@ -145,7 +155,7 @@ def _encoded(obj: Any) -> tuple[str, Any] | None:
     if isinstance(obj, numpy.generic):
         return "numpy_scalar", _npy(numpy.asarray(obj))
     if isinstance(obj, numpy.dtype):
-        return "numpy_dtype", _npy(numpy.empty(0, dtype=obj))
+        return "numpy_dtype", _exact_dtype(obj)
     if isinstance(obj, type) and issubclass(obj, numpy.generic):
         return "numpy_type", _npy(numpy.empty(0, dtype=obj))
     return None
@@ -168,8 +178,10 @@ class _OrderedPickler(pickle._Pickler):  # type: ignore[name-defined]
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
-        if kind is set or kind is frozenset:
-            return rebuild, (kind.__name__, _in_fixed_order(obj))
+        if kind is set:  # as pickle writes a set, so that loads without ckptconf read it
+            return set, (_in_fixed_order(obj),)
+        if kind is frozenset:  # torch's weights-only loads do not construct frozensets
+            return rebuild, ("frozenset", _in_fixed_order(obj))
         if kind is bytes and not obj:
             return codecs.encode, ("", "latin1")
         encoded = _encoded(obj)
@@ -195,16 +207,56 @@ def _saved(value: Any, pickle_module: types.ModuleType) -> bytes:
     return buffer.getvalue()
 
 
+class _KeyPickler(_OrderedPickler):
+    """Encodes a set item for sorting: tensors by their bytes (a plain pickle names a storage
+    by its address, which differs between processes)."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, torch.storage.TypedStorage):
+            return ("storage", str(obj.dtype), bytes(obj._untyped_storage.cpu().tolist()))
+        return None
+
+
+_SORT_KEYS = threading.local()
+
+
 def _in_fixed_order(items: set | frozenset) -> list[Any]:
     """The items sorted by their own encoding: the same order in every process, whatever its
-    string-hash seed (set order is not)."""
+    string-hash seed (set order is not). Each item's encoding is computed once per
+    :func:`encode_object` (nested sets would otherwise be encoded once per level above)."""
+    cache: dict[int, bytes] | None = getattr(_SORT_KEYS, "cache", None)
+    if cache is None:
+        cache = {}
 
     def encoding(item: Any) -> bytes:
-        buffer = io.BytesIO()
-        _OrderedPickler(buffer, protocol=2).dump(item)
-        return buffer.getvalue()
+        if id(item) not in cache:
+            buffer = io.BytesIO()
+            _KeyPickler(buffer, protocol=2).dump(item)
+            cache[id(item)] = buffer.getvalue()
+        return cache[id(item)]
 
     return [item for _, item in sorted(((encoding(i), i) for i in items), key=lambda p: p[0])]
+
+
+def _exact_dtype(dtype: Any) -> bytes:
+    """A dtype as the one field of an empty structured array (a sub-array dtype keeps its
+    shape there); one the ``.npy`` header cannot describe exactly (an align flag, metadata,
+    an unsized string) is a ``ValueError``."""
+    import numpy
+
+    data = _npy(numpy.empty(0, dtype=[("dtype", dtype)]))
+    built = _BUILDERS["numpy_dtype"](data)
+    if not (
+        built == dtype
+        and built.isalignedstruct == dtype.isalignedstruct
+        and built.metadata == dtype.metadata
+        and built.itemsize == dtype.itemsize
+    ):
+        raise ValueError(
+            f"numpy dtype {dtype!r} cannot be stored exactly (a .npy header records no align "
+            "flag, metadata or unsized string); store its .str or .descr instead"
+        )
+    return data
 
 
 def _npy(array: Any) -> bytes:
@@ -219,15 +271,50 @@ def _npy(array: Any) -> bytes:
 
 
 def _array(data: Any) -> Any:
+    """The array of ``.npy`` bytes: numpy's header parser, then the data bytes taken whole
+    (numpy's own reader of an in-memory stream copies field by field and leaves the padding of
+    structured items uninitialised)."""
     import numpy
 
     if not isinstance(data, bytes):
         raise TypeError(f"expected .npy bytes, got {type(data).__name__}")
     stream = io.BytesIO(data)
-    array = numpy.lib.format.read_array(stream, allow_pickle=False)
-    if stream.read(1):
-        raise ValueError("bytes after the array")
-    return array
+    shape, fortran_order, dtype = _npy_header(stream)
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded (their items would be unpickled)")
+    count = math.prod(shape)
+    body = data[stream.tell() :]
+    if len(body) != count * dtype.itemsize:
+        raise ValueError(
+            f"the header says {count} items of {dtype.itemsize} bytes, the data holds {len(body)}"
+        )
+    if dtype.itemsize == 0:
+        if count > 2**31:
+            raise ValueError(f"{count} items of a zero-width dtype")
+        flat = numpy.ndarray(count, dtype=dtype)
+    else:
+        # over a writable copy of the bytes: ndarray.copy() would copy structured items field
+        # by field, leaving their padding uninitialised too
+        flat = numpy.frombuffer(bytearray(body), dtype=dtype, count=count)
+    if fortran_order:
+        return flat.reshape(shape[::-1]).transpose()
+    return flat.reshape(shape)
+
+
+def _npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, Any]:
+    import numpy
+
+    fmt = numpy.lib.format
+    version = fmt.read_magic(stream)
+    if version == (1, 0):
+        return fmt.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return fmt.read_array_header_2_0(stream)
+    for where in ("numpy.lib._format_impl", "numpy.lib.format"):  # 3.0: utf-8 field names
+        module = sys.modules.get(where)
+        if module is not None and hasattr(module, "_read_array_header"):
+            return module._read_array_header(stream, version)
+    raise ValueError(f".npy format version {version} is not supported here")
 
 
 def _scalar(data: Any) -> Any:
@@ -241,7 +328,9 @@ def _namespace(kind: type) -> Any:
     def build(fields: Any) -> Any:
         if not (isinstance(fields, dict) and all(isinstance(k, str) for k in fields)):
             raise TypeError("expected a dict of str to values")
-        return kind(**fields)
+        value = kind()
+        vars(value).update(fields)  # not setattr: a '__class__' field stays a field
+        return value
 
     return build
 
@@ -295,7 +384,7 @@ _BUILDERS = {
     "path": _path,
     "ndarray": _array,
     "numpy_scalar": _scalar,
-    "numpy_dtype": lambda data: _array(data).dtype,
+    "numpy_dtype": lambda data: _array(data).dtype.fields["dtype"][0],
     "numpy_type": lambda data: _array(data).dtype.type,
 }
 
@@ -305,6 +394,10 @@ def _allow_rebuild() -> None:
     cleared the allowlist; never taken out, so no load in another thread loses it)."""
     if rebuild not in torch.serialization.get_safe_globals():
         torch.serialization.add_safe_globals([rebuild])
+
+
+def _kind(value: Any) -> str:
+    return f"of type {type(value).__qualname__}"
 
 
 def _safe_names() -> str:
