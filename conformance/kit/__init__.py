@@ -3,6 +3,8 @@
 - :mod:`.cases`: cases and value encoding (plain data drawn in the controller)
 - :mod:`.strategies`: the hypothesis strategies of those cases
 - :mod:`.values`: on the ranks, a case's state built, saved, loaded and compared
+- :mod:`.jobs`: job-shaped cases, keys differing from rank to rank (pipeline stages, experts)
+- :mod:`.job_state`: on the ranks, a job-shaped case's state built, saved, loaded and compared
 - :mod:`.running`: running a step on every rank (:class:`~.running.Ranks`, the pools)
 - :mod:`.trial`: a drawn case of a test against a backend; failures with every field
 - :mod:`.failures`: :class:`~.failures.ConformanceFailure` and :class:`~.failures.Mismatch`

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -11,9 +10,15 @@ from ckptconf.harness.world import per_group
 
 from ...backend import Backend
 from ...kit import values
-from ...kit.cases import TensorSpec, blank_tensor, encoded_tensor, placement_from_text
+from ...kit.cases import blank_tensor, encoded_tensor
 from ...kit.failures import Mismatch
-from .cases import Holding, PerRankCase
+from ...kit.job_state import load_per_rank, save_per_rank
+from ...kit.jobs import PerRankCase
+
+
+def _rank() -> int:
+    return dist.get_rank()
+
 
 __all__ = [
     "load_divergent_object",
@@ -24,99 +29,6 @@ __all__ = [
     "save_in_sub_groups",
     "save_per_rank",
 ]
-
-
-def _rank() -> int:
-    return dist.get_rank()
-
-
-def _meshes(case: PerRankCase, *, loading: bool) -> dict[tuple[int, ...], Any]:
-    """The meshes of the save or load, made on every rank in the same order (new_group is
-    collective)."""
-    return {ranks: values.submesh(ranks, (len(ranks),)) for ranks in case.meshes(loading=loading)}
-
-
-def _value(spec: TensorSpec, holding: Holding, meshes: dict, *, blank: bool) -> Any:
-    from ckptconf.harness.world import rank_device
-
-    full = (blank_tensor if blank else encoded_tensor)(spec.shape, spec.dtype, spec.salt)
-    full = full.to(rank_device())
-    if holding.kind == "plain":
-        return full
-    from torch.distributed.tensor import distribute_tensor
-
-    placement = placement_from_text(holding.placement)
-    return distribute_tensor(full, meshes[holding.mesh], [placement], src_data_rank=None)
-
-
-def _state(case: PerRankCase, *, loading: bool) -> dict[str, Any]:
-    rank = _rank()
-    meshes = _meshes(case, loading=loading)
-    holdings = case.loaded if loading else case.saved
-    state: dict[str, Any] = {}
-    for spec, holding in zip(case.tensors, holdings):
-        if holding.kind == "dtensor" and rank in holding.mesh:
-            value = _value(spec, holding, meshes, blank=loading)  # every mesh rank makes it
-            if rank in holding.ranks:
-                state[spec.key] = value
-        elif rank in holding.ranks:
-            state[spec.key] = _value(spec, holding, meshes, blank=loading)
-    for o in case.objects:
-        if rank in (o.loaded_by if loading else o.saved_by):
-            state[o.key] = None if loading else copy.deepcopy(o.value)
-    return state
-
-
-def save_per_rank(backend: Backend, case: PerRankCase, path: str) -> None:
-    """Rank function: save this rank's keys of the case."""
-    backend.run_save(_state(case, loading=False), path)
-
-
-def _compare(case: PerRankCase, state: dict[str, Any]) -> list[Mismatch]:
-    rank = _rank()
-    out: list[Mismatch] = []
-    expected_keys = set(case.keys_held(rank, loading=True))
-    extra = sorted(set(state) - expected_keys)
-    if extra:
-        out.append(Mismatch(", ".join(extra), rank, "keys appeared that the state did not have"))
-    for spec, holding in zip(case.tensors, case.loaded):
-        if rank not in holding.ranks:
-            continue
-        got = state.get(spec.key)
-        if got is None:
-            out.append(Mismatch(spec.key, rank, "key disappeared from the state"))
-            continue
-        full = encoded_tensor(spec.shape, spec.dtype, spec.salt)
-        if holding.kind == "plain":
-            out += values.piece_mismatches(
-                spec.key, rank, "plain tensor", got, full, (0,) * full.dim()
-            )
-            continue
-        from torch.distributed.tensor import distribute_tensor
-        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-        mesh = got.device_mesh
-        want = distribute_tensor(full.to(got.device), mesh, got.placements, src_data_rank=None)
-        offsets = compute_local_shape_and_global_offset(want.shape, mesh, want.placements)[1]
-        out += values.piece_mismatches(
-            spec.key,
-            rank,
-            f"{holding} local shard",
-            got.to_local(),
-            want.to_local(),
-            tuple(offsets),
-        )
-    for o in case.objects:
-        if rank in o.loaded_by:
-            out += values.object_mismatch(o.key, rank, state.get(o.key), o.value)
-    return out
-
-
-def load_per_rank(backend: Backend, case: PerRankCase, path: str) -> list[Mismatch]:
-    """Rank function: load this rank's keys of the case into blank values; every mismatch."""
-    state = _state(case, loading=True)
-    backend.run_load(state, path)
-    return _compare(case, state)
 
 
 def save_divergent_object(backend: Backend, key: str, path: str) -> dict[str, Any]:

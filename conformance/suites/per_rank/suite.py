@@ -26,10 +26,7 @@ import pytest
 from hypothesis import strategies as st
 
 from ...kit.cases import TensorSpec
-from ...kit.profiles import property_test
-from ...kit.trial import Trial, errors_of
-from . import ranks
-from .cases import (
+from ...kit.jobs import (
     Holding,
     PerRankCase,
     PerRankObject,
@@ -38,6 +35,9 @@ from .cases import (
     pipeline_cases,
     some_ranks_cases,
 )
+from ...kit.profiles import property_test
+from ...kit.trial import Trial, errors_of
+from . import ranks
 
 __all__ = ["PerRankTests"]
 

@@ -1,4 +1,4 @@
-"""Cases of the per_rank suite: state dicts whose keys differ from rank to rank.
+"""Job-shaped cases: state dicts whose keys differ from rank to rank (per_rank, lifecycle).
 
 A :class:`PerRankCase` says, for every tensor and object, which ranks of the saving and
 of the loading world hold its key, and how: a tensor as a full copy on each holder
@@ -17,9 +17,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ...backend import Backend
-from ...kit.cases import TensorSpec
-from ...kit.strategies import dtype_names, global_shapes, object_values
+from ..backend import Backend
+from .cases import TensorSpec
+from .strategies import dtype_names, global_shapes, object_values
 
 __all__ = [
     "Holding",
