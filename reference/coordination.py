@@ -32,7 +32,10 @@ class Coordination:
         process_group: dist.ProcessGroup | None = None,
         coordinator_rank: int = 0,
         no_dist: bool | None = None,
+        where: str | None = None,
     ):
+        self.where = where
+        """The checkpoint's path or URL, named by every error of the steps."""
         if no_dist is None:
             no_dist = not (dist.is_available() and dist.is_initialized())
         self.use_dist = not no_dist
@@ -63,7 +66,9 @@ class Coordination:
             return _FAILED, RankFailure.from_exception(exc)
 
     def _raise(self, step: str, failures: dict[int, RankFailure]) -> None:
-        error = CheckpointError(step, {rank: (failure, None) for rank, failure in failures.items()})
+        error = CheckpointError(
+            step, {rank: (failure, None) for rank, failure in failures.items()}, self.where
+        )
         raise error from getattr(self, "_local_failure", None)
 
     def _gather(self, value: Any) -> list[Any] | None:

@@ -42,6 +42,23 @@ def _reader(path: str | os.PathLike | None, storage_reader: StorageReader | None
     return FileSystemReader(path)
 
 
+def _location(storage: Any) -> str | None:
+    """Where a storage writer or reader keeps its checkpoint (through forwarding wrappers), for
+    errors to name: a reference store's location, else a ``path`` or ``checkpoint_id``."""
+    for _ in range(8):
+        store = getattr(storage, "store", None)
+        for found in (getattr(store, "location", None), getattr(storage, "path", None)):
+            if isinstance(found, (str, os.PathLike)):
+                return str(found)
+        checkpoint_id = getattr(storage, "checkpoint_id", None)
+        if isinstance(checkpoint_id, (str, os.PathLike)):
+            return str(checkpoint_id)
+        storage = getattr(storage, "inner", None)
+        if storage is None:
+            return None
+    return None
+
+
 def save(
     state_dict: dict[str, Any],
     path: str | os.PathLike | None = None,
@@ -76,7 +93,7 @@ def _save(prepare, path, process_group, coordinator_rank, planner, storage_write
     others waiting)."""
     writer = _writer(path, storage_writer)
     planner = planner or ReferenceSavePlanner()
-    coord = Coordination(process_group, coordinator_rank, no_dist)
+    coord = Coordination(process_group, coordinator_rank, no_dist, where=_location(writer))
     metadata_box: dict[str, Metadata] = {}
 
     def local_plan():
@@ -123,7 +140,7 @@ def load(
     """
     reader = _reader(path, storage_reader)
     planner = planner or ReferenceLoadPlanner()
-    coord = Coordination(process_group, coordinator_rank, no_dist)
+    coord = Coordination(process_group, coordinator_rank, no_dist, where=_location(reader))
     loading: list[StatefulLoad] = []
 
     def local_plan():

@@ -67,12 +67,13 @@ class CheckpointError(CheckpointException):
     """A save or load failed on one or more ranks; raised identically on every rank.
 
     A subclass of DCP's ``CheckpointException``: ``failures`` maps each failing rank
-    to ``(exception, stack summary)`` as DCP does, and ``step`` names the phase.
+    to ``(exception, stack summary)`` as DCP does, ``step`` names the phase and ``where`` the
+    checkpoint (its path or URL, where the storage tells it).
     """
 
-    def __init__(self, step: str, failures: dict[int, Any]):
+    def __init__(self, step: str, failures: dict[int, Any], where: str | None = None):
         super().__init__(step, failures)
-        self.step = step
+        self.step, self.where = step, where
 
     @property
     def failed_ranks(self) -> list[int]:
@@ -80,7 +81,8 @@ class CheckpointError(CheckpointException):
         return sorted(self.failures)
 
     def __str__(self) -> str:
-        lines = [f"checkpoint {self.step} failed on rank(s) {self.failed_ranks}:"]
+        of = f" of {self.where}" if self.where else ""
+        lines = [f"checkpoint {self.step}{of} failed on rank(s) {self.failed_ranks}:"]
         for rank in self.failed_ranks:
             exc, _ = self.failures[rank]
             lines.append(f"  rank {rank}: {exc}")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from ckptconf.conformance.suites.faults.injection import FaultyStorageReader
 from ckptconf.reference import (
     Checkpointer,
     CheckpointError,
@@ -52,6 +53,20 @@ def test_missing_and_unexpected_keys_are_errors_by_default(saved):
         "2 key(s) of the checkpoint are not in the destination (held by no rank): 'b', 'c'" in text
     )
     assert untouched(dest)
+
+
+def test_an_error_names_the_checkpoint_it_is_about(saved, tmp_path):
+    # a job that loads while another writes, or rotates paths, must know which checkpoint failed
+    with pytest.raises(CheckpointError, match=f"checkpoint load planning of {saved} failed"):
+        load({"z": torch.zeros(1)}, saved)
+    with pytest.raises(CheckpointError, match=f"of {tmp_path / 'nothing'} failed"):
+        load({"a": torch.zeros(2, 3)}, tmp_path / "nothing")
+    reader = FaultyStorageReader(FileSystemReader(saved), hook="read_data", rank=0)
+    with pytest.raises(CheckpointError, match=f"checkpoint load reading of {saved} failed"):
+        load(
+            {"a": torch.zeros(2, 3), "b": torch.zeros(4, dtype=torch.int32), "c": 0},
+            storage_reader=reader,
+        )
 
 
 def test_missing_and_unexpected_keys_can_be_allowed(saved):
