@@ -10,6 +10,7 @@
 - :mod:`.failures`: :class:`~.failures.ConformanceFailure` and :class:`~.failures.Mismatch`
 - :mod:`.outcomes`: the outcomes of a test (:class:`~.outcomes.Outcome`), ``unsupported``
 - :mod:`.verdicts`: each failing example judged against the expectations that name it
+- :mod:`.injection`: storage writers and readers failing at a chosen hook on a chosen rank
 - :mod:`.layouts`: layout classes of drawn cases, and pinned examples of each
 - :mod:`.oracle`: the coverage oracle (chunks tiling a tensor, metadata describing a state)
 - :mod:`.profiles`: the suites' hypothesis profiles and :func:`~.profiles.property_test`

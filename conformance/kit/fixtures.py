@@ -322,7 +322,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     verdict = pyfuncitem.stash.get(_verdict_key, None)
     if verdict is None:
         return (yield)
-    drawn = getattr(pyfuncitem.obj, "ckptconf_property_test", False)
+    # a property test judges each example, a lifecycle test each step: judged already
+    drawn = getattr(pyfuncitem.obj, "ckptconf_property_test", False) or getattr(
+        pyfuncitem.obj, "ckptconf_judged", False
+    )
     arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     example = pyfuncitem.callspec.id if hasattr(pyfuncitem, "callspec") else ""
 
@@ -408,7 +411,8 @@ def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:
         hung["minimal_case"] = f"(not shrunk: a hang is not re-run)\n{hung['case']}"
         return {"minimal_case": hung["minimal_case"], "failure": hung}
     notes = list(getattr(value, "__notes__", []))
-    out: dict[str, Any] = {"minimal_case": _falsifying_example(notes)}
+    own = getattr(value, "minimal_case", None)  # a lifecycle run shrinks itself
+    out: dict[str, Any] = {"minimal_case": own or _falsifying_example(notes)}
     if isinstance(value, ConformanceFailure):
         out["failure"] = value.fields()
         out["failure"]["minimal_case"] = out["minimal_case"]

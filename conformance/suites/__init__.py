@@ -29,6 +29,8 @@ The classes are named ``*Tests`` so pytest does not collect them by themselves.
 - :class:`MeshChangeTests` (``mesh_change``): 1-D <-> 2-D meshes, submeshes, kind chains, Checkpointer
 - :class:`PerRankTests` (``per_rank``): keys held by some ranks (pipeline, experts, loader
   state, omitted optimizer state), shrinking worlds, sub-groups, meta destinations
+- :class:`LifecycleTests` (``lifecycle``): runs of saves, async saves, loads (also while a save
+  commits) and failed saves at two paths, drawn by a state machine, against a model
 
 Importing this package in a pytest session switches ckptconf on for it (its fixtures).
 """
@@ -38,6 +40,7 @@ from .async_save import AsyncSaveTests
 from .crash_states import CrashStatesTests
 from .faults import FaultsTests, FaultyStorageTests
 from .kinds import KindsTests, StateDictKindsTests
+from .lifecycle import LifecycleTests
 from .mesh_change import MeshChangeTests
 from .per_rank import PerRankTests
 from .plans import PlansTests, PlanValidationTests
@@ -50,6 +53,7 @@ SUITES: dict[str, type] = {
     "crash_states": CrashStatesTests,
     "faults": FaultsTests,
     "kinds": KindsTests,
+    "lifecycle": LifecycleTests,
     "mesh_change": MeshChangeTests,
     "per_rank": PerRankTests,
     "plans": PlansTests,

@@ -67,7 +67,10 @@ def test_a_ckpt_option_switches_ckptconf_on(project, monkeypatch):
         "--fixtures", "-p", "no:cacheprovider", "--ckpt-profile", "ci"
     )
     assert result.ret == 0
-    assert "ckptconf: backend: the test module's backend fixture, else reference" in result.stdout.str()
+    assert (
+        "ckptconf: backend: the test module's backend fixture, else reference"
+        in result.stdout.str()
+    )
     result.stdout.fnmatch_lines(["ckpt_backend*", "*backend under test*"])
 
 

@@ -5,7 +5,7 @@ lists them for the kill-rate runner (:mod:`tests.planted.killrate`): the conform
 must fail at least one test against each. ``CONTROL`` is the same scaffold with no bug: a
 killing test that fails on it too does not count as a kill. Modules by area: geometry,
 dedup, storage, faults, checkpointer, asyncsave, loading, kinds, validation, per_rank,
-crash.
+lifecycle, crash.
 
 On DCP's default planners (``dcp_planners``, ``dcp_mesh``): one broken planner or
 checkpointer each, for the meta-tests of the plans and mesh_change suites
@@ -28,6 +28,7 @@ from . import (
     faults,
     geometry,
     kinds,
+    lifecycle,
     loading,
     per_rank,
     storage,
@@ -187,6 +188,11 @@ PLANTED: list[PlantedBug] = [
     _bug(validation, "validator_misses_overlaps", ("plans",)),
     _bug(validation, "validator_misses_out_of_bounds", ("plans",)),
     _bug(validation, "validator_ignores_dtype_disagreement", ("plans",)),
+    # defects of two or more operations, seen in the lifecycle
+    _bug(lifecycle, "reads_newest_generation", ("lifecycle",)),
+    _bug(lifecycle, "lock_left_by_failed_save", ("lifecycle",)),
+    _bug(lifecycle, "save_plan_cached", ("lifecycle",)),
+    _bug(lifecycle, "async_staging_buffers_reused", ("lifecycle",)),
     # durability order, seen only in crash states
     _bug(crash, "metadata_renamed_before_data_synced", ("crash_states",)),
     _bug(crash, "metadata_written_in_place", ("crash_states",)),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from ckptconf.conformance import load_backend
-from ckptconf.conformance.suites.faults.injection import FaultyStorageWriter
+from ckptconf.conformance.kit.injection import FaultyStorageWriter
 from ckptconf.harness.simulated import (
     checkpointable,
     chunk_list_value,

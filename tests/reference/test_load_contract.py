@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from ckptconf.conformance.suites.faults.injection import FaultyStorageReader
+from ckptconf.conformance.kit.injection import FaultyStorageReader
 from ckptconf.reference import (
     Checkpointer,
     CheckpointError,

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 from ...backend import Backend
 from ...kit.cases import SaveLoadCase
+from ...kit.injection import COORDINATOR_ONLY
 from ...kit.strategies import small_cases
-from .injection import COORDINATOR_ONLY
 
 __all__ = ["fault_cases"]
 

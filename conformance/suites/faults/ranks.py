@@ -6,8 +6,8 @@ from typing import Any
 
 from ...backend import Backend
 from ...kit.cases import SaveLoadCase
+from ...kit.injection import FaultyStorageReader, FaultyStorageWriter
 from ...kit.values import blank_state, build_state, call_outcome, compare_state
-from .injection import FaultyStorageReader, FaultyStorageWriter
 
 __all__ = ["load_expecting_failure", "load_with_fault", "save_killed", "save_with_fault"]
 

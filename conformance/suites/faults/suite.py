@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 from ...kit import values
 from ...kit.cases import resalted
 from ...kit.failures import error_line
+from ...kit.injection import READER_HOOKS, WRITER_HOOKS
 from ...kit.layouts import small_layout_examples
 from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from ...kit.trial import Trial, describe_outcomes, errors_of
 from . import ranks
 from .cases import fault_cases
-from .injection import READER_HOOKS, WRITER_HOOKS
 
 __all__ = ["FaultsTests"]
 

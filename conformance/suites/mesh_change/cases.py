@@ -609,6 +609,14 @@ PINNED_CHECKPOINTABLES = _pins(
         (*_CK, *_DT, "world_size_change"),
     ),
     (
+        "row ranges -> ShardedTensor shards past the end",
+        MeshCase(
+            (_spec(0, (5, 2)),),
+            (_at(2, _rows(((0, 3),), ((3, 2),))), _at(4, _hold("sharded_tensor"))),
+        ),
+        (*_CK, "sharded_tensor", "world_size_change"),
+    ),
+    (
         "ShardedTensor on 4 ranks -> row ranges",
         MeshCase(
             (_spec(0, (5, 3)), _spec(1, (4, 2))),

@@ -1,0 +1,68 @@
+"""Run printed lifecycle steps again: ``python -m ckptconf.conformance.suites.lifecycle
+--backend SPEC [--strict] [--device MODE] '[Save(...), Load(...), ...]'``.
+
+Prints each step as it runs; exits 0 if every step keeps the contract, 1 with the failure
+otherwise (2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the steps of the command line on the backend it names; the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ckptconf.conformance.suites.lifecycle",
+        description="Run a printed sequence of lifecycle steps on a backend.",
+    )
+    parser.add_argument("--backend", required=True, help="a built-in name or module:attr")
+    parser.add_argument("--strict", action="store_true", help="check what saves leave beside")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda-shared")
+    parser.add_argument("steps", help="the printed list of steps, [Save(...), ...]")
+    args = parser.parse_args(argv)
+
+    from ckptconf.conformance.kit.failures import ConformanceFailure, HangFailure, render_failure
+    from ckptconf.conformance.kit.running import PoolRanks
+    from ckptconf.conformance.kit.trial import Checker
+    from ckptconf.conformance.loading import load_backend
+    from ckptconf.harness import shutdown_all
+
+    from .runner import Runner
+    from .steps import numbered, parse_steps
+
+    try:
+        steps = parse_steps(args.steps)
+    except ValueError as exc:
+        parser.error(str(exc))
+    backend = load_backend(args.backend)
+    root = tempfile.mkdtemp(prefix="ckptconf-lifecycle-")
+    count = iter(range(10**9))
+    checker = Checker(
+        backend,
+        ranks=PoolRanks(args.device),
+        paths=lambda: f"{root}/run{next(count)}",
+        suite="lifecycle",
+        test="lifecycle::replay",
+    )
+    print(f"running {len(steps)} step(s) on {backend.name}:\n{numbered(steps)}", flush=True)
+    try:
+        Runner(checker, strict=args.strict, title="replayed run").run(steps)
+    except ConformanceFailure as exc:
+        print(render_failure(exc.fields()))
+        return 1
+    except HangFailure as exc:
+        print(render_failure(exc.failure.fields()))
+        return 1
+    finally:
+        shutdown_all()
+    print("every step kept the contract")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
