@@ -14,6 +14,12 @@ Backends are sent to the ranks that run the tests. One selected by
 object (the class-based style) must pickle, so use module-level functions or classes,
 not lambdas, for its callables.
 
+Paths: every test gives each checkpoint a path of its own that does not exist yet (under a
+fresh folder of the test; the lifecycle suite uses ``<folder>/ckpt-0`` and ``<folder>/ckpt-1``
+and saves to each many times). The backend may make the path a folder or a single file, or
+map it to objects elsewhere (then give ``stored_objects``); every rank of a step gets the same
+path, and nothing else may be written beside it (strict tests list the folder).
+
 Call order, as the suites use a backend on every rank of a step: ``run_save`` (the
 backend's ``save``, or DCP's driver with ``storage_writer(path)`` and ``save_planner()``),
 then on the same or other ranks ``run_load`` (``load``, or DCP's driver with
