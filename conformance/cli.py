@@ -10,7 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "UNKNOWN_FORMAT"]
+
+UNKNOWN_FORMAT = 3
+"""Exit code of ``inspect`` and ``verify`` for a path in a format they do not read (a single-file
+checkpoint, another system's layout): not broken, not whole, unknown."""
 
 
 class _Progress:
@@ -351,12 +355,15 @@ def _backends_page(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from ckptconf.reference.errors import MetadataFormatError
+    from ckptconf.reference.errors import MetadataFormatError, UnknownFormatError
     from ckptconf.reference.inspection import open_checkpoint, render_layout, render_tree
 
     try:
         view = open_checkpoint(args.path)
         text = render_layout(view, args.layout, key=args.key) if args.layout else None
+    except UnknownFormatError as exc:
+        print(f"ckptconf inspect: {exc}", file=sys.stderr)
+        return UNKNOWN_FORMAT
     except (OSError, MetadataFormatError, ValueError) as exc:
         print(f"ckptconf inspect: {exc}", file=sys.stderr)
         return 2
@@ -375,9 +382,14 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from ckptconf.reference.errors import UnknownFormatError
     from ckptconf.reference.inspection import verify
 
-    problems = verify(args.path)
+    try:
+        problems = verify(args.path)
+    except UnknownFormatError as exc:
+        print(f"ckptconf verify: cannot tell: {exc}", file=sys.stderr)
+        return UNKNOWN_FORMAT
     for problem in problems:
         print(problem)
     if problems:
@@ -750,7 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     page.set_defaults(handler=_backends_page)
     inspect = sub.add_parser(
-        "inspect", help="what a checkpoint folder holds (ckptconf or torch DCP format)"
+        "inspect",
+        help="what a checkpoint folder holds (ckptconf, torch DCP or DCP safetensors format; "
+        f"exit {UNKNOWN_FORMAT} for a format it does not read)",
     )
     inspect.add_argument("path", help="checkpoint folder")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of the tree")
@@ -764,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     inspect.set_defaults(handler=_inspect)
     verify = sub.add_parser(
-        "verify", help="check a checkpoint folder is whole (exit 0 only when it is)"
+        "verify",
+        help="check a checkpoint folder is whole: exit 0 whole, 1 not whole (or nothing there), "
+        f"{UNKNOWN_FORMAT} a format it does not read",
     )
     verify.add_argument("path", help="checkpoint folder")
     verify.set_defaults(handler=_verify)

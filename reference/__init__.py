@@ -23,6 +23,7 @@ from .errors import (
     MetadataFormatError,
     PlanValidationError,
     RankFailure,
+    UnknownFormatError,
 )
 from .filesystem import DirectoryStore, FileSystemReader, FileSystemWriter
 from .geometry import chunk_overlap, chunk_volume, local_pieces, local_runs, local_shape
@@ -47,6 +48,7 @@ __all__ = [
     "InMemoryReader",
     "InMemoryWriter",
     "IntegrityError",
+    "UnknownFormatError",
     "LoadContractError",
     "MemoryStore",
     "MetadataFormatError",

@@ -14,11 +14,17 @@ __all__ = [
     "IntegrityError",
     "LoadContractError",
     "PlanValidationError",
+    "UnknownFormatError",
 ]
 
 
 class MetadataFormatError(ValueError):
     """Checkpoint metadata on disk is malformed, unsupported or inconsistent."""
+
+
+class UnknownFormatError(ValueError):
+    """A path holds something, but no checkpoint format ckptconf reads (a single-file format,
+    another system's folder layout): neither whole nor broken, just not readable here."""
 
 
 class IntegrityError(OSError):

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.metadata import (
 
 from .checksums import checksum
 from .dcp_metadata import load_dcp_metadata
-from .errors import MetadataFormatError
+from .errors import MetadataFormatError, UnknownFormatError
 from .filesystem import METADATA_FILE
 from .metadata_format import Region, dtype_name, parse_metadata
 from .validation import chunk_layout_problems
@@ -223,11 +223,18 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointView:
     """Read what the checkpoint folder ``path`` holds, without loading tensor data.
 
     Raises:
-        FileNotFoundError: ``path`` is not a folder holding ``ckptconf.json`` or ``.metadata``.
+        FileNotFoundError: nothing at ``path``, or an empty folder.
+        UnknownFormatError: ``path`` holds something, but not a format this reads (a single
+            file, another layout).
         MetadataFormatError: the metadata is malformed (``UnsafeMetadataError`` for a DCP
             pickle referencing anything but DCP's metadata classes).
     """
     root = Path(path)
+    if root.is_file():
+        raise UnknownFormatError(
+            f"{root}: a single file; the formats ckptconf reads are folders (the ckptconf "
+            f"format's {METADATA_FILE}, torch DCP's {DCP_METADATA_FILE}, DCP's safetensors shards)"
+        )
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such checkpoint folder")
     files = _files(root)
@@ -246,9 +253,12 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointView:
         )
     if any(name.endswith(".safetensors") for name in files):
         return _open_safetensors(root, files)
-    raise FileNotFoundError(
-        f"{root}: not a checkpoint this reads (no {METADATA_FILE} of the ckptconf format, no "
-        f"{DCP_METADATA_FILE} of torch DCP's filesystem layout); files: {sorted(files)[:10]}"
+    if not files:
+        raise FileNotFoundError(f"{root}: an empty folder, no checkpoint")
+    raise UnknownFormatError(
+        f"{root}: not a checkpoint format ckptconf reads (no {METADATA_FILE} of the ckptconf "
+        f"format, no {DCP_METADATA_FILE} of torch DCP's filesystem layout, no safetensors "
+        f"shards); files: {sorted(files)[:10]}"
     )
 
 
@@ -424,6 +434,10 @@ def verify(path: str | os.PathLike) -> list[Problem]:
     chunk out of bounds; each stored item lies inside an existing file; block checksums
     (ckptconf format); each DCP tensor item loads as its chunk's shape and dtype. Never raises
     for a broken checkpoint: an unreadable one is one problem.
+
+    Raises:
+        UnknownFormatError: ``path`` is not in a format this reads, so nothing can be said of
+            it (it is not reported as broken).
     """
     try:
         view = open_checkpoint(path)

@@ -11,8 +11,9 @@ import shutil
 
 import pytest
 import torch
-from ckptconf.conformance.cli import main
+from ckptconf.conformance.cli import UNKNOWN_FORMAT, main
 from ckptconf.reference import (
+    UnknownFormatError,
     UnsafeMetadataError,
     load_dcp_metadata,
     open_checkpoint,
@@ -325,3 +326,25 @@ def test_a_2d_mesh_checkpoint_is_four_chunks_and_whole(writer, tmp_path):
         ((2, 3), (2, 3)),
     ]
     assert verify(tmp_path / "grid") == []
+
+
+def test_a_format_it_does_not_read_is_unknown_not_broken(tmp_path, capsys):
+    # a single-file checkpoint, or another system's folder: inspect and verify say they cannot
+    # tell, with an exit code of their own, instead of calling it NOT whole
+    single = tmp_path / "model.ckpt"
+    single.write_bytes(b"\x00" * 64)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "weights.npz").write_bytes(b"PK")
+    for path, said in ((single, "a single file"), (other, "not a checkpoint format")):
+        for command in ("verify", "inspect"):
+            assert main([command, str(path)]) == UNKNOWN_FORMAT == 3, (command, path)
+            captured = capsys.readouterr()
+            assert said in captured.err and "NOT whole" not in captured.out, captured
+        with pytest.raises(UnknownFormatError, match=said):
+            verify(path)
+    # nothing there, or an empty folder: not whole (exit 1), not unknown
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "nothing", tmp_path / "empty"):
+        assert main(["verify", str(path)]) == 1
+        assert "NOT whole" in capsys.readouterr().out
