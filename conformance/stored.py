@@ -27,6 +27,10 @@ class StoredObjects(ABC):
     :meth:`delete`) before a load; a change may be undone by writing the old bytes back.
     """
 
+    local: bool = False
+    """Whether the objects are regular files at the checkpoint's local path (the crash-states
+    suite records local file-system calls only: it runs where this is true)."""
+
     in_place: bool = False
     """Whether :meth:`change_byte` changes one byte where it lies (a file) rather than replacing
     the whole object: the tampered-metadata test probes 4096 bytes one by one where it is,
@@ -66,14 +70,23 @@ class StoredObjects(ABC):
 
 
 class LocalFiles(StoredObjects):
-    """The regular files under a folder (the default for every backend)."""
+    """The regular files under a folder (the default for every backend); a checkpoint that is
+    a single file is one object, named by the file's name."""
 
+    local = True
     in_place = True
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
+    def _file(self, name: str) -> Path:
+        if self.path.is_file() and name == self.path.name:
+            return self.path
+        return self.path / name
+
     def names(self) -> list[str]:
+        if self.path.is_file():
+            return [self.path.name]
         found = []
         for root, _, files in os.walk(self.path):
             for name in files:
@@ -83,19 +96,19 @@ class LocalFiles(StoredObjects):
         return sorted(found)
 
     def read(self, name: str) -> bytes:
-        return (self.path / name).read_bytes()
+        return self._file(name).read_bytes()
 
     def write(self, name: str, data: bytes) -> None:
-        (self.path / name).write_bytes(data)
+        self._file(name).write_bytes(data)
 
     def delete(self, name: str) -> None:
-        os.remove(self.path / name)
+        os.remove(self._file(name))
 
     def size(self, name: str) -> int:
-        return os.path.getsize(self.path / name)
+        return os.path.getsize(self._file(name))
 
     def change_byte(self, name: str, offset: int, change: Callable[[int], int]) -> int:
-        with open(self.path / name, "r+b") as target:  # in place: no rewrite of a large file
+        with open(self._file(name), "r+b") as target:  # in place: no rewrite of a large file
             target.seek(offset)
             old = target.read(1)[0]
             target.seek(offset)

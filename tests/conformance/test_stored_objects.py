@@ -49,3 +49,49 @@ def test_the_defaults_replace_whole_objects():
     assert store.size("x") == 3
     assert store.change_byte("x", 2, lambda b: b + 1) == ord("c")
     assert store.objects == {"x": b"abd"}
+
+
+def test_a_single_file_checkpoint_is_one_object(tmp_path):
+    single = tmp_path / "model.ckpt"
+    single.write_bytes(b"abcdef")
+    (tmp_path / "beside.txt").write_bytes(b"not part of it")
+    files = LocalFiles(single)
+    assert files.names() == ["model.ckpt"]
+    assert files.read("model.ckpt") == b"abcdef" and files.size("model.ckpt") == 6
+    assert files.change_byte("model.ckpt", 1, lambda b: b ^ 0xFF) == ord("b")
+    assert single.read_bytes() == b"a" + bytes([ord("b") ^ 0xFF]) + b"cdef"
+    files.delete("model.ckpt")
+    assert not single.exists() and (tmp_path / "beside.txt").exists()
+
+
+class _MyLocalFiles(LocalFiles):
+    """A backend's own listing of local files (say, it skips its lock files)."""
+
+
+class _Elsewhere(LocalFiles):
+    local = False
+
+
+def test_crash_states_runs_for_local_stored_objects_only(tmp_path, monkeypatch):
+    from ckptconf.conformance import Backend
+    from ckptconf.conformance.kit.outcomes import Unsupported
+    from ckptconf.conformance.suites.crash_states import suite
+
+    monkeypatch.setattr(suite, "recorder_unavailable", lambda: None)
+
+    class Ckpt:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def path(self):
+            return str(tmp_path / "c0")
+
+    def backend(stored):
+        return Backend(
+            "b", save=lambda *a, **k: None, load=lambda *a, **k: None, stored_objects=stored
+        )
+
+    suite._recordable(Ckpt(backend(None)))  # the default: files under the path
+    suite._recordable(Ckpt(backend(_MyLocalFiles)))  # a backend's own, local: recorded too
+    with pytest.raises(Unsupported, match="elsewhere than in local files"):
+        suite._recordable(Ckpt(backend(_Elsewhere)))

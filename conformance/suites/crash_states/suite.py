@@ -60,10 +60,11 @@ def _recordable(ckpt) -> None:
     reason = recorder_unavailable()
     if reason is not None:
         unsupported(reason)
-    if ckpt.backend.stored_objects is not None:
+    where = ckpt.backend.objects_at(ckpt.path())
+    if not where.local:
         unsupported(
-            "it stores checkpoints elsewhere than in a local folder (it gives stored_objects), "
-            "and only local file-system calls are recorded"
+            f"it stores checkpoints elsewhere than in local files ({where.where()}), and only "
+            "local file-system calls are recorded"
         )
 
 
