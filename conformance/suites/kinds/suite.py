@@ -26,7 +26,7 @@ from ...kit.strategies import (
     supported_dtypes,
     supported_options,
 )
-from ...kit.trial import Trial, describe_outcomes
+from ...kit.trial import Trial, describe_outcomes, errors_of
 from . import ranks
 from .cases import (
     KEY_CLASHES,
@@ -439,9 +439,7 @@ class KindsTests:
             world=2,
             timeout=_FAILING_TIMEOUT,
         )
-        errors = tuple(
-            dict.fromkeys(error_line(o.error_type, o.message) for o in outcomes if o.raised)
-        )
+        errors = errors_of(outcomes)
         returned = [o.rank for o in outcomes if not o.raised]
         if returned:
             raise trial.fail(
