@@ -96,7 +96,7 @@ class Backend:
     save: Callable[..., Any] | None = None
     load: Callable[..., Any] | None = None
     async_save: Callable[..., Any] | None = None
-    unsupported: frozenset[str] = frozenset()
+    unsupported: frozenset[str] | dict[str, str] = frozenset()
     description: str = ""
     expectations: str | None = None
     """Path of the backend's expectations file: its known failures, each with a reason."""
@@ -113,14 +113,20 @@ class Backend:
     planners or driver): a failure listed in that backend's expectations is reported as
     *inherited*, with its reason, apart from the backend's own failures."""
 
+    unsupported_reasons: dict[str, str] = field(default_factory=dict, compare=False)
+    """Why a feature is unsupported, by feature, shown with each test it makes unsupported (give
+    ``unsupported`` as a mapping of feature to reason, or both fields)."""
+
     def __post_init__(self) -> None:
-        unknown = set(self.unsupported) - set(FEATURES)
+        if isinstance(self.unsupported, dict):
+            self.unsupported_reasons = {**self.unsupported, **self.unsupported_reasons}
+        unknown = (set(self.unsupported) | set(self.unsupported_reasons)) - set(FEATURES)
         if unknown:
             raise ValueError(
                 f"backend {self.name!r} declares unknown features unsupported: {sorted(unknown)}; "
                 f"known features: {sorted(FEATURES)}"
             )
-        self.unsupported = frozenset(self.unsupported)
+        self.unsupported = frozenset(self.unsupported) | frozenset(self.unsupported_reasons)
         for step, own, storage in (
             ("save", self.save, self.storage_writer),
             ("load", self.load, self.storage_reader),

@@ -210,7 +210,13 @@ def ckpt(
         if not ckpt_backend.supports(f)
     ]
     if missing:
-        unsupported("declared unsupported: " + ", ".join(dict.fromkeys(missing)))
+        reasons = ckpt_backend.unsupported_reasons
+        unsupported(
+            "declared unsupported: "
+            + ", ".join(
+                f"{f} ({reasons[f]})" if f in reasons else f for f in dict.fromkeys(missing)
+            )
+        )
     suite = item.get_closest_marker("ckpt_suite")
     timeout = request.config.getoption("ckpt_timeout")
 

@@ -33,8 +33,31 @@ def test_megatron_declares_what_its_planners_cannot_take():
 def test_nvrx_runs_under_its_own_driver_only():
     backend = _backend("nvidia-resiliency-ext", "nvidia_resiliency_ext")
     assert backend.save is not None and backend.storage_writer is None
-    assert not backend.supports("storage") and not backend.supports("async_save")
+    assert not backend.supports("storage")
     assert backend.injection_unsupported("storage_writer") is not None
+    # its async flow (AsyncCallsQueue, persistent worker, finalize) is what users run; it
+    # needs CUDA, and where there is none the reason says exactly why
+    assert backend.async_save is not None
+    import torch
+
+    if not torch.cuda.is_available():
+        assert not backend.supports("async_save")
+        assert "torch.cuda.current_device()" in backend.unsupported_reasons["async_save"]
+
+
+def test_a_declared_feature_carries_its_reason_to_the_unsupported_tests():
+    from ckptconf.conformance import Backend
+
+    backend = Backend(
+        "b",
+        save=lambda *a, **k: None,
+        load=lambda *a, **k: None,
+        unsupported={"dtensor": "no meshes here"},
+    )
+    assert backend.unsupported == frozenset({"dtensor"}) and not backend.supports("dtensor")
+    assert backend.unsupported_reasons == {"dtensor": "no meshes here"}
+    with pytest.raises(ValueError, match="unknown features"):
+        Backend("b", save=print, load=print, unsupported={"teleport": "why not"})
 
 
 @pytest.mark.multiprocess
