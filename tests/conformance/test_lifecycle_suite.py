@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import replace
 
 import pytest
 from ckptconf.conformance import load_backend
 from ckptconf.conformance.kit.jobs import Holding, PerRankCase
 from ckptconf.conformance.suites.lifecycle.cases import SALT_STEP, numbered_save, pinned_runs
-from ckptconf.conformance.suites.lifecycle.runner import _same_keys, as_saved
+from ckptconf.conformance.suites.lifecycle.runner import _newer_for, _same_keys, as_saved
 from ckptconf.conformance.suites.lifecycle.steps import Load, Save, parse_steps, printed
 
 from .suite_runner import run_conformance
@@ -52,20 +53,20 @@ def test_each_save_has_values_of_its_own():
     assert numbered_save(case, 2) == case  # nothing to number
 
 
-def test_the_same_keys_means_the_same_save_side():
+def test_a_checkpoint_of_the_same_keys_is_one_a_load_may_return_whole():
     case = pinned_runs(load_backend("reference"))[0].steps[0].case
-    assert _same_keys(case, numbered_save(case, 9))
-    moved = PerRankCase(
-        case.family,
-        case.tensors,
-        case.save_world,
-        case.load_world,
-        (Holding((1,)),) + case.saved[1:],
-        case.loaded,
-        case.objects,
+    # whoever saved them: the keys, shapes and dtypes are the checkpoint's
+    moved = replace(case, saved=(Holding((1,)),) + case.saved[1:])
+    assert _same_keys(case, numbered_save(moved, 9))
+    newer = _newer_for(as_saved(case), numbered_save(moved, 9))
+    assert [s.salt // SALT_STEP for s in newer.tensors] == [9] * len(case.tensors)
+    assert newer.loaded == case.saved and newer.load_world == case.save_world
+    other_shape = replace(
+        case, tensors=(replace(case.tensors[0], shape=(5, 3)),) + case.tensors[1:]
     )
-    assert not _same_keys(case, moved)
-    assert as_saved(case).loaded == case.saved and as_saved(case).load_world == case.save_world
+    assert not _same_keys(case, other_shape)
+    assert not _same_keys(case, replace(case, tensors=case.tensors[1:], saved=case.saved[1:]))
+    assert not _same_keys(case, replace(case, objects=case.objects[1:]))
 
 
 @pytest.mark.multiprocess
@@ -104,6 +105,12 @@ PLANTED = [
         "test_lifecycle",
         ("wrong_values", "load"),
         "not those of one committed checkpoint",
+    ),
+    (
+        "tests.planted.lifecycle:racing_load_refused_on_one_rank",
+        "test_lifecycle",
+        ("wrong_error", "load"),
+        "the ranks of one job hold different states",
     ),
     (
         "tests.planted.storage:stale_metadata_cache",

@@ -193,6 +193,7 @@ PLANTED: list[PlantedBug] = [
     _bug(lifecycle, "lock_left_by_failed_save", ("lifecycle",)),
     _bug(lifecycle, "save_plan_cached", ("lifecycle",)),
     _bug(lifecycle, "async_staging_buffers_reused", ("lifecycle",)),
+    _bug(lifecycle, "racing_load_refused_on_one_rank", ("lifecycle",)),
     # durability order, seen only in crash states
     _bug(crash, "metadata_renamed_before_data_synced", ("crash_states",)),
     _bug(crash, "metadata_written_in_place", ("crash_states",)),

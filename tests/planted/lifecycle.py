@@ -24,6 +24,7 @@ from ._common import VerifiedSavePlanner, current_rank, planted_backend
 
 __all__ = [
     "async_staging_buffers_reused",
+    "racing_load_refused_on_one_rank",
     "lock_left_by_failed_save",
     "reads_newest_generation",
     "save_plan_cached",
@@ -61,6 +62,46 @@ def reads_newest_generation() -> Backend:
         "reads_newest_generation",
         "reader resolves data files by the newest generation folder (and skips checksums)",
         reader=NewestGenerationReader,
+    )
+
+
+# --- one rank notices a newer save and raises, the others return ----------------------------------
+
+
+def _keeping_writer(path) -> FileSystemWriter:
+    return FileSystemWriter(path, keep_old_generations=True)
+
+
+class _SeenReader(FileSystemReader):
+    """Remembers the metadata document it read."""
+
+    def read_metadata(self):
+        self.seen = self.store.read_metadata()
+        return super().read_metadata()
+
+
+def _load_then_check_on_rank_1(
+    state_dict, *, process_group=None, planner=None, storage_reader=None
+):
+    reference_driver.load(
+        state_dict, process_group=process_group, planner=planner, storage_reader=storage_reader
+    )
+    reader = storage_reader
+    while not hasattr(reader, "seen") and hasattr(reader, "inner"):
+        reader = reader.inner
+    # the mistake: a check after the load's last collective, on one rank, not shared
+    if current_rank() == 1 and reader.store.read_metadata() != reader.seen:
+        raise RuntimeError(f"{reader.store.location}: a newer save committed meanwhile")
+
+
+def racing_load_refused_on_one_rank() -> Backend:
+    """A load overtaken by a save is refused on rank 1 after the load's last collective, and returns on the other ranks: the job's ranks hold different states."""
+    return planted_backend(
+        "racing_load_refused_on_one_rank",
+        "rank 1 checks for a newer save after loading and raises alone",
+        writer=_keeping_writer,
+        reader=_SeenReader,
+        load_driver=_load_then_check_on_rank_1,
     )
 
 

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from ...kit.injection import COORDINATOR_ONLY, WRITER_HOOKS
 from .cases import job_cases, numbered_save
 from .runner import SLOTS, Runner
-from .steps import FailedSave, KilledSave, Load, RacingLoad, Save, Wait, numbered
+from .steps import FailedSave, KilledSave, Load, RacingLoad, Save, Wait, printed
 
 __all__ = ["LifecycleMachine", "features_of"]
 
@@ -152,4 +152,4 @@ class LifecycleMachine(RuleBasedStateMachine):
     def teardown(self):
         self.runner.finish()
         if self.verdict is not None and not self.runner.failed and self.runner.steps:
-            self.verdict.passed(numbered(self.runner.steps), self.runner.replay())
+            self.verdict.passed(printed(self.runner.steps), self.runner.replay())

@@ -65,10 +65,10 @@ def _held(backend: Backend, run: str) -> _Held:
 
 
 def _side_group(use: str):
-    """This process's gloo group for ``use`` (``"async"``: background saves; ``"paused"``: a
-    paused load), each other than the default group and than each other, so that steps running
-    at once never interleave collectives on one group. Every rank makes it on first use
-    (collective)."""
+    """This process's gloo group for ``use`` (``"async-<slot>"``: the background save to a
+    slot; ``"paused"``: a paused load), each other than the default group and than each
+    other, so that steps running at once never interleave collectives on one group (DCP's
+    async_save asks for that). Every rank makes it on first use (collective)."""
     groups = per_group(_GROUPS)
     if use not in groups:
         groups[use] = dist.new_group(backend="gloo")
@@ -84,7 +84,7 @@ def start_async_save(backend: Backend, run: str, slot: int, case: PerRankCase, p
     """Start an async save of ``case``; returns once async_save returned (the state staged)."""
     held = _held(backend, run)
     state = job_state(case, loading=False)
-    group = _side_group("async")
+    group = _side_group(f"async-{slot}")  # two saves in flight never share a group
     future = held.backend.run_async_save(state, path, process_group=group)
     held.pending[slot] = (future, state)
 
@@ -167,6 +167,10 @@ def start_paused_load(backend: Backend, run: str, case: PerRankCase, path: str) 
     """Start loading ``case`` on a thread; return once its reader reached ``read_data`` (the
     metadata read, no data yet): ``"paused"``, or ``"finished"`` if the load ended first."""
     held = _held(backend, run)
+    if held.paused is not None:  # left by a racing load whose save failed: let it end first
+        held.paused.resumed.set()
+        held.paused.thread.join(_PAUSE_LIMIT)
+        held.paused = None
     state = job_state(case, loading=True)  # on this thread: making meshes is collective
     group = _side_group("paused")
     paused, resumed = threading.Event(), threading.Event()
@@ -203,7 +207,7 @@ def resume_load(backend: Backend, run: str, others: list[PerRankCase]) -> dict[s
         raise RuntimeError("no paused load in this process (its pool was restarted?)")
     held.paused = None
     paused.resumed.set()
-    paused.thread.join(_PAUSE_LIMIT * 2)
+    paused.thread.join(_PAUSE_LIMIT)  # within the step's timeout: a stuck load is named
     if paused.thread.is_alive():
         raise TimeoutError("the resumed load did not finish")
     outcome = dict(paused.outcome)

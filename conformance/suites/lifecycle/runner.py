@@ -33,7 +33,7 @@ from ...kit.verdicts import KnownHang
 from . import ranks
 from .steps import FailedSave, KilledSave, Load, RacingLoad, Save, Step, Wait, numbered, printed
 
-__all__ = ["Runner", "Slot", "as_saved", "replay_command"]
+__all__ = ["KnownEntries", "Runner", "Slot", "as_saved", "replay_command"]
 
 SLOTS = 2
 _TIMEOUT = 60.0
@@ -64,25 +64,22 @@ def as_saved(case: PerRankCase) -> PerRankCase:
 
 
 def _same_keys(a: PerRankCase, b: PerRankCase) -> bool:
-    """Whether ``b``'s save gives every rank of ``a``'s load the same keys, shapes and dtypes."""
-    return (
-        a.save_world == b.save_world
-        and [(s.key, s.shape, s.dtype) for s in a.tensors]
-        == [(s.key, s.shape, s.dtype) for s in b.tensors]
-        and a.saved == b.saved
-        and [(o.key, o.saved_by) for o in a.objects] == [(o.key, o.saved_by) for o in b.objects]
-    )
+    """Whether checkpoint ``b`` holds the tensors (key, shape, dtype) and object keys of ``a``:
+    a load of ``a``'s keys may then return ``b`` whole, whichever ranks saved it."""
+    return {s.key: (s.shape, s.dtype) for s in a.tensors} == {
+        s.key: (s.shape, s.dtype) for s in b.tensors
+    } and {o.key for o in a.objects} == {o.key for o in b.objects}
 
 
 def _newer_for(load: PerRankCase, newer: PerRankCase) -> PerRankCase:
-    """``newer`` as loaded by ``load``'s ranks (same keys: the same holdings)."""
+    """``load``'s load side with ``newer``'s values (same keys): what a load returning the
+    newer checkpoint whole holds."""
+    salts = {s.key: s.salt for s in newer.tensors}
+    values = {o.key: o.value for o in newer.objects}
     return replace(
-        newer,
-        load_world=load.load_world,
-        loaded=load.loaded,
-        objects=tuple(
-            replace(o, loaded_by=mine.loaded_by) for o, mine in zip(newer.objects, load.objects)
-        ),
+        load,
+        tensors=tuple(replace(s, salt=salts[s.key]) for s in load.tensors),
+        objects=tuple(replace(o, value=values[o.key]) for o in load.objects),
     )
 
 
@@ -101,6 +98,27 @@ def replay_command(spec: str, steps: list[Step], *, strict: bool, device: str = 
     if spec in BUILT_IN:
         return command
     return f"cd {shlex.quote(os.getcwd())} && {command}"  # where module:attr imports from
+
+
+class KnownEntries:
+    """A stand-in for a test's verdict that only knows its entries: a failure one of them
+    names is known (the run goes on past it), nothing is recorded. For re-runs outside the
+    test: shrinking, and the printed command."""
+
+    def __init__(self, entries: list[Any], on_known: Any = None):
+        self.entries, self.on_known = list(entries), on_known
+
+    def judge(self, exc: BaseException, replay: Any, example: str) -> bool:
+        from ...kit.verdicts import failure_fields
+
+        fields = failure_fields(exc)
+        entry = next((e for e in self.entries if e.matches(fields)), None)
+        if entry is not None and self.on_known is not None:
+            self.on_known(fields, entry)
+        return entry is not None
+
+    def passed(self, example: str, replay: Any) -> None:
+        return None
 
 
 class Runner:
@@ -156,7 +174,7 @@ class Runner:
                 self._lost_track(step, f"step {index + 1} failed on this backend too")
                 return
             if self.verdict is not None and self.verdict.judge(
-                exc, self.replay(), numbered(self.steps)
+                exc, self.replay(), printed(self.steps)
             ):
                 if isinstance(exc, HangFailure):
                     self.failed = True  # the ranks were restarted: nothing is left to wait for
@@ -169,23 +187,29 @@ class Runner:
             raise
 
     def finish(self) -> None:
-        """The run's end: every rank drops what it held (async saves left running finish)."""
-        pending = [i for i, s in enumerate(self.slots) if s.pending is not None]
-        if not self.failed:
-            for slot in pending:
-                self.apply(Wait(slot))
-        for world in sorted(self.worlds):
-            try:
-                self.ckpt.trial("the run's end").run(
-                    "async_save (the run's end: the ranks drop the backend they held)",
-                    ranks.release,
-                    self.run_id,
-                    world=world,
-                    timeout=_TIMEOUT,
-                )
-            except (ConformanceFailure, HangFailure):
-                if not self.failed:
-                    raise
+        """The run's end: async saves left running are waited for (judged as steps), then every
+        rank drops what it held, whatever happened before."""
+        done = False
+        try:
+            if not self.failed:
+                for slot in [i for i, s in enumerate(self.slots) if s.pending is not None]:
+                    self.apply(Wait(slot))
+            done = True
+        finally:
+            lost = None
+            for world in sorted(self.worlds):
+                try:
+                    self.ckpt.trial("the run's end").run(
+                        "async_save (the run's end: the ranks drop the backend they held)",
+                        ranks.release,
+                        self.run_id,
+                        world=world,
+                        timeout=_TIMEOUT,
+                    )
+                except (ConformanceFailure, HangFailure) as exc:
+                    lost = lost or exc
+            if done and lost is not None and not self.failed:
+                raise lost
 
     def replay(self):
         """A function running this run's steps so far again with another backend's checker."""
@@ -207,7 +231,9 @@ class Runner:
 
     def _lost_track(self, step: Step, why: str) -> None:
         slot = self.slots[step.slot]
-        slot.unknown, slot.pending = why, None
+        slot.unknown = why
+        if isinstance(step, (Save, Wait)):  # the async save itself failed: nothing runs now
+            slot.pending = None
 
     # --- the steps ---------------------------------------------------------------------------
 
@@ -340,8 +366,9 @@ class Runner:
         old = as_saved(slot.committed) if slot.committed is not None else None
         if old is None:
             return
+        judged = slot.unknown is None  # a known failure left the old checkpoint unknown
         world = old.load_world
-        self._on(
+        statuses = self._on(
             trial,
             "load (started, paused after reading the metadata)",
             ranks.start_paused_load,
@@ -362,7 +389,10 @@ class Runner:
         results = self._on(
             trial, "load (resumed after the save committed)", ranks.resume_load, others, world=world
         )
-        self._check_loaded(trial, results, path, concurrent=True)
+        # a rank whose load finished before the save (it never reached read_data) raced nothing
+        raced = all(status == "paused" for status in statuses)
+        if judged:
+            self._check_loaded(trial, results, path, concurrent=raced)
         self._check_nothing_beside(trial)
 
     # --- checks ------------------------------------------------------------------------------
@@ -379,6 +409,7 @@ class Runner:
         load's case (``mismatches``) or another with the same keys (``others``); a rank that
         raised did so only where a save ran concurrently, naming the path."""
         raised = [r for r, result in enumerate(results) if result["raised"]]
+        loaded = [r for r in range(len(results)) if r not in raised]
         errors = tuple(
             dict.fromkeys(error_line(results[r]["type"], results[r]["text"]) for r in raised)
         )
@@ -387,6 +418,15 @@ class Runner:
                 f"the load of a committed checkpoint raised on {_ranks(raised)}",
                 "\n".join(errors),
                 kind="raised",
+                errors=errors,
+                rank=raised[0],
+            )
+        if raised and loaded:
+            raise trial.fail(
+                f"the load raised on {_ranks(raised)} but returned on {_ranks(loaded)}: the "
+                "ranks of one job hold different states",
+                "\n".join(errors),
+                kind="wrong_error",
                 errors=errors,
                 rank=raised[0],
             )
@@ -400,7 +440,6 @@ class Runner:
                     errors=errors,
                     rank=r,
                 )
-        loaded = [r for r in range(len(results)) if r not in raised]
         if not loaded:
             return
         choices = len(results[loaded[0]].get("others", ())) + 1

@@ -6,18 +6,20 @@ depends on timing makes its progress slow (one planted race took over five minut
 the lifecycle tests run hypothesis without its shrink phase and shrink here instead: the
 greedy one-step deletion of delta debugging (Zeller and Hildebrandt, "Simplifying and
 isolating failure-inducing input", IEEE TSE 2002), a candidate kept when its run fails
-at its last step the same way (step and kind) and no expectation excuses it, until no
-single step can go or the budget is spent.
+at its last step the same way (the same kind of step, step and kind of failure, headline),
+failures the expectations name passed over as in the test, until no single step can go or
+the budget is spent.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from ...kit.failures import ConformanceFailure, HangFailure, render_failure
-from ...kit.verdicts import failure_fields
-from .runner import Runner
+from ...kit.verdicts import KnownHang
+from .runner import KnownEntries, Runner
 from .steps import Step, numbered
 
 __all__ = ["SHRINK_SECONDS", "shrink"]
@@ -26,24 +28,35 @@ SHRINK_SECONDS = {"ci": 60.0, "dev": 120.0, "thorough": 600.0}
 """Seconds spent shrinking one failing run, by profile."""
 
 
-def _known(fields: dict[str, Any], verdict: Any) -> bool:
-    if verdict is None:
-        return False
-    return any(e.matches(fields) for e in [*verdict.own, *verdict.inherited])
+def _headline(failure: ConformanceFailure) -> str:
+    """The failure's headline without its numbers (counts and ranks vary as steps go)."""
+    return re.sub(r"\d+", "#", failure.what)
+
+
+def _same(got: ConformanceFailure, like: ConformanceFailure) -> bool:
+    """Whether ``got`` fails as ``like`` did: at its last step, a step of the same kind, the
+    same step and kind of failure, the same headline."""
+    mine, theirs = getattr(got, "lifecycle_steps", []), getattr(like, "lifecycle_steps", [])
+    return (
+        bool(mine)
+        and bool(theirs)
+        and type(mine[-1]) is type(theirs[-1])
+        and (got.step, got.kind) == (like.step, like.kind)
+        and _headline(got) == _headline(like)
+    )
 
 
 def _failure_of(
-    ckpt: Any, steps: list[Step], *, strict: bool, verdict: Any, like: ConformanceFailure
+    ckpt: Any, steps: list[Step], *, strict: bool, known: KnownEntries, like: ConformanceFailure
 ) -> ConformanceFailure | None:
-    """The failure of a run of ``steps`` if it fails at its last step as ``like`` did."""
+    """The failure of a run of ``steps`` if it fails at its last step as ``like`` did (failures
+    the expectations name are passed over, as in the test)."""
     try:
-        Runner(ckpt, strict=strict, title="lifecycle run (shrunk)").run(steps)
+        Runner(ckpt, strict=strict, verdict=known, title="lifecycle run (shrunk)").run(steps)
     except ConformanceFailure as exc:
-        same = (exc.step, exc.kind) == (like.step, like.kind)
-        last = getattr(exc, "lifecycle_steps", None) == steps
-        if same and last and not _known(failure_fields(exc), verdict):
+        if getattr(exc, "lifecycle_steps", None) == steps and _same(exc, like):
             return exc
-    except HangFailure:
+    except (HangFailure, KnownHang):
         return None
     return None
 
@@ -60,6 +73,7 @@ def shrink(
     steps are its ``lifecycle_steps``, the failing one last); ``failure`` itself if no step
     can go. Its ``minimal_case`` says how far it shrank."""
     steps: list[Step] = list(getattr(failure, "lifecycle_steps", []))
+    known = KnownEntries([*verdict.own, *verdict.inherited] if verdict is not None else [])
     best, found = steps, failure
     deadline = time.monotonic() + seconds
     tried = 0
@@ -71,7 +85,7 @@ def shrink(
                 break
             candidate = best[:i] + best[i + 1 :]
             tried += 1
-            got = _failure_of(ckpt, candidate, strict=strict, verdict=verdict, like=failure)
+            got = _failure_of(ckpt, candidate, strict=strict, known=known, like=failure)
             if got is not None:
                 best, found, progress = candidate, got, True
     spent = time.monotonic() >= deadline

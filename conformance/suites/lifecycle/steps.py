@@ -31,10 +31,12 @@ __all__ = [
 
 
 def describe_job(case: PerRankCase) -> str:
-    """One line: the family, the world and who holds which keys."""
+    """One line: the family, the world, each key's dtype and shape, who holds it and how."""
     keys = []
     for spec, holding in zip(case.tensors, case.saved):
-        keys.append(f"{spec.key}{list(spec.shape)}@{_who(holding.ranks, case.save_world)}")
+        how = f" as DTensor [{holding.placement}]" if holding.kind == "dtensor" else ""
+        who = _who(holding.ranks, case.save_world)
+        keys.append(f"{spec.key} {spec.dtype}{list(spec.shape)}@{who}{how}")
     keys += [f"{o.key}@{_who(o.saved_by, case.save_world)}" for o in case.objects]
     return f"{case.family} on {case.save_world} rank(s): {', '.join(keys) or 'no keys'}"
 
