@@ -301,7 +301,18 @@ def _array(data: Any) -> Any:
     return flat.reshape(shape)
 
 
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def _npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, Any]:
+    # numpy parses the header with ast.literal_eval, and CPython 3.11's AST constructor is not
+    # thread-safe ("SystemError: AST constructor recursion depth mismatch" when threads parse at
+    # once; later CPython releases fix it): objects decode on several threads of one process
+    with _NPY_HEADER_LOCK:
+        return _read_npy_header(stream)
+
+
+def _read_npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, Any]:
     import numpy
 
     fmt = numpy.lib.format

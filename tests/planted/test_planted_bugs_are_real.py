@@ -7,6 +7,7 @@ ShardedTensor geometry bugs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,10 @@ from ckptconf.reference import (
     FileSystemReader,
     FileSystemWriter,
     ReferenceSavePlanner,
+    async_save,
+    load,
     local_pieces,
+    save,
 )
 from ckptconf.reference.dedup import dedup_save_plans
 from ckptconf.reference.errors import PlanValidationError
@@ -932,3 +936,93 @@ def test_metadata_synced_after_rename(path, monkeypatch):
         renamed = _first(events, ("rename", "ckptconf.json"))
         synced_before = any(what == "fsync" and ".tmp" in file for what, file in events[:renamed])
         assert synced_before == (name == "reference"), (name, events)
+
+
+# --- lifecycle: defects of two or more operations ------------------------------------------------
+
+
+def test_reads_newest_generation(path):
+    # two generations on disk (a load read the first's metadata, then a save made the second):
+    # the reference reads the file its metadata names, the planted reader the newest one
+    from ckptconf.reference.filesystem import DirectoryStore
+
+    from tests.planted.lifecycle import NewestGenerationReader
+
+    root = Path(path)
+    for generation, data in (("gen-old", b"old!"), ("gen-new", b"new!")):
+        (root / generation).mkdir(parents=True)
+        (root / generation / "r0.bin").write_bytes(data)
+    os.utime(root / "gen-old", ns=(1, 1))
+    reference, planted = DirectoryStore(root), NewestGenerationReader(root).store
+    assert bytes(reference.read_range("gen-old/r0.bin", 0, 4)) == b"old!"
+    assert bytes(planted.read_range("gen-old/r0.bin", 0, 4)) == b"new!"
+    assert NewestGenerationReader(root).verify_checksums is False
+
+
+def test_lock_left_by_failed_save(path):
+    from tests.planted.lifecycle import LockingWriter
+
+    state = {"a": torch.ones(2)}
+    for writer, retry_works in ((FileSystemWriter, True), (LockingWriter, False)):
+        where = f"{path}-{writer.__name__}"
+        failing = FaultyStorageWriter(writer(where), hook="write_data", rank=0)
+        with pytest.raises(CheckpointError):
+            save(state, storage_writer=failing)
+        if retry_works:
+            save(state, storage_writer=writer(where))
+        else:
+            with pytest.raises(CheckpointError, match="another save holds"):
+                save(state, storage_writer=writer(where))
+
+
+def test_save_plan_cached():
+    from tests.planted.lifecycle import _CachingPlanners
+
+    def plan(factory, state):
+        planner = factory()
+        planner.set_up_planner(state, None, True)
+        return planner.create_local_plan()
+
+    first, other = {"a": torch.ones(2)}, {"b": torch.ones(3)}  # one item each
+    for factory, reused in ((ReferenceSavePlanner, False), (_CachingPlanners(), True)):
+        plan(factory, first)
+        keys = [item.index.fqn for item in plan(factory, other).items]
+        assert keys == (["a"] if reused else ["b"]), (factory, keys)
+
+
+def test_async_staging_buffers_reused(path):
+    from tests.planted.lifecycle import _async_save_reusing_buffers
+
+    first = _async_save_reusing_buffers({"w": torch.full((3,), 1.0)}, f"{path}-1")
+    second = _async_save_reusing_buffers({"w": torch.full((3,), 2.0)}, f"{path}-2")
+    first.result()
+    second.result()
+    loaded = {"w": torch.zeros(3)}
+    load(loaded, f"{path}-1")
+    assert torch.equal(loaded["w"], torch.full((3,), 2.0))  # the first save holds the second's
+    async_save({"w": torch.full((3,), 1.0)}, f"{path}-3").result()  # the reference: its own
+    load(loaded, f"{path}-3")
+    assert torch.equal(loaded["w"], torch.full((3,), 1.0))
+
+
+def test_racing_load_refused_on_one_rank(path, monkeypatch):
+    # the load's last collective is done; then rank 1 alone finds a newer save and raises
+    from tests.planted import lifecycle
+
+    save({"a": torch.ones(2)}, path)
+
+    class Racing(lifecycle._SeenReader):
+        def read_data(self, plan, planner):
+            result = super().read_data(plan, planner)
+            save({"a": torch.zeros(2)}, storage_writer=lifecycle._keeping_writer(path))
+            return result
+
+    for rank, raises in ((0, False), (1, True)):
+        monkeypatch.setattr(lifecycle, "current_rank", lambda rank=rank: rank)
+        state = {"a": torch.zeros(2)}
+        if raises:
+            with pytest.raises(RuntimeError, match="a newer save committed meanwhile"):
+                lifecycle._load_then_check_on_rank_1(state, storage_reader=Racing(path))
+        else:
+            lifecycle._load_then_check_on_rank_1(state, storage_reader=Racing(path))
+            assert torch.equal(state["a"], torch.ones(2))  # the old checkpoint, whole
