@@ -31,20 +31,28 @@ from ..builtin import EXPECTATIONS_DIR
 __all__ = ["backend"]
 
 
-def _save(state_dict, path: str, *, process_group=None) -> None:
+def _plan(state_dict, path: str, process_group):
+    """nvrx's plan step: its writer (holding the staged buckets), the metadata, the wrapper."""
     from nvidia_resiliency_ext.checkpointing.async_ckpt.filesystem_async import (
         FileSystemWriterAsync,
     )
     from nvidia_resiliency_ext.checkpointing.async_ckpt.state_dict_saver import (
-        save_state_dict_async_finalize,
         save_state_dict_async_plan,
     )
     from torch.distributed.checkpoint import DefaultSavePlanner
 
     writer = FileSystemWriterAsync(path, thread_count=2)
-    writer, metadata, wrapper = save_state_dict_async_plan(
+    return save_state_dict_async_plan(
         state_dict, writer, process_group, planner=DefaultSavePlanner()
     )
+
+
+def _save(state_dict, path: str, *, process_group=None) -> None:
+    from nvidia_resiliency_ext.checkpointing.async_ckpt.state_dict_saver import (
+        save_state_dict_async_finalize,
+    )
+
+    writer, metadata, wrapper = _plan(state_dict, path, process_group)
     write, _, arguments = writer.get_save_function_and_args()
     if write is not None:
         write(*arguments)
@@ -78,19 +86,11 @@ class _Finalized:
 
 def _async_save(state_dict, path: str, *, process_group=None) -> _Finalized:
     from nvidia_resiliency_ext.checkpointing.async_ckpt.core import AsyncRequest
-    from nvidia_resiliency_ext.checkpointing.async_ckpt.filesystem_async import (
-        FileSystemWriterAsync,
-    )
     from nvidia_resiliency_ext.checkpointing.async_ckpt.state_dict_saver import (
         save_state_dict_async_finalize,
-        save_state_dict_async_plan,
     )
-    from torch.distributed.checkpoint import DefaultSavePlanner
 
-    writer = FileSystemWriterAsync(path, thread_count=2)
-    writer, metadata, wrapper = save_state_dict_async_plan(
-        state_dict, writer, process_group, planner=DefaultSavePlanner()
-    )
+    writer, metadata, wrapper = _plan(state_dict, path, process_group)
     write, preload, arguments = writer.get_save_function_and_args()
 
     def finalize() -> None:
