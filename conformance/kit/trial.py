@@ -38,6 +38,8 @@ __all__ = [
     "check_save_then_load",
     "describe_outcomes",
     "errors_of",
+    "errors_of_calls",
+    "ranks_text",
     "step_of",
 ]
 
@@ -53,11 +55,11 @@ def describe_outcomes(outcomes: Sequence[RankOutcome], *, tracebacks: bool = Tru
             groups.setdefault((o.error_type or "", o.message, o.traceback), []).append(o.rank)
     lines = []
     for (kind, message, _), ranks in groups.items():
-        lines.append(f"  {_ranks(ranks)}: {kind}: {message.strip()[-3000:]}")
+        lines.append(f"  {ranks_text(ranks)}: {kind}: {message.strip()[-3000:]}")
     if tracebacks:
         for (_, _, trace), ranks in groups.items():
             if trace.strip():
-                lines.append(f"--- {_ranks(ranks)} ---\n{trace.rstrip()[-6000:]}")
+                lines.append(f"--- {ranks_text(ranks)} ---\n{trace.rstrip()[-6000:]}")
         for o in outcomes:
             if o.output.strip():
                 lines.append(f"--- output of rank {o.rank} ---\n{o.output.rstrip()[-4000:]}")
@@ -70,6 +72,13 @@ def errors_of(outcomes: Sequence[RankOutcome]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def errors_of_calls(results: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """Each distinct ``Type: message`` of the :func:`~.values.call_outcome` dicts that raised,
+    in rank order: a failure's ``errors`` where the ranks report their errors as data."""
+    found = (error_line(r["type"], r["text"]) for r in results if r["raised"])
+    return tuple(dict.fromkeys(found))
+
+
 def step_of(label: str) -> str:
     """The step (one of :data:`~.failures.STEPS`) a step's label names by its first word:
     ``"load (after the failed save)"`` is a ``load``."""
@@ -79,7 +88,8 @@ def step_of(label: str) -> str:
     return step
 
 
-def _ranks(ranks: Sequence[int]) -> str:
+def ranks_text(ranks: Sequence[int]) -> str:
+    """``rank 2`` or ``ranks 0, 1``: ranks as a message names them."""
     return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
 
 
@@ -206,7 +216,7 @@ class Trial:
         failed = [o for o in outcomes if o.raised]
         if failed:
             raise self.fail(
-                f"{step} raised on {_ranks([o.rank for o in failed])}",
+                f"{step} raised on {ranks_text([o.rank for o in failed])}",
                 describe_outcomes(outcomes),
                 kind="raised",
                 errors=errors_of(outcomes),

@@ -26,7 +26,7 @@ from ...kit.strategies import (
     supported_dtypes,
     supported_options,
 )
-from ...kit.trial import Trial, describe_outcomes, errors_of
+from ...kit.trial import Trial, describe_outcomes, errors_of, errors_of_calls
 from . import ranks
 from .cases import (
     KEY_CLASHES,
@@ -314,9 +314,7 @@ class KindsTests:
                     for r, o in enumerate(outcomes)
                 ),
                 kind="no_error" if silent else "wrong_error",
-                errors=tuple(
-                    dict.fromkeys(error_line(o["type"], o["text"]) for o in outcomes if o["raised"])
-                ),
+                errors=errors_of_calls(outcomes),
                 rank=(silent or unnamed)[0],
                 key=spec.key,
             )
@@ -535,9 +533,7 @@ class KindsTests:
                 f"loading into a state with {what} must raise on every rank and modify nothing",
                 "\n".join(problems) + ("\nerrors:\n" + errors if errors else ""),
                 kind="no_error" if any(not r["raised"] for r in results) else "wrong_values",
-                errors=tuple(
-                    dict.fromkeys(error_line(r["type"], r["text"]) for r in results if r["raised"])
-                ),
+                errors=errors_of_calls(results),
             )
         unnamed = [r["rank"] for r in results if key is not None and key not in r["text"]]
         if unnamed:

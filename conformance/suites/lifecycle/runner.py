@@ -28,8 +28,8 @@ from typing import Any
 
 from ...kit.failures import ConformanceFailure, HangFailure, Mismatch, error_line, listing
 from ...kit.jobs import PerRankCase
-from ...kit.trial import Trial, describe_outcomes
-from ...kit.verdicts import KnownHang
+from ...kit.trial import Trial, describe_outcomes, errors_of_calls, ranks_text
+from ...kit.verdicts import KnownHang, failure_fields
 from . import ranks
 from .steps import FailedSave, KilledSave, Load, RacingLoad, Save, Step, Wait, numbered, printed
 
@@ -109,8 +109,6 @@ class KnownEntries:
         self.entries, self.on_known = list(entries), on_known
 
     def judge(self, exc: BaseException, replay: Any, example: str) -> bool:
-        from ...kit.verdicts import failure_fields
-
         fields = failure_fields(exc)
         entry = next((e for e in self.entries if e.matches(fields)), None)
         if entry is not None and self.on_known is not None:
@@ -410,12 +408,10 @@ class Runner:
         raised did so only where a save ran concurrently, naming the path."""
         raised = [r for r, result in enumerate(results) if result["raised"]]
         loaded = [r for r in range(len(results)) if r not in raised]
-        errors = tuple(
-            dict.fromkeys(error_line(results[r]["type"], results[r]["text"]) for r in raised)
-        )
+        errors = errors_of_calls(results)
         if raised and not concurrent:
             raise trial.fail(
-                f"the load of a committed checkpoint raised on {_ranks(raised)}",
+                f"the load of a committed checkpoint raised on {ranks_text(raised)}",
                 "\n".join(errors),
                 kind="raised",
                 errors=errors,
@@ -423,7 +419,7 @@ class Runner:
             )
         if raised and loaded:
             raise trial.fail(
-                f"the load raised on {_ranks(raised)} but returned on {_ranks(loaded)}: the "
+                f"the load raised on {ranks_text(raised)} but returned on {ranks_text(loaded)}: the "
                 "ranks of one job hold different states",
                 "\n".join(errors),
                 kind="wrong_error",
@@ -476,7 +472,3 @@ def _against(result: dict[str, Any], choice: int) -> list[Mismatch]:
     if choice == 0:
         return result["mismatches"]
     return result["others"][choice - 1]
-
-
-def _ranks(ranks: list[int]) -> str:
-    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
