@@ -12,7 +12,11 @@ support ``checkpointer``.
 Backends are sent to the ranks that run the tests. One selected by
 ``--ckpt-backend module:attr`` is rebuilt in each rank from that spec; one given as an
 object (the class-based style) must pickle, so use module-level functions or classes,
-not lambdas, for its callables.
+not lambdas, for its callables. Each rank process builds it once and keeps it for the
+steps that follow (``rebuild_per_step=True`` asks for a new one every step). The writer
+and reader factories run for every save and load; a client they should share (an object
+store's) belongs to the factory object, built on first use and left out of its pickle, as
+the s3torchconnector adapter does.
 
 Paths: every test gives each checkpoint a path of its own that does not exist yet (under a
 fresh folder of the test; the lifecycle suite uses ``<folder>/ckpt-0`` and ``<folder>/ckpt-1``
@@ -112,6 +116,12 @@ class Backend:
     """A built-in backend this one is built on (``"torch-dcp"`` for a backend using DCP's
     planners or driver): a failure listed in that backend's expectations is reported as
     *inherited*, with its reason, apart from the backend's own failures."""
+
+    rebuild_per_step: bool = False
+    """``True``: the ranks build the backend anew (from its spec, or unpickled) at every step.
+    By default each rank process builds it once and keeps it for every later step of the run,
+    as a training job keeps its checkpoint machinery, so clients, workers and caches the
+    backend object holds live across tests (and their defects show)."""
 
     unsupported_reasons: dict[str, str] = field(default_factory=dict, compare=False)
     """Why a feature is unsupported, by feature, shown with each test it makes unsupported (give

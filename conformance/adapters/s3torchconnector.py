@@ -17,6 +17,7 @@ known failures. The suite reads and corrupts its stored objects through boto3
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -70,21 +71,45 @@ class S3Settings:
         return S3ClientConfig(force_path_style=self.path_style)
 
 
-def _writer(path: str):
-    from s3torchconnector.dcp import S3StorageWriter
+class _Storage:
+    """The writer or reader factory: ``S3StorageWriter`` or ``S3StorageReader`` for a path,
+    all of them in a process sharing one S3 client (built on the first save or load, never
+    pickled), as a training job's saves do rather than building a client each time."""
 
-    settings = S3Settings.from_environment()
-    return S3StorageWriter(
-        settings.region, settings.uri(path), s3client_config=settings.client_config()
-    )
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {"kind": self.kind, "_client": None}
+
+    def __call__(self, path: str):
+        from s3torchconnector._s3client import S3Client
+        from s3torchconnector.dcp import S3StorageReader, S3StorageWriter
+
+        settings = S3Settings.from_environment()
+        if self._client is None:
+            self._client = S3Client(settings.region, s3client_config=settings.client_config())
+        kind = S3StorageWriter if self.kind == "writer" else S3StorageReader
+        storage = kind(
+            settings.region, settings.uri(path), s3client_config=settings.client_config()
+        )
+        storage.fs._client = self._client  # the connector gives no argument for it
+        return storage
 
 
-def _reader(path: str):
-    from s3torchconnector.dcp import S3StorageReader
+@functools.lru_cache(maxsize=4)
+def _boto3_client(settings: S3Settings):
+    """One boto3 client per process and settings (boto3's clients are thread-safe)."""
+    import boto3
+    from botocore.config import Config
 
-    settings = S3Settings.from_environment()
-    return S3StorageReader(
-        settings.region, settings.uri(path), s3client_config=settings.client_config()
+    style = "path" if settings.path_style else "auto"
+    return boto3.client(
+        "s3",
+        region_name=settings.region,
+        endpoint_url=settings.endpoint,
+        config=Config(s3={"addressing_style": style}),
     )
 
 
@@ -92,18 +117,9 @@ class S3Objects(StoredObjects):
     """The objects under a checkpoint's key prefix, through boto3."""
 
     def __init__(self, path: str, settings: S3Settings | None = None):
-        import boto3
-        from botocore.config import Config
-
         self.settings = settings or S3Settings.from_environment()
         self.prefix = self.settings.key_prefix(path)
-        style = "path" if self.settings.path_style else "auto"
-        self.client = boto3.client(
-            "s3",
-            region_name=self.settings.region,
-            endpoint_url=self.settings.endpoint,
-            config=Config(s3={"addressing_style": style}),
-        )
+        self.client = _boto3_client(self.settings)
 
     def names(self) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -139,8 +155,8 @@ def backend() -> Backend:
     S3Settings.from_environment()
     return Backend(
         name="s3torchconnector",
-        storage_writer=_writer,
-        storage_reader=_reader,
+        storage_writer=_Storage("writer"),
+        storage_reader=_Storage("reader"),
         stored_objects=S3Objects,
         description=f"s3torchconnector {version('s3torchconnector')} S3StorageWriter/Reader "
         "with DCP's default planners",

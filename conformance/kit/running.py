@@ -102,8 +102,19 @@ class Ranks(ABC):
         """As :meth:`run`, on ranks started for this step alone (a step that kills a rank)."""
 
 
+_BUILT: dict[str | bytes, Backend] = {}
+"""The backends this process built, by spec or pickled bytes (a rank keeps what it built)."""
+_KEEP = 8
+"""How many backends a process keeps built; the oldest goes first (a run uses one or two)."""
+
+
 class _BackendRef:
-    """How a backend reaches the ranks: by its spec (rebuilt there) or pickled."""
+    """How a backend reaches the ranks: by its spec (rebuilt there) or pickled.
+
+    A rank builds it once per process and keeps it for every later step, as a training job
+    holds its checkpoint machinery (clients, workers, caches), unless the backend sets
+    ``rebuild_per_step``.
+    """
 
     def __init__(self, backend: Backend):
         self.spec = backend.spec
@@ -119,13 +130,23 @@ class _BackendRef:
                 ) from exc
 
     def resolve(self) -> Backend:
-        """The backend, in this process."""
+        """The backend, in this process: the one built at an earlier step, else built now."""
+        key = self.spec if self.spec is not None else self.payload
+        assert key is not None
+        backend = _BUILT.get(key)
+        if backend is not None:
+            return backend
         if self.spec is not None:
             from ckptconf.conformance.loading import load_backend
 
-            return load_backend(self.spec)
-        assert self.payload is not None
-        return pickle.loads(self.payload)
+            backend = load_backend(self.spec)
+        else:
+            backend = pickle.loads(self.payload)
+        if not backend.rebuild_per_step:
+            while len(_BUILT) >= _KEEP:
+                del _BUILT[next(iter(_BUILT))]
+            _BUILT[key] = backend
+        return backend
 
 
 def call_with_backend(ref: _BackendRef, fn: Callable[..., Any], args: Sequence[Any]) -> Any:

@@ -104,6 +104,31 @@ def test_the_pool_runner_returns_every_rank_and_loses_none_on_an_error():
 
 
 @pytest.mark.multiprocess
+def test_a_rank_keeps_the_backend_it_built_unless_the_backend_asks_otherwise():
+    kept = Backend("kept", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
+    fresh = Backend(
+        "fresh",
+        storage_writer=FileSystemWriter,
+        storage_reader=FileSystemReader,
+        rebuild_per_step=True,
+    )
+    ranks = PoolRanks("cpu")
+
+    def steps_seen(backend):
+        outcomes = ranks.run(backend, rank_functions.backend_steps_seen, (), world=2, timeout=60)
+        assert [o.value[0] for o in outcomes] == [backend.name] * 2
+        return [o.value[1] for o in outcomes]
+
+    # the pool may be warm: a test before this one may have used an equal backend
+    before = steps_seen(kept)
+    assert steps_seen(kept) == [before[0] + 1, before[1] + 1]
+    assert steps_seen(fresh) == [1, 1]
+    assert steps_seen(fresh) == [1, 1], "rebuild_per_step=True: a new backend every step"
+    # kept across steps of other backends too, as long as the process lives
+    assert steps_seen(kept) == [before[0] + 2, before[1] + 2]
+
+
+@pytest.mark.multiprocess
 def test_a_hang_is_lost_ranks_with_their_stacks_and_a_trial_failure():
     backend = Backend("b", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
     with pytest.raises(RanksLost) as caught:

@@ -81,3 +81,9 @@ def fail_on_rank_with_backend(backend, rank):
 
 def hang_on_rank_with_backend(backend, rank):
     return stuck_in_a_collective_on(rank)
+
+
+def backend_steps_seen(backend) -> tuple[str, int]:
+    """The backend's name and how many steps this rank ran with the object it holds."""
+    backend.steps_seen = getattr(backend, "steps_seen", 0) + 1
+    return backend.name, backend.steps_seen
