@@ -62,9 +62,10 @@ class _Progress:
 
         info = next((v for name, v in report.user_properties if name == INFO), None)
         outcome = info["outcome"] if info else report.outcome
+        ran = f": {info['message']}" if info and outcome == "out of time" else ""
         self.console.print(
             f"[{self.done + 1}/{self.total}] {outcome:11} {report.nodeid.split('::', 1)[-1]} "
-            f"({report.duration:.1f} s)",
+            f"({report.duration:.1f} s){ran}",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -91,6 +92,7 @@ def _outcome_style(outcome: str) -> str:
         "expected": "yellow",
         "inherited": "magenta",
         "unsupported": "cyan",
+        "out of time": "yellow",
     }.get(outcome, "white")
 
 
@@ -156,6 +158,15 @@ def _run(args: argparse.Namespace) -> int:
         pytest_args += ["-x"]
     if args.timeout:
         pytest_args += ["--ckpt-timeout", str(args.timeout)]
+    if args.budget:
+        from .kit.budget import parse_duration
+
+        try:
+            parse_duration(args.budget)
+        except ValueError as exc:
+            console.print(f"[red]--budget: {exc}[/red]")
+            return 2
+        pytest_args += ["--ckpt-budget", args.budget]
     if args.no_shrink:
         pytest_args += ["--ckpt-no-shrink"]
     if args.dir:
@@ -231,7 +242,12 @@ def _run(args: argparse.Namespace) -> int:
     total = sum(sum(c.values()) for c in counts.values())
     passed = sum(c["passed"] for c in counts.values())
     failed = sum(c["failed"] for c in counts.values())
-    console.print(f"{passed} passed, {failed} failed ({total} tests; report: {report_path})")
+    late = sum(c["out of time"] for c in counts.values())
+    cut = f", {late} out of time (not passed: the budget stopped them)" if late else ""
+    console.print(
+        f"{passed} passed, {failed} failed{cut} ({total} tests; report: {report_path})",
+        highlight=False,
+    )
     if int(status) not in (0, 1):
         return int(status)
     return 1 if core else 0
@@ -705,6 +721,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="seconds every step may take on its ranks (default 120; a hang fails its test "
         "at once, with every rank's stack)",
+    )
+    run.add_argument(
+        "--budget",
+        default=None,
+        metavar="DURATION",
+        help="time for the whole run (90s, 10m, 1h30m), shared by its tests: a test whose share "
+        "runs out stops drawing examples and is reported 'out of time' with how many it ran "
+        "(never a pass; the exit status stays 0 if nothing failed)",
     )
     run.add_argument(
         "-n", "--numprocesses", default=None, help="run tests in N processes (pytest-xdist)"

@@ -36,6 +36,7 @@ _OPTIONS = (
     "ckpt_dir",
     "ckpt_spmd",
     "ckpt_world_size",
+    "ckpt_budget",
 )
 _PROFILE_NAMES = ("ci", "dev", "thorough")
 INFO = "ckptconf"
@@ -112,6 +113,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="also draw cases on N ranks where a suite draws world sizes (default: the "
         "launched world's size under torchrun; in pool mode nothing beyond 4 ranks)",
+    )
+    group.addoption(
+        "--ckpt-budget",
+        default=None,
+        metavar="DURATION",
+        help="time for the whole run (90s, 10m, 1h30m), shared by its tests: a test whose share "
+        "runs out stops drawing examples and is reported 'out of time' with how many it ran "
+        "(never a pass)",
     )
     group.addoption(
         "--ckpt-inherit",
@@ -331,6 +340,11 @@ _report_key = pytest.StashKey["object"]()
 _started_key = pytest.StashKey[float]()
 
 
+def session_started(config: pytest.Config) -> float:
+    """When ckptconf was activated in this session (``time.time()``; now, if it was not)."""
+    return config.stash.get(_started_key, time.time())
+
+
 def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -406,7 +420,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
 
         report.backend = describe_backend(backend_from_options(config), config)
     path = config.getoption("ckpt_expectations") or report.backend.get("expectations")
-    if path and _unfiltered(config):  # only a whole run shows that an entry matches nothing
+    whole = _unfiltered(config) and not any(t["outcome"] == "out of time" for t in report.tests)
+    if path and whole:  # only a whole run shows that an entry matches nothing
         with contextlib.suppress(ExpectationsError):  # a bad file stopped the run already
             report.unmatched_expectations = Expectations.load(path).unmatched(
                 report.matched_entries()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
 from ckptconf.conformance.loading import BackendSpecError, load_backend
 
-from ..plugin import INFO
+from ..plugin import INFO, session_started
+from .budget import Budget, BudgetedRanks, OutOfTime, Share, parse_duration
 from .failures import HangFailure
-from .outcomes import Outcome, Unsupported, unsupported
+from .outcomes import Outcome, Unfinished, Unsupported, unsupported
 from .trial import Checker
 from .verdicts import KnownHang, Verdict, add_verdict
 
@@ -47,6 +49,8 @@ _verdict_key = pytest.StashKey[Verdict]()
 _outcome_key = pytest.StashKey[Outcome]()
 _runs_key = pytest.StashKey[dict]()
 _option_backend = pytest.StashKey[Backend]()
+_budget_key = pytest.StashKey[Budget]()
+_share_key = pytest.StashKey[Share]()
 _expectations: dict[str, Expectations] = {}
 _builtins: dict[str, Backend] = {}
 
@@ -110,6 +114,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid}: unknown features {unknown}; known: {sorted(FEATURES)}"
             )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With ``--ckpt-budget``: the budget, shared by the suite tests this process will run."""
+    config = session.config
+    text = config.getoption("ckpt_budget", None)
+    if text is None:
+        return
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--ckpt-budget: {exc}") from None
+    tests = sum(1 for i in session.items if i.get_closest_marker("ckpt_suite"))
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    since = time.time() - session_started(config)  # collection counts too
+    config.stash[_budget_key] = Budget(
+        seconds, -(-tests // workers), started=time.monotonic() - max(0.0, since)
+    )
 
 
 @pytest.fixture
@@ -202,6 +224,10 @@ def ckpt(
     world = plugin.launched_world(request.config)
     ranks = PoolRanks(device) if world is None else LaunchedRanks(world, device)
     item = request.node
+    budget, share = request.config.stash.get(_budget_key, None), None
+    if budget is not None:
+        share = item.stash[_share_key] = budget.share()
+        ranks = BudgetedRanks(ranks, share)
     item.stash[_backend_key] = ckpt_backend
     missing = [
         f
@@ -233,6 +259,7 @@ def ckpt(
         )
 
     checked = checker(ckpt_backend, ckpt_repro)
+    checked.share = share
     checked.verdict = _verdict(request.config, ckpt_backend, suite_test_id(item), checker)
     item.stash[_verdict_key] = checked.verdict
     return checked
@@ -340,6 +367,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 
     try:
         result = yield
+    except OutOfTime:  # the budget stopped drawing: what ran says nothing of the rest
+        share = pyfuncitem.stash[_share_key]
+        pyfuncitem.stash[_outcome_key] = Outcome.OUT_OF_TIME
+        raise Unfinished(share.reason(_max_examples(pyfuncitem.obj))) from None
     except KnownHang:  # a property test stopped drawing at a known hang
         result = None
     except (Exception, HangFailure) as exc:
@@ -385,11 +416,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+def _max_examples(test: Any) -> int | None:
+    """The hypothesis ``max_examples`` of a property test (``None`` for another test)."""
+    chosen = getattr(test, "_hypothesis_internal_use_settings", None)
+    return getattr(chosen, "max_examples", None)
+
+
 def _outcome(item: pytest.Item, call: pytest.CallInfo, report) -> tuple[Outcome, str | None]:
     """The outcome of a test's setup or call phase, from what it raised and its verdict."""
     value = call.excinfo.value if call.excinfo is not None else None
     if isinstance(value, Unsupported):
         return Outcome.UNSUPPORTED, value.reason
+    if isinstance(value, Unfinished):
+        return Outcome.OUT_OF_TIME, value.reason
     if isinstance(value, pytest.skip.Exception):
         return Outcome.SKIPPED, str(value.msg)
     decided = item.stash.get(_outcome_key, None) if report.when == "call" else None

@@ -12,7 +12,7 @@ from enum import Enum
 
 import pytest
 
-__all__ = ["Outcome", "Unsupported", "unsupported"]
+__all__ = ["Outcome", "Unfinished", "Unsupported", "unsupported"]
 
 
 class Outcome(str, Enum):
@@ -34,6 +34,9 @@ class Outcome(str, Enum):
     """The backend's own expectations name a failure of this test, and no example failed so."""
     SKIPPED = "skipped"
     """The test could not run here (no GPU, an old torch): says nothing of the backend."""
+    OUT_OF_TIME = "out of time"
+    """The run's time budget (``--ckpt-budget``) ended the test before it drew every example:
+    the examples it ran held the contract (or failed only as expected), which is not a pass."""
 
     def __str__(self) -> str:
         return self.value
@@ -49,6 +52,7 @@ class Outcome(str, Enum):
             Outcome.INHERITED: "i",
             Outcome.UNEXPECTED_PASS: "X",
             Outcome.SKIPPED: "s",
+            Outcome.OUT_OF_TIME: "t",
         }[self]
 
 
@@ -66,3 +70,12 @@ def unsupported(reason: str) -> None:
     """Stop the running test as unsupported by the backend, saying why (``reason`` names what
     the backend lacks, e.g. ``"its checkpointer has no async_save"``)."""
     raise Unsupported(reason)
+
+
+class Unfinished(pytest.skip.Exception):
+    """A test the run's time budget stopped before it drew every example (``reason`` says how
+    many it ran); pytest counts it as a skip, the report as ``out of time``."""
+
+    def __init__(self, reason: str):
+        super().__init__(msg=reason)
+        self.reason = reason

@@ -174,6 +174,9 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def run_example(self, ckpt, data, **kwargs):
         verdict = getattr(ckpt, "verdict", None)
+        share = getattr(ckpt, "share", None)  # the run's time budget: checked at its first step
+        if share is not None:
+            share.example_begins()
         if isinstance(data, Pinned):
             if not data.applies(ckpt.backend):
                 return None
@@ -197,6 +200,8 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if isinstance(exc, HangFailure):
                     raise KnownHang() from exc
                 return None
+            if share is not None:
+                share.failure_seen()
             raise
         if verdict is not None:
             verdict.passed(example or repr(drawn), replay)

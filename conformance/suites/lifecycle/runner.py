@@ -180,6 +180,8 @@ class Runner:
                 self._lost_track(step, f"step {index + 1} failed as its expectations say")
                 return
             self.failed = True
+            if getattr(self.ckpt, "share", None) is not None:  # shrinking goes on, budget or not
+                self.ckpt.share.failure_seen()
             failure = exc.failure if isinstance(exc, HangFailure) else exc
             failure.lifecycle_steps = list(self.steps)  # what shrinking starts from
             raise

@@ -48,10 +48,13 @@ def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
     from ckptconf.conformance.plugin import session_seed
 
     verdict = getattr(ckpt, "verdict", None)
+    share = getattr(ckpt, "share", None)  # the run's time budget, checked at a run's first step
     can = features_of(ckpt.backend, strict=strict)
     for pinned in pinned_runs(ckpt.backend):
         if any(_needs(step, can) for step in pinned.steps):
             continue  # a step this backend (or this test) cannot take
+        if share is not None:
+            share.example_begins()
         runner = Runner(ckpt, strict=strict, verdict=verdict, title=f"pinned run {pinned.name!r}")
         try:
             runner.run(list(pinned.steps))
@@ -68,6 +71,8 @@ def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
     )
 
     def machine() -> LifecycleMachine:
+        if share is not None:
+            share.example_begins()
         return LifecycleMachine(Runner(ckpt, strict=strict, verdict=verdict), verdict)
 
     number = session_seed()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -136,14 +138,20 @@ def _signature(backend: Backend, path: str) -> tuple[str, Any]:
 
 
 def accepted_metadata_changes(
-    backend: Backend, path: str, file: str, positions: list[int], mask: int = 1
+    backend: Backend,
+    path: str,
+    file: str,
+    positions: list[int],
+    mask: int = 1,
+    seconds: float = math.inf,
 ) -> list[tuple[int, dict[str, dict[str, Any]]]]:
     """The positions of ``file`` where XOR-ing ``mask`` into the byte gives metadata the reader
     accepts but that says something else, each with the summary the reader then gives (the
     same summary: only where the data lies changed).
 
-    ``mask`` 1 keeps an ASCII digit a digit and changes a binary integer by one; 2 turns
-    most digits into other digits. The file is restored before returning.
+    ``positions`` are probed in order for at most ``seconds`` (at least one is). ``mask`` 1
+    keeps an ASCII digit a digit and changes a binary integer by one; 2 turns most digits
+    into other digits. The file is restored before returning.
     """
     found: list[tuple[int, dict[str, dict[str, Any]]]] = []
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -153,7 +161,10 @@ def accepted_metadata_changes(
         baseline = _signature(backend, path)
         if baseline[0] != "ok":
             return found
+        until = time.monotonic() + seconds
         for position in positions:  # one byte changed, then put back (XOR undoes itself)
+            if time.monotonic() > until and position != positions[0]:
+                break
             store.change_byte(file, position, lambda b: b ^ mask)
             try:
                 now = _signature(backend, path)

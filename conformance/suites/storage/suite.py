@@ -34,6 +34,7 @@ from ...kit.oracle import cover_problems, metadata_problems
 from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from ...kit.trial import Trial
+from ...plugin import session_profile
 from ...stored import StoredObjects
 from . import ranks
 from .cases import MAX_SIDE, flat_cases, hand_cases, other_cases, sized_cases
@@ -48,8 +49,10 @@ from .files import (
 __all__ = ["StorageTests"]
 
 TIMEOUT = 60.0
-_MAX_PROBED = 4096  # metadata bytes probed for changes the reader accepts, per example
-_MAX_PROBED_WHOLE = 256  # the same where each probe rewrites a whole object (an object store)
+PROBE_SECONDS = {"ci": 2.0, "dev": 4.0, "thorough": 15.0}
+"""Seconds an example probes metadata bytes for changes the reader accepts, by profile: a
+probe is a read_metadata (and two writes), a millisecond on a local disk, a tenth of a second
+or more on an object store, so the bound is time, not a count of bytes."""
 _SCALE = 1 << 16
 _NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 # one name a prefix of the other: a reader that lists by prefix mixes the two up
@@ -428,8 +431,8 @@ def _metadata_change(
     """``(offset, change, what)``: a byte of ``file`` outside ``spans`` and how to change it.
 
     Three ways, drawn: a change the reader accepts and that changes what it says (found
-    by probing bit 0 or 1 of every byte, up to 4096: that turns most digits into other
-    digits and changes a binary integer by 1 or 2), preferring changes that leave part
+    by probing bit 0 or 1 of each byte from a drawn one on, for ``PROBE_SECONDS``: that turns
+    most digits into other digits and changes a binary integer by 1 or 2), preferring changes that leave part
     of a tensor in no chunk, then other changes of chunks, of keys, sizes or dtypes, of
     where the data lies; an ASCII digit replaced by another; any bit flipped.
     """
@@ -438,15 +441,19 @@ def _metadata_change(
     outside = [i for i in range(len(content)) if i not in inside] or list(range(len(content)))
     mode = data.draw(st.sampled_from(["accepted", "accepted", "digit", "bit"]), label="change")
     if mode == "accepted":
-        window = outside
-        most = _MAX_PROBED if store.in_place else _MAX_PROBED_WHOLE
-        if len(outside) > most:
-            start = _pick(data, range(len(outside) - most), "probed window")
-            window = outside[start : start + most]
+        start = _pick(data, range(len(outside)), "first byte probed")
+        window = outside[start:] + outside[:start]  # from there on, for PROBE_SECONDS
         mask = data.draw(st.sampled_from([1, 2]), label="bit probed")
-        probe = ranks.accepted_metadata_changes
+        probe, seconds = ranks.accepted_metadata_changes, PROBE_SECONDS[session_profile()]
         found = trial.run(
-            "read_metadata (of tampered metadata)", probe, path, file, window, mask, world=1
+            "read_metadata (of tampered metadata)",
+            probe,
+            path,
+            file,
+            window,
+            mask,
+            seconds,
+            world=1,
         )[0]
         by_kind: dict[str, list[int]] = {}
         for position, after in found:

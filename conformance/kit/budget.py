@@ -1,0 +1,141 @@
+"""A time budget for a run (``--ckpt-budget 10m``), spread over its tests.
+
+Each test, when it starts, gets an equal share of what is left of the budget among the
+tests left to run in this process, so time a fast test leaves goes to the ones after it.
+A property test draws examples until its share runs out: the first step an example takes
+on the ranks after that raises :class:`OutOfTime`, and the test ends as *out of time*
+with the number of examples it ran, never as a pass and never as a failure. Once an
+example has failed, the budget no longer stops the test: hypothesis shrinks the failure
+and replays it (its own limits apply).
+
+Why a step and not hypothesis' settings: hypothesis has no time limit on generation, and
+an example that stops before drawing what earlier examples drew is flagged as flaky data
+generation. :class:`OutOfTime` is a ``BaseException``, which hypothesis passes through
+(as it does ``KeyboardInterrupt``) instead of treating it as a failure to shrink, and it
+is raised only after the example's draws, at its first step on the ranks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .running import Ranks
+
+__all__ = ["Budget", "BudgetedRanks", "OutOfTime", "Share", "parse_duration"]
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``90``, ``90s``, ``10m``, ``1h30m``, ``2.5m``.
+
+    Raises ``ValueError`` naming the text and the accepted forms.
+    """
+    cleaned = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        seconds = float(cleaned)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", cleaned)
+        if not parts or "".join(n + u for n, u in parts) != cleaned:
+            raise ValueError(
+                f"time budget {text!r}: expected seconds or a duration such as 90s, 10m, 1h30m"
+            )
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"time budget {text!r}: must be more than 0 seconds")
+    return seconds
+
+
+class OutOfTime(BaseException):  # noqa: N818 - a stop, like KeyboardInterrupt, not an error
+    """The running test's share of the budget ran out before this example's first step."""
+
+
+@dataclass
+class Share:
+    """One test's share of the budget, and what it ran within it."""
+
+    seconds: float
+    deadline: float
+    """``time.monotonic()`` at which the share ends."""
+    budget: float
+    examples: int = 0
+    """Examples that took at least one step on the ranks."""
+    out_of_time: bool = False
+    _starting: bool = False
+    _failed: bool = False
+
+    def example_begins(self) -> None:
+        """An example is about to run: its first step checks the time."""
+        self._starting = True
+
+    def failure_seen(self) -> None:
+        """An example failed: the test runs on to shrink it, whatever the time."""
+        self._failed = True
+
+    def step(self) -> None:
+        """Before a step on the ranks: raise :class:`OutOfTime` at an example's first step
+        once the share has run out (and no example failed)."""
+        if not self._starting:
+            return
+        self._starting = False
+        if not self._failed and time.monotonic() > self.deadline:
+            self.out_of_time = True
+            raise OutOfTime(self.reason())
+        self.examples += 1
+
+    def reason(self, max_examples: int | None = None) -> str:
+        """``out of time: ran 7 example(s) (of up to 20) in this test's 3.1 s of a 10m budget``."""
+        of = f" (of up to {max_examples})" if max_examples else ""
+        return (
+            f"out of time: ran {self.examples} example(s){of} in this test's {self.seconds:.1f} s "
+            f"share of the {_shown(self.budget)} budget; not a pass"
+        )
+
+
+def _shown(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+class Budget:
+    """The run's budget: ``seconds`` from ``started`` (``time.monotonic()``), shared by
+    ``tests`` tests (this process's share of them under xdist)."""
+
+    def __init__(self, seconds: float, tests: int, *, started: float | None = None):
+        self.seconds = seconds
+        self.end = (time.monotonic() if started is None else started) + seconds
+        self.left = max(1, tests)
+
+    def share(self) -> Share:
+        """The next test's share: what is left, divided among the tests left (at least 0)."""
+        now = time.monotonic()
+        seconds = max(0.0, self.end - now) / max(1, self.left)
+        self.left = max(1, self.left - 1)
+        return Share(seconds=seconds, deadline=now + seconds, budget=self.seconds)
+
+
+class BudgetedRanks(Ranks):
+    """``ranks``, with the running test's :class:`Share` checked before every step."""
+
+    def __init__(self, ranks: Ranks, share: Share):
+        self.inner, self.share = ranks, share
+        self.device = ranks.device
+
+    def __repr__(self) -> str:
+        return f"BudgetedRanks({self.inner!r})"
+
+    def unavailable(self, world: int) -> str | None:
+        return self.inner.unavailable(world)
+
+    def run(self, backend, fn, args: Sequence[Any], *, world: int, timeout: float):
+        self.share.step()
+        return self.inner.run(backend, fn, args, world=world, timeout=timeout)
+
+    def run_fresh(self, backend, fn, args: Sequence[Any], *, world: int, timeout: float):
+        self.share.step()
+        return self.inner.run_fresh(backend, fn, args, world=world, timeout=timeout)
