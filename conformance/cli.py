@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .kit.failures import render_failure
+    from .kit.failures import render_brief
     from .kit.launched import launched_rank
     from .loading import BackendSpecError, load_backend
     from .report import OUTCOMES
@@ -217,15 +217,8 @@ def _run(args: argparse.Namespace) -> int:
         if test["outcome"] != "failed":
             continue
         console.rule(f"[red]{test['outcome']}[/red]: {test['id']} ({test['level']})")
-        failure = test["failure"]
-        console.print(
-            render_failure({**failure, "reproduction": None}), markup=False, highlight=False
-        )
-        if failure.get("minimal_case"):
-            console.print("minimal case:", markup=False)
-            console.print(failure["minimal_case"], markup=False, highlight=False)
-        if failure.get("reproduction"):
-            console.print(f"reproduce: {failure['reproduction']}", markup=False, highlight=False)
+        record = f"{report_path}, test {test['id']!r}"
+        console.print(render_brief(test["failure"], record=record), markup=False, highlight=False)
     for test in report.tests:
         if test["outcome"] == "unexpected pass":
             console.print(

@@ -25,6 +25,7 @@ __all__ = [
     "Mismatch",
     "exception_text",
     "listing",
+    "render_brief",
     "render_failure",
 ]
 
@@ -297,3 +298,103 @@ def render_failure(fields: dict[str, Any]) -> str:
     if fields.get("reproduction"):
         lines.append(f"reproduce: {fields['reproduction']}")
     return "\n".join(lines)
+
+
+BRIEF_LINES = 25
+"""About how many lines :func:`render_brief` gives a failure."""
+
+
+def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
+    """The failure a person reads first, in about :data:`BRIEF_LINES` lines: headline, verdict,
+    step, the case, the first difference (or each rank's error and where it was raised), the
+    minimal case, the reproduction, and where the full record is (``record``: a report's path).
+
+    The full text (every rank's traceback and output) is :func:`render_failure`'s.
+    """
+    lines = [f"[{fields.get('backend') or '?'}] {fields.get('what', '')}"]
+    if fields.get("verdict"):
+        lines += _clipped(str(fields["verdict"]), 2, label="verdict")
+    if fields.get("step") or fields.get("kind"):
+        raised = fields.get("kind") in ("raised", "wrong_error")
+        types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or () if raised))
+        raised = f", raises {', '.join(types)}" if types else ""
+        lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
+    if fields.get("case"):
+        lines += _clipped(str(fields["case"]).rstrip(), 5, label="case")
+    where = []
+    if fields.get("rank") is not None:
+        where.append(f"rank {fields['rank']}")
+    if fields.get("key") is not None:
+        where.append(f"key {fields['key']!r}")
+    if fields.get("index") is not None:
+        where.append(f"global index {tuple(fields['index'])}")
+    if fields.get("expected") is not None or fields.get("actual") is not None:
+        where.append(f"expected {fields.get('expected')}, got {fields.get('actual')}")
+    if where:
+        values = any(fields.get(k) is not None for k in ("index", "expected", "actual"))
+        lines.append(("first difference: " if values else "where: ") + ", ".join(where))
+    details = str(fields.get("details") or "").rstrip()
+    if details:
+        summary, site = _details_brief(details)
+        lines += _clipped("\n".join(summary), 5)
+        if site:
+            lines += ["raised at:", *site]
+    minimal = str(fields.get("minimal_case") or "")
+    if minimal.startswith("pinned example Pinned("):  # its case is the case above
+        minimal = "pinned example " + minimal[len("pinned example Pinned(") :].split(", ")[0]
+    elif minimal.startswith("Draw ") and fields.get("case"):  # the failure is its last replay
+        minimal = "the case above, as hypothesis shrank it (its draws: the full record)"
+    if minimal:
+        lines += _clipped(minimal, 3, label="minimal case")
+    if fields.get("reproduction"):
+        lines.append(f"reproduce: {fields['reproduction']}")
+    if record:
+        lines.append(f"full record (every rank's traceback and output): {record}")
+    return "\n".join(lines)
+
+
+def _clipped(text: str, most: int, *, label: str = "", width: int = 160) -> list[str]:
+    """``text``'s first ``most`` lines (long ones wrapped at ``width``), a count of the rest,
+    under ``label`` (on the same line when ``text`` is one line)."""
+    shown: list[str] = []
+    for line in text.splitlines():
+        while len(line) > width:
+            shown.append(line[:width])
+            line = "    " + line[width:]
+        shown.append(line)
+    kept = shown[:most]
+    if len(shown) > most:
+        kept.append(f"  ... {len(shown) - most} more line(s) in the full record")
+    if not label or not kept:
+        return kept
+    if len(shown) == 1:
+        return [f"{label}: {kept[0].strip()}"]
+    return [f"{label}:", *kept]
+
+
+def _details_brief(details: str) -> tuple[list[str], list[str]]:
+    """The summary lines of ``details`` (before the first ``--- ... ---`` section: each rank's
+    error), and the frame that raised first in its first traceback (file line, code, error)."""
+    lines = details.splitlines()
+    summary = []
+    for line in lines:
+        if line.startswith("--- ") and line.rstrip().endswith("---"):
+            break
+        if line.strip().startswith("--- traceback of rank"):  # a message carrying tracebacks
+            break
+        summary.append(line)
+    site: list[str] = []
+    start = next((i for i, line in enumerate(lines) if line.startswith("Traceback ")), None)
+    if start is not None:
+        block = []
+        for line in lines[start + 1 :]:
+            if not line.strip() or line.startswith(("The above exception", "During handling")):
+                break
+            block.append(line)
+        frames = [i for i, line in enumerate(block) if line.lstrip().startswith("File ")]
+        if frames:
+            last = frames[-1]
+            code = [b for b in block[last + 1 :] if b.startswith("    ") and b.strip("^~ ")]
+            error = next((b for b in block[last + 1 :] if not b.startswith(" ")), "")
+            site = [block[last].rstrip(), *code[:1], *([error] if error else [])]
+    return summary, site

@@ -411,9 +411,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         verdict = item.stash.get(_verdict_key, None)
         if verdict is not None and report.when == "call":
             info.update(verdict.to_json())
+        if report.failed and info.get("failure") and item.config.getoption("verbose", 0) < 2:
+            report.longrepr = _brief(info["failure"], item.config)
         # user_properties travel with the report to the xdist controller
         report.user_properties.append((INFO, info))
     return report
+
+
+def _brief(failure: dict[str, Any], config: pytest.Config) -> str:
+    """A failure's text as pytest shows it: the brief form, and where the rest is."""
+    from .failures import render_brief
+
+    path = config.getoption("ckpt_report")
+    record = f"{path}, or pytest -vv" if path else "pytest -vv (or --ckpt-report PATH)"
+    return render_brief(failure, record=record)
 
 
 def _max_examples(test: Any) -> int | None:

@@ -55,6 +55,8 @@ def describe_outcomes(outcomes: Sequence[RankOutcome], *, tracebacks: bool = Tru
             groups.setdefault((o.error_type or "", o.message, o.traceback), []).append(o.rank)
     lines = []
     for (kind, message, _), ranks in groups.items():
+        # a message carrying the ranks' tracebacks (the reference's errors do) shows them below
+        message = message.split("\n--- traceback of rank", 1)[0]
         lines.append(f"  {ranks_text(ranks)}: {kind}: {message.strip()[-3000:]}")
     if tracebacks:
         for (_, _, trace), ranks in groups.items():

@@ -14,7 +14,7 @@ from ckptconf.conformance import (
     TensorSpec,
     check_save_then_load,
 )
-from ckptconf.conformance.kit.failures import HangFailure, render_failure
+from ckptconf.conformance.kit.failures import HangFailure, render_brief, render_failure
 from ckptconf.conformance.kit.running import PoolRanks, RanksLost
 from ckptconf.conformance.kit.trial import Trial, describe_outcomes
 from ckptconf.reference import FileSystemReader, FileSystemWriter
@@ -50,6 +50,70 @@ def test_a_failure_is_its_fields_and_reads_as_text():
         "first difference: rank 1, key 'w', global index (3,), expected 21.0, got 0.0",
         "  rank 1, key 'w' at global index (3,): expected 21.0, got 0.0",
         "reproduce: python -m pytest x.py::T::t",
+    ]
+
+
+_TRACEBACK = """Traceback (most recent call last):
+  File "/src/driver.py", line 160, in read
+    future = reader.read_data(plan, planner)
+             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/src/storage.py", line 596, in _read_tensor_items
+    base = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+ValueError: both buffer length (0) and count (-1) must not be 0
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/src/world.py", line 199, in _worker
+    value = fn(*args, **kwargs)
+CheckpointError: checkpoint load of /tmp/c7 failed on rank(s) [0, 1]"""
+
+
+def test_the_brief_failure_puts_the_error_and_where_it_was_raised_first_in_few_lines():
+    details = "\n".join(
+        [
+            "  ranks 0, 1: CheckpointError: checkpoint load of /tmp/c7 failed on rank(s) [0, 1]:",
+            "  rank 0: ValueError: both buffer length (0) and count (-1) must not be 0",
+            *[f"--- traceback of rank {r} ---\n{_TRACEBACK}" for r in range(4)],
+            "--- output of rank 0 ---\n" + "noise\n" * 40,
+        ]
+    )
+    fields = ConformanceFailure(
+        "load raised on ranks 0, 1",
+        backend="mine",
+        step="load",
+        kind="raised",
+        errors=("CheckpointError: checkpoint load of /tmp/c7 failed",),
+        case="save on 2 rank(s), load on 2 rank(s)\n"
+        + "".join(f"  'k{i}': f32[4]\n" for i in range(9)),
+        rank=0,
+        details=details,
+        reproduction="/venv/bin/python -m pytest x.py::T::t",
+        minimal_case="Draw 1 (case): SaveLoadCase(\n" + "    field,\n" * 20 + ")",
+    ).fields()
+    lines = render_brief(fields, record="report.json").splitlines()
+    assert len(lines) <= 25, lines
+    assert lines == [
+        "[mine] load raised on ranks 0, 1",
+        "failed at: step load, kind raised, raises CheckpointError",
+        "case:",
+        "save on 2 rank(s), load on 2 rank(s)",
+        "  'k0': f32[4]",
+        "  'k1': f32[4]",
+        "  'k2': f32[4]",
+        "  'k3': f32[4]",
+        "  ... 5 more line(s) in the full record",
+        "where: rank 0",
+        "  ranks 0, 1: CheckpointError: checkpoint load of /tmp/c7 failed on rank(s) [0, 1]:",
+        "  rank 0: ValueError: both buffer length (0) and count (-1) must not be 0",
+        "raised at:",
+        '  File "/src/storage.py", line 596, in _read_tensor_items',
+        "    base = torch.frombuffer(data, dtype=torch.uint8).view(dtype)",
+        "ValueError: both buffer length (0) and count (-1) must not be 0",
+        "minimal case: the case above, as hypothesis shrank it (its draws: the full record)",
+        "reproduce: /venv/bin/python -m pytest x.py::T::t",
+        "full record (every rank's traceback and output): report.json",
     ]
 
 

@@ -147,3 +147,19 @@ def test_the_report_takes_the_outcome_and_known_failures_from_the_test():
         "2 example(s) inherited from torch-dcp (torch-dcp.toml:40: step save, kind raised)" in text
     )
     assert "save raised\nsave on 3 rank(s)" in text
+
+
+def test_pytest_shows_a_failure_brief_and_the_whole_record_under_vv(tmp_path):
+    args = ["--ckpt-backend", "tests.planted.storage:last_chunk_skipped", "--ckpt-no-shrink"]
+    args += ["-k", "test_round_trip and not strided and not dtensor and not sharded"]
+    result, report = _pytest(*args, tmp_path=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (failed,) = [t for t in report["tests"] if t["outcome"] == "failed"]
+    shown = result.stdout.split("= FAILURES =", 1)[1].split("Captured", 1)[0]
+    assert "[last_chunk_skipped]" in shown and "reproduce: " in shown
+    assert f"full record (every rank's traceback and output): {tmp_path / 'report.json'}" in shown
+    assert "Falsifying" not in shown and "def run_example" not in shown  # no pytest traceback
+    assert len(shown.strip().splitlines()) <= 27  # the test's title line, and about 25
+    result, _ = _pytest(*args, "-vv", tmp_path=tmp_path)
+    assert "def run_example" in result.stdout  # pytest's own long form
+    assert failed["failure"]["what"] in result.stdout
