@@ -418,6 +418,8 @@ def _bench(args: argparse.Namespace) -> int:
         console = Console(width=max(200, console.width))  # the tables whole, not squeezed
     if args.target == "plan":
         return _bench_plan(args, console)
+    if args.target == "suite":
+        return _bench_suite(args, console)
     if args.target == "io":
         return _bench_io(args, console)
     if args.target == "reshard":
@@ -446,6 +448,24 @@ def _bench(args: argparse.Namespace) -> int:
             f"{row.ratio:.0f}x",
         )
     console.print(table)
+    return 0
+
+
+def _bench_suite(args: argparse.Namespace, console) -> int:
+    from ckptconf.bench.suite import as_table, bench_suite
+
+    console.print(
+        f"running the conformance suite against {args.backend} (profile {args.profile}) in this "
+        "process, timing its parts..."
+    )
+    try:
+        times = bench_suite(args.backend, profile=args.profile, select=args.k)
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    console.print(as_table(times))
+    outcomes = ", ".join(f"{n} {o}" for o, n in sorted(times.outcomes.items()))
+    console.print(f"outcomes: {outcomes}", highlight=False)
     return 0
 
 
@@ -803,8 +823,17 @@ def main(argv: list[str] | None = None) -> int:
     verify.set_defaults(handler=_verify)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument(
-        "target", choices=["harness", "plan", "io", "reshard"], help="what to measure"
+        "target",
+        choices=["harness", "plan", "io", "reshard", "suite"],
+        help="what to measure (suite: where a conformance run's time goes)",
     )
+    bench.add_argument(
+        "--backend", default="reference", help="suite: the backend to run the suite against"
+    )
+    bench.add_argument(
+        "--profile", default="ci", choices=["ci", "dev", "thorough"], help="suite: the profile"
+    )
+    bench.add_argument("-k", default=None, help="suite: only tests matching this -k expression")
     bench.add_argument(
         "--mib",
         default=None,

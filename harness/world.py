@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from typing import Any
 from .errors import RankError, WorldError, WorldTimeout, results_of
 
 __all__ = [
+    "TIMINGS",
+    "Timings",
     "World",
     "DEVICE_MODES",
     "get_world",
@@ -46,6 +49,21 @@ __all__ = [
 ]
 
 DEVICE_MODES = ("cpu", "cuda", "cuda-shared")
+
+
+@dataclass
+class Timings:
+    """Where this process's worlds spent their time (seconds): pool starts, and calls from
+    sending one to every rank's reply. ``ckptconf bench suite`` reads :data:`TIMINGS`."""
+
+    starts: int = 0
+    start_seconds: float = 0.0
+    calls: int = 0
+    call_seconds: float = 0.0
+
+
+TIMINGS = Timings()
+"""This process's :class:`Timings`, since it started."""
 _STACK_MARKER = "most recent call first"
 
 
@@ -287,6 +305,7 @@ class World:
         reason = device_available(self.device, self.size)
         if reason is not None:
             raise RuntimeError(f"cannot start a {self.device} world of {self.size}: {reason}")
+        began = time.perf_counter()
         ctx = _context(self.start_method)
         self._tmp = tempfile.TemporaryDirectory(prefix="ckptconf-world-")
         store = os.path.join(self._tmp.name, "store")
@@ -321,6 +340,8 @@ class World:
                     self.close()
                     raise WorldError([detail], {})
                 waiting.discard(rank)
+        TIMINGS.starts += 1
+        TIMINGS.start_seconds += time.perf_counter() - began
 
     def run(
         self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0, **kwargs: Any
@@ -333,6 +354,7 @@ class World:
         """
         payload = pickle.dumps((fn, args, kwargs))
         self.start()
+        began = time.perf_counter()
         self._call_id += 1
         call_id = self._call_id
         # a rank killed before it opened its log has none: its death is reported below
@@ -348,6 +370,9 @@ class World:
         except KeyboardInterrupt:  # Ctrl-C: the ranks may be stuck in the call; kill them now
             self.close(grace=0)
             raise
+        finally:
+            TIMINGS.calls += 1
+            TIMINGS.call_seconds += time.perf_counter() - began
         for rank, (reply_id, *_) in replies.items():
             assert reply_id == call_id, f"rank {rank} answered call {reply_id}, expected {call_id}"
         return results_of({rank: tuple(reply[1:]) for rank, reply in replies.items()}, self.size)
