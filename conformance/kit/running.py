@@ -160,7 +160,11 @@ class PoolRanks(Ranks):
 
     def __init__(self, device: str = "cpu"):
         from ckptconf.harness import DEVICE_MODES
+        from ckptconf.harness.world import preload
 
+        # the suites' rank functions and the reference, imported once by the forkserver rather
+        # than by every rank (half a second each; tests that kill a rank start fresh ranks)
+        preload("ckptconf.conformance.suites", "ckptconf.reference")
         if device not in DEVICE_MODES:
             raise ValueError(f"unknown device mode {device!r}; expected one of {DEVICE_MODES}")
         self.device = device
