@@ -408,6 +408,21 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import Campaign
+    from .kit.budget import parse_duration
+
+    try:
+        seconds = parse_duration(args.budget)
+    except ValueError as exc:
+        print(f"ckptconf fuzz: --budget: {exc}", file=sys.stderr)
+        return 2
+    campaign = Campaign(
+        args.backend, Path(args.db).resolve(), seconds, select=args.k, seed=args.seed
+    )
+    return campaign.run(lambda line: print(line, flush=True))
+
+
 def _bench(args: argparse.Namespace) -> int:
     from ckptconf.harness.bench import bench_harness
     from rich.console import Console
@@ -821,6 +836,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     verify.add_argument("path", help="checkpoint folder")
     verify.set_defaults(handler=_verify)
+    fuzz = sub.add_parser(
+        "fuzz",
+        help="a fuzzing campaign: rounds of growing example counts and new seeds for a budget, "
+        "hypothesis' database kept in a folder",
+    )
+    fuzz.add_argument("--backend", default="reference", help="built-in name or module:attr")
+    fuzz.add_argument("--budget", required=True, metavar="DURATION", help="e.g. 30m, 8h")
+    fuzz.add_argument(
+        "--db",
+        required=True,
+        metavar="FOLDER",
+        help="where the example database (FOLDER/examples) and each round's report go; a "
+        "later campaign on the same folder replays what this one found first",
+    )
+    fuzz.add_argument("-k", default=None, help="only tests matching this -k expression")
+    fuzz.add_argument("--seed", type=int, default=None, help="seed of the rounds' seeds")
+    fuzz.set_defaults(handler=_fuzz)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument(
         "target",

@@ -37,6 +37,8 @@ _OPTIONS = (
     "ckpt_spmd",
     "ckpt_world_size",
     "ckpt_budget",
+    "ckpt_max_examples",
+    "ckpt_database",
 )
 _PROFILE_NAMES = ("ci", "dev", "thorough")
 INFO = "ckptconf"
@@ -121,6 +123,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="time for the whole run (90s, 10m, 1h30m), shared by its tests: a test whose share "
         "runs out stops drawing examples and is reported 'out of time' with how many it ran "
         "(never a pass)",
+    )
+    group.addoption(
+        "--ckpt-max-examples",
+        default=None,
+        type=int,
+        metavar="N",
+        help="examples a property test draws, in place of the profile's (a test drawing a share "
+        "of them, such as a third per storage hook, draws that share of N)",
+    )
+    group.addoption(
+        "--ckpt-database",
+        default=None,
+        metavar="DIR",
+        help="keep hypothesis' example database in DIR: failing examples are saved there and "
+        "replayed first by the next run given the same DIR (not under the derandomized ci "
+        "profile)",
     )
     group.addoption(
         "--ckpt-inherit",
@@ -274,6 +292,13 @@ def session_profile(config: pytest.Config | None = None) -> str:
     config = config or _config
     chosen = config.getoption("ckpt_profile", None) if config is not None else None
     return chosen or os.environ.get("CKPTCONF_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+
+
+def session_option(name: str, config: pytest.Config | None = None):
+    """The value of the ckptconf option ``name`` (``"ckpt_max_examples"``) in this session, or
+    ``None`` outside one."""
+    config = config or _config
+    return config.getoption(name, None) if config is not None else None
 
 
 def session_shrinks(config: pytest.Config | None = None) -> bool:

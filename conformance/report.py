@@ -67,6 +67,8 @@ class Report:
         }
         if info.get("message"):
             entry["message"] = info["message"]
+        if info.get("examples") is not None:
+            entry["examples"] = info["examples"]
         if outcome == Outcome.FAILED.value:
             failure = info.get("failure")
             if failure is None:  # not a ConformanceFailure: an error of the test or of pytest

@@ -3,8 +3,9 @@
 Each test, when it starts, gets an equal share of what is left of the budget among the
 tests left to run in this process, so time a fast test leaves goes to the ones after it.
 A property test draws examples until its share runs out: the first step an example takes
-on the ranks after that raises :class:`OutOfTime`, and the test ends as *out of time*
-with the number of examples it ran, never as a pass and never as a failure. Once an
+on the ranks after that, or the end of an example, raises :class:`OutOfTime`, and the test
+ends as *out of time* with the number of examples it ran, never as a pass and never as a
+failure. Once an
 example has failed, the budget no longer stops the test: hypothesis shrinks the failure
 and replays it (its own limits apply).
 
@@ -12,7 +13,7 @@ Why a step and not hypothesis' settings: hypothesis has no time limit on generat
 an example that stops before drawing what earlier examples drew is flagged as flaky data
 generation. :class:`OutOfTime` is a ``BaseException``, which hypothesis passes through
 (as it does ``KeyboardInterrupt``) instead of treating it as a failure to shrink, and it
-is raised only after the example's draws, at its first step on the ranks.
+is raised only after the example's draws: at its first step on the ranks, or at its end.
 """
 
 from __future__ import annotations
@@ -63,29 +64,40 @@ class Share:
     """``time.monotonic()`` at which the share ends."""
     budget: float
     examples: int = 0
-    """Examples that took at least one step on the ranks."""
+    """Examples run to their end (a failing one included)."""
     out_of_time: bool = False
-    _starting: bool = False
+    _running: bool = False
+    _stepped: bool = False
     _failed: bool = False
 
     def example_begins(self) -> None:
         """An example is about to run: its first step checks the time."""
-        self._starting = True
+        self._running, self._stepped = True, False
 
     def failure_seen(self) -> None:
         """An example failed: the test runs on to shrink it, whatever the time."""
         self._failed = True
 
     def step(self) -> None:
-        """Before a step on the ranks: raise :class:`OutOfTime` at an example's first step
-        once the share has run out (and no example failed)."""
-        if not self._starting:
+        """Before a step on the ranks: at an example's first step, raise :class:`OutOfTime` if
+        the share has run out (and no example failed); the example is not counted."""
+        if not self._running or self._stepped:
             return
-        self._starting = False
-        if not self._failed and time.monotonic() > self.deadline:
-            self.out_of_time = True
-            raise OutOfTime(self.reason())
+        self._stepped = True
+        self._stop_if_late()
+
+    def example_ends(self) -> None:
+        """An example ran to its end: count it, then raise :class:`OutOfTime` if the share has
+        run out (for tests whose examples take no step on the ranks, such as simulated planning)."""
+        if not self._running:
+            return
         self.examples += 1
+        self._stop_if_late()
+
+    def _stop_if_late(self) -> None:
+        if not self._failed and time.monotonic() > self.deadline:
+            self._running, self.out_of_time = False, True
+            raise OutOfTime(self.reason())
 
     def reason(self, max_examples: int | None = None) -> str:
         """``out of time: ran 7 example(s) (of up to 20) in this test's 3.1 s of a 10m budget``."""

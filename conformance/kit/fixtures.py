@@ -411,6 +411,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         verdict = item.stash.get(_verdict_key, None)
         if verdict is not None and report.when == "call":
             info.update(verdict.to_json())
+        share = item.stash.get(_share_key, None)
+        if share is not None and report.when == "call":
+            info["examples"] = share.examples
         if report.failed and info.get("failure") and item.config.getoption("verbose", 0) < 2:
             report.longrepr = _brief(info["failure"], item.config)
         # user_properties travel with the report to the xdist controller

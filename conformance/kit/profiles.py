@@ -1,7 +1,8 @@
 """Hypothesis settings of the conformance tests: the ckptconf profiles, applied to suite tests only.
 
 Profiles: ``ci`` (20 examples, derandomized), ``dev`` (40, a random seed per session,
-printed in the report and in every reproduction) and ``thorough`` (400). The session's
+printed in the report and in every reproduction) and ``thorough`` (400); ``--ckpt-max-examples``
+replaces the count and ``--ckpt-database`` keeps hypothesis' example database in a folder. The session's
 profile comes from ``--ckpt-profile``, else ``CKPTCONF_PROFILE``, else ``ci`` when ``CI``
 is set and ``dev`` otherwise. They are registered as ``ckptconf-<name>`` and never loaded
 as hypothesis' default: a suite test gets its profile through :func:`property_test`, so
@@ -63,7 +64,7 @@ def tune(**overrides: Any) -> None:
 
 def profile_settings(name: str | None = None) -> settings:
     """The hypothesis settings of ckptconf profile ``name`` (default: this session's)."""
-    from ckptconf.conformance.plugin import session_profile, session_shrinks
+    from ckptconf.conformance.plugin import session_option, session_profile, session_shrinks
 
     name = name or session_profile()
     if name not in PROFILES:
@@ -71,6 +72,16 @@ def profile_settings(name: str | None = None) -> settings:
     options = {**_COMMON, **PROFILES[name], **_tuning}
     if not session_shrinks():
         options["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
+    examples = session_option("ckpt_max_examples")
+    if examples is not None:
+        if examples < 1:
+            raise ValueError(f"--ckpt-max-examples {examples}: must be at least 1")
+        options["max_examples"] = examples
+    folder = session_option("ckpt_database")
+    if folder is not None:
+        from hypothesis.database import DirectoryBasedExampleDatabase
+
+        options["database"] = DirectoryBasedExampleDatabase(folder)
     return settings(**options)
 
 
@@ -213,12 +224,17 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
             if verdict is not None and verdict.judge(exc, replay, example or repr(drawn)):
                 if isinstance(exc, HangFailure):
                     raise KnownHang() from exc
+                if share is not None:
+                    share.example_ends()
                 return None
             if share is not None:
                 share.failure_seen()
+                share.example_ends()
             raise
         if verdict is not None:
             verdict.passed(example or repr(drawn), replay)
+        if share is not None:
+            share.example_ends()
         return None
 
     return run_example

@@ -48,17 +48,21 @@ def _share(*, ended: bool) -> Share:
     return Share(seconds=1.0, deadline=-math.inf if ended else math.inf, budget=1.0)
 
 
-def test_only_an_examples_first_step_checks_the_time():
+def test_an_example_is_stopped_at_its_first_step_or_at_its_end_never_between():
     share = _share(ended=False)
     share.example_begins()
     share.step()
     share.deadline = -math.inf
     share.step()  # the example goes on to its end
-    assert share.examples == 1
-    share.example_begins()
     with pytest.raises(OutOfTime, match=r"ran 1 example\(s\)"):
+        share.example_ends()  # counted, then stopped: no example after it
+    assert share.out_of_time and share.examples == 1
+    share = _share(ended=True)
+    share.example_begins()
+    with pytest.raises(OutOfTime, match=r"ran 0 example\(s\)"):
         share.step()
-    assert share.out_of_time
+    share.example_ends()  # stopped already: not counted
+    assert share.examples == 0
 
 
 def test_after_a_failure_the_time_stops_nothing():
@@ -66,6 +70,7 @@ def test_after_a_failure_the_time_stops_nothing():
     share.failure_seen()
     share.example_begins()
     share.step()
+    share.example_ends()
     assert share.examples == 1 and not share.out_of_time
 
 
@@ -96,7 +101,7 @@ def test_hypothesis_stops_drawing_at_the_first_example_past_the_share():
     share = _share(ended=False)
     with pytest.raises(OutOfTime):  # not shrunk as a failure, not flaky data generation
         _examples_test(calls, ends_after=3)(ckpt=_Ckpt(share))
-    assert share.examples == 3 and len(calls) == 4 and share.out_of_time
+    assert share.examples == 3 and len(calls) == 4 and share.out_of_time  # the 4th stopped
 
 
 def test_a_failure_found_within_the_share_is_shrunk_and_reported_past_it():

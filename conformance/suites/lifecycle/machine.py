@@ -153,3 +153,6 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.runner.finish()
         if self.verdict is not None and not self.runner.failed and self.runner.steps:
             self.verdict.passed(printed(self.runner.steps), self.runner.replay())
+        share = getattr(self.runner.ckpt, "share", None)  # the run's time budget
+        if share is not None:
+            share.example_ends()

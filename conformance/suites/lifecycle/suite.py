@@ -62,6 +62,8 @@ def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
             raise _shrunk(ckpt, exc, strict=strict, verdict=verdict) from None
         except KnownHang:
             continue  # recorded; the other runs still search for the backend's own defects
+        if share is not None:
+            share.example_ends()
     base = profile_settings()
     options = settings(
         parent=base,

@@ -1,0 +1,126 @@
+"""``ckptconf fuzz``: rounds of growing example counts and new seeds, distinct failures, the
+example database kept in the campaign's folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ckptconf.conformance import plugin
+from ckptconf.conformance.fuzz import Campaign, failure_key, round_examples
+from ckptconf.conformance.kit.profiles import profile_settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_each_round_doubles_the_examples_up_to_a_ceiling():
+    assert [round_examples(n) for n in (1, 2, 3, 4)] == [40, 80, 160, 320]
+    assert round_examples(40) == 100_000
+
+
+def test_a_round_runs_the_suite_with_its_seed_count_database_and_what_is_left(tmp_path):
+    campaign = Campaign("torch-dcp", tmp_path, 600.0, select="TestPlans")
+    command = campaign.command(3, 1234, 100.4)
+    assert command[:4] == [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
+    after = command[command.index("--") + 1 :]
+    assert after == [
+        "--hypothesis-seed",
+        "1234",
+        "--ckpt-max-examples",
+        "160",
+        "--ckpt-database",
+        str(tmp_path / "examples"),
+    ]
+    before = command[: command.index("--")]
+    for option, value in (
+        ("--backend", "torch-dcp"),
+        ("--profile", "dev"),
+        ("--budget", "100s"),
+        ("-k", "TestPlans"),
+        ("--report", str(tmp_path / "round-3.json")),
+    ):
+        assert before[before.index(option) + 1] == value
+
+
+def _failed(test_id: str, step: str, kind: str, error: str) -> dict:
+    failure = {"step": step, "kind": kind, "errors": [error], "what": f"{step} broke"}
+    return {"id": test_id, "outcome": "failed", "failure": failure}
+
+
+def test_failures_are_counted_once_by_test_step_kind_and_first_error(tmp_path):
+    same = _failed("t.py::T::a", "load", "raised", "ValueError: x\n  more")
+    tests = [
+        same,
+        {**same, "failure": {**same["failure"], "errors": ["ValueError: x\n  other detail"]}},
+        _failed("t.py::T::a", "load", "wrong_values", "rank 1, key 'w': expected 1, got 0"),
+        _failed("t.py::T::b", "load", "raised", "ValueError: x"),
+        {"id": "t.py::T::c", "outcome": "passed", "examples": 40},
+        {"id": "t.py::T::d", "outcome": "out of time", "examples": 7},
+    ]
+    assert failure_key(tests[0]) == failure_key(tests[1])
+    (tmp_path / "round-1.json").write_text(json.dumps({"tests": tests}))
+    (tmp_path / "round-2.json").write_text(json.dumps({"tests": tests[2:4]}))
+    said: list[str] = []
+    campaign = Campaign("reference", tmp_path, 60.0)
+    campaign._read(1, said.append, 12.0)
+    campaign._read(2, said.append, 9.0)
+    assert said == [
+        "round 1: 6 tests, 47 examples in 12 s, 1 stopped by the budget; 3 distinct failure(s), "
+        "3 new",
+        "  new: t.py::T::a: load broke",
+        "  new: t.py::T::a: load broke",
+        "  new: t.py::T::b: load broke",
+        "round 2: 2 tests, 0 examples in 9 s; 3 distinct failure(s), 0 new",
+    ]
+    assert [f.round for f in campaign.findings.values()] == [1, 1, 1]
+
+
+class _Config:
+    def __init__(self, **options):
+        self.options = options
+
+    def getoption(self, name, default=None):
+        return self.options.get(name, default)
+
+
+def test_the_example_count_and_database_options_reach_the_profiles(monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        plugin,
+        "_config",
+        _Config(ckpt_profile="dev", ckpt_max_examples=123, ckpt_database=str(tmp_path)),
+    )
+    chosen = profile_settings()
+    assert chosen.max_examples == 123
+    assert isinstance(chosen.database, DirectoryBasedExampleDatabase)
+    assert Path(chosen.database.path) == tmp_path
+    monkeypatch.setattr(plugin, "_config", _Config(ckpt_profile="dev", ckpt_max_examples=0))
+    with pytest.raises(ValueError, match="--ckpt-max-examples 0: must be at least 1"):
+        profile_settings()
+
+
+@pytest.mark.multiprocess
+def test_a_campaign_runs_rounds_until_its_budget_and_reports_them(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ckptconf.conformance.cli", "fuzz", "--budget", "35s"]
+        + ["--db", str(tmp_path / "fz"), "--seed", "3", "-k", "test_plans_are_deterministic"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("fuzzing reference for 35 s; database and reports in ")
+    assert lines[1].startswith("round 1: 40 examples a test, seed ")
+    report = json.loads((tmp_path / "fz" / "round-1.json").read_text())
+    (test,) = report["tests"]
+    assert test["outcome"] in ("passed", "out of time") and test["examples"] >= 1
+    assert any(line.startswith("round 1: 1 tests, ") for line in lines)
+    assert lines[-1].endswith(
+        " distinct failure(s); hypothesis' database: " + str(tmp_path / "fz" / "examples")
+    )
