@@ -63,8 +63,9 @@ class _Progress:
         info = next((v for name, v in report.user_properties if name == INFO), None)
         outcome = info["outcome"] if info else report.outcome
         ran = f": {info['message']}" if info and outcome == "out of time" else ""
+        of = f"/{self.total}" if self.total else ""  # an xdist controller collects nothing
         self.console.print(
-            f"[{self.done + 1}/{self.total}] {outcome:11} {report.nodeid.split('::', 1)[-1]} "
+            f"[{self.done + 1}{of}] {outcome:11} {report.nodeid.split('::', 1)[-1]} "
             f"({report.duration:.1f} s){ran}",
             markup=False,
             highlight=False,
