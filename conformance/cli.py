@@ -418,9 +418,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ckptconf fuzz: --budget: {exc}", file=sys.stderr)
         return 2
-    campaign = Campaign(
-        args.backend, Path(args.db).resolve(), seconds, select=args.k, seed=args.seed
-    )
+    campaign = Campaign(args.backend, Path(args.db).resolve(), seconds, select=args.k)
     return campaign.run(lambda line: print(line, flush=True))
 
 
@@ -852,7 +850,6 @@ def main(argv: list[str] | None = None) -> int:
         "later campaign on the same folder replays what this one found first",
     )
     fuzz.add_argument("-k", default=None, help="only tests matching this -k expression")
-    fuzz.add_argument("--seed", type=int, default=None, help="seed of the rounds' seeds")
     fuzz.set_defaults(handler=_fuzz)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument(

@@ -1,15 +1,17 @@
 """A fuzzing campaign: ``ckptconf fuzz --backend NAME --budget 2h --db FOLDER``.
 
 Runs the chosen suites round after round until the budget is spent, each round in a fresh
-process (``ckptconf run``'s pytest session) with a new random seed and twice the examples of
-the round before (40, 80, 160, ... per test; tests that draw a share of the count, such as a
-third per storage hook, draw that share). Every round keeps hypothesis' example database in
-``FOLDER/examples``: a failing example found once is saved there and replayed first by every
-later round, and by a later campaign on the same folder, so nothing found is lost. Each
-round's JSON report goes to ``FOLDER/round-N.json``; distinct failures (test, step, kind,
-first error or headline) are printed as they appear. Ctrl-C stops the round in progress: its
-report keeps every test it finished (the report is rewritten after each test), and the
-summary is printed.
+process (``ckptconf run``'s pytest session) with hypothesis' own random seed and twice the
+examples of the round before (40, 80, 160, ... per test; tests that draw a share of the count,
+such as a third per storage hook, draw that share). Every round keeps hypothesis' example
+database in ``FOLDER/examples``: a failing example found once is saved there and replayed
+first by every later round, and by a later campaign on the same folder, so nothing found is
+lost (hypothesis uses no database in a seeded test, so rounds are not seeded). Each round's
+JSON report goes to ``FOLDER/round-N.json``, rewritten after every test; the campaign reads it
+as the round runs and prints each distinct failure (test, step, kind and the error's type, with
+paths and numbers left out) when it first appears. Ctrl-C stops the round in progress, which
+keeps every test it finished, and prints the summary; so does the end of the budget (a round
+running past it is stopped after a minute's grace).
 
 Coverage guidance (HypoFuzz) is not used: the suites' work runs in rank processes that an
 in-process coverage tracer does not see, so it would guide by the controller's branches only.
@@ -17,12 +19,15 @@ in-process coverage tracer does not see, so it would guide by the controller's b
 
 from __future__ import annotations
 
+import contextlib
 import json
-import random
+import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +39,10 @@ __all__ = ["Campaign", "Finding", "failure_key", "round_examples"]
 FIRST_EXAMPLES = 40
 """Examples per test in the first round (the dev profile's count); each round doubles it."""
 MOST_EXAMPLES = 100_000
+POLL_SECONDS = 5.0
+"""How often a running round's report is read for new failures."""
+GRACE_SECONDS = 60.0
+"""How long a round may run past the campaign's end (or after Ctrl-C) before it is killed."""
 
 
 def round_examples(number: int) -> int:
@@ -42,12 +51,14 @@ def round_examples(number: int) -> int:
 
 
 def failure_key(test: dict[str, Any]) -> tuple[str, ...]:
-    """What makes two failed tests of a report the same failure: the test, the failing step,
-    its kind and its first error (or headline)."""
+    """What makes two failed tests of reports the same failure: the test, the failing step, its
+    kind and its first error (or headline) with paths and numbers left out, since they differ
+    from one example and one run to the next."""
     failure = test.get("failure") or {}
     errors = failure.get("errors") or [failure.get("what") or test.get("error") or ""]
-    first = str(errors[0]).split("\n", 1)[0][:200]
-    return (test["id"], str(failure.get("step")), str(failure.get("kind")), first)
+    first = str(errors[0]).split("\n", 1)[0]
+    first = re.sub(r"\d+", "N", re.sub(r"(?:[A-Za-z][\w+.-]*://|/)[^\s'\"]*", "<path>", first))
+    return (test["id"], str(failure.get("step")), str(failure.get("kind")), first[:200])
 
 
 @dataclass
@@ -70,30 +81,30 @@ class Campaign:
     """Seconds for the whole campaign."""
     select: str | None = None
     """A pytest ``-k`` expression choosing the tests (e.g. ``"TestPlans or TestResharding"``)."""
-    seed: int | None = None
-    """The seed of the seeds each round draws (default: random)."""
     extra: Sequence[str] = ()
     findings: dict[tuple[str, ...], Finding] = field(default_factory=dict)
     rounds: int = 0
     examples: int = 0
 
-    def command(self, number: int, seed: int, seconds: float) -> list[str]:
-        """The ``ckptconf run`` command of round ``number``."""
+    def command(self, number: int, seconds: float) -> list[str]:
+        """The ``ckptconf run`` command of round ``number``, given ``seconds``."""
         parts = [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
         parts += ["--backend", self.backend, "--profile", "dev", "--no-preflight"]
-        parts += ["--report", str(self.folder / f"round-{number}.json")]
+        parts += ["--report", str(self.report(number))]
         parts += ["--budget", f"{max(1.0, seconds):.0f}s"]
         if self.select:
             parts += ["-k", self.select]
-        parts += ["--", "--hypothesis-seed", str(seed)]
-        parts += ["--ckpt-max-examples", str(round_examples(number))]
+        parts += ["--", "--ckpt-max-examples", str(round_examples(number))]
         parts += ["--ckpt-database", str(self.folder / "examples"), *self.extra]
         return parts
+
+    def report(self, number: int) -> Path:
+        """Where round ``number`` writes its JSON report."""
+        return self.folder / f"round-{number}.json"
 
     def run(self, say: Callable[[str], None] = print) -> int:
         """Run rounds until the budget is spent or Ctrl-C; 1 if any failure was found, else 0."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        draw = random.Random(self.seed)
         end = time.monotonic() + self.budget
         say(
             f"fuzzing {self.backend} for {self.budget:.0f} s; database and reports in {self.folder} "
@@ -102,47 +113,59 @@ class Campaign:
         try:
             while time.monotonic() < end - 15:  # a round needs seconds to start
                 self.rounds += 1
-                number, seed = self.rounds, draw.randrange(2**32)
-                began = time.monotonic()
+                number, began = self.rounds, time.monotonic()
                 say(
-                    f"round {number}: {round_examples(number)} examples a test, seed {seed}, "
-                    f"{end - began:.0f} s left"
+                    f"round {number}: {round_examples(number)} examples a test, {end - began:.0f} s left"
                 )
-                status = self._round(self.command(number, seed, end - began))
-                self._read(number, say, time.monotonic() - began)
+                status = self._round(number, end - began, say)
+                self._finished(number, say, time.monotonic() - began)
                 if status not in (0, 1):
-                    say(f"round {number} stopped with exit status {status}: see its output above")
+                    say(f"round {number} stopped with exit status {status}")
                     break
         except KeyboardInterrupt:
             say("stopped (Ctrl-C): the round's report keeps every test it finished")
-            self._read(self.rounds, say, None)
+            self._finished(self.rounds, say, None)
         self._summary(say)
         return 1 if self.findings else 0
 
-    def _round(self, command: list[str]) -> int:
-        """Run one round; on Ctrl-C, let it stop itself (pytest writes what it has) first."""
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def _round(self, number: int, seconds: float, say: Callable[[str], None]) -> int:
+        """Run round ``number``, printing new failures from its report as they appear; stopped
+        (SIGINT, then SIGKILL) a minute after ``seconds``, or at once on Ctrl-C."""
+        process = subprocess.Popen(
+            self.command(number, seconds),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches the campaign, which stops the round once
+        )
+        errors: list[bytes] = []
+        drain = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+        drain.start()
+        deadline = time.monotonic() + seconds + GRACE_SECONDS
         try:
-            _, errors = process.communicate()
+            while process.poll() is None:
+                try:
+                    process.wait(timeout=POLL_SECONDS)
+                except subprocess.TimeoutExpired:
+                    self._read(number, say)
+                if time.monotonic() > deadline:
+                    say(f"round {number} ran past the budget: stopping it")
+                    _stop(process)
         except KeyboardInterrupt:
-            process.send_signal(signal.SIGINT)  # the terminal sent it too; once is enough
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop(process)
             raise
-        if process.returncode not in (0, 1) and errors:
-            sys.stderr.write(errors.decode(errors="replace")[-4000:])
+        drain.join(timeout=10)
+        text = b"".join(errors).decode(errors="replace")
+        if process.returncode not in (0, 1) and text:
+            sys.stderr.write(text[-4000:])
         return process.returncode
 
-    def _read(self, number: int, say: Callable[[str], None], seconds: float | None) -> None:
-        path = self.folder / f"round-{number}.json"
-        if not path.exists():
-            return
-        tests = json.loads(path.read_text()).get("tests", [])
-        examples = sum(t.get("examples") or 0 for t in tests)
-        self.examples += examples
-        new = []
+    def _read(self, number: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+        """Round ``number``'s tests so far; new distinct failures are recorded and printed."""
+        path = self.report(number)
+        try:
+            tests = json.loads(path.read_text()).get("tests", [])
+        except (OSError, ValueError):  # not written yet, or being rewritten
+            return []
         for test in tests:
             if test["outcome"] != "failed":
                 continue
@@ -150,16 +173,20 @@ class Campaign:
             if key not in self.findings:
                 what = (test.get("failure") or {}).get("what") or test.get("error") or ""
                 self.findings[key] = Finding(key, number, str(path), str(what)[:200])
-                new.append(self.findings[key])
+                say(f"  new failure: {key[0]}: {self.findings[key].what}")
+        return tests
+
+    def _finished(self, number: int, say: Callable[[str], None], seconds: float | None) -> None:
+        tests = self._read(number, say)
+        examples = sum(t.get("examples") or 0 for t in tests)
+        self.examples += examples
         late = sum(1 for t in tests if t["outcome"] == "out of time")
         took = f" in {seconds:.0f} s" if seconds is not None else ""
         say(
             f"round {number}: {len(tests)} tests, {examples} examples{took}"
             + (f", {late} stopped by the budget" if late else "")
-            + f"; {len(self.findings)} distinct failure(s), {len(new)} new"
+            + f"; {len(self.findings)} distinct failure(s) so far"
         )
-        for finding in new:
-            say(f"  new: {finding.key[0]}: {finding.what}")
 
     def _summary(self, say: Callable[[str], None]) -> None:
         say(
@@ -173,3 +200,15 @@ class Campaign:
             again += ["--backend", self.backend, "--profile", "dev"]
             again += ["--", "--ckpt-database", str(self.folder / "examples")]
             say(f"replay them (the database's examples run first): {shlex.join(again)}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Ask a round to stop as Ctrl-C would (it writes its report), then kill it if it must."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -137,8 +137,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="DIR",
         help="keep hypothesis' example database in DIR: failing examples are saved there and "
-        "replayed first by the next run given the same DIR (not under the derandomized ci "
-        "profile)",
+        "replayed first by the next run given the same DIR (dev and thorough profiles; the ci "
+        "profile is derandomized and refuses it)",
     )
     group.addoption(
         "--ckpt-inherit",
@@ -309,10 +309,11 @@ def session_shrinks(config: pytest.Config | None = None) -> bool:
 
 def session_seed(config: pytest.Config | None = None) -> int | None:
     """The seed of the suites' non-derandomized profiles: ``--hypothesis-seed`` if given, else
-    one drawn once per session (by the xdist controller, shared with its workers)."""
+    one drawn once per session (by the xdist controller, shared with its workers); ``None``
+    with ``--ckpt-database``, whose replays hypothesis runs only in unseeded tests."""
     config = config or _config
-    if config is None:
-        return None
+    if config is None or config.getoption("ckpt_database", None) is not None:
+        return None  # a seeded hypothesis test uses no example database
     given = config.getoption("hypothesis_seed", None)
     if given is not None:
         return int(given)
@@ -352,10 +353,13 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         named = "backend: the test module's backend fixture, else reference"
     seed = run_seed(config)
     device = config.getoption("ckpt_device") or "cpu"
+    database = config.getoption("ckpt_database")
+    seeded = f"seed {'derandomized' if seed is None else seed}"
+    if database is not None:
+        seeded = f"example database {database} (hypothesis' own seeds)"
     return [
         f"ckptconf: {named}, torch {torch.__version__}, "
-        f"profile {session_profile(config)}, seed {'derandomized' if seed is None else seed}, "
-        f"device {device}"
+        f"profile {session_profile(config)}, {seeded}, device {device}"
     ]
 
 

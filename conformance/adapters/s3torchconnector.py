@@ -94,13 +94,23 @@ class _Storage:
         storage = kind(
             settings.region, settings.uri(path), s3client_config=settings.client_config()
         )
-        storage.fs._client = self._client  # the connector gives no argument for it
+        if not hasattr(storage.fs, "_client"):  # the connector gives no argument for it
+            raise RuntimeError(
+                f"s3torchconnector {type(storage).__name__}.fs has no _client attribute to share "
+                "a client through; this adapter needs updating for the installed connector"
+            )
+        storage.fs._client = self._client
         return storage
 
 
-@functools.lru_cache(maxsize=4)
 def _boto3_client(settings: S3Settings):
-    """One boto3 client per process and settings (boto3's clients are thread-safe)."""
+    """One boto3 client per process and settings (boto3's clients are thread-safe, not
+    fork-safe: a forked process builds its own)."""
+    return _boto3_client_of(settings, os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _boto3_client_of(settings: S3Settings, pid: int):
     import boto3
     from botocore.config import Config
 

@@ -10,21 +10,25 @@ example has failed, the budget no longer stops the test: hypothesis shrinks the 
 and replays it (its own limits apply).
 
 Why a step and not hypothesis' settings: hypothesis has no time limit on generation, and
-an example that stops before drawing what earlier examples drew is flagged as flaky data
-generation. :class:`OutOfTime` is a ``BaseException``, which hypothesis passes through
-(as it does ``KeyboardInterrupt``) instead of treating it as a failure to shrink, and it
-is raised only after the example's draws: at its first step on the ranks, or at its end.
+an example that returns before drawing what earlier examples drew is flagged as flaky data
+generation. :class:`OutOfTime` is a ``KeyboardInterrupt``, which hypothesis passes through
+at once: no failure, no shrinking, nothing saved to its example database. It is raised at an
+example's first step on the ranks (before it does any work) or at its end, never while its
+failure is being judged.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .running import Ranks
+from .running import RankOutcome, Ranks
+
+if TYPE_CHECKING:
+    from ..backend import Backend
 
 __all__ = ["Budget", "BudgetedRanks", "OutOfTime", "Share", "parse_duration"]
 
@@ -51,8 +55,13 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-class OutOfTime(BaseException):  # noqa: N818 - a stop, like KeyboardInterrupt, not an error
-    """The running test's share of the budget ran out before this example's first step."""
+class OutOfTime(KeyboardInterrupt):
+    """The running test's share of the budget ran out: no further example runs.
+
+    A ``KeyboardInterrupt``, because that is what hypothesis passes through at once without
+    calling it a failure, shrinking it, or saving the stopped example to its database (it does
+    all three for any other exception). The suites' pytest hook turns it into the *out of time*
+    outcome before pytest sees it."""
 
 
 @dataclass
@@ -66,37 +75,44 @@ class Share:
     examples: int = 0
     """Examples run to their end (a failing one included)."""
     out_of_time: bool = False
-    _running: bool = False
-    _stepped: bool = False
+    _open: bool = False
+    _checking: bool = False
     _failed: bool = False
 
     def example_begins(self) -> None:
-        """An example is about to run: its first step checks the time."""
-        self._running, self._stepped = True, False
+        """An example is about to run: its first step on the ranks checks the time."""
+        self._open, self._checking = True, True
+
+    def step(self) -> None:
+        """Before a step on the ranks: at an example's first step, raise :class:`OutOfTime` if
+        the share has run out (and no example failed); the example is not counted."""
+        if not self._checking:
+            return
+        self._checking = False
+        self._stop_if_late()
+
+    def hold(self) -> None:
+        """No time check until the example ends (its failure is being judged, which may run
+        steps of another backend)."""
+        self._checking = False
 
     def failure_seen(self) -> None:
         """An example failed: the test runs on to shrink it, whatever the time."""
         self._failed = True
 
-    def step(self) -> None:
-        """Before a step on the ranks: at an example's first step, raise :class:`OutOfTime` if
-        the share has run out (and no example failed); the example is not counted."""
-        if not self._running or self._stepped:
-            return
-        self._stepped = True
-        self._stop_if_late()
-
     def example_ends(self) -> None:
         """An example ran to its end: count it, then raise :class:`OutOfTime` if the share has
         run out (for tests whose examples take no step on the ranks, such as simulated planning)."""
-        if not self._running:
+        if not self._open:
             return
+        self._open = self._checking = False
         self.examples += 1
         self._stop_if_late()
 
     def _stop_if_late(self) -> None:
         if not self._failed and time.monotonic() > self.deadline:
-            self._running, self.out_of_time = False, True
+            self._open = self._checking = False
+            self.out_of_time = True
             raise OutOfTime(self.reason())
 
     def reason(self, max_examples: int | None = None) -> str:
@@ -116,23 +132,35 @@ def _shown(seconds: float) -> str:
 
 class Budget:
     """The run's budget: ``seconds`` from ``started`` (``time.monotonic()``), shared by
-    ``tests`` tests (this process's share of them under xdist)."""
+    ``tests`` tests run by ``workers`` processes (xdist), each expecting its equal part."""
 
-    def __init__(self, seconds: float, tests: int, *, started: float | None = None):
+    def __init__(
+        self, seconds: float, tests: int, *, workers: int = 1, started: float | None = None
+    ):
         self.seconds = seconds
         self.end = (time.monotonic() if started is None else started) + seconds
-        self.left = max(1, tests)
+        self.left = -(-max(1, tests) // max(1, workers))
+        """Tests this process still expects to run."""
+        self.each = seconds * max(1, workers) / max(1, tests)
+        """A test's share when time is shared evenly from the start."""
 
     def share(self) -> Share:
-        """The next test's share: what is left, divided among the tests left (at least 0)."""
+        """The next test's share: what is left divided among the tests left; a test beyond
+        those this process expected (xdist hands tests out unevenly) gets an even share of the
+        whole budget, as far as time is left."""
         now = time.monotonic()
-        seconds = max(0.0, self.end - now) / max(1, self.left)
-        self.left = max(1, self.left - 1)
+        remaining = max(0.0, self.end - now)
+        if self.left > 0:
+            seconds = remaining / self.left
+            self.left -= 1
+        else:
+            seconds = min(remaining, self.each)
         return Share(seconds=seconds, deadline=now + seconds, budget=self.seconds)
 
 
 class BudgetedRanks(Ranks):
-    """``ranks``, with the running test's :class:`Share` checked before every step."""
+    """``ranks``, with the running test's :class:`Share` checked before every step (see
+    :meth:`Share.step`); otherwise the same calls, results and errors."""
 
     def __init__(self, ranks: Ranks, share: Share):
         self.inner, self.share = ranks, share
@@ -144,10 +172,28 @@ class BudgetedRanks(Ranks):
     def unavailable(self, world: int) -> str | None:
         return self.inner.unavailable(world)
 
-    def run(self, backend, fn, args: Sequence[Any], *, world: int, timeout: float):
+    def run(
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        world: int,
+        timeout: float,
+    ) -> list[RankOutcome]:
+        """The inner ``run``, after the share's check (may raise :class:`OutOfTime`)."""
         self.share.step()
         return self.inner.run(backend, fn, args, world=world, timeout=timeout)
 
-    def run_fresh(self, backend, fn, args: Sequence[Any], *, world: int, timeout: float):
+    def run_fresh(
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        world: int,
+        timeout: float,
+    ) -> list[RankOutcome]:
+        """The inner ``run_fresh``, after the share's check (may raise :class:`OutOfTime`)."""
         self.share.step()
         return self.inner.run_fresh(backend, fn, args, world=world, timeout=timeout)

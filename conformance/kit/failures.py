@@ -268,6 +268,25 @@ def error_type(error: str) -> str:
     return error.split(":", 1)[0].strip()
 
 
+def _where(fields: dict[str, Any]) -> str | None:
+    """``first difference: rank 1, key 'w', global index (3,), expected 7.0, got 0.0`` (or
+    ``where: rank 0`` without values), from whichever of those fields are set."""
+    where = []
+    if fields.get("rank") is not None:
+        where.append(f"rank {fields['rank']}")
+    if fields.get("key") is not None:
+        where.append(f"key {fields['key']!r}")
+    index = fields.get("index")
+    if index is not None:
+        where.append(f"global index {tuple(index) if isinstance(index, list | tuple) else index}")
+    if fields.get("expected") is not None or fields.get("actual") is not None:
+        where.append(f"expected {fields.get('expected')}, got {fields.get('actual')}")
+    if not where:
+        return None
+    values = any(fields.get(k) is not None for k in ("index", "expected", "actual"))
+    return ("first difference: " if values else "where: ") + ", ".join(where)
+
+
 def render_failure(fields: dict[str, Any]) -> str:
     """The text of a failure from its fields: headline, verdict, case, where, details,
     reproduction."""
@@ -281,18 +300,9 @@ def render_failure(fields: dict[str, Any]) -> str:
         lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
     if fields.get("case"):
         lines += ["case:", str(fields["case"]).rstrip()]
-    where = []
-    if fields.get("rank") is not None:
-        where.append(f"rank {fields['rank']}")
-    if fields.get("key") is not None:
-        where.append(f"key {fields['key']!r}")
-    if fields.get("index") is not None:
-        where.append(f"global index {tuple(fields['index'])}")
-    if fields.get("expected") is not None or fields.get("actual") is not None:
-        where.append(f"expected {fields.get('expected')}, got {fields.get('actual')}")
+    where = _where(fields)
     if where:
-        values = any(fields.get(k) is not None for k in ("index", "expected", "actual"))
-        lines.append(("first difference: " if values else "where: ") + ", ".join(where))
+        lines.append(where)
     if fields.get("details"):
         lines.append(str(fields["details"]).rstrip())
     if fields.get("reproduction"):
@@ -320,19 +330,10 @@ def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
         raised = f", raises {', '.join(types)}" if types else ""
         lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
     if fields.get("case"):
-        lines += _clipped(str(fields["case"]).rstrip(), 5, label="case")
-    where = []
-    if fields.get("rank") is not None:
-        where.append(f"rank {fields['rank']}")
-    if fields.get("key") is not None:
-        where.append(f"key {fields['key']!r}")
-    if fields.get("index") is not None:
-        where.append(f"global index {tuple(fields['index'])}")
-    if fields.get("expected") is not None or fields.get("actual") is not None:
-        where.append(f"expected {fields.get('expected')}, got {fields.get('actual')}")
+        lines += _clipped(str(fields["case"]).rstrip(), 6, label="case", tail=2)
+    where = _where(fields)
     if where:
-        values = any(fields.get(k) is not None for k in ("index", "expected", "actual"))
-        lines.append(("first difference: " if values else "where: ") + ", ".join(where))
+        lines.append(where)
     details = str(fields.get("details") or "").rstrip()
     if details:
         summary, site = _details_brief(details)
@@ -343,7 +344,9 @@ def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
     if minimal.startswith("pinned example Pinned("):  # its case is the case above
         minimal = "pinned example " + minimal[len("pinned example Pinned(") :].split(", ")[0]
     elif minimal.startswith("Draw ") and fields.get("case"):  # the failure is its last replay
-        minimal = "the case above, as hypothesis shrank it (its draws: the full record)"
+        minimal = "the case above (hypothesis' draws: the full record)"
+    elif minimal.startswith("(not shrunk: a hang is not re-run)"):
+        minimal = "the case above, not shrunk (a hang is not re-run)"
     if minimal:
         lines += _clipped(minimal, 3, label="minimal case")
     if fields.get("reproduction"):
@@ -353,18 +356,23 @@ def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _clipped(text: str, most: int, *, label: str = "", width: int = 160) -> list[str]:
-    """``text``'s first ``most`` lines (long ones wrapped at ``width``), a count of the rest,
-    under ``label`` (on the same line when ``text`` is one line)."""
+def _clipped(
+    text: str, most: int, *, label: str = "", width: int = 160, tail: int = 0
+) -> list[str]:
+    """``text`` in at most ``most`` lines (long ones wrapped at ``width``): its first lines and
+    its last ``tail`` ones (a lifecycle case ends with its failing step), with a count of those
+    left out, under ``label`` (on the same line when ``text`` is one line)."""
     shown: list[str] = []
     for line in text.splitlines():
         while len(line) > width:
             shown.append(line[:width])
             line = "    " + line[width:]
         shown.append(line)
-    kept = shown[:most]
+    kept = shown
     if len(shown) > most:
-        kept.append(f"  ... {len(shown) - most} more line(s) in the full record")
+        tail = min(tail, most - 1)
+        left_out = f"  ... {len(shown) - most} more line(s) in the full record"
+        kept = shown[: most - tail] + [left_out] + (shown[-tail:] if tail else [])
     if not label or not kept:
         return kept
     if len(shown) == 1:

@@ -130,7 +130,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
     since = time.time() - session_started(config)  # collection counts too
     config.stash[_budget_key] = Budget(
-        seconds, -(-tests // workers), started=time.monotonic() - max(0.0, since)
+        seconds, tests, workers=workers, started=time.monotonic() - max(0.0, since)
     )
 
 
@@ -200,6 +200,12 @@ def reproduction(item: pytest.Item, backend: Backend) -> str:
     timeout = config.getoption("ckpt_timeout")
     if timeout is not None:
         parts += ["--ckpt-timeout", f"{timeout:g}"]
+    examples = config.getoption("ckpt_max_examples")
+    if examples is not None:
+        parts += ["--ckpt-max-examples", str(examples)]
+    database = config.getoption("ckpt_database")
+    if database is not None:  # the failing example replays first from there
+        parts += ["--ckpt-database", str(Path(database).resolve())]
     folder = str(config.invocation_params.dir)
     if backend.spec in BUILT_IN:
         return shlex.join(parts)

@@ -81,6 +81,11 @@ def profile_settings(name: str | None = None) -> settings:
     if folder is not None:
         from hypothesis.database import DirectoryBasedExampleDatabase
 
+        if options.get("derandomize"):
+            raise ValueError(
+                f"--ckpt-database {folder}: the {name} profile is derandomized and keeps no "
+                "example database; use --ckpt-profile dev or thorough"
+            )
         options["database"] = DirectoryBasedExampleDatabase(folder)
     return settings(**options)
 
@@ -221,6 +226,8 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
         except _PinnedDoesNotApply:
             return None
         except (Exception, HangFailure) as exc:
+            if share is not None:
+                share.hold()  # judging may replay the example on another backend
             if verdict is not None and verdict.judge(exc, replay, example or repr(drawn)):
                 if isinstance(exc, HangFailure):
                     raise KnownHang() from exc
@@ -231,6 +238,8 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
                 share.failure_seen()
                 share.example_ends()
             raise
+        if share is not None:
+            share.hold()
         if verdict is not None:
             verdict.passed(example or repr(drawn), replay)
         if share is not None:

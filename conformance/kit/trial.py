@@ -321,6 +321,9 @@ class Checker:
     verdict = None
     """The test's :class:`~.verdicts.Verdict` (set by the ``ckpt`` fixture): judges each failing
     example; ``None`` where no test is judged (an example re-run on another backend)."""
+    share = None
+    """The test's share of the run's time budget (a :class:`~.budget.Share`, set by the ``ckpt``
+    fixture under ``--ckpt-budget``): the examples check it; ``None`` without a budget."""
 
     def __init__(
         self,

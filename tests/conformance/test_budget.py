@@ -44,6 +44,14 @@ def test_each_test_gets_what_is_left_divided_among_the_tests_left():
     assert late.share().seconds == 0.0
 
 
+def test_under_xdist_a_worker_given_more_tests_than_its_part_still_shares_evenly():
+    budget = Budget(100.0, 8, workers=4, started=time.monotonic())  # 2 tests a worker
+    assert 49.9 < budget.share().seconds <= 50.0
+    assert 99.9 < budget.share().seconds <= 100.0  # all that is left, to its last expected test
+    extra = budget.share()  # a third test: an even share of the whole, not all that is left
+    assert 49.9 < extra.seconds <= 50.0 and budget.left == 0
+
+
 def _share(*, ended: bool) -> Share:
     return Share(seconds=1.0, deadline=-math.inf if ended else math.inf, budget=1.0)
 
@@ -155,3 +163,38 @@ def test_a_bad_budget_stops_the_run_before_any_test(tmp_path):
     result, report = _run("--budget", "soon", tmp_path=tmp_path)
     assert result.returncode == 2 and not report
     assert "--budget: time budget 'soon': expected seconds or a duration" in result.stdout
+
+
+class _Config:
+    def __init__(self, **options):
+        self.options = options
+
+    def getoption(self, name, default=None):
+        return self.options.get(name, default)
+
+
+def test_an_example_stopped_by_the_budget_is_not_saved_as_a_failure(monkeypatch, tmp_path):
+    from ckptconf.conformance import plugin
+
+    database = tmp_path / "examples"
+    config = _Config(ckpt_profile="dev", ckpt_database=str(database))
+    monkeypatch.setattr(plugin, "_config", config)
+    calls: list[int] = []
+    with pytest.raises(OutOfTime):
+        _examples_test(calls, ends_after=3)(ckpt=_Ckpt(_share(ended=False)))
+    assert len(calls) == 4
+    assert not [p for p in database.rglob("*") if p.is_file()]  # nothing replays next time
+    calls.clear()
+    with pytest.raises(AssertionError, match="planted failure"):  # the database does work
+        _examples_test(calls, ends_after=100, fails_at=2)(ckpt=_Ckpt(_share(ended=False)))
+    assert [p for p in database.rglob("*") if p.is_file()]
+
+
+def test_the_ci_profile_refuses_an_example_database(monkeypatch, tmp_path):
+    from ckptconf.conformance import plugin
+    from ckptconf.conformance.kit.profiles import profile_settings
+
+    config = _Config(ckpt_profile="ci", ckpt_database=str(tmp_path))
+    monkeypatch.setattr(plugin, "_config", config)
+    with pytest.raises(ValueError, match="the ci profile is derandomized and keeps no example"):
+        profile_settings()

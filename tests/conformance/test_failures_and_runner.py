@@ -93,6 +93,7 @@ def test_the_brief_failure_puts_the_error_and_where_it_was_raised_first_in_few_l
         minimal_case="Draw 1 (case): SaveLoadCase(\n" + "    field,\n" * 20 + ")",
     ).fields()
     lines = render_brief(fields, record="report.json").splitlines()
+    assert "first difference: rank 0, global index 3" in render_brief({**fields, "index": 3})
     assert len(lines) <= 25, lines
     assert lines == [
         "[mine] load raised on ranks 0, 1",
@@ -102,8 +103,9 @@ def test_the_brief_failure_puts_the_error_and_where_it_was_raised_first_in_few_l
         "  'k0': f32[4]",
         "  'k1': f32[4]",
         "  'k2': f32[4]",
-        "  'k3': f32[4]",
-        "  ... 5 more line(s) in the full record",
+        "  ... 4 more line(s) in the full record",
+        "  'k7': f32[4]",
+        "  'k8': f32[4]",  # the last lines stay: a lifecycle case ends with its failing step
         "where: rank 0",
         "  ranks 0, 1: CheckpointError: checkpoint load of /tmp/c7 failed on rank(s) [0, 1]:",
         "  rank 0: ValueError: both buffer length (0) and count (-1) must not be 0",
@@ -111,7 +113,7 @@ def test_the_brief_failure_puts_the_error_and_where_it_was_raised_first_in_few_l
         '  File "/src/storage.py", line 596, in _read_tensor_items',
         "    base = torch.frombuffer(data, dtype=torch.uint8).view(dtype)",
         "ValueError: both buffer length (0) and count (-1) must not be 0",
-        "minimal case: the case above, as hypothesis shrank it (its draws: the full record)",
+        "minimal case: the case above (hypothesis' draws: the full record)",
         "reproduce: /venv/bin/python -m pytest x.py::T::t",
         "full record (every rank's traceback and output): report.json",
     ]
