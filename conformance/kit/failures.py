@@ -330,14 +330,17 @@ def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
         raised = f", raises {', '.join(types)}" if types else ""
         lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
     if fields.get("case"):
-        lines += _clipped(str(fields["case"]).rstrip(), 6, label="case", tail=2)
+        case = str(fields["case"]).rstrip()
+        failing = case.splitlines()[-1].lstrip().startswith("->")  # a lifecycle run's last step
+        lines += _clipped(case, 6, label="case", tail=2 if failing else 0)
     where = _where(fields)
-    if where:
-        lines.append(where)
+    if where:  # a value's repr may run to many lines (an RNG state): its start says enough
+        where = " ".join(where.split())
+        lines.append(where if len(where) <= 200 else where[:200] + " ...")
     details = str(fields.get("details") or "").rstrip()
     if details:
         summary, site = _details_brief(details)
-        lines += _clipped("\n".join(summary), 5)
+        lines += _clipped("\n".join(summary), 4)
         if site:
             lines += ["raised at:", *site]
     minimal = str(fields.get("minimal_case") or "")

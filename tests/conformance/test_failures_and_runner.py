@@ -86,7 +86,8 @@ def test_the_brief_failure_puts_the_error_and_where_it_was_raised_first_in_few_l
         kind="raised",
         errors=("CheckpointError: checkpoint load of /tmp/c7 failed",),
         case="save on 2 rank(s), load on 2 rank(s)\n"
-        + "".join(f"  'k{i}': f32[4]\n" for i in range(9)),
+        + "".join(f"  'k{i}': f32[4]\n" for i in range(9))
+        + "-> 10. load slot 0",  # a lifecycle run ends with its failing step
         rank=0,
         details=details,
         reproduction="/venv/bin/python -m pytest x.py::T::t",
@@ -103,9 +104,9 @@ def test_the_brief_failure_puts_the_error_and_where_it_was_raised_first_in_few_l
         "  'k0': f32[4]",
         "  'k1': f32[4]",
         "  'k2': f32[4]",
-        "  ... 4 more line(s) in the full record",
-        "  'k7': f32[4]",
-        "  'k8': f32[4]",  # the last lines stay: a lifecycle case ends with its failing step
+        "  ... 5 more line(s) in the full record",
+        "  'k8': f32[4]",
+        "-> 10. load slot 0",  # the last lines stay: the failing step
         "where: rank 0",
         "  ranks 0, 1: CheckpointError: checkpoint load of /tmp/c7 failed on rank(s) [0, 1]:",
         "  rank 0: ValueError: both buffer length (0) and count (-1) must not be 0",
