@@ -323,7 +323,7 @@ def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
     """
     lines = [f"[{fields.get('backend') or '?'}] {fields.get('what', '')}"]
     if fields.get("verdict"):
-        lines += _clipped(str(fields["verdict"]), 2, label="verdict")
+        lines += _clipped(str(fields["verdict"]), 4, label="verdict")  # hints end it
     if fields.get("step") or fields.get("kind"):
         raised = fields.get("kind") in ("raised", "wrong_error")
         types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or () if raised))

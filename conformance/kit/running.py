@@ -23,7 +23,7 @@ from typing import Any
 
 from ckptconf.conformance.backend import Backend
 
-__all__ = ["PoolRanks", "RankOutcome", "Ranks", "RanksLost", "call_with_backend"]
+__all__ = ["PoolRanks", "RankOutcome", "Ranks", "RanksLost", "built_anew", "call_with_backend"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,17 @@ class _BackendRef:
                 del _BUILT[next(iter(_BUILT))]
             _BUILT[key] = backend
         return backend
+
+
+def built_anew(backend: Backend) -> Backend:
+    """A new instance of ``backend``, built as a rank builds it (from its spec, or a pickle
+    round trip), sharing nothing the kept one holds: for a lifecycle run, which must not
+    depend on what earlier runs left in the backend this process keeps."""
+    if backend.spec is not None:
+        from ckptconf.conformance.loading import load_backend
+
+        return load_backend(backend.spec)
+    return pickle.loads(pickle.dumps(backend))
 
 
 def call_with_backend(ref: _BackendRef, fn: Callable[..., Any], args: Sequence[Any]) -> Any:

@@ -381,13 +381,25 @@ def test_numpy_values_pickled_by_numpy_are_refused_naming_the_global():
     arrays over arbitrary memory: the reference never allows it, and names what it refused."""
     from ckptconf.reference.serialization import UnsafeObjectError, decode_object
 
-    with pytest.raises(UnsafeObjectError, match=r"key 'm'.*holds a numpy\.\S*_reconstruct"):
-        decode_object(_numpy_pickled(np.arange(3)), key="m")
-    assert numpy_global_names().isdisjoint(
-        f"{g.__module__}.{g.__qualname__}"
-        for g in torch.serialization.get_safe_globals()
-        if hasattr(g, "__qualname__")
-    )
+    # a program may allow-list numpy itself (importing megatron.core does, for the whole
+    # process), and the reference honours the program's list: test without such an entry
+    before = torch.serialization.get_safe_globals()
+    theirs = [g for g in before if _name_of(g) in numpy_global_names()]
+    try:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals([g for g in before if g not in theirs])
+        with pytest.raises(UnsafeObjectError, match=r"key 'm'.*holds a numpy\.\S*_reconstruct"):
+            decode_object(_numpy_pickled(np.arange(3)), key="m")
+        allowed = {_name_of(g) for g in torch.serialization.get_safe_globals()}
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+    assert numpy_global_names().isdisjoint(allowed)  # the reference added none of them
+
+
+def _name_of(entry) -> str:
+    target = entry[0] if isinstance(entry, tuple) else entry
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
 
 
 def numpy_global_names() -> set[str]:

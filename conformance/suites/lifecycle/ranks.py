@@ -27,6 +27,7 @@ from ...backend import Backend
 from ...kit.injection import FaultyStorageWriter
 from ...kit.job_state import job_mismatches, job_state
 from ...kit.jobs import PerRankCase
+from ...kit.running import built_anew
 from ...kit.values import call_outcome
 
 __all__ = [
@@ -58,9 +59,11 @@ _GROUPS: dict[str, Any] = {}
 
 
 def _held(backend: Backend, run: str) -> _Held:
-    """The backend this process holds for ``run`` (``backend`` on the run's first step here)."""
+    """The backend this process holds for ``run``: built anew at the run's first step here, so
+    that a run (and its printed reproduction, in a new process) does not depend on what earlier
+    runs left in the backend the process keeps between steps."""
     if run not in _HELD:
-        _HELD[run] = _Held(backend)
+        _HELD[run] = _Held(built_anew(backend))
     return _HELD[run]
 
 
