@@ -287,6 +287,14 @@ def _where(fields: dict[str, Any]) -> str | None:
     return ("first difference: " if values else "where: ") + ", ".join(where)
 
 
+def _failed_at(fields: dict[str, Any]) -> str:
+    """``failed at: step load, kind raised, raises CheckpointError``."""
+    raised = fields.get("kind") in ("raised", "wrong_error")
+    types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or () if raised))
+    raised = f", raises {', '.join(types)}" if types else ""
+    return f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}"
+
+
 def render_failure(fields: dict[str, Any]) -> str:
     """The text of a failure from its fields: headline, verdict, case, where, details,
     reproduction."""
@@ -294,10 +302,7 @@ def render_failure(fields: dict[str, Any]) -> str:
     if fields.get("verdict"):
         lines.append(f"verdict: {fields['verdict']}")
     if fields.get("step") or fields.get("kind"):
-        raised = fields.get("kind") in ("raised", "wrong_error")
-        types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or () if raised))
-        raised = f", raises {', '.join(types)}" if types else ""
-        lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
+        lines.append(_failed_at(fields))
     if fields.get("case"):
         lines += ["case:", str(fields["case"]).rstrip()]
     where = _where(fields)
@@ -325,10 +330,7 @@ def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
     if fields.get("verdict"):
         lines += _clipped(str(fields["verdict"]), 4, label="verdict")  # hints end it
     if fields.get("step") or fields.get("kind"):
-        raised = fields.get("kind") in ("raised", "wrong_error")
-        types = list(dict.fromkeys(error_type(e) for e in fields.get("errors") or () if raised))
-        raised = f", raises {', '.join(types)}" if types else ""
-        lines.append(f"failed at: step {fields.get('step')}, kind {fields.get('kind')}{raised}")
+        lines.append(_failed_at(fields))
     if fields.get("case"):
         case = str(fields["case"]).rstrip()
         failing = case.splitlines()[-1].lstrip().startswith("->")  # a lifecycle run's last step
