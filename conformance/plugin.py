@@ -381,7 +381,7 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if _config is None or _is_xdist_worker(_config):
         return
-    info = next((value for name, value in report.user_properties if name == INFO), None)
+    info = next((v for name, v in getattr(report, "user_properties", ()) if name == INFO), None)
     if info is None:
         return
     from .report import Report
@@ -404,7 +404,7 @@ def pytest_report_teststatus(report, config: pytest.Config):
     """Pytest's own lines and summary use the suite's words: ``inherited``, ``unsupported``...
     Here, not in the suites' fixtures, so that the xdist controller of a class-style run, which
     imports no suite, speaks them too."""
-    info = next((value for name, value in report.user_properties if name == INFO), None)
+    info = next((v for name, v in getattr(report, "user_properties", ()) if name == INFO), None)
     if info is None or report.when not in ("setup", "call"):
         return None
     from .kit.outcomes import Outcome
