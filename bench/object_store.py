@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ckptconf.conformance.backend import Backend
+from ckptconf.conformance.builtin import _reference_load_planner, _reference_save_planner
 from ckptconf.reference.storage import BlobSink, BlobStore
 
 __all__ = ["CALL_SECONDS", "CLIENT_SECONDS", "CostlyStore", "backend"]
@@ -140,26 +141,14 @@ def _checkpointer(path: str):
     return Checkpointer(_WRITER(path), _READER(path))
 
 
-def _save_planner():
-    from ckptconf.reference import ReferenceSavePlanner
-
-    return ReferenceSavePlanner()
-
-
-def _load_planner():
-    from ckptconf.reference import ReferenceLoadPlanner
-
-    return ReferenceLoadPlanner()
-
-
 def backend() -> Backend:
     """The reference with object-store costs (see the module docstring)."""
     return Backend(
         name="reference-object-store-costs",
         storage_writer=_WRITER,
         storage_reader=_READER,
-        save_planner=_save_planner,
-        load_planner=_load_planner,
+        save_planner=_reference_save_planner,
+        load_planner=_reference_load_planner,
         save=_save,
         load=_load,
         async_save=_async_save,

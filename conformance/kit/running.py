@@ -136,28 +136,28 @@ class _BackendRef:
         backend = _BUILT.get(key)
         if backend is not None:
             return backend
-        if self.spec is not None:
-            from ckptconf.conformance.loading import load_backend
-
-            backend = load_backend(self.spec)
-        else:
-            backend = pickle.loads(self.payload)
+        backend = self.build()
         if not backend.rebuild_per_step:
             while len(_BUILT) >= _KEEP:
                 del _BUILT[next(iter(_BUILT))]
             _BUILT[key] = backend
         return backend
 
+    def build(self) -> Backend:
+        """A new instance of the backend, from its spec or its pickled bytes."""
+        if self.spec is not None:
+            from ckptconf.conformance.loading import load_backend
+
+            return load_backend(self.spec)
+        assert self.payload is not None
+        return pickle.loads(self.payload)
+
 
 def built_anew(backend: Backend) -> Backend:
     """A new instance of ``backend``, built as a rank builds it (from its spec, or a pickle
     round trip), sharing nothing the kept one holds: for a lifecycle run, which must not
     depend on what earlier runs left in the backend this process keeps."""
-    if backend.spec is not None:
-        from ckptconf.conformance.loading import load_backend
-
-        return load_backend(backend.spec)
-    return pickle.loads(pickle.dumps(backend))
+    return _BackendRef(backend).build()
 
 
 def call_with_backend(ref: _BackendRef, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
