@@ -423,7 +423,7 @@ def _fuzz(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ckptconf.harness.bench import bench_harness
+    from ckptconf.bench.harness import bench_harness
     from rich.console import Console
     from rich.table import Table
 
@@ -495,7 +495,7 @@ def _bench_numbers(text: str | None, default: str, what: str) -> list[int]:
 
 
 def _bench_io(args: argparse.Namespace, console) -> int:
-    from ckptconf.harness.bench_io import IMPLEMENTATIONS, bench_io, default_folder
+    from ckptconf.bench.io import IMPLEMENTATIONS, bench_io, default_folder
     from rich.table import Table
 
     sizes = _bench_numbers(args.mib, "256", "--mib")
@@ -572,8 +572,8 @@ def _bench_io(args: argparse.Namespace, console) -> int:
 
 
 def _bench_reshard(args: argparse.Namespace, console) -> int:
-    from ckptconf.harness.bench_io import default_folder
-    from ckptconf.harness.bench_reshard import bench_reshard, case_shape
+    from ckptconf.bench.io import default_folder
+    from ckptconf.bench.reshard import bench_reshard, case_shape
     from rich.table import Table
 
     sizes = _bench_numbers(args.mib, "32", "--mib")
@@ -621,7 +621,7 @@ def _bench_reshard(args: argparse.Namespace, console) -> int:
 
 
 def _bench_plan(args: argparse.Namespace, console) -> int:
-    from ckptconf.harness.bench_plan import bench_plan
+    from ckptconf.bench.plan import bench_plan
     from rich.table import Table
 
     worlds = tuple(int(x) for x in args.ranks.split(","))
@@ -661,7 +661,7 @@ def _bench_plan(args: argparse.Namespace, console) -> int:
 
 
 def _bench_load_plan(worlds: tuple[int, ...], tensors: int, console) -> None:
-    from ckptconf.harness.bench_plan import bench_load_plan
+    from ckptconf.bench.plan import bench_load_plan
     from rich.table import Table
 
     console.print(f"planning the load of the same state on the same layout on {worlds} ranks...")

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 import torch
-from ckptconf.harness.bench_plan import local_plans
+from ckptconf.bench.plan import local_plans
 from ckptconf.harness.simulated import mesh_values
 from ckptconf.reference import ReferenceSavePlanner
 from ckptconf.reference._compat import set_up_save_planner

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from ckptconf.bench import reshard as module
+from ckptconf.bench.reshard import CASES, ReshardCase, bench_reshard, case_shape
 from ckptconf.conformance.cli import main
-from ckptconf.harness import bench_reshard as module
-from ckptconf.harness.bench_reshard import CASES, ReshardCase, bench_reshard, case_shape
 
 ROWS_TO_COLUMNS, MESH_2X2_TO_ROWS = CASES
 

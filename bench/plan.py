@@ -42,9 +42,8 @@ class PlanBench:
 
 
 def _states(ranks: int, tensors: int) -> list[dict]:
+    from ckptconf.harness.simulated import mesh_values
     from torch.distributed.tensor import Replicate, Shard
-
-    from .simulated import mesh_values
 
     states: list[dict] = [{} for _ in range(ranks)]
     for t in range(tensors):

@@ -162,7 +162,7 @@ def peak_rss_growth(
     in ``count`` tensors, each step in a process of its own, writing in ``folder``."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from .world import _context
+    from ckptconf.harness.world import _context
 
     out: dict[str, dict[str, int]] = {"save": {}, "load": {}}
     for name in names:

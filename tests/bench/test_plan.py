@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ckptconf.bench.plan import _states, bench_plan
 from ckptconf.conformance.cli import main
-from ckptconf.harness.bench_plan import _states, bench_plan
 
 
 def test_the_benchmark_state_is_row_sharded_over_every_rank_plus_one_replica():
@@ -35,7 +35,7 @@ def test_both_planners_plan_the_same_shards():
     """The plans timed are DTensor shard items, and DCP's coordinator makes of them the same
     metadata as the reference's: the benchmark compares like with like (before 2026-11-30 DCP's
     planner saw each simulated value as one opaque object)."""
-    from ckptconf.harness.bench_plan import local_plans
+    from ckptconf.bench.plan import local_plans
     from ckptconf.reference import ReferenceSavePlanner
     from ckptconf.reference._compat import set_up_save_planner
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
@@ -61,7 +61,7 @@ def test_both_planners_plan_the_same_shards():
 def test_load_planning_is_timed_for_both_planners_on_the_same_metadata(capsys):
     """Each planner plans the middle rank's resume: one read item per tensor (its own rows of
     the saved chunk it wrote) and one for the replicated tensor."""
-    from ckptconf.harness.bench_plan import bench_load_plan
+    from ckptconf.bench.plan import bench_load_plan
 
     (row,) = bench_load_plan((4,), tensors=3, repeats=1)
     assert (row.ranks, row.chunks, row.read_items) == (4, 13, 4)

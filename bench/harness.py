@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .world import World
+from ckptconf.harness.world import World
 
 __all__ = ["HarnessBench", "bench_harness", "noop"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from ckptconf.bench.io import IMPLEMENTATIONS, bench_io, peak_rss_growth
 from ckptconf.conformance.cli import main
-from ckptconf.harness.bench_io import IMPLEMENTATIONS, bench_io, peak_rss_growth
 
 
 def test_each_implementation_round_trips_the_state_and_is_timed(tmp_path):
@@ -44,7 +44,7 @@ def test_peak_rss_growth_is_what_each_step_holds_beyond_the_state(tmp_path):
 
 
 def test_the_command_prints_the_growth_in_mib_and_times_the_state(tmp_path, capsys, monkeypatch):
-    import ckptconf.harness.bench_io as module
+    import ckptconf.bench.io as module
 
     def growth(total, count, folder):  # the child processes are tested above
         return {

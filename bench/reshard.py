@@ -175,8 +175,7 @@ def _counting_reference_reader(path: str, counter: _Counter):
 def _values(mesh, placements, shape, *, encoded: bool):
     """Every rank's value of the tensor on ``mesh``: value-encoded, or all -1 (to load into)."""
     import torch
-
-    from .simulated import index_encoded, mesh_values
+    from ckptconf.harness.simulated import index_encoded, mesh_values
 
     fill = index_encoded(shape) if encoded else (lambda o, s: torch.full(s, -1.0))
     return mesh_values("w", shape, mesh, _placements(placements), fill=fill, dtype=torch.float64)
@@ -185,8 +184,7 @@ def _values(mesh, placements, shape, *, encoded: bool):
 def _check(dests, shape) -> None:
     """Raise unless every destination piece holds its elements' global indices."""
     import torch
-
-    from .simulated import index_encoded
+    from ckptconf.harness.simulated import index_encoded
 
     fill = index_encoded(shape)
     for rank, value in enumerate(dests):
@@ -202,9 +200,8 @@ def _save(case: ReshardCase, shape, root: str, block_size: int | None) -> dict[s
     """Save the case's encoded tensor with each implementation; each one's folder."""
     import ckptconf.reference as ref
     import torch.distributed.checkpoint as dcp
+    from ckptconf.harness.simulated import checkpointable, simulate_save
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-
-    from .simulated import checkpointable, simulate_save
 
     saved = _values(case.save_mesh, case.save_placements, shape, encoded=True)
     paths = {"dcp": os.path.join(root, "dcp"), "reference": os.path.join(root, "reference")}
@@ -222,9 +219,8 @@ def _save(case: ReshardCase, shape, root: str, block_size: int | None) -> dict[s
 def _load(name: str, case: ReshardCase, shape, path: str) -> tuple[int, float, int]:
     """Bytes read, seconds and bytes needed of one checked load of ``path`` by ``name``."""
     import ckptconf.reference as ref
+    from ckptconf.harness.simulated import checkpointable, simulate_load
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
-    from .simulated import checkpointable, simulate_load
 
     dests = _values(case.load_mesh, case.load_placements, shape, encoded=False)
     needed = sum(p.view.numel() * p.view.element_size() for v in dests for p in v.pieces)
@@ -253,7 +249,7 @@ def bench_reshard(
 ) -> list[ReshardBench]:
     """Each case's resharding load by DCP and the reference, of a tensor of about ``mib`` MiB
     (or of ``shape``); ``block_size`` is the reference's checksum block (default 4 MiB)."""
-    from .bench_io import default_folder
+    from .io import default_folder
 
     shape = tuple(shape) if shape is not None else case_shape(mib)
     out = []
