@@ -45,6 +45,20 @@ ADAPTERS: dict[str, Adapter] = {
         "nvrx",
         "nvidia-resiliency-ext's FileSystemWriterAsync under its own driver",
     ),
+    "torchtitan": Adapter(
+        "torchtitan",
+        ("torchtitan.components.checkpoint",),
+        "torchtitan",
+        "torchtitan's CheckpointManager, sync save and async_save "
+        "(CKPTCONF_TORCHTITAN_ASYNC_MODE: async or async_with_pinned_mem)",
+    ),
+    "gcsfs": Adapter(
+        "gcsfs",
+        ("gcsfs", "google.cloud.storage"),
+        "gcs",
+        "DCP's FsspecWriter/FsspecReader on Google Cloud Storage through gcsfs "
+        "(CKPTCONF_GCS_BUCKET; STORAGE_EMULATOR_HOST for a local emulator)",
+    ),
 }
 """Adapter name -> where it lives and what it needs."""
 
