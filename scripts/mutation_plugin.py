@@ -15,9 +15,9 @@ from hypothesis import Phase, settings
 @pytest.hookimpl(trylast=True)  # after tests/conftest.py loaded the session's profile
 def pytest_configure(config: pytest.Config) -> None:
     from ckptconf.conformance.kit.profiles import profile_settings
-    from ckptconf.conformance.plugin import session_profile
+    from ckptconf.conformance.session import of
 
-    profile = session_profile(config)
+    profile = of(config).profile
     base = profile_settings(profile)
     settings.register_profile(
         f"{profile}-mutation",

@@ -10,9 +10,9 @@ pytest_plugins = ["ckptconf.harness.fixtures"]
 
 def pytest_configure(config: pytest.Config) -> None:
     from ckptconf.conformance.kit.profiles import profile_settings
-    from ckptconf.conformance.plugin import session_profile
+    from ckptconf.conformance.session import of
     from hypothesis import settings
 
-    profile = session_profile(config)
+    profile = of(config).profile
     settings.register_profile(f"ckptconf-tests-{profile}", profile_settings(profile))
     settings.load_profile(f"ckptconf-tests-{profile}")

@@ -25,11 +25,14 @@ from ckptconf.conformance.backend import FEATURES, Backend
 from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
 from ckptconf.conformance.loading import BackendSpecError, load_backend
+from ckptconf.conformance.options import requested
+from ckptconf.conformance.session import INFO
+from ckptconf.conformance.session import of as session_of
 
-from ..plugin import INFO, session_started
 from .budget import Budget, BudgetedRanks, OutOfTime, Share, parse_duration
 from .failures import HangFailure
 from .outcomes import Outcome, Unfinished, Unsupported, unsupported
+from .profiles import resolve
 from .trial import Checker
 from .verdicts import KnownHang, Verdict, add_verdict
 
@@ -89,9 +92,7 @@ def backend_from_options(config: pytest.Config) -> Backend:
 
 @pytest.hookimpl(tryfirst=True)  # before -k deselects: entries are checked against every test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from .. import plugin
-
-    if plugin.requested(config):  # bad expectations stop the run before any test, not in each
+    if requested(config):  # bad expectations stop the run before any test, not in each
         backend = backend_from_options(config)
         files = [expectations_of(config, backend)]
         parent = inherited_from(config, backend)
@@ -119,7 +120,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """With ``--ckpt-budget``: the budget, shared by the suite tests this process will run."""
     config = session.config
-    text = config.getoption("ckpt_budget", None)
+    text = session_of(config).budget
     if text is None:
         return
     try:
@@ -128,7 +129,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(f"--ckpt-budget: {exc}") from None
     tests = sum(1 for i in session.items if i.get_closest_marker("ckpt_suite"))
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
-    since = time.time() - session_started(config)  # collection counts too
+    since = time.time() - session_of(config).started  # collection counts too
     config.stash[_budget_key] = Budget(
         seconds, tests, workers=workers, started=time.monotonic() - max(0.0, since)
     )
@@ -158,10 +159,8 @@ def ckpt_path(
     temporary folder."""
     import tempfile
 
-    from .. import plugin
-
-    config = request.config
-    shared, chosen = plugin.launched_folder(config), config.getoption("ckpt_dir")
+    chosen_session = session_of(request.config)
+    shared, chosen = chosen_session.shared_folder, chosen_session.folder
     if shared is not None:
         root = Path(shared)
     elif chosen is not None:
@@ -183,29 +182,23 @@ def reproduction(item: pytest.Item, backend: Backend) -> str:
     """``cd <where pytest ran> && <this python> -m pytest '<file>::<test>' <options>``: the test
     by its node id, with the interpreter that ran it (bare ``python`` may lack ckptconf);
     ``--ckpt-backend`` only when the backend came from that option."""
-    from .. import plugin
-
     config = item.config
+    chosen = session_of(config)
     target = "::".join([str(item.path), *item.nodeid.split("::")[1:]])
     parts = [sys.executable, "-m", "pytest", target]
     if backend is config.stash.get(_option_backend, None):
         parts += ["--ckpt-backend", backend.spec or backend.name]
-    parts += ["--ckpt-profile", plugin.session_profile(config)]
-    seed = plugin.run_seed(config)
-    if seed is not None:
-        parts += ["--hypothesis-seed", str(seed)]
-    device = config.getoption("ckpt_device")
-    if device and device != "cpu":
-        parts += ["--ckpt-device", device]
-    timeout = config.getoption("ckpt_timeout")
-    if timeout is not None:
-        parts += ["--ckpt-timeout", f"{timeout:g}"]
-    examples = config.getoption("ckpt_max_examples")
-    if examples is not None:
-        parts += ["--ckpt-max-examples", str(examples)]
-    database = config.getoption("ckpt_database")
-    if database is not None:  # the failing example replays first from there
-        parts += ["--ckpt-database", str(Path(database).resolve())]
+    parts += ["--ckpt-profile", chosen.profile]
+    if chosen.run_seed is not None:
+        parts += ["--hypothesis-seed", str(chosen.run_seed)]
+    if chosen.device != "cpu":
+        parts += ["--ckpt-device", chosen.device]
+    if chosen.timeout is not None:
+        parts += ["--ckpt-timeout", f"{chosen.timeout:g}"]
+    if chosen.max_examples is not None:
+        parts += ["--ckpt-max-examples", str(chosen.max_examples)]
+    if chosen.database is not None:  # the failing example replays first from there
+        parts += ["--ckpt-database", str(Path(chosen.database).resolve())]
     folder = str(config.invocation_params.dir)
     if backend.spec in BUILT_IN:
         return shlex.join(parts)
@@ -222,12 +215,11 @@ def ckpt(
     """The conformance test's checker: reports as unsupported what the backend declared
     unsupported, judges failures by the expectations that name them (its ``verdict``), and
     makes trials of drawn cases (see :class:`~.trial.Checker`)."""
-    from .. import plugin
-    from .launched import LaunchedRanks
+    from .launched_ranks import LaunchedRanks
     from .running import PoolRanks
 
-    device = request.config.getoption("ckpt_device") or "cpu"
-    world = plugin.launched_world(request.config)
+    chosen = session_of(request.config)
+    device, world = chosen.device, chosen.launched
     ranks = PoolRanks(device) if world is None else LaunchedRanks(world, device)
     item = request.node
     budget, share = request.config.stash.get(_budget_key, None), None
@@ -250,7 +242,6 @@ def ckpt(
             )
         )
     suite = item.get_closest_marker("ckpt_suite")
-    timeout = request.config.getoption("ckpt_timeout")
 
     def checker(backend: Backend, reproduction: str | None = None) -> Checker:
         return Checker(
@@ -261,9 +252,12 @@ def ckpt(
             test=canonical_id(item),
             reproduction=reproduction,
             skip=pytest.skip,
-            timeout=timeout,
+            timeout=chosen.timeout,
+            session=chosen,
         )
 
+    if getattr(request.function, "ckptconf_property_test", False):
+        resolve(request.function, chosen)  # the session's profile, seed and options
     checked = checker(ckpt_backend, ckpt_repro)
     checked.share = share
     checked.verdict = _verdict(request.config, ckpt_backend, suite_test_id(item), checker)

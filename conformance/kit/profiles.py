@@ -4,9 +4,11 @@ Profiles: ``ci`` (20 examples, derandomized), ``dev`` (40, a random seed per ses
 printed in the report and in every reproduction) and ``thorough`` (400); ``--ckpt-max-examples``
 replaces the count and ``--ckpt-database`` keeps hypothesis' example database in a folder. The session's
 profile comes from ``--ckpt-profile``, else ``CKPTCONF_PROFILE``, else ``ci`` when ``CI``
-is set and ``dev`` otherwise. They are registered as ``ckptconf-<name>`` and never loaded
-as hypothesis' default: a suite test gets its profile through :func:`property_test`, so
-other hypothesis tests in the same session keep their own settings.
+is set and ``dev`` otherwise (:class:`~ckptconf.conformance.session.Session`). They are never
+loaded as hypothesis' default: a suite test gets its settings through :func:`property_test`,
+resolved when the test runs (:func:`resolve`, called by the ``ckpt`` fixture), so a suite
+imported before the session began (by a conftest) still runs under the session's profile,
+and other hypothesis tests in the same session keep their own settings.
 """
 
 from __future__ import annotations
@@ -16,21 +18,15 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, example, find, given, seed, settings
+from ckptconf.conformance.session import PROFILES, Session
+from hypothesis import HealthCheck, Phase, example, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample, Unsatisfiable
 
 from .failures import HangFailure
 from .verdicts import KnownHang, ReplayDiverged
 
-__all__ = ["PROFILES", "Pinned", "profile_settings", "property_test", "tune"]
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "ci": dict(max_examples=20, derandomize=True),
-    "dev": dict(max_examples=40),
-    "thorough": dict(max_examples=400),
-}
-"""The ckptconf profiles by name."""
+__all__ = ["PROFILES", "Pinned", "profile_settings", "property_test", "resolve", "tune"]
 
 _COMMON: dict[str, Any] = dict(
     deadline=None,  # a step runs on ranks: seconds, not milliseconds
@@ -47,47 +43,51 @@ _COMMON: dict[str, Any] = dict(
 )
 
 _tuning: dict[str, Any] = {}
-_decorated: list[str] = []
 
 
 def tune(**overrides: Any) -> None:
     """Settings applied on top of every ckptconf profile, such as ``phases`` without shrinking
-    (the kill-rate runner's). Call before the suites are imported: a test's settings are
-    fixed when its class is defined."""
-    if _decorated:
-        raise RuntimeError(
-            f"tune() after {len(_decorated)} suite test(s) were defined (first: {_decorated[0]}); "
-            "call it before importing ckptconf.conformance.suites"
-        )
+    (the kill-rate runner's); they apply to every suite test resolved after the call."""
     _tuning.update(overrides)
 
 
-def profile_settings(name: str | None = None) -> settings:
-    """The hypothesis settings of ckptconf profile ``name`` (default: this session's)."""
-    from ckptconf.conformance.plugin import session_option, session_profile, session_shrinks
-
-    name = name or session_profile()
-    if name not in PROFILES:
-        raise ValueError(f"unknown ckptconf profile {name!r}; expected one of {sorted(PROFILES)}")
-    options = {**_COMMON, **PROFILES[name], **_tuning}
-    if not session_shrinks():
+def profile_settings(session: Session | str) -> settings:
+    """The hypothesis settings of a session (its profile, ``--ckpt-max-examples``,
+    ``--ckpt-database``, ``--ckpt-no-shrink``), or of the profile named ``session`` with no
+    option. Raises ``ValueError`` for an unknown profile name."""
+    if isinstance(session, str):
+        session = Session(profile=session)
+    options = {**_COMMON, **PROFILES[session.profile], **_tuning}
+    if not session.shrink:
         options["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
-    examples = session_option("ckpt_max_examples")
-    if examples is not None:
-        if examples < 1:
-            raise ValueError(f"--ckpt-max-examples {examples}: must be at least 1")
-        options["max_examples"] = examples
-    folder = session_option("ckpt_database")
-    if folder is not None:
+    if session.max_examples is not None:
+        options["max_examples"] = session.max_examples
+    if session.database is not None:
         from hypothesis.database import DirectoryBasedExampleDatabase
 
-        if options.get("derandomize"):
-            raise ValueError(
-                f"--ckpt-database {folder}: the {name} profile is derandomized and keeps no "
-                "example database; use --ckpt-profile dev or thorough"
-            )
-        options["database"] = DirectoryBasedExampleDatabase(folder)
+        options["database"] = DirectoryBasedExampleDatabase(session.database)
     return settings(**options)
+
+
+def resolve(test: Callable[..., Any], session: Session) -> None:
+    """Give property test ``test`` (a function :func:`property_test` made, or a method of one)
+    the settings and seed of ``session``; the ``ckpt`` fixture calls this before the test runs.
+
+    Hypothesis reads a test's settings and seed when it runs, from the attributes its
+    ``@settings`` and ``@seed`` set (its own pytest plugin sets them this way too, for
+    parametrized tests); they are set here instead of at import, so that the session decides.
+    """
+    test = getattr(test, "__func__", test)
+    base = profile_settings(session)
+    options = dict(test.ckptconf_overrides)
+    share = test.ckptconf_max_examples
+    if share is not None:
+        options["max_examples"] = max(1, share(base.max_examples))
+    test._hypothesis_internal_use_settings = settings(parent=base, **options)
+    test._hypothesis_internal_use_seed = (
+        session.run_seed if session.database is None and not base.derandomize else None
+    )
+    test.ckptconf_session = session
 
 
 class Pinned:
@@ -203,6 +203,13 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def run_example(self, ckpt, data, **kwargs):
+        owner = run_example.ckptconf_test  # the hypothesis test around this function
+        if getattr(owner, "ckptconf_session", None) is not getattr(ckpt, "session", None):
+            raise RuntimeError(
+                f"{fn.__qualname__}: its hypothesis settings were not resolved for this session; "
+                "a property test runs through the ckpt fixture, which gives it the session's "
+                "profile (ckptconf.conformance.kit.profiles.resolve)"
+            )
         verdict = getattr(ckpt, "verdict", None)
         share = getattr(ckpt, "share", None)  # the run's time budget: checked at its first step
         if share is not None:
@@ -255,14 +262,16 @@ def property_test(
     pinned: Sequence[Pinned] = (),
     **overrides: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``@given(data=st.data())`` under this session's ckptconf profile, ``overrides`` on top.
+    """``@given(data=st.data())`` under the running session's ckptconf profile, ``overrides``
+    on top; the settings are resolved when the test runs (:func:`resolve`), not at import.
 
     ``max_examples`` is a function of the profile's number of examples (a test that tries
     every storage hook runs a third of them per hook), never a fixed number: ``thorough``
     must draw more than ``ci``. ``pinned`` examples (:class:`Pinned`) run first in every
     profile. Under a profile that is not derandomized, the test uses the session's seed
     (``--hypothesis-seed`` if given). Each example's failure is judged by the test's verdict
-    (:mod:`.verdicts`): a known failure is recorded and drawing goes on.
+    (:mod:`.verdicts`): a known failure is recorded and drawing goes on. A test run without
+    its settings resolved (outside the ``ckpt`` fixture) raises ``RuntimeError``.
     """
     if max_examples is not None and not callable(max_examples):
         raise TypeError(
@@ -277,23 +286,17 @@ def property_test(
         raise ValueError(f"pinned examples must have distinct names; given twice: {twice}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        from ckptconf.conformance.plugin import session_seed
-
-        base = profile_settings()
-        options = dict(overrides)
-        if max_examples is not None:
-            options["max_examples"] = max(1, max_examples(base.max_examples))
-        test = given(data=st.data())(_judged(fn))
+        judged = _judged(fn)
+        test = given(data=st.data())(judged)
         for case in reversed(pinned):
             test = example(data=case)(test)
-        test = settings(parent=base, **options)(test)
-        number = session_seed()
-        if number is not None and not base.derandomize:
-            test = seed(number)(test)
+        judged.ckptconf_test = test
+        test.ckptconf_overrides = dict(overrides)
+        test.ckptconf_max_examples = max_examples
+        test.ckptconf_session = None  # set by resolve()
         test.ckptconf_property_test = True  # what tests/conformance/test_layout.py checks
         test.ckptconf_pinned = tuple(pinned)
         test.ckptconf_draws = fn  # the test's body: tests/conformance/test_layout_classes.py
-        _decorated.append(fn.__qualname__)
         return test
 
     return decorate

@@ -78,14 +78,12 @@ def dtype_names(*, names: Sequence[str] = ALL_DTYPES) -> st.SearchStrategy[str]:
     return st.sampled_from(available_dtypes(names))
 
 
-def world_sizes(*defaults: int) -> tuple[int, ...]:
-    """``defaults``, and the session's largest world when it is larger: ``--ckpt-world-size``,
-    else under a launcher the launched world's size. So under torchrun with 8 ranks the
-    suites that draw world sizes also draw cases on all 8 (1-D and 2-D meshes of them), and
-    a pool run with ``--ckpt-world-size 8`` draws the same cases."""
-    from ckptconf.conformance.plugin import session_world_size
-
-    largest = session_world_size()
+def world_sizes(*defaults: int, largest: int | None = None) -> tuple[int, ...]:
+    """``defaults``, and ``largest`` when it is larger: the session's largest world
+    (``ckpt.session.largest_world``: ``--ckpt-world-size``, else under a launcher the launched
+    world's size). So under torchrun with 8 ranks the suites that draw world sizes also draw
+    cases on all 8 (1-D and 2-D meshes of them), and a pool run with ``--ckpt-world-size 8``
+    draws the same cases."""
     if largest is not None and largest > max(defaults):
         return (*defaults, largest)
     return tuple(defaults)

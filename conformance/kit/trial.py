@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ckptconf.conformance.backend import Backend
+from ckptconf.conformance.session import Session
 
 from .failures import (
     STEPS,
@@ -336,11 +337,15 @@ class Checker:
         reproduction: str | None = None,
         skip: Callable[[str], Any] | None = None,
         timeout: float | None = None,
+        session: Session | None = None,
     ):
         self.backend, self.ranks = backend, ranks
         self.suite, self.test, self.reproduction = suite, test, reproduction
         self._paths, self._skip = paths, skip
         self._timeout = timeout  # the run's --ckpt-timeout: every step's, when given
+        self.session = session if session is not None else Session.from_environment()
+        """What the run was asked for (:class:`~ckptconf.conformance.session.Session`): profile,
+        seed, shrinking, the largest world; outside pytest, the environment's defaults."""
 
     def supports(self, feature: str) -> bool:
         """Whether the backend has not declared ``feature`` unsupported."""

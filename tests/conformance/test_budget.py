@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from ckptconf.conformance.kit.budget import Budget, OutOfTime, Share, parse_duration
-from ckptconf.conformance.kit.profiles import property_test
+from ckptconf.conformance.kit.profiles import property_test, resolve
+from ckptconf.conformance.session import Session
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,14 +83,20 @@ def test_after_a_failure_the_time_stops_nothing():
     assert share.examples == 1 and not share.out_of_time
 
 
+_SESSION = Session()  # dev, unseeded
+
+
 class _Ckpt:
-    """What a property test's ``ckpt`` gives the budget: its share (no verdict, no backend)."""
+    """What a property test's ``ckpt`` gives the budget: its share and session (no verdict, no
+    backend)."""
 
-    def __init__(self, share: Share):
-        self.share, self.verdict, self.backend = share, None, None
+    def __init__(self, share: Share, session: Session = _SESSION):
+        self.share, self.verdict, self.backend, self.session = share, None, None, session
 
 
-def _examples_test(calls: list[int], *, ends_after: int, fails_at: int | None = None):
+def _examples_test(
+    calls: list[int], *, ends_after: int, fails_at: int | None = None, session=_SESSION
+):
     class Suite:
         @property_test()
         def test(self, ckpt, data):
@@ -101,6 +108,7 @@ def _examples_test(calls: list[int], *, ends_after: int, fails_at: int | None = 
             if fails_at is not None and len(calls) >= fails_at:
                 raise AssertionError("planted failure")
 
+    resolve(Suite.test, session)  # what the ckpt fixture does
     return Suite().test
 
 
@@ -165,36 +173,24 @@ def test_a_bad_budget_stops_the_run_before_any_test(tmp_path):
     assert "--budget: time budget 'soon': expected seconds or a duration" in result.stdout
 
 
-class _Config:
-    def __init__(self, **options):
-        self.options = options
-
-    def getoption(self, name, default=None):
-        return self.options.get(name, default)
-
-
-def test_an_example_stopped_by_the_budget_is_not_saved_as_a_failure(monkeypatch, tmp_path):
-    from ckptconf.conformance import plugin
-
+def test_an_example_stopped_by_the_budget_is_not_saved_as_a_failure(tmp_path):
     database = tmp_path / "examples"
-    config = _Config(ckpt_profile="dev", ckpt_database=str(database))
-    monkeypatch.setattr(plugin, "_config", config)
+    session = Session(profile="dev", database=str(database))
     calls: list[int] = []
     with pytest.raises(OutOfTime):
-        _examples_test(calls, ends_after=3)(ckpt=_Ckpt(_share(ended=False)))
+        _examples_test(calls, ends_after=3, session=session)(
+            ckpt=_Ckpt(_share(ended=False), session)
+        )
     assert len(calls) == 4
     assert not [p for p in database.rglob("*") if p.is_file()]  # nothing replays next time
     calls.clear()
     with pytest.raises(AssertionError, match="planted failure"):  # the database does work
-        _examples_test(calls, ends_after=100, fails_at=2)(ckpt=_Ckpt(_share(ended=False)))
+        _examples_test(calls, ends_after=100, fails_at=2, session=session)(
+            ckpt=_Ckpt(_share(ended=False), session)
+        )
     assert [p for p in database.rglob("*") if p.is_file()]
 
 
-def test_the_ci_profile_refuses_an_example_database(monkeypatch, tmp_path):
-    from ckptconf.conformance import plugin
-    from ckptconf.conformance.kit.profiles import profile_settings
-
-    config = _Config(ckpt_profile="ci", ckpt_database=str(tmp_path))
-    monkeypatch.setattr(plugin, "_config", config)
+def test_the_ci_profile_refuses_an_example_database(tmp_path):
     with pytest.raises(ValueError, match="the ci profile is derandomized and keeps no example"):
-        profile_settings()
+        Session(profile="ci", database=str(tmp_path))

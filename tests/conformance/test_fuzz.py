@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from ckptconf.conformance import plugin
 from ckptconf.conformance.fuzz import Campaign, failure_key, round_examples
 from ckptconf.conformance.kit.profiles import profile_settings
+from ckptconf.conformance.session import Session
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,27 +87,15 @@ def test_failures_are_counted_once_and_printed_when_first_seen(tmp_path):
     assert [f.round for f in campaign.findings.values()] == [1, 1, 1]
 
 
-class _Config:
-    def __init__(self, **options):
-        self.options = options
-
-    def getoption(self, name, default=None):
-        return self.options.get(name, default)
-
-
-def test_the_example_count_and_database_options_reach_the_profiles(monkeypatch, tmp_path):
-    monkeypatch.setattr(
-        plugin,
-        "_config",
-        _Config(ckpt_profile="dev", ckpt_max_examples=123, ckpt_database=str(tmp_path)),
+def test_the_example_count_and_database_options_reach_the_profiles(tmp_path):
+    chosen = profile_settings(
+        Session(profile="dev", max_examples=123, database=str(tmp_path), seed=None)
     )
-    chosen = profile_settings()
     assert chosen.max_examples == 123
     assert isinstance(chosen.database, DirectoryBasedExampleDatabase)
     assert Path(chosen.database.path) == tmp_path
-    monkeypatch.setattr(plugin, "_config", _Config(ckpt_profile="dev", ckpt_max_examples=0))
     with pytest.raises(ValueError, match="--ckpt-max-examples 0: must be at least 1"):
-        profile_settings()
+        Session(profile="dev", max_examples=0)
 
 
 @pytest.mark.multiprocess

@@ -36,7 +36,10 @@ class _DryChecker:
     verdict = None
 
     def __init__(self):
+        from ckptconf.conformance.session import Session
+
         self.backend = load_backend("reference")
+        self.session = Session(profile="ci")
 
     def supports(self, feature: str) -> bool:
         return self.backend.supports(feature)

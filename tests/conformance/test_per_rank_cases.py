@@ -138,15 +138,15 @@ def test_the_reference_loads_keys_saved_by_some_ranks_onto_other_ranks():
     check_save_then_load(load_backend("reference"), SOME_RANKS)
 
 
-def test_the_session_largest_world_is_drawn_with_its_2d_meshes(monkeypatch):
-    from ckptconf.conformance import plugin
+def test_the_session_largest_world_is_drawn_with_its_2d_meshes():
     from ckptconf.conformance.kit.strategies import mesh_changes_of, world_sizes
+    from ckptconf.conformance.session import Session
 
-    monkeypatch.setattr(plugin, "session_world_size", lambda config=None: None)
-    assert world_sizes(1, 2, 3, 4) == (1, 2, 3, 4)
-    monkeypatch.setattr(plugin, "session_world_size", lambda config=None: 8)
-    assert world_sizes(1, 2, 3, 4) == (1, 2, 3, 4, 8)
-    assert world_sizes(8, 16) == (8, 16)  # already larger: nothing added
+    assert Session().largest_world is None
+    assert world_sizes(1, 2, 3, 4, largest=Session().largest_world) == (1, 2, 3, 4)
+    assert Session(world_size=8).largest_world == 8
+    assert world_sizes(1, 2, 3, 4, largest=8) == (1, 2, 3, 4, 8)
+    assert world_sizes(8, 16, largest=8) == (8, 16)  # already larger: nothing added
     assert mesh_changes_of(8) == [
         ((8,), (2, 4)),
         ((2, 4), (8,)),

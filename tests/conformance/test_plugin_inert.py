@@ -7,6 +7,8 @@ markers and do nothing else.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -79,6 +81,8 @@ def test_a_module_subclassing_a_suite_gets_the_fixtures(pytester, monkeypatch):
     monkeypatch.delenv("CKPTCONF_PROFILE", raising=False)
     pytester.makepyfile(
         test_mine="""
+import json
+
 import pytest
 from ckptconf.conformance.suites import RoundTripTests
 
@@ -125,3 +129,47 @@ def test_a_conftest_importing_a_suite_gets_the_fixtures(pytester, monkeypatch):
     result.stdout.fnmatch_lines(["test_mine.py::TestMine::test_round_trip"])
     listed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures").stdout.str()
     assert "\nckpt_repro" in listed and "\nckpt " in listed, listed[-2000:]
+
+
+def test_a_conftest_imported_suite_runs_under_the_session_profile(pytester, monkeypatch):
+    """The suites imported by a conftest (before the options are read) still get the session's
+    profile when they run: thorough's 400 examples and the given seed, and a reproduction line
+    that says so (issue: settings were fixed at import, so this run got dev's 40 and no seed)."""
+    monkeypatch.delenv("CKPTCONF_PROFILE", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makeconftest(
+        "import json\n\n"
+        "import pytest\n"
+        "from ckptconf.conformance.suites import RoundTripTests\n\n\n"
+        "@pytest.fixture(scope='session')\n"
+        "def ckpt_backend():\n"
+        "    from ckptconf.conformance import load_backend\n\n"
+        "    return load_backend('reference')\n\n\n"
+        "@pytest.hookimpl(tryfirst=True)\n"
+        "def pytest_runtest_call(item):\n"
+        "    test = item.obj.__func__\n"
+        "    chosen = test._hypothesis_internal_use_settings\n"
+        "    seen = dict(max_examples=chosen.max_examples, derandomize=chosen.derandomize,\n"
+        "                seed=test._hypothesis_internal_use_seed,\n"
+        "                repro=item.funcargs['ckpt_repro'])\n"
+        "    with open('seen.json', 'w') as file:\n"
+        "        json.dump(seen, file)\n"
+        "    pytest.skip('settings recorded')\n"
+    )
+    pytester.makepyfile(
+        test_mine="from conftest import RoundTripTests\n\n\nclass TestMine(RoundTripTests):\n    pass\n"
+    )
+    selected = ["-k", "test_round_trip_dtensor_on_two_ranks", "-p", "no:cacheprovider"]
+    result = pytester.runpytest_subprocess(
+        *selected, "--ckpt-profile", "thorough", "--hypothesis-seed", "4242"
+    )
+    assert result.ret == 0, result.stdout.str()
+    seen = json.loads((pytester.path / "seen.json").read_text())
+    assert seen["max_examples"] == 400 and seen["derandomize"] is False
+    assert seen["seed"] == 4242
+    assert "--ckpt-profile thorough --hypothesis-seed 4242" in seen["repro"]
+    result = pytester.runpytest_subprocess(*selected, "--ckpt-profile", "ci")
+    assert result.ret == 0, result.stdout.str()
+    seen = json.loads((pytester.path / "seen.json").read_text())
+    assert seen["max_examples"] == 20 and seen["derandomize"] is True and seen["seed"] is None
+    assert "--ckpt-profile ci" in seen["repro"] and "--hypothesis-seed" not in seen["repro"]

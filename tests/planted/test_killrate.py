@@ -152,9 +152,9 @@ def test_the_cli_resumes_from_its_own_json(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_planted_bugs_are_killed(tmp_path, request):
     """The fast subset under ci and dev; every planted bug under thorough (hours)."""
-    from ckptconf.conformance.plugin import session_profile
+    from ckptconf.conformance.session import of
 
-    profile = session_profile(request.config)
+    profile = of(request.config).profile
     full = profile == "thorough"
     out = tmp_path / "killrate.json"
     command = [sys.executable, "-m", "tests.planted.killrate", "tests.planted:PLANTED"]

@@ -100,6 +100,7 @@ class _Run:
 
     def __init__(self, ckpt, old: SaveLoadCase | None, new: SaveLoadCase, model: str):
         self.old, self.new, self.model = old, new, model
+        self.profile = ckpt.session.profile
         self.resave = old is not None
         about = [f"{MODELS[model]} during {'a re-save' if self.resave else 'a first save'}"]
         if old is not None:
@@ -144,7 +145,7 @@ class _Run:
         operations, after = self._operations(
             before, {r: rec["cwd"] for r, rec in enumerate(recorded)}
         )
-        states = crash_states(before, operations, self.model, state_budget(self._profile()))
+        states = crash_states(before, operations, self.model, state_budget(self.profile))
         paths = [str(Path(p) / "checkpoint") for p in materialise(states, self.loads)]
         # out of the way: a reader that follows absolute paths must not find the saved files
         self.root.rename(self.moved)
@@ -197,11 +198,6 @@ class _Run:
         if not operations:
             unsupported("its save wrote nothing under the checkpoint's folder")
         return operations, after
-
-    def _profile(self) -> str:
-        from ...plugin import session_profile
-
-        return session_profile()
 
 
 @pytest.mark.ckpt_suite("crash_states")

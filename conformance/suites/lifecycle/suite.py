@@ -45,8 +45,6 @@ def _judges_itself(fn):
 
 def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
     """The pinned runs, then drawn runs, on ``ckpt``'s backend (``strict``: with failed saves)."""
-    from ckptconf.conformance.plugin import session_seed
-
     verdict = getattr(ckpt, "verdict", None)
     share = getattr(ckpt, "share", None)  # the run's time budget, checked at a run's first step
     can = features_of(ckpt.backend, strict=strict)
@@ -64,7 +62,7 @@ def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
             continue  # recorded; the other runs still search for the backend's own defects
         if share is not None:
             share.example_ends()
-    base = profile_settings()
+    base = profile_settings(ckpt.session)
     options = settings(
         parent=base,
         max_examples=max(2, base.max_examples // 4),
@@ -77,8 +75,8 @@ def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
             share.example_begins()
         return LifecycleMachine(Runner(ckpt, strict=strict, verdict=verdict), verdict)
 
-    number = session_seed()
-    if number is not None and not base.derandomize:
+    number = ckpt.session.run_seed
+    if number is not None and not base.derandomize and ckpt.session.database is None:
         machine._hypothesis_internal_use_seed = number  # what @seed sets
     try:
         run_state_machine_as_test(machine, settings=options)
@@ -98,11 +96,9 @@ def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
 
 def _shrunk(ckpt: Any, failure: ConformanceFailure, *, strict: bool, verdict: Any):
     """``failure`` shrunk to its shortest run, unless the session does not shrink."""
-    from ckptconf.conformance.plugin import session_profile, session_shrinks
-
-    if not session_shrinks() or not hasattr(failure, "lifecycle_steps"):
+    if not ckpt.session.shrink or not hasattr(failure, "lifecycle_steps"):
         return failure
-    seconds = SHRINK_SECONDS[session_profile()]
+    seconds = SHRINK_SECONDS[ckpt.session.profile]
     return shrink(ckpt, failure, strict=strict, verdict=verdict, seconds=seconds)
 
 

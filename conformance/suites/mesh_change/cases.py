@@ -278,8 +278,8 @@ def _objects(draw, backend: Backend) -> tuple:
 
 
 @st.composite
-def mesh_change_cases(draw, backend: Backend) -> SaveLoadCase:
-    changes = [*MESH_CHANGES, *mesh_changes_of(max(world_sizes(4)))]
+def mesh_change_cases(draw, backend: Backend, largest: int | None = None) -> SaveLoadCase:
+    changes = [*MESH_CHANGES, *mesh_changes_of(max(world_sizes(4, largest=largest)))]
     pairs = [
         p
         for p in dict.fromkeys(changes)

@@ -92,7 +92,9 @@ class MeshChangeTests:
     def test_1d_mesh_to_2d_mesh_and_back(self, ckpt, data):
         """DTensors saved on a 1-D mesh load on a 2-D mesh and the reverse ((4,) <-> (2, 2),
         (2,) -> (2, 2), ...), placements drawn on both sides."""
-        case = data.draw(mesh_change_cases(ckpt.backend), label="case")
+        case = data.draw(
+            mesh_change_cases(ckpt.backend, largest=ckpt.session.largest_world), label="case"
+        )
         ckpt.check_save_then_load(case)
 
     @pytest.mark.ckpt_requires("dtensor", "resharding")

@@ -54,7 +54,10 @@ class ReshardingTests:
         """Same world (1 to 4 ranks, and the session's largest), each tensor loaded under an
         independently drawn layout, held by every rank or by some ranks only (another subset
         on load)."""
-        world = data.draw(st.sampled_from(world_sizes(1, 2, 3, 4)), label="world")
+        world = data.draw(
+            st.sampled_from(world_sizes(1, 2, 3, 4, largest=ckpt.session.largest_world)),
+            label="world",
+        )
         options = supported_options(ckpt.backend, objects=False, per_rank_keys=True)
         case = data.draw(
             save_load_cases(save_worlds=(world,), load_worlds=(world,), **options), label="case"
@@ -79,7 +82,7 @@ class ReshardingTests:
         """Saved on N ranks, loaded on M ranks (1 to 4 each, and the session's largest world);
         keys held by every rank or by some ranks only, on either side."""
         options = supported_options(ckpt.backend, per_rank_keys=True)
-        worlds = world_sizes(1, 2, 3, 4)
+        worlds = world_sizes(1, 2, 3, 4, largest=ckpt.session.largest_world)
         case = data.draw(
             save_load_cases(save_worlds=worlds, load_worlds=worlds, **options).filter(
                 lambda c: c.save_world != c.load_world

@@ -34,7 +34,6 @@ from ...kit.oracle import cover_problems, metadata_problems
 from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from ...kit.trial import Trial
-from ...plugin import session_profile
 from ...stored import StoredObjects
 from . import ranks
 from .cases import MAX_SIDE, flat_cases, hand_cases, other_cases, sized_cases
@@ -415,7 +414,10 @@ class StorageTests:
             unsupported("no file of the checkpoint changes what read_metadata returns")
         file = _pick(data, metadata_files, "metadata file")
         spans = [s for s in data_spans(store, files, case, summary) if s.file == file]
-        offset, change, what = _metadata_change(data, trial, store, path, file, spans, summary)
+        seconds = PROBE_SECONDS[ckpt.session.profile]
+        offset, change, what = _metadata_change(
+            data, trial, store, path, file, spans, summary, seconds
+        )
         old = store.change_byte(file, offset, change)
         context = store.read(file)[max(0, offset - 24) : offset + 24]
         description = (
@@ -426,12 +428,19 @@ class StorageTests:
 
 
 def _metadata_change(
-    data, trial: Trial, store: StoredObjects, path: str, file: str, spans: list[DataSpan], summary
+    data,
+    trial: Trial,
+    store: StoredObjects,
+    path: str,
+    file: str,
+    spans: list[DataSpan],
+    summary,
+    seconds: float,
 ):
     """``(offset, change, what)``: a byte of ``file`` outside ``spans`` and how to change it.
 
     Three ways, drawn: a change the reader accepts and that changes what it says (found
-    by probing bit 0 or 1 of each byte from a drawn one on, for ``PROBE_SECONDS``: that turns
+    by probing bit 0 or 1 of each byte from a drawn one on, for ``seconds``: that turns
     most digits into other digits and changes a binary integer by 1 or 2), preferring changes that leave part
     of a tensor in no chunk, then other changes of chunks, of keys, sizes or dtypes, of
     where the data lies; an ASCII digit replaced by another; any bit flipped.
@@ -444,7 +453,7 @@ def _metadata_change(
         start = _pick(data, range(len(outside)), "first byte probed")
         window = outside[start:] + outside[:start]  # from there on, for PROBE_SECONDS
         mask = data.draw(st.sampled_from([1, 2]), label="bit probed")
-        probe, seconds = ranks.accepted_metadata_changes, PROBE_SECONDS[session_profile()]
+        probe = ranks.accepted_metadata_changes
         found = trial.run(
             "read_metadata (of tampered metadata)",
             probe,
