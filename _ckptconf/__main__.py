@@ -1,5 +1,5 @@
 """``python -m ckptconf``: the ``ckptconf`` command (so ``torchrun -m ckptconf run ...`` works)."""
 
-from ckptconf.conformance.cli import main
+from ckptconf.cli import main
 
 raise SystemExit(main())

@@ -62,7 +62,7 @@ def local_plans(states: list[dict]) -> list:
     DTensor; made by the reference planner, which takes the shape-only simulated values that
     DCP's planner would see as opaque objects)."""
     from ckptconf.reference import ReferenceSavePlanner
-    from ckptconf.reference._compat import set_up_save_planner
+    from ckptconf.reference.compat import set_up_save_planner
 
     plans = []
     for rank, state in enumerate(states):
@@ -77,7 +77,7 @@ def _global_plan_seconds(
 ) -> tuple[float, float]:
     """Best seconds of ``create_global_plan`` on ``plans``, and (if ``wire``) of the
     coordinator's unpickling of the local plans plus pickling of the global plans (else NaN)."""
-    from ckptconf.reference._compat import set_up_save_planner
+    from ckptconf.reference.compat import set_up_save_planner
 
     best, result = float("inf"), None
     for _ in range(repeats):
@@ -174,7 +174,7 @@ def bench_load_plan(
     """
     import torch.distributed as dist
     from ckptconf.reference import ReferenceLoadPlanner, ReferenceSavePlanner
-    from ckptconf.reference._compat import set_up_save_planner
+    from ckptconf.reference.compat import set_up_save_planner
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore

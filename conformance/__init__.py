@@ -3,7 +3,7 @@
 What a plug-in author needs, all importable from here:
 
 - :class:`Backend` (what a backend gives the suite), :data:`FEATURES` (what it may declare
-  unsupported), :func:`load_backend` (a built-in name or ``module:attr``);
+  unsupported), :func:`select_backend` (a built-in name or ``module:attr``);
 - :class:`StoredObjects` (what a backend stored for a checkpoint, for the corruption
   tests; :class:`LocalFiles` by default);
 - :class:`ConformanceFailure` (the one failure type, with fields), :class:`Mismatch`,
@@ -38,14 +38,14 @@ __all__ = [
     "StoredObjects",
     "TensorSpec",
     "check_save_then_load",
-    "load_backend",
+    "select_backend",
 ]
 
 _WHERE = {
     "FEATURES": ".backend",
     "Backend": ".backend",
-    "BackendSpecError": ".loading",
-    "load_backend": ".loading",
+    "BackendSpecError": ".selection",
+    "select_backend": ".selection",
     "ConformanceFailure": ".kit.failures",
     "Mismatch": ".kit.failures",
     "RankOutcome": ".kit.running",
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .kit.failures import ConformanceFailure, Mismatch
     from .kit.running import RankOutcome
     from .kit.trial import check_save_then_load
-    from .loading import BackendSpecError, load_backend
+    from .selection import BackendSpecError, select_backend
     from .stored import LocalFiles, StoredObjects
 
 

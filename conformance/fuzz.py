@@ -88,7 +88,7 @@ class Campaign:
 
     def command(self, number: int, seconds: float) -> list[str]:
         """The ``ckptconf run`` command of round ``number``, given ``seconds``."""
-        parts = [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
+        parts = [sys.executable, "-m", "ckptconf.cli", "run"]
         parts += ["--backend", self.backend, "--profile", "dev", "--no-preflight"]
         parts += ["--report", str(self.report(number))]
         parts += ["--budget", f"{max(1.0, seconds):.0f}s"]
@@ -196,7 +196,7 @@ class Campaign:
         for finding in self.findings.values():
             say(f"  {finding.key[0]} (round {finding.round}, {finding.report}): {finding.what}")
         if self.findings:
-            again = [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
+            again = [sys.executable, "-m", "ckptconf.cli", "run"]
             again += ["--backend", self.backend, "--profile", "dev"]
             again += ["--", "--ckpt-database", str(self.folder / "examples")]
             say(f"replay them (the database's examples run first): {shlex.join(again)}")

@@ -29,6 +29,7 @@ from .session import of as session_of
 __all__ = ["activate", "report_of"]
 
 _config: pytest.Config | None = None  # the running session's: for activate() at a suite's import
+_FIXTURES = "ckptconf.conformance.kit.fixtures"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -132,12 +133,12 @@ def activate(config: pytest.Config | None = None) -> None:
     """Switch ckptconf on for this session (``config``, else the running one, if any): register
     the suites' fixtures. Done by the options, and by importing the suites."""
     config = config or _config
-    if config is None or config.pluginmanager.has_plugin("ckptconf-suites"):
+    if config is None or config.pluginmanager.has_plugin(_FIXTURES):
         return
-    from .kit import fixtures
-
     session_of(config).started = time.time()
-    config.pluginmanager.register(fixtures, "ckptconf-suites")
+    # by name, as -p and pytest_plugins register a plugin: the fixtures import the suites,
+    # whose import calls this
+    config.pluginmanager.import_plugin(_FIXTURES)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -151,7 +152,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     import torch
 
-    from .kit.fixtures import backend_from_options
+    from .selection import backend_from_options
 
     if config.getoption("ckpt_backend") is not None:
         backend = backend_from_options(config)
@@ -228,7 +229,7 @@ def _runner(config: pytest.Config) -> str:
 def _command() -> str:
     """The command line of this run, as the person typed it (``ckptconf run ...`` or pytest)."""
     program = os.path.basename(sys.argv[0]) if sys.argv else "pytest"
-    if program in ("__main__.py", "cli.py"):
+    if program == "__main__.py":
         program = "ckptconf"
     return shlex.join([program, *sys.argv[1:]])
 
@@ -246,7 +247,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     from .expectations import Expectations, ExpectationsError
 
     if not report.backend and requested(config):
-        from .kit.fixtures import backend_from_options, describe_backend
+        from .selection import backend_from_options, describe_backend
 
         report.backend = describe_backend(backend_from_options(config), config)
     path = config.getoption("ckpt_expectations") or report.backend.get("expectations")

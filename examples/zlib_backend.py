@@ -2,7 +2,7 @@
 
 Check it with the conformance suite (from the repository root, so that ``examples`` imports):
 
-    .venv/bin/python -m ckptconf.conformance.cli run --backend examples.zlib_backend:backend
+    .venv/bin/python -m ckptconf.cli run --backend examples.zlib_backend:backend
 """
 
 from __future__ import annotations

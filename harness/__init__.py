@@ -5,6 +5,8 @@
 - :func:`run_fresh_world`: fresh processes for one call (rank-kill tests, baselines).
 - :mod:`ckptconf.harness.simulated`: planners of thousands of ranks in one process.
 - :mod:`ckptconf.harness.faults`: kill a rank at a named point of a save.
+- :mod:`ckptconf.harness.crash`: a save's file operations recorded (strace), every crash
+  state of them built on disk.
 - :mod:`ckptconf.harness.fixtures`: pytest fixtures (``pytest_plugins = ["ckptconf.harness.fixtures"]``).
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptconf.reference._compat import accepts_kwargs
+from ckptconf.reference.compat import accepts_kwargs
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 __all__ = ["ForwardingStorageWriter", "ForwardingStorageReader", "staging_like"]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ckptconf.reference._compat import accepts_parameter, set_group_timeouts
+from ckptconf.reference.compat import accepts_parameter, set_group_timeouts
 
 from .errors import RankError, WorldTimeout, results_of
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from ckptconf.reference._compat import (
+from ckptconf.reference.compat import (
     set_up_save_planner,
     set_up_storage_reader,
     set_up_storage_writer,

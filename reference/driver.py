@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-from ._compat import set_up_save_planner, set_up_storage_reader, set_up_storage_writer
+from .compat import set_up_save_planner, set_up_storage_reader, set_up_storage_writer
 from .coordination import Coordination
 from .filesystem import FileSystemReader, FileSystemWriter
 from .load_planner import ReferenceLoadPlanner

@@ -37,7 +37,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
-from ._compat import DCP_FORMAT_VERSION
+from .compat import DCP_FORMAT_VERSION
 from .dedup import _order, write_item_key
 
 __all__ = ["fast_global_plan"]

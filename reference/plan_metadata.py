@@ -12,7 +12,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
-from ._compat import DCP_FORMAT_VERSION
+from .compat import DCP_FORMAT_VERSION
 
 __all__ = ["build_metadata"]
 

@@ -24,8 +24,14 @@ import pytest
 from ckptconf.conformance.backend import FEATURES, Backend
 from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
-from ckptconf.conformance.loading import BackendSpecError, load_backend
 from ckptconf.conformance.options import requested
+from ckptconf.conformance.selection import (
+    backend_from_options,
+    describe_backend,
+    inherited_from,
+    option_backend,
+    select_backend,
+)
 from ckptconf.conformance.session import INFO
 from ckptconf.conformance.session import of as session_of
 
@@ -36,22 +42,13 @@ from .profiles import resolve
 from .trial import Checker
 from .verdicts import KnownHang, Verdict, add_verdict
 
-__all__ = [
-    "backend_from_options",
-    "canonical_id",
-    "describe_backend",
-    "expectations_of",
-    "inherited_from",
-    "suite_test_id",
-    "suite_tests",
-]
+__all__ = ["canonical_id", "expectations_of", "suite_test_id"]
 
 
 _backend_key = pytest.StashKey[Backend]()
 _verdict_key = pytest.StashKey[Verdict]()
 _outcome_key = pytest.StashKey[Outcome]()
 _runs_key = pytest.StashKey[dict]()
-_option_backend = pytest.StashKey[Backend]()
 _budget_key = pytest.StashKey[Budget]()
 _share_key = pytest.StashKey[Share]()
 _expectations: dict[str, Expectations] = {}
@@ -65,29 +62,6 @@ def canonical_id(item: pytest.Item) -> str:
     given, so a run selected by node id (``ckptconf run --lf``) would get an empty one.
     """
     return "::".join([item.path.name, *item.nodeid.split("::")[1:]])
-
-
-def describe_backend(backend: Backend, config: pytest.Config | None = None) -> dict[str, Any]:
-    """What the report says of a backend."""
-    return {
-        "name": backend.name,
-        "spec": backend.spec,
-        "description": backend.description,
-        "unsupported": sorted(backend.unsupported),
-        "expectations": backend.expectations,
-        "inherits": inherited_from(config, backend) if config is not None else backend.inherits,
-    }
-
-
-def backend_from_options(config: pytest.Config) -> Backend:
-    """The backend ``--ckpt-backend`` names (default ``reference``), loaded once per session."""
-    if _option_backend not in config.stash:
-        spec = config.getoption("ckpt_backend") or "reference"
-        try:
-            config.stash[_option_backend] = load_backend(spec)
-        except BackendSpecError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    return config.stash[_option_backend]
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k deselects: entries are checked against every test
@@ -186,7 +160,7 @@ def reproduction(item: pytest.Item, backend: Backend) -> str:
     chosen = session_of(config)
     target = "::".join([str(item.path), *item.nodeid.split("::")[1:]])
     parts = [sys.executable, "-m", "pytest", target]
-    if backend is config.stash.get(_option_backend, None):
+    if backend is option_backend(config):
         parts += ["--ckpt-backend", backend.spec or backend.name]
     parts += ["--ckpt-profile", chosen.profile]
     if chosen.run_seed is not None:
@@ -274,16 +248,6 @@ def suite_test_id(item: pytest.Item) -> str:
     return f"{suite.args[0] if suite else '?'}::{name}{params}"
 
 
-def suite_tests() -> dict[str, set[str]]:
-    """Every suite's test function names, for checking that expectations name real tests."""
-    from ckptconf.conformance.suites import SUITES
-
-    return {
-        name: {attr for attr in dir(cls) if attr.startswith("test_")}
-        for name, cls in SUITES.items()
-    }
-
-
 def _load(path: str | None, *, required: bool = False) -> Expectations:
     """The expectations file at ``path`` (none: empty), parsed and checked once per process; a
     malformed one (or a ``required`` one missing) stops the whole run, naming file and line."""
@@ -292,7 +256,9 @@ def _load(path: str | None, *, required: bool = False) -> Expectations:
     if path not in _expectations:
         try:
             loaded = Expectations.load(path, required=required)
-            loaded.check_tests(suite_tests())
+            from ckptconf.conformance.suites import suite_test_names
+
+            loaded.check_tests(suite_test_names())
         except ExpectationsError as exc:
             pytest.exit(f"ckptconf expectations: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         _expectations[path] = loaded
@@ -303,17 +269,6 @@ def expectations_of(config: pytest.Config, backend: Backend) -> Expectations:
     """The backend's own expectations: ``--ckpt-expectations``, else its ``expectations`` file
     (either must exist)."""
     return _load(config.getoption("ckpt_expectations") or backend.expectations, required=True)
-
-
-def inherited_from(config: pytest.Config, backend: Backend) -> str | None:
-    """The built-in backend whose failures this one inherits: ``--ckpt-inherit``, else its own
-    ``inherits``."""
-    chosen = config.getoption("ckpt_inherit")
-    if chosen is not None and chosen not in BUILT_IN:
-        raise pytest.UsageError(
-            f"--ckpt-inherit {chosen!r} is not a built-in backend ({', '.join(sorted(BUILT_IN))})"
-        )
-    return chosen or backend.inherits
 
 
 def _verdict(
@@ -344,7 +299,7 @@ def _verdict(
 
 def _builtin(name: str) -> Backend:
     if name not in _builtins:
-        _builtins[name] = load_backend(name)
+        _builtins[name] = select_backend(name)
     return _builtins[name]
 
 

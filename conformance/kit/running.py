@@ -146,9 +146,9 @@ class _BackendRef:
     def build(self) -> Backend:
         """A new instance of the backend, from its spec or its pickled bytes."""
         if self.spec is not None:
-            from ckptconf.conformance.loading import load_backend
+            from ckptconf.conformance.selection import select_backend
 
-            return load_backend(self.spec)
+            return select_backend(self.spec)
         assert self.payload is not None
         return pickle.loads(self.payload)
 

@@ -63,10 +63,20 @@ SUITES: dict[str, type] = {
 }
 """Every suite by its name."""
 
+
+def suite_test_names() -> dict[str, set[str]]:
+    """Every suite's test function names, for checking that expectations name real tests."""
+    return {
+        name: {attr for attr in dir(cls) if attr.startswith("test_")}
+        for name, cls in SUITES.items()
+    }
+
+
 activate()
 
 __all__ = [
     "SUITES",
+    "suite_test_names",
     "AsyncSaveTests",
     "CrashStatesTests",
     "FaultsTests",

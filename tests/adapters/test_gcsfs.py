@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("gcsfs", reason="needs ckptconf[gcs]")
 pytest.importorskip("gcp_storage_emulator", reason="needs gcp-storage-emulator (the gcs extra)")
 
-from ckptconf.conformance import BackendSpecError, load_backend  # noqa: E402
+from ckptconf.conformance import BackendSpecError, select_backend  # noqa: E402
 
 from .gcs_server import local_gcs  # noqa: E402
 
@@ -31,7 +31,7 @@ def gcs_env():
 def test_the_adapter_needs_a_bucket(monkeypatch):
     monkeypatch.delenv("CKPTCONF_GCS_BUCKET", raising=False)
     with pytest.raises(BackendSpecError, match="set CKPTCONF_GCS_BUCKET"):
-        load_backend("gcsfs")
+        select_backend("gcsfs")
 
 
 def test_a_missing_package_names_the_extra(monkeypatch):
@@ -40,7 +40,7 @@ def test_a_missing_package_names_the_extra(monkeypatch):
     fake = adapters.Adapter("gcsfs", ("no_such_package_xyz",), "gcs", "")
     monkeypatch.setitem(adapters.ADAPTERS, "gcsfs", fake)
     with pytest.raises(BackendSpecError, match=r"pip install 'ckptconf\[gcs\]'"):
-        load_backend("gcsfs")
+        select_backend("gcsfs")
 
 
 def test_stored_objects_see_what_gcsfs_saved(gcs_env, monkeypatch):
@@ -49,7 +49,7 @@ def test_stored_objects_see_what_gcsfs_saved(gcs_env, monkeypatch):
 
     for name, value in gcs_env.items():
         monkeypatch.setenv(name, value)
-    backend = load_backend("gcsfs")
+    backend = select_backend("gcsfs")
     assert backend.inherits == "torch-dcp" and backend.supports("async_save")
     path = "/suite/ckpt-objects"
     state = {"w": torch.arange(6, dtype=torch.float64)}
@@ -77,7 +77,7 @@ def test_the_suite_runs_on_gcs_and_its_verdict_is_its_own(gcs_env, tmp_path):
         "test_round_trip_sharded_tensor_on_two_ranks or test_short_read or test_deleted_file"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
+        [sys.executable, "-m", "ckptconf.cli", "run"]
         + ["--backend", "gcsfs", "--profile", "ci", "--report", str(report)]
         + ["--", "-k", selection, "--ckpt-no-shrink"],
         cwd=ROOT,

@@ -17,9 +17,9 @@ CASE = SaveLoadCase(
 
 def _backend(name: str, module: str):
     pytest.importorskip(module, reason=f"needs the {name} package (the dev extra)")
-    from ckptconf.conformance import load_backend
+    from ckptconf.conformance import select_backend
 
-    return load_backend(name)
+    return select_backend(name)
 
 
 def test_megatron_declares_what_its_planners_cannot_take():

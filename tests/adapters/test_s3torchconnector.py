@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("s3torchconnector.dcp", reason="needs ckptconf[s3]")
 pytest.importorskip("moto.server", reason="needs moto[server] (the dev extra)")
 
-from ckptconf.conformance import BackendSpecError, load_backend  # noqa: E402
+from ckptconf.conformance import BackendSpecError, select_backend  # noqa: E402
 
 from .s3_server import local_s3  # noqa: E402
 
@@ -30,7 +30,7 @@ def s3_env():
 def test_the_adapter_needs_a_bucket(monkeypatch):
     monkeypatch.delenv("CKPTCONF_S3_BUCKET", raising=False)
     with pytest.raises(BackendSpecError, match="set CKPTCONF_S3_BUCKET"):
-        load_backend("s3torchconnector")
+        select_backend("s3torchconnector")
 
 
 def test_a_missing_package_names_the_extra(monkeypatch):
@@ -39,7 +39,7 @@ def test_a_missing_package_names_the_extra(monkeypatch):
     fake = adapters.Adapter("s3torchconnector", ("no_such_package_xyz",), "s3", "")
     monkeypatch.setitem(adapters.ADAPTERS, "s3torchconnector", fake)
     with pytest.raises(BackendSpecError, match=r"pip install 'ckptconf\[s3\]'"):
-        load_backend("s3torchconnector")
+        select_backend("s3torchconnector")
 
 
 def test_stored_objects_see_what_the_connector_saved(s3_env, monkeypatch):
@@ -48,7 +48,7 @@ def test_stored_objects_see_what_the_connector_saved(s3_env, monkeypatch):
 
     for name, value in s3_env.items():
         monkeypatch.setenv(name, value)
-    backend = load_backend("s3torchconnector")
+    backend = select_backend("s3torchconnector")
     assert backend.inherits == "torch-dcp"
     path = "/suite/ckpt-objects"
     state = {"w": torch.arange(6, dtype=torch.float64)}
@@ -74,7 +74,7 @@ def test_the_suite_runs_on_s3_and_its_verdict_is_its_own(s3_env, tmp_path):
         "test_round_trip_sharded_tensor_on_two_ranks or test_short_read or test_deleted_file"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
+        [sys.executable, "-m", "ckptconf.cli", "run"]
         + ["--backend", "s3torchconnector", "--inherit", "torch-dcp", "--profile", "ci"]
         + ["--report", str(report), "--", "-k", selection, "--ckpt-no-shrink"],
         cwd=ROOT,

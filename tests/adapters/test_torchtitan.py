@@ -19,7 +19,7 @@ from ckptconf.conformance import (  # noqa: E402
     SaveLoadCase,
     TensorSpec,
     check_save_then_load,
-    load_backend,
+    select_backend,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,19 +38,19 @@ def test_the_manager_runs_the_whole_system_and_says_what_it_cannot_take(monkeypa
     import torch
 
     monkeypatch.delenv("CKPTCONF_TORCHTITAN_ASYNC_MODE", raising=False)
-    backend = load_backend("torchtitan")
+    backend = select_backend("torchtitan")
     assert backend.inherits == "torch-dcp"
     assert backend.save is not None and backend.async_save is not None
     assert backend.storage_writer is None and not backend.supports("storage")
     assert "checkpoint id" in backend.unsupported_reasons["storage"]
     assert backend.supports("async_save") and backend.supports("checkpointer")
     monkeypatch.setenv("CKPTCONF_TORCHTITAN_ASYNC_MODE", "async_with_pinned_mem")
-    pinned = load_backend("torchtitan")
+    pinned = select_backend("torchtitan")
     if not torch.accelerator.is_available():
         assert "Non-blocking copy requires" in pinned.unsupported_reasons["async_save"]
     monkeypatch.setenv("CKPTCONF_TORCHTITAN_ASYNC_MODE", "sync")
     with pytest.raises(Exception, match="CKPTCONF_TORCHTITAN_ASYNC_MODE='sync'"):
-        load_backend("torchtitan")
+        select_backend("torchtitan")
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def one_rank(tmp_path):
 def test_each_save_is_the_next_step_and_a_load_of_nothing_raises(tmp_path, one_rank):
     import torch
 
-    backend = load_backend("torchtitan")
+    backend = select_backend("torchtitan")
     path = tmp_path / "ckpt"
     with pytest.raises(FileNotFoundError, match="no step-N checkpoint"):
         backend.run_load({"w": torch.zeros(3)}, path)
@@ -80,7 +80,7 @@ def test_each_save_is_the_next_step_and_a_load_of_nothing_raises(tmp_path, one_r
 
 @pytest.mark.multiprocess
 def test_save_on_two_ranks_and_load_resharded():
-    check_save_then_load(load_backend("torchtitan"), CASE)
+    check_save_then_load(select_backend("torchtitan"), CASE)
 
 
 # test_round_trip itself (not test_round_trip_dtensor_... and the rest), and the async test
@@ -93,7 +93,7 @@ def test_the_ci_subset_reports_its_own_finding_as_expected(tmp_path):
     the manager's load (its own finding, expected), DCP's failures are inherited, exit 0."""
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
+        [sys.executable, "-m", "ckptconf.cli", "run"]
         + ["--backend", "torchtitan", "--profile", "ci", "--report", str(report)]
         + ["--", "-k", SELECTION, "--ckpt-no-shrink"],
         cwd=ROOT,

@@ -53,7 +53,7 @@ def test_the_costly_reference_keeps_the_reference_verdict_and_bench_suite_splits
     report = tmp_path / "r.json"
     selected = "test_round_trip_dtensor_on_two_ranks or test_storage_protocol_by_hand"
     result = subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "run", "--profile", "ci"]
+        [sys.executable, "-m", "ckptconf.cli", "run", "--profile", "ci"]
         + ["--backend", "ckptconf.bench.object_store:backend", "--report", str(report)]
         + ["-k", selected],
         capture_output=True,
@@ -71,7 +71,7 @@ def test_the_costly_reference_keeps_the_reference_verdict_and_bench_suite_splits
         "TestStorage::test_storage_protocol_by_hand": "passed",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "bench", "suite", "-k", selected],
+        [sys.executable, "-m", "ckptconf.cli", "bench", "suite", "-k", selected],
         capture_output=True,
         text=True,
         timeout=600,

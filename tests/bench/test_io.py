@@ -7,7 +7,7 @@ import os
 
 import pytest
 from ckptconf.bench.io import IMPLEMENTATIONS, bench_io, peak_rss_growth
-from ckptconf.conformance.cli import main
+from ckptconf.cli import main
 
 
 def test_each_implementation_round_trips_the_state_and_is_timed(tmp_path):

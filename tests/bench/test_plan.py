@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ckptconf.bench.plan import _states, bench_plan
-from ckptconf.conformance.cli import main
+from ckptconf.cli import main
 
 
 def test_the_benchmark_state_is_row_sharded_over_every_rank_plus_one_replica():
@@ -37,7 +37,7 @@ def test_both_planners_plan_the_same_shards():
     planner saw each simulated value as one opaque object)."""
     from ckptconf.bench.plan import local_plans
     from ckptconf.reference import ReferenceSavePlanner
-    from ckptconf.reference._compat import set_up_save_planner
+    from ckptconf.reference.compat import set_up_save_planner
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import WriteItemType
 

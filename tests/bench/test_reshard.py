@@ -7,7 +7,7 @@ import os
 import pytest
 from ckptconf.bench import reshard as module
 from ckptconf.bench.reshard import CASES, ReshardCase, bench_reshard, case_shape
-from ckptconf.conformance.cli import main
+from ckptconf.cli import main
 
 ROWS_TO_COLUMNS, MESH_2X2_TO_ROWS = CASES
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from ckptconf.cli import main
 from ckptconf.conformance.backends_page import render_backends_page
-from ckptconf.conformance.cli import main
 
 
 def _test(name: str, outcome: str, message: str = "", **more) -> dict:

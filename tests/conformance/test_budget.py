@@ -131,7 +131,7 @@ def test_a_failure_found_within_the_share_is_shrunk_and_reported_past_it():
 def _run(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "run", "--report", str(report)]
+        [sys.executable, "-m", "ckptconf.cli", "run", "--report", str(report)]
         + ["--profile", "ci", "--no-preflight", *args],
         cwd=tmp_path,
         capture_output=True,

@@ -6,7 +6,7 @@ import pytest
 from ckptconf.conformance import ConformanceFailure
 from ckptconf.conformance.builtin import BUILT_IN, expectations_file
 from ckptconf.conformance.expectations import Expectations, ExpectationsError
-from ckptconf.conformance.kit.fixtures import suite_tests
+from ckptconf.conformance.suites import suite_test_names
 
 OUT_OF_BOUNDS = "CheckpointException: ranks 0: ValueError: key:w has out of bounds chunk"
 ENTRY = """
@@ -153,7 +153,7 @@ def test_a_harness_entry_has_no_step_and_a_named_file_must_exist(tmp_path):
 
 
 def test_unknown_tests_and_the_old_format_are_errors(tmp_path):
-    suites = suite_tests()
+    suites = suite_test_names()
     with pytest.raises(ExpectationsError, match=r"known.toml:2: suite 'resharding' has no test"):
         _load(tmp_path, ENTRY.replace("test_placement_change", "test_gone")).check_tests(suites)
     with pytest.raises(ExpectationsError, match=r"known.toml:2: unknown suite 'reshard'"):
@@ -178,7 +178,7 @@ def test_the_shipped_expectations_parse_and_name_real_tests(name):
     path = expectations_file(name)
     if path is None:
         pytest.skip(f"{name} has no expectations file")
-    Expectations.load(path).check_tests(suite_tests())
+    Expectations.load(path).check_tests(suite_test_names())
 
 
 def test_every_bad_entry_is_told_at_once(tmp_path):

@@ -241,10 +241,10 @@ def test_check_save_then_load_passes_the_reference_and_names_a_wrong_value(tmp_p
         2,
         2,
     )
-    from ckptconf.conformance import load_backend
+    from ckptconf.conformance import select_backend
 
-    check_save_then_load(load_backend("reference"), case)
-    broken = load_backend("tests.planted.storage:reader_ignores_storage_offsets")
+    check_save_then_load(select_backend("reference"), case)
+    broken = select_backend("tests.planted.storage:reader_ignores_storage_offsets")
     with pytest.raises(ConformanceFailure) as caught:
         check_save_then_load(broken, case, tmp_path / "c")
     fields = caught.value.fields()

@@ -26,7 +26,7 @@ def test_each_round_doubles_the_examples_up_to_a_ceiling():
 def test_a_round_runs_the_suite_with_its_count_database_and_what_is_left(tmp_path):
     campaign = Campaign("torch-dcp", tmp_path, 600.0, select="TestPlans")
     command = campaign.command(3, 100.4)
-    assert command[:4] == [sys.executable, "-m", "ckptconf.conformance.cli", "run"]
+    assert command[:4] == [sys.executable, "-m", "ckptconf.cli", "run"]
     after = command[command.index("--") + 1 :]
     # no --hypothesis-seed: hypothesis uses no example database in a seeded test
     assert after == ["--ckpt-max-examples", "160", "--ckpt-database", str(tmp_path / "examples")]
@@ -101,7 +101,7 @@ def test_the_example_count_and_database_options_reach_the_profiles(tmp_path):
 @pytest.mark.multiprocess
 def test_a_campaign_runs_rounds_until_its_budget_and_reports_them(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "fuzz", "--budget", "35s"]
+        [sys.executable, "-m", "ckptconf.cli", "fuzz", "--budget", "35s"]
         + ["--db", str(tmp_path / "fz"), "-k", "test_plans_are_deterministic"],
         capture_output=True,
         text=True,

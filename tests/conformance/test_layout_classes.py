@@ -13,7 +13,7 @@ import contextlib
 import itertools
 
 import pytest
-from ckptconf.conformance import load_backend
+from ckptconf.conformance import select_backend
 from ckptconf.conformance.kit.cases import Layout, SaveLoadCase, TensorSpec
 from ckptconf.conformance.kit.layouts import case_classes, pieces
 from ckptconf.conformance.kit.profiles import _Recorded
@@ -38,7 +38,7 @@ class _DryChecker:
     def __init__(self):
         from ckptconf.conformance.session import Session
 
-        self.backend = load_backend("reference")
+        self.backend = select_backend("reference")
         self.session = Session(profile="ci")
 
     def supports(self, feature: str) -> bool:

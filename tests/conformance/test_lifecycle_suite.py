@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import replace
 
 import pytest
-from ckptconf.conformance import load_backend
+from ckptconf.conformance import select_backend
 from ckptconf.conformance.kit.jobs import Holding, PerRankCase
 from ckptconf.conformance.suites.lifecycle.cases import SALT_STEP, numbered_save, pinned_runs
 from ckptconf.conformance.suites.lifecycle.runner import _newer_for, _same_keys, as_saved
@@ -19,7 +19,7 @@ from .suite_runner import run_conformance
 
 def test_printed_steps_read_back_as_the_same_steps():
     for backend in ("reference", "torch-dcp"):
-        for run in pinned_runs(load_backend(backend)):
+        for run in pinned_runs(select_backend(backend)):
             text = printed(list(run.steps))
             assert parse_steps(text) == list(run.steps), run.name
             assert '"' not in text  # so the command line quotes it in double quotes, readably
@@ -42,7 +42,7 @@ def test_printed_steps_are_read_without_evaluating_code(text):
 
 def test_each_save_has_values_of_its_own():
     case = PerRankCase("pipeline stages", (), 2, 2, (), ())
-    spec_case = pinned_runs(load_backend("reference"))[0].steps[0].case
+    spec_case = pinned_runs(select_backend("reference"))[0].steps[0].case
     again = numbered_save(spec_case, 7)
     assert [s.salt // SALT_STEP for s in again.tensors] == [7] * len(again.tensors)
     assert [s.salt % SALT_STEP for s in again.tensors] == [
@@ -54,7 +54,7 @@ def test_each_save_has_values_of_its_own():
 
 
 def test_a_checkpoint_of_the_same_keys_is_one_a_load_may_return_whole():
-    case = pinned_runs(load_backend("reference"))[0].steps[0].case
+    case = pinned_runs(select_backend("reference"))[0].steps[0].case
     # whoever saved them: the keys, shapes and dtypes are the checkpoint's
     moved = replace(case, saved=(Holding((1,)),) + case.saved[1:])
     assert _same_keys(case, numbered_save(moved, 9))
@@ -157,7 +157,7 @@ def test_a_defect_of_several_operations_is_found_and_reproduced(
 def test_the_printed_reproduction_names_the_folder_a_module_backend_imports_from():
     from ckptconf.conformance.suites.lifecycle.runner import replay_command
 
-    steps = [Save(0, pinned_runs(load_backend("reference"))[0].steps[0].case), Load(0)]
+    steps = [Save(0, pinned_runs(select_backend("reference"))[0].steps[0].case), Load(0)]
     built_in = replay_command("reference", steps, strict=False)
     assert not built_in.startswith("cd ") and built_in.endswith(f'"{printed(steps)}"')
     line = replay_command("tests.planted.lifecycle:save_plan_cached", steps, strict=True)

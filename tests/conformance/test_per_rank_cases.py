@@ -131,11 +131,11 @@ def test_submesh_and_chunk_order_follow_the_ranks_and_other_ranks_lack_the_key()
 
 @pytest.mark.multiprocess
 def test_the_reference_loads_keys_saved_by_some_ranks_onto_other_ranks():
-    from ckptconf.conformance import check_save_then_load, load_backend
+    from ckptconf.conformance import check_save_then_load, select_backend
 
     from tests.conformance.rank_functions import SOME_RANKS
 
-    check_save_then_load(load_backend("reference"), SOME_RANKS)
+    check_save_then_load(select_backend("reference"), SOME_RANKS)
 
 
 def test_the_session_largest_world_is_drawn_with_its_2d_meshes():

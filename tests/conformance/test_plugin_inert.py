@@ -89,9 +89,9 @@ from ckptconf.conformance.suites import RoundTripTests
 
 @pytest.fixture(scope="session")
 def backend():
-    from ckptconf.conformance import load_backend
+    from ckptconf.conformance import select_backend
 
-    return load_backend("reference")
+    return select_backend("reference")
 
 
 class TestMine(RoundTripTests):
@@ -118,8 +118,8 @@ def test_a_conftest_importing_a_suite_gets_the_fixtures(pytester, monkeypatch):
         "from ckptconf.conformance.suites import RoundTripTests\n\n\n"
         "@pytest.fixture(scope='session')\n"
         "def ckpt_backend():\n"
-        "    from ckptconf.conformance import load_backend\n\n"
-        "    return load_backend('reference')\n"
+        "    from ckptconf.conformance import select_backend\n\n"
+        "    return select_backend('reference')\n"
     )
     pytester.makepyfile(
         test_mine="from conftest import RoundTripTests\n\n\nclass TestMine(RoundTripTests):\n    pass\n"
@@ -143,8 +143,8 @@ def test_a_conftest_imported_suite_runs_under_the_session_profile(pytester, monk
         "from ckptconf.conformance.suites import RoundTripTests\n\n\n"
         "@pytest.fixture(scope='session')\n"
         "def ckpt_backend():\n"
-        "    from ckptconf.conformance import load_backend\n\n"
-        "    return load_backend('reference')\n\n\n"
+        "    from ckptconf.conformance import select_backend\n\n"
+        "    return select_backend('reference')\n\n\n"
         "@pytest.hookimpl(tryfirst=True)\n"
         "def pytest_runtest_call(item):\n"
         "    test = item.obj.__func__\n"

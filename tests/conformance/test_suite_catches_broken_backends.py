@@ -21,7 +21,7 @@ def run_cli(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, di
         [
             sys.executable,
             "-m",
-            "ckptconf.conformance.cli",
+            "ckptconf.cli",
             "run",
             *args,
             "--profile",

@@ -15,7 +15,7 @@ from ckptconf.conformance import (
     SaveLoadCase,
     TensorSpec,
     check_save_then_load,
-    load_backend,
+    select_backend,
 )
 
 from tests.planted.verdicts import ATTEMPTS
@@ -35,7 +35,7 @@ def test_a_backend_whose_writer_starts_processes_round_trips():
         2,
         2,
     )
-    check_save_then_load(load_backend("tests.planted.verdicts:starts_child_processes"), case)
+    check_save_then_load(select_backend("tests.planted.verdicts:starts_child_processes"), case)
 
 
 @pytest.mark.multiprocess
@@ -112,7 +112,7 @@ def test_a_hang_fails_its_test_once_unshrunk(tmp_path):
 
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ckptconf.conformance.cli", "run", *args],
+        [sys.executable, "-m", "ckptconf.cli", "run", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -180,7 +180,7 @@ def test_failures_inherited_from_dcp_are_reported_apart_and_do_not_fail_the_run(
 def test_inherits_is_the_option_or_the_backends_own():
     from types import SimpleNamespace
 
-    from ckptconf.conformance.kit.fixtures import inherited_from
+    from ckptconf.conformance.selection import inherited_from
 
     from tests.planted.verdicts import dcp_planners, dcp_planners_inheriting
 

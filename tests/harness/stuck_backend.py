@@ -6,17 +6,17 @@ from __future__ import annotations
 import threading
 
 import torch.distributed as dist
-from ckptconf.conformance import Backend, load_backend
+from ckptconf.conformance import Backend, select_backend
 
 
 def _save(state_dict, path, *, process_group=None):
     if dist.get_rank() == 1:
         threading.Event().wait()  # stuck for good: only ending the process stops it
-    return load_backend("reference").run_save(state_dict, path)
+    return select_backend("reference").run_save(state_dict, path)
 
 
 def _load(state_dict, path, *, process_group=None):
-    return load_backend("reference").run_load(state_dict, path)
+    return select_backend("reference").run_load(state_dict, path)
 
 
 def stuck_on_rank_1() -> Backend:

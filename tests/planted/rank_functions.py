@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from ckptconf.conformance import load_backend
+from ckptconf.conformance import select_backend
 
 _GROUPS: dict[tuple[int, ...], object] = {}
 
@@ -17,7 +17,7 @@ def save_in_group_without_rank_0(spec: str, path: str) -> str | None:
     if dist.get_rank() not in (2, 3):
         return None
     try:
-        load_backend(spec).run_save({"w": torch.arange(4.0)}, path, process_group=_GROUPS[(2, 3)])
+        select_backend(spec).run_save({"w": torch.arange(4.0)}, path, process_group=_GROUPS[(2, 3)])
     except Exception:  # noqa: BLE001 - the outcome is the point
         return "raised"
     return "saved"
@@ -27,7 +27,7 @@ def save_a_key_only_rank_1_holds(spec: str, path: str) -> str:
     """On 2 ranks: both hold ``a``, rank 1 alone holds ``b``; save, then load both back on the
     same ranks: "loaded", "wrong value" or "raised"."""
     rank = dist.get_rank()
-    backend = load_backend(spec)
+    backend = select_backend(spec)
     state = {"a": torch.arange(2.0), **({"b": torch.arange(3.0) + 10} if rank == 1 else {})}
     backend.run_save(state, path)
     dest = {key: torch.zeros_like(value) for key, value in state.items()}

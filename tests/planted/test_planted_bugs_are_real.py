@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ckptconf.conformance import load_backend
+from ckptconf.conformance import select_backend
 from ckptconf.conformance.kit.injection import FaultyStorageWriter
 from ckptconf.harness.simulated import (
     checkpointable,
@@ -59,7 +59,7 @@ REFERENCE = "tests.planted._common:reference_parts"
 
 
 def backend_of(name: str):
-    return load_backend(f"{_module_of(name)}:{name}")
+    return select_backend(f"{_module_of(name)}:{name}")
 
 
 def _module_of(name: str) -> str:
@@ -111,7 +111,7 @@ def test_registry_names_specs_and_descriptions():
     names = [b.name for b in PLANTED]
     assert len(names) == len(set(names)) >= 45
     for bug in PLANTED:
-        backend = load_backend(bug.spec)
+        backend = select_backend(bug.spec)
         assert backend.name == bug.name
         assert bug.description and "\n" not in bug.description
         assert bug.target_suites
@@ -235,7 +235,7 @@ def _loads_wrong_on_two_ranks(tmp_path: Path, bug: str, saved: tuple, loaded: tu
     )
 
     case = SaveLoadCase((TensorSpec("w", (5, 3)),), (Layout(*saved),), (Layout(*loaded),), 2, 2)
-    check_save_then_load(load_backend(REFERENCE), case, tmp_path / "good")
+    check_save_then_load(select_backend(REFERENCE), case, tmp_path / "good")
     with pytest.raises(ConformanceFailure, match="loaded value.* differ from what was saved"):
         check_save_then_load(backend_of(bug), case, tmp_path / "bad")
 
@@ -325,7 +325,7 @@ def test_nondeterministic_plan_order():
 def test_ranged_read_off_by_bytes(path):
     shape = (1024,)  # 8 KiB of float64: the piece starts mid-page
     for name, expect_right in (("reference", True), ("ranged_read_off_by_bytes", False)):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         target = f"{path}-{name}"
         backend.run_save(piece_state("w", shape, [((0,), shape)]), target)
         dest = piece_state("w", shape, [((700,), (100,))], blank=True)
@@ -337,7 +337,7 @@ def test_ranged_read_off_by_bytes(path):
 def test_last_chunk_skipped(path):
     state = {"a": torch.arange(3.0), "b": torch.arange(4.0) + 1}
     good = save_load(
-        load_backend(REFERENCE), state, {"a": torch.zeros(3), "b": torch.zeros(4)}, path
+        select_backend(REFERENCE), state, {"a": torch.zeros(3), "b": torch.zeros(4)}, path
     )
     bad = save_load(
         backend_of("last_chunk_skipped"),
@@ -352,7 +352,7 @@ def test_last_chunk_skipped(path):
 def test_empty_shards_dropped(path):
     fill = index_encoded((4,))
     state = {"w": chunk_list_value("w", (4,), [((0,), (4,)), ((4,), (0,))], fill=fill)}
-    load_backend(REFERENCE).run_save(state, path)
+    select_backend(REFERENCE).run_save(state, path)
     assert len(FileSystemReader(path).read_metadata().state_dict_metadata["w"].chunks) == 2
     error = raises(lambda: backend_of("empty_shards_dropped").run_save(state, path + "2"))
     assert error is not None and "no data region" in str(error)
@@ -360,7 +360,7 @@ def test_empty_shards_dropped(path):
 
 def test_truncated_final_write(path):
     state = {"a": torch.arange(10.0)}
-    good = save_load(load_backend(REFERENCE), state, {"a": torch.zeros(10)}, path)
+    good = save_load(select_backend(REFERENCE), state, {"a": torch.zeros(10)}, path)
     assert torch.equal(good["a"], state["a"])
     backend = backend_of("truncated_final_write")
     backend.run_save(state, path + "2")  # reported as success
@@ -371,7 +371,7 @@ def test_truncated_final_write(path):
 def test_reader_ignores_storage_offsets(path):
     shape = (8,)
     for name, expect_right in (("reference", True), ("reader_ignores_storage_offsets", False)):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         target = f"{path}-{name}"
         backend.run_save(piece_state("w", shape, [((0,), (8,))]), target)
         dest = piece_state("w", shape, [((3,), (4,))], blank=True)
@@ -389,9 +389,9 @@ def _flip_first_data_byte(path: str) -> None:
 
 def test_checksum_not_verified(path):
     state = {"a": torch.arange(8.0)}
-    load_backend(REFERENCE).run_save(state, path)
+    select_backend(REFERENCE).run_save(state, path)
     _flip_first_data_byte(path)
-    error = raises(lambda: load_backend(REFERENCE).run_load({"a": torch.zeros(8)}, path))
+    error = raises(lambda: select_backend(REFERENCE).run_load({"a": torch.zeros(8)}, path))
     assert isinstance(error, CheckpointError) and "checksum mismatch" in str(error)
     dest = {"a": torch.zeros(8)}
     backend_of("checksum_not_verified").run_load(dest, path)
@@ -400,7 +400,7 @@ def test_checksum_not_verified(path):
 
 def test_read_errors_become_zeros(path):
     state = {"a": torch.arange(8.0) + 1}
-    load_backend(REFERENCE).run_save(state, path)
+    select_backend(REFERENCE).run_save(state, path)
     _flip_first_data_byte(path)
     dest = {"a": torch.full((8,), 5.0)}
     backend_of("read_errors_become_zeros").run_load(dest, path)
@@ -409,7 +409,7 @@ def test_read_errors_become_zeros(path):
 
 def test_stale_metadata_cache(path):
     for name in ("reference", "stale_metadata_cache"):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         target = f"{path}-{name}"
         save_load(backend, {"a": torch.zeros(3)}, {"a": torch.ones(3)}, target)
         loaded = save_load(backend, {"a": torch.full((3,), 7.0)}, {"a": torch.ones(3)}, target)
@@ -418,7 +418,7 @@ def test_stale_metadata_cache(path):
 
 def test_resave_leaves_old_keys(path):
     for name in ("reference", "resave_leaves_old_keys"):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         target = f"{path}-{name}"
         backend.run_save({"a": torch.zeros(2), "old": torch.zeros(2)}, target)
         backend.run_save({"a": torch.ones(2)}, target)
@@ -428,7 +428,7 @@ def test_resave_leaves_old_keys(path):
 
 def test_metadata_missing_bytes_entries(path):
     state = {"t": torch.arange(2.0), "step": 5}
-    good = save_load(load_backend(REFERENCE), state, {"t": torch.zeros(2), "step": None}, path)
+    good = save_load(select_backend(REFERENCE), state, {"t": torch.zeros(2), "step": None}, path)
     assert good["step"] == 5
     backend_of("metadata_missing_bytes_entries").run_save(state, path + "2")
     entries = FileSystemReader(path + "2").read_metadata().state_dict_metadata
@@ -437,7 +437,7 @@ def test_metadata_missing_bytes_entries(path):
 
 def test_overwrites_in_place(path):
     for name in ("reference", "overwrites_in_place"):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         target = f"{path}-{name}"
         backend.run_save(
             {"first_key_with_a_long_name": torch.zeros(2), "b": torch.zeros(3)}, target
@@ -450,7 +450,7 @@ def test_overwrites_in_place(path):
 
 def test_prefix_listing(path):
     for name in ("reference", "prefix_listing"):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         backend.run_save({"a": torch.zeros(2)}, f"{path}-{name}/step_1")
         backend.run_save({"b": torch.ones(2)}, f"{path}-{name}/step_10")
         keys = set(
@@ -461,10 +461,10 @@ def test_prefix_listing(path):
 
 def test_zero_fill_short_read(path):
     state = {"a": torch.arange(8.0) + 1}
-    load_backend(REFERENCE).run_save(state, path)
+    select_backend(REFERENCE).run_save(state, path)
     data_file = next(Path(path).glob("gen-*/r0.bin"))
     data_file.write_bytes(data_file.read_bytes()[:-8])  # the last two float32 elements cut
-    error = raises(lambda: load_backend(REFERENCE).run_load({"a": torch.zeros(8)}, path))
+    error = raises(lambda: select_backend(REFERENCE).run_load({"a": torch.zeros(8)}, path))
     assert isinstance(error, CheckpointError), error
     dest = {"a": torch.full((8,), 5.0)}
     backend_of("zero_fill_short_read").run_load(dest, path)
@@ -486,20 +486,20 @@ def on_rank_one(monkeypatch):
 
 
 def test_exception_swallowed_on_non_coordinator(path, on_rank_one):
-    assert _faulty_save(load_backend(REFERENCE), path, "prepare_local_plan") is not None
+    assert _faulty_save(select_backend(REFERENCE), path, "prepare_local_plan") is not None
     bug = backend_of("exception_swallowed_on_non_coordinator")
     assert _faulty_save(bug, path + "2", "prepare_local_plan") is None
 
 
 def test_failed_write_future_ignored(path):
-    good = _faulty_save(load_backend(REFERENCE), path, "write_data_future")
+    good = _faulty_save(select_backend(REFERENCE), path, "write_data_future")
     bad = _faulty_save(backend_of("failed_write_future_ignored"), path + "2", "write_data_future")
     assert "injected fault at write_data_future" in str(good)
     assert bad is not None and "injected fault" not in str(bad)
 
 
 def test_error_raised_only_on_coordinator(path, on_rank_one):
-    assert _faulty_save(load_backend(REFERENCE), path, "write_data") is not None
+    assert _faulty_save(select_backend(REFERENCE), path, "write_data") is not None
     assert (
         _faulty_save(backend_of("error_raised_only_on_coordinator"), path + "2", "write_data")
         is None
@@ -530,7 +530,7 @@ def test_hang_on_non_coordinator_after_failure(path, on_rank_one, monkeypatch):
 
 
 def _previous_survives(name: str, path: str, hook: str) -> bool:
-    backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+    backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
     backend.run_save({"a": torch.arange(4.0)}, path)
     writer = FaultyStorageWriter(backend.storage_writer(path), hook=hook, rank=0)
     assert raises(lambda: backend.run_save({"a": torch.ones(4)}, path, storage_writer=writer))
@@ -565,7 +565,7 @@ def test_async_reads_live_tensors(path):
     import threading
 
     for name, expect_saved in (("reference", 0.0), ("async_reads_live_tensors", -1.0)):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         state = {"a": torch.zeros(1000)}
         busy = threading.Event()  # hold the bug's save thread until the state has changed
         asyncsave._executor("live").submit(busy.wait, 30)
@@ -590,7 +590,7 @@ def test_async_objects_not_copied(path):
     import threading
 
     for name, expect in (("reference", [1]), ("async_objects_not_copied", [1, 2])):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         state = {"t": torch.zeros(1), "o": [1]}
         staged = asyncsave.stage_tensors_only(state) if name != "reference" else None
         if staged is not None:
@@ -610,7 +610,7 @@ def test_async_objects_not_copied(path):
 
 
 def _rejects(name: str, saved: dict, dest: dict, path: str) -> bool:
-    backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+    backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
     backend.run_save(saved, path)
     return raises(lambda: backend.run_load(dest, path)) is not None
 
@@ -652,7 +652,7 @@ def test_contract_checked_after_load(path):
 
 def test_objects_decoded_as_none(path):
     state = {"t": torch.zeros(1), "o": [np.float64(1.5), {"a"}, 1]}
-    good = save_load(load_backend(REFERENCE), state, {"t": torch.zeros(1), "o": None}, path)
+    good = save_load(select_backend(REFERENCE), state, {"t": torch.zeros(1), "o": None}, path)
     bad = save_load(
         backend_of("objects_decoded_as_none"), state, {"t": torch.zeros(1), "o": None}, path + "2"
     )
@@ -661,7 +661,9 @@ def test_objects_decoded_as_none(path):
 
 def test_nested_objects_set_by_flat_key(path):
     state = {"x": {"o": 5, "t": torch.ones(1)}}
-    good = save_load(load_backend(REFERENCE), state, {"x": {"o": None, "t": torch.zeros(1)}}, path)
+    good = save_load(
+        select_backend(REFERENCE), state, {"x": {"o": None, "t": torch.zeros(1)}}, path
+    )
     bad = save_load(
         backend_of("nested_objects_set_by_flat_key"),
         state,
@@ -681,7 +683,7 @@ def test_bytes_values_lost(path):
 
 def test_dotted_keys_split_on_load(path):
     state = {"a.b": 5, "t": torch.zeros(1)}
-    good = save_load(load_backend(REFERENCE), state, {"a.b": None, "t": torch.zeros(1)}, path)
+    good = save_load(select_backend(REFERENCE), state, {"a.b": None, "t": torch.zeros(1)}, path)
     bad = save_load(
         backend_of("dotted_keys_split_on_load"),
         state,
@@ -695,7 +697,7 @@ def test_dotted_keys_split_on_load(path):
 def test_list_containers_loaded_as_dicts(path):
     state = {"layers": [torch.ones(1), torch.ones(2)]}
     good = save_load(
-        load_backend(REFERENCE), state, {"layers": [torch.zeros(1), torch.zeros(2)]}, path
+        select_backend(REFERENCE), state, {"layers": [torch.zeros(1), torch.zeros(2)]}, path
     )
     bad = save_load(
         backend_of("list_containers_loaded_as_dicts"),
@@ -709,7 +711,7 @@ def test_list_containers_loaded_as_dicts(path):
 def test_noncontiguous_destination_copy(path):
     state = {"a": torch.arange(6.0).reshape(2, 3)}
     for name, filled in (("reference", True), ("noncontiguous_destination_copy", False)):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         dest = {"a": torch.zeros(3, 2).t()}
         save_load(backend, state, dest, f"{path}-{name}")
         assert torch.equal(dest["a"], state["a"]) == filled, name
@@ -735,7 +737,7 @@ def test_size0_tensors_dropped(path):
 def test_bfloat16_saved_as_float16(path):
     state = {"a": torch.arange(1.0, 9.0, dtype=torch.bfloat16)}
     for name, same in (("reference", True), ("bfloat16_saved_as_float16", False)):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         dest = save_load(
             backend, state, {"a": torch.zeros(8, dtype=torch.bfloat16)}, f"{path}-{name}"
         )
@@ -753,7 +755,7 @@ def test_bool_saved_as_uint8(path):
 def test_noncontiguous_view_storage_written(path):
     state = {"a": torch.arange(6.0).reshape(3, 2).t()}
     for name, same in (("reference", True), ("noncontiguous_view_storage_written", False)):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         dest = save_load(backend, state, {"a": torch.zeros(2, 3)}, f"{path}-{name}")
         assert torch.equal(dest["a"], state["a"]) == same, name
 
@@ -769,7 +771,7 @@ def test_tied_weights_saved_once(path):
 def test_key_collision_silent(path):
     state = {"a.b": torch.zeros(1), "a": {"b": torch.ones(1)}}
     assert isinstance(
-        raises(lambda: load_backend(REFERENCE).run_save(state, path)), CheckpointError
+        raises(lambda: select_backend(REFERENCE).run_save(state, path)), CheckpointError
     )
     backend_of("key_collision_silent").run_save(state, path + "2")
     assert set(FileSystemReader(path + "2").read_metadata().state_dict_metadata) == {"a.b"}
@@ -819,7 +821,7 @@ def test_unexpected_keys_checked_per_rank(path):
 
     from tests.planted.per_rank import PerRankKeysLoadPlanner
 
-    load_backend(REFERENCE).run_save({"a": torch.zeros(2), "b": torch.ones(2)}, path)
+    select_backend(REFERENCE).run_save({"a": torch.zeros(2), "b": torch.ones(2)}, path)
     metadata = FileSystemReader(path).read_metadata()
     for planner_type, accepted in ((ReferenceLoadPlanner, True), (PerRankKeysLoadPlanner, False)):
         planners = [planner_type(), planner_type()]  # two ranks: one holds a, the other b
@@ -832,9 +834,9 @@ def test_unexpected_keys_checked_per_rank(path):
 
 def test_int_keys_stringified_on_load(path):
     state = {"opt": {0: {"step": torch.tensor(2.0), "n": 7}}}
-    load_backend(REFERENCE).run_save(state, path)
+    select_backend(REFERENCE).run_save(state, path)
     for name, gains_str_key in (("reference", False), ("int_keys_stringified_on_load", True)):
-        backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+        backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
         dest = {"opt": {0: {"step": torch.tensor(0.0), "n": 0}}}
         backend.run_load(dest, path)
         assert ("0" in dest["opt"]) == gains_str_key, (name, dest)
@@ -842,9 +844,9 @@ def test_int_keys_stringified_on_load(path):
 
 
 def test_meta_destinations_skipped(path):
-    load_backend(REFERENCE).run_save({"w": torch.arange(4.0)}, path)
+    select_backend(REFERENCE).run_save({"w": torch.arange(4.0)}, path)
     error = raises(
-        lambda: load_backend(REFERENCE).run_load({"w": torch.empty(4, device="meta")}, path)
+        lambda: select_backend(REFERENCE).run_load({"w": torch.empty(4, device="meta")}, path)
     )
     assert isinstance(error, CheckpointError) and "meta device" in str(error)
     dest = {"w": torch.empty(4, device="meta")}
@@ -902,7 +904,7 @@ def _durability_events(name: str, path: str, monkeypatch) -> list[tuple[str, str
         events.append(("rename", os.path.basename(str(target))))
         return real_replace(source, target)
 
-    backend = load_backend(REFERENCE) if name == "reference" else backend_of(name)
+    backend = select_backend(REFERENCE) if name == "reference" else backend_of(name)
     backend.run_save({"a": torch.zeros(2)}, path)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)

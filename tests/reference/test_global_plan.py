@@ -14,7 +14,7 @@ import torch
 from ckptconf.bench.plan import local_plans
 from ckptconf.harness.simulated import mesh_values
 from ckptconf.reference import ReferenceSavePlanner
-from ckptconf.reference._compat import set_up_save_planner
+from ckptconf.reference.compat import set_up_save_planner
 from ckptconf.reference.dedup import dedup_save_plans
 from ckptconf.reference.global_plan import fast_global_plan
 from ckptconf.reference.plan_metadata import build_metadata

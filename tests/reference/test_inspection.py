@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from ckptconf.conformance.cli import UNKNOWN_FORMAT, main
+from ckptconf.cli import UNKNOWN_FORMAT, main
 from ckptconf.reference import (
     UnknownFormatError,
     UnsafeMetadataError,

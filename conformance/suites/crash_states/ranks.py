@@ -7,11 +7,11 @@ from contextlib import ExitStack
 from typing import Any
 
 import torch.distributed as dist
+from ckptconf.harness.crash.recording import RecorderUnavailable, recording
 
 from ...backend import Backend
 from ...kit.cases import SaveLoadCase
 from ...kit.values import blank_state, build_state, call_outcome, compare_state
-from .recording import RecorderUnavailable, recording
 
 __all__ = ["load_states", "save_recorded"]
 

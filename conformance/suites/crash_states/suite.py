@@ -2,8 +2,8 @@
 
 strict (``atomic_commit``), for backends that save into a local folder: checkpoint A is
 saved, then checkpoint B is saved to the same path while strace records every
-file-system call of every rank (:mod:`.recording`). From the recording, the states a
-crash could leave are rebuilt (:mod:`.states`) under two models: a process crash after
+file-system call of every rank (:mod:`ckptconf.harness.crash.recording`). From the recording, the states a
+crash could leave are rebuilt (:mod:`ckptconf.harness.crash.states`) under two models: a process crash after
 any prefix of the operations, and a power loss after any prefix in which everything not
 yet made durable by fsync is dropped. Each state is loaded with the backend's reader:
 
@@ -25,6 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ckptconf.harness.crash.filetree import Files, FileTree, Operation
+from ckptconf.harness.crash.operations import UnreplayableCall, file_operations
+from ckptconf.harness.crash.recording import recorder_unavailable
+from ckptconf.harness.crash.states import (
+    MODELS,
+    CrashState,
+    crash_states,
+    describe_files,
+    materialise,
+)
+from ckptconf.harness.crash.syscalls import TraceSyntaxError, TruncatedString, read_trace_files
 from hypothesis import Phase
 
 from ...kit import values
@@ -34,11 +45,6 @@ from ...kit.outcomes import unsupported
 from ...kit.profiles import property_test
 from . import ranks
 from .cases import crash_cases, plain_case, state_budget
-from .filetree import Files, FileTree, Operation
-from .operations import UnreplayableCall, file_operations
-from .recording import recorder_unavailable
-from .states import MODELS, CrashState, crash_states, describe_files, materialise
-from .syscalls import TraceSyntaxError, TruncatedString, read_trace_files
 
 __all__ = ["CrashStatesTests"]
 

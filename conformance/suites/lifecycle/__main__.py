@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from ckptconf.conformance.kit.running import PoolRanks
     from ckptconf.conformance.kit.trial import Checker
     from ckptconf.conformance.kit.verdicts import KnownHang
-    from ckptconf.conformance.loading import load_backend
+    from ckptconf.conformance.selection import select_backend
     from ckptconf.harness import shutdown_all
 
     from .runner import KnownEntries, Runner
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = parse_steps(args.steps)
     except ValueError as exc:
         parser.error(str(exc))
-    backend = load_backend(args.backend)
+    backend = select_backend(args.backend)
     root = tempfile.mkdtemp(prefix="ckptconf-lifecycle-")
     count = iter(range(10**9))
     checker = Checker(
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 def _entries(backend, *, strict: bool) -> list:
     """The entries about the lifecycle test of the backend's expectations and its parent's."""
     from ckptconf.conformance.expectations import Expectations
-    from ckptconf.conformance.loading import load_backend
+    from ckptconf.conformance.selection import select_backend
 
     test = "lifecycle::test_lifecycle" + ("_with_failed_saves" if strict else "")
     files = [backend.expectations]
     if backend.inherits:
-        files.append(load_backend(backend.inherits).expectations)
+        files.append(select_backend(backend.inherits).expectations)
     return [e for path in files if path for e in Expectations.load(path).for_test(test)]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from ckptconf.reference._compat import async_save_future, local_shards_wrapper
+from ckptconf.reference.compat import async_save_future, local_shards_wrapper
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     MetadataIndex,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from ckptconf.reference._compat import checkpointable_protocol, local_shards_wrapper
+from ckptconf.reference.compat import checkpointable_protocol, local_shards_wrapper
 from hypothesis import Phase
 
 from ...kit.cases import SaveLoadCase, TensorSpec

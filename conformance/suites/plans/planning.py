@@ -17,7 +17,7 @@ from ckptconf.harness.simulated import (
     simulate_save,
     simulate_save_planning,
 )
-from ckptconf.reference._compat import add_note, set_up_save_planner
+from ckptconf.reference.compat import add_note, set_up_save_planner
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
 

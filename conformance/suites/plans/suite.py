@@ -413,7 +413,7 @@ def _dcp_verdict(plans, metadata) -> str:
         from torch.distributed.checkpoint.default_planner import _validate_global_plan
     except ImportError:
         return "(not available in this torch)"
-    from ckptconf.reference._compat import dcp_validation_errors
+    from ckptconf.reference.compat import dcp_validation_errors
 
     errors = dcp_validation_errors(_validate_global_plan(plans, metadata))
     return "; ".join(errors) if errors else "no error"

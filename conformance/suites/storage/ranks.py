@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ckptconf.harness.world import per_group
-from ckptconf.reference._compat import set_up_storage_reader, set_up_storage_writer
+from ckptconf.reference.compat import set_up_storage_reader, set_up_storage_writer
 
 from ...backend import Backend
 from ...kit.cases import SaveLoadCase, encoded_tensor

@@ -1,5 +1,8 @@
 """Differences between torch DCP versions, detected by feature, never by version string.
 
+Public: a backend or a test that must run on several torch versions can use these probes
+instead of its own (``from ckptconf.reference.compat import accepts_kwargs``).
+
 Versions named are the ones these facts were read from; the code never compares them.
 
 | what                                     | how it varies                                   | detected by |

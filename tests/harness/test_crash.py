@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from ckptconf.conformance.suites.crash_states.filetree import (
+from ckptconf.harness.crash.filetree import (
     Create,
     FileTree,
     Rename,
@@ -18,17 +18,17 @@ from ckptconf.conformance.suites.crash_states.filetree import (
     Unlink,
     Write,
 )
-from ckptconf.conformance.suites.crash_states.operations import (
+from ckptconf.harness.crash.operations import (
     UnreplayableCall,
     file_operations,
 )
-from ckptconf.conformance.suites.crash_states.recording import recorder_unavailable
-from ckptconf.conformance.suites.crash_states.states import (
+from ckptconf.harness.crash.recording import recorder_unavailable
+from ckptconf.harness.crash.states import (
     crash_points,
     crash_states,
     describe_files,
 )
-from ckptconf.conformance.suites.crash_states.syscalls import (
+from ckptconf.harness.crash.syscalls import (
     TruncatedString,
     decode_string,
     descriptor,
@@ -162,7 +162,7 @@ def test_a_state_is_described_by_whose_bytes_each_file_holds():
 
 _RECORD = """
 import os, sys, threading
-from ckptconf.conformance.suites.crash_states.recording import recording
+from ckptconf.harness.crash.recording import recording
 root, prefix = sys.argv[1], sys.argv[2]
 early = os.open(os.path.join(root, "early"), os.O_WRONLY)
 with recording(prefix):

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..report import render_markdown
+    from ckptconf.conformance.report import render_markdown
 
     try:
         with open(args.path) as file:

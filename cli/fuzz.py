@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _fuzz(args: argparse.Namespace) -> int:
-    from ..fuzz import Campaign
-    from ..kit.budget import parse_duration
+    from ckptconf.conformance.fuzz import Campaign
+    from ckptconf.conformance.kit.budget import parse_duration
 
     try:
         seconds = parse_duration(args.budget)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..options import add_to_parser, as_pytest_args
+from ckptconf.conformance.options import add_to_parser, as_pytest_args
 
 __all__ = ["add_parser", "run"]
 
@@ -86,7 +86,7 @@ class _Progress:
     def pytest_runtest_logreport(self, report):
         if self.live or report.when != "call" and not (report.when == "setup" and report.skipped):
             return
-        from ..plugin import INFO
+        from ckptconf.conformance.session import INFO
 
         info = next((v for name, v in report.user_properties if name == INFO), None)
         outcome = info["outcome"] if info else report.outcome
@@ -106,7 +106,7 @@ class _Progress:
             self.progress.advance(self.task)
 
     def pytest_sessionfinish(self, session):
-        from ..plugin import report_of
+        from ckptconf.conformance.plugin import report_of
 
         if self.live:
             self.progress.stop()
@@ -128,13 +128,12 @@ def _outcome_style(outcome: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """``ckptconf run``: the suites against ``args.backend`` in a pytest session of their own."""
     import pytest
+    from ckptconf.conformance.kit.failures import render_brief
+    from ckptconf.conformance.kit.launched_ranks import launched_rank
+    from ckptconf.conformance.report import OUTCOMES
+    from ckptconf.conformance.selection import BackendSpecError, select_backend
     from rich.console import Console
     from rich.table import Table
-
-    from ..kit.failures import render_brief
-    from ..kit.launched_ranks import launched_rank
-    from ..loading import BackendSpecError, load_backend
-    from ..report import OUTCOMES
 
     rank = launched_rank()
     if rank:  # another rank of a launched world: it serves rank 0's steps, rank 0 reports
@@ -147,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         console.print("[red]-n does not combine with a launched world (torchrun)[/red]")
         return 2
     try:
-        backend = load_backend(args.backend)
+        backend = select_backend(args.backend)
     except BackendSpecError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
@@ -166,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
     if args.budget:
-        from ..kit.budget import parse_duration
+        from ckptconf.conformance.kit.budget import parse_duration
 
         try:
             parse_duration(args.budget)
@@ -263,9 +262,9 @@ def run(args: argparse.Namespace) -> int:
 def _expectations_problem(backend, args: argparse.Namespace) -> str | None:
     """Why the backend's expectations file (``--expectations``, else its own) or its parent's
     cannot be used (every bad entry, with file and line), or ``None``."""
-    from ..builtin import BUILT_IN, expectations_file
-    from ..expectations import Expectations, ExpectationsError
-    from ..kit.fixtures import suite_tests
+    from ckptconf.conformance.builtin import BUILT_IN, expectations_file
+    from ckptconf.conformance.expectations import Expectations, ExpectationsError
+    from ckptconf.conformance.suites import suite_test_names
 
     parent = args.inherit or backend.inherits
     if parent is not None and parent not in BUILT_IN:
@@ -274,7 +273,7 @@ def _expectations_problem(backend, args: argparse.Namespace) -> str | None:
     files.append(str(expectations_file(parent) or "") if parent else None)
     try:
         for path in filter(None, files):
-            Expectations.load(path, required=True).check_tests(suite_tests())
+            Expectations.load(path, required=True).check_tests(suite_test_names())
     except ExpectationsError as exc:
         return str(exc)
     return None
@@ -300,9 +299,9 @@ def _preflight(backend, device: str) -> str | None:
     A backend that cannot do this (an adapter that does not import, a writer that always
     raises) would fail every test the same way, for minutes; this says so in seconds.
     """
-    from ..kit.cases import Layout, SaveLoadCase, TensorSpec
-    from ..kit.failures import ConformanceFailure, HangFailure
-    from ..kit.trial import check_save_then_load
+    from ckptconf.conformance.kit.cases import Layout, SaveLoadCase, TensorSpec
+    from ckptconf.conformance.kit.failures import ConformanceFailure, HangFailure
+    from ckptconf.conformance.kit.trial import check_save_then_load
 
     case = SaveLoadCase((TensorSpec("preflight.w", (4,), "float32", 1),), (Layout(),), (Layout(),))
     try:

@@ -45,13 +45,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from ..builtin import BUILT_IN
+    from ckptconf.conformance.builtin import BUILT_IN
 
     for name, factory in BUILT_IN.items():
         backend = factory()
         unsupported = ", ".join(sorted(backend.unsupported)) or "-"
         print(f"{name:18} {backend.description}\n{'':18} declared unsupported: {unsupported}")
-    from ..adapters import ADAPTERS
+    from ckptconf.conformance.adapters import ADAPTERS
 
     print("adapters (third-party packages):")
     for name, adapter in ADAPTERS.items():
@@ -62,7 +62,7 @@ def _backends(args: argparse.Namespace) -> int:
 
 
 def _backends_page(args: argparse.Namespace) -> int:
-    from ..backends_page import render_backends_page
+    from ckptconf.conformance.backends_page import render_backends_page
 
     reports = []
     for path in args.paths:

@@ -1,7 +1,0 @@
-"""``python -m ckptconf.conformance.cli``: the ``ckptconf`` command."""
-
-import sys
-
-from . import main
-
-sys.exit(main())
