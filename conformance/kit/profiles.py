@@ -203,13 +203,6 @@ def _judged(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def run_example(self, ckpt, data, **kwargs):
-        owner = run_example.ckptconf_test  # the hypothesis test around this function
-        if getattr(owner, "ckptconf_session", None) is not getattr(ckpt, "session", None):
-            raise RuntimeError(
-                f"{fn.__qualname__}: its hypothesis settings were not resolved for this session; "
-                "a property test runs through the ckpt fixture, which gives it the session's "
-                "profile (ckptconf.conformance.kit.profiles.resolve)"
-            )
         verdict = getattr(ckpt, "verdict", None)
         share = getattr(ckpt, "share", None)  # the run's time budget: checked at its first step
         if share is not None:
@@ -287,10 +280,20 @@ def property_test(
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         judged = _judged(fn)
-        test = given(data=st.data())(judged)
+
+        @functools.wraps(fn)
+        def resolved(self, ckpt, data, **kwargs):
+            if test.ckptconf_session is not getattr(ckpt, "session", None):
+                raise RuntimeError(
+                    f"{fn.__qualname__}: its hypothesis settings were not resolved for this "
+                    "session; a property test runs through the ckpt fixture, which gives it the "
+                    "session's profile (ckptconf.conformance.kit.profiles.resolve)"
+                )
+            return judged(self, ckpt=ckpt, data=data, **kwargs)
+
+        test = given(data=st.data())(resolved)
         for case in reversed(pinned):
             test = example(data=case)(test)
-        judged.ckptconf_test = test
         test.ckptconf_overrides = dict(overrides)
         test.ckptconf_max_examples = max_examples
         test.ckptconf_session = None  # set by resolve()
