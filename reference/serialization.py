@@ -18,7 +18,9 @@ ranks with different string-hash seeds (torchrun) have equal bytes.
 enum, a dataclass, a ``torch.Generator``, a lambda, a numpy object array) is refused when it is
 saved, naming its key and type, so a save that succeeds is loadable. Reading never runs code
 from the checkpoint. Objects DCP wrote holding such types (pickled by their own classes) are
-refused on load, naming the type, unless the program allow-lists it itself.
+refused on load, naming the type, unless the program allow-lists it itself; numpy's own
+pickling is refused even then (a program's imports can widen torch's process-wide list:
+``megatron.core`` adds numpy's at import).
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ def decode_object(data: bytes | io.BytesIO, *, key: str = "?") -> Any:
     if not stream.getbuffer().nbytes:
         raise UnsafeObjectError(
             f"object for key {key!r} cannot be loaded: its stored bytes are empty"
+        )
+    refused = _refused_globals(stream)
+    if refused:
+        raise UnsafeObjectError(
+            f"object for key {key!r} cannot be loaded safely: it holds a {refused[0]}, numpy's "
+            "own pickling, which rebuilds arrays from a raw description of memory; refused even "
+            "where the program allow-lists it (importing megatron.core adds numpy's to torch's "
+            "weights-only list for the whole process). Store numpy values with "
+            "ckptconf.reference (as .npy bytes) or convert them to tensors"
         )
     _allow_rebuild()
     try:
@@ -398,6 +409,39 @@ _BUILDERS = {
     "numpy_dtype": lambda data: _array(data).dtype.fields["dtype"][0],
     "numpy_type": lambda data: _array(data).dtype.type,
 }
+
+
+def _refused_globals(stream: io.BytesIO) -> list[str]:
+    """The globals of numpy that the pickle in ``stream`` (a ``torch.save`` zip, or the legacy
+    format's first pickles) names, read without unpickling (:func:`pickletools.genops`).
+
+    torch's weights-only unpickler builds only what its allowlist holds; that list is
+    process-wide and a program's imports may widen it (``megatron.core`` adds numpy's
+    ``_reconstruct``, ``ndarray`` and ``dtype``). numpy's own unpickling is refused here
+    whatever the list says. Only ``GLOBAL`` opcodes name anything: the weights-only unpickler
+    supports no other way. A pickle that does not parse is left to ``torch.load``'s refusal."""
+    import pickletools
+    import zipfile
+
+    names: list[str] = []
+    start = stream.tell()
+    try:
+        if zipfile.is_zipfile(stream):
+            with zipfile.ZipFile(stream) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                pickles = [io.BytesIO(archive.read(member))] if member else []
+        else:
+            stream.seek(start)
+            pickles = [stream] * 5  # magic, protocol, system info, the object, storage keys
+        for source in pickles:
+            for opcode, argument, _ in pickletools.genops(source):
+                if opcode.name == "GLOBAL":
+                    names.append(str(argument).replace(" ", "."))
+    except Exception:  # noqa: BLE001 - malformed: torch.load refuses it with its own words
+        pass
+    finally:
+        stream.seek(start)
+    return [n for n in names if n == "numpy" or n.startswith("numpy.")]
 
 
 def _allow_rebuild() -> None:

@@ -381,8 +381,8 @@ def test_numpy_values_pickled_by_numpy_are_refused_naming_the_global():
     arrays over arbitrary memory: the reference never allows it, and names what it refused."""
     from ckptconf.reference.serialization import UnsafeObjectError, decode_object
 
-    # a program may allow-list numpy itself (importing megatron.core does, for the whole
-    # process), and the reference honours the program's list: test without such an entry
+    # here without such an entry (an earlier test's import of megatron.core adds numpy's);
+    # test_numpy_pickling_is_refused_even_where_the_program_allow_lists_it has it
     before = torch.serialization.get_safe_globals()
     theirs = [g for g in before if _name_of(g) in numpy_global_names()]
     try:
@@ -395,6 +395,27 @@ def test_numpy_values_pickled_by_numpy_are_refused_naming_the_global():
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(before)
     assert numpy_global_names().isdisjoint(allowed)  # the reference added none of them
+
+
+def test_numpy_pickling_is_refused_even_where_the_program_allow_lists_it():
+    """A program's imports may allow-list numpy's own pickling for the whole process
+    (megatron.core does): torch then loads it, the reference still refuses it."""
+    from ckptconf.reference.serialization import UnsafeObjectError, decode_object
+
+    value = np.arange(3, dtype=np.uint32)
+    data = _numpy_pickled(value)
+    theirs = [value.__reduce__()[0], np.ndarray, np.dtype, type(value.dtype)]
+    with torch.serialization.safe_globals(theirs):
+        assert torch.load(io.BytesIO(data), weights_only=True).tolist() == [0, 1, 2]
+        with pytest.raises(
+            UnsafeObjectError,
+            match=r"key 'm'.*holds a numpy\.\S*_reconstruct.*refused even where the program",
+        ):
+            decode_object(data, key="m")
+        # the reference's own numpy values still load (stored as .npy bytes, not pickled)
+        from ckptconf.reference.serialization import encode_object
+
+        assert decode_object(encode_object(value, key="n"), key="n").tolist() == [0, 1, 2]
 
 
 def _name_of(entry) -> str:
