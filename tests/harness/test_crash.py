@@ -37,7 +37,7 @@ from ckptconf.harness.crash.syscalls import (
     split_arguments,
 )
 
-from .suite_runner import failure_text, run_conformance
+from tests.conformance.suite_runner import failure_text, run_conformance
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_strace = pytest.mark.skipif(
