@@ -31,11 +31,13 @@ each distinct one once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -379,6 +381,26 @@ def compact_global_plan(
     each rank's kept positions (``None``: all its items) and the metadata; ``None`` where the
     readable steps must decide (items of one key disagreeing on kind, dtype or size, replicas
     whose checksums differ, and whatever :func:`~.global_plan.plan_keys` gives up on)."""
+    with _gc_paused():
+        return _compact_global_plan(plans, dedup, verify_replicas, planner_data)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic collector off while the coordinator builds its plans and metadata: they
+    are a million acyclic objects at 10,000 ranks, and each collection they trigger walks every
+    object the process holds (a training process: its model; the benchmark: the local plans),
+    which at 10,000 ranks cost more than the planning. Reference counting still frees them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compact_global_plan(plans, dedup, verify_replicas, planner_data):
     registry: dict[str, int] = {}
     key_rows: list[tuple[int, int]] = []  # per global key: (rank, table index) of its first item
     mapping: dict[int, np.ndarray] = {}
@@ -423,6 +445,7 @@ def compact_global_plan(
     order = np.argsort(gids, kind="stable")
     bounds = np.searchsorted(gids[order], np.arange(len(key_rows) + 1))
     keys = []
+    made: dict[tuple, ChunkStorageMetadata] = {}
     for g, (first_rank, first_k) in enumerate(key_rows):
         rows = order[bounds[g] : bounds[g + 1]]
         table = plans[first_rank].table
@@ -438,7 +461,7 @@ def compact_global_plan(
             lows, extents = offsets[columns], lengths[columns]
             entry = KeyItems(
                 fqn, False, ranks[rows], positions[rows], lows, extents, size,
-                table.dtypes[first_k], chunks=_chunks(lows, extents), head=head,
+                table.dtypes[first_k], chunks=_chunks(lows, extents, made), head=head,
             )  # fmt: skip
         if checksums is not None and _replicas_differ(entry, checksums[rows], has[rows]):  # type: ignore[index]
             return None
@@ -463,12 +486,29 @@ def _head(plans, ranks: np.ndarray, positions: np.ndarray, size: tuple[int, ...]
     return head
 
 
-def _chunks(lows: np.ndarray, extents: np.ndarray):
+def _chunks(lows: np.ndarray, extents: np.ndarray, made: dict):
+    """The metadata chunks of rows of one key. ``torch.Size`` costs about 3 us to make, so one
+    chunk object is made per distinct box, shared by every key with that box, and a key whose
+    boxes are those of an earlier key (in an SPMD job, the many weights sharded alike) gets a
+    copy of that key's list (``made`` holds both): the object path likewise puts the plans'
+    own chunk objects in the metadata."""
+
     def chunks(rows: np.ndarray) -> list[ChunkStorageMetadata]:
-        return [
-            ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s))
-            for o, s in zip(lows[rows].tolist(), extents[rows].tolist())
-        ]
+        low, extent = np.ascontiguousarray(lows[rows]), np.ascontiguousarray(extents[rows])
+        layout = (low.shape, low.tobytes(), extent.tobytes())
+        known = made.get(layout)  # type: ignore[call-overload]
+        if known is not None:  # a key sharded as one before (an SPMD model's many weights)
+            return list(known)
+        out = []
+        for box in zip(map(tuple, low.tolist()), map(tuple, extent.tolist())):
+            chunk = made.get(box)
+            if chunk is None:
+                chunk = made[box] = ChunkStorageMetadata(
+                    offsets=torch.Size(box[0]), sizes=torch.Size(box[1])
+                )
+            out.append(chunk)
+        made[layout] = out  # type: ignore[index]
+        return list(out)
 
     return chunks
 
