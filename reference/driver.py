@@ -133,8 +133,9 @@ def _save(prepare, path, process_group, coordinator_rank, planner, storage_write
         metadata_box["metadata"] = metadata
         return writer.prepare_global_plan(plans)
 
-    if _plans_as_arrays(planner, writer):
-        # the reference's own planner and writer: plans travel as arrays, never pickled
+    if coord.use_dist and _plans_as_arrays(planner, writer):
+        # the reference's own planner and writer: plans travel as arrays, never pickled (one
+        # process has no wire: its plans stay the objects, as before issue 30)
         local_box: dict[str, SavePlan] = {}
 
         def local_bytes() -> bytes:
