@@ -118,12 +118,12 @@ def _compact_plan_seconds(
     (else NaN). The ranks' encoding of their local plans is not timed (nor is their pickling
     for DCP)."""
     from ckptconf.reference import ReferenceSavePlanner
-    from ckptconf.reference.compat import set_up_save_planner
     from ckptconf.reference.compact_plan import (
         decode_save_plans,
         encode_global_plan,
         encode_save_plan,
     )
+    from ckptconf.reference.compat import set_up_save_planner
 
     blobs = [encode_save_plan(plan) for plan in plans]  # what each rank sends
     best, best_wire = float("inf"), float("inf")

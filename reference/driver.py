@@ -11,7 +11,6 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlanner, SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
-from .compat import set_up_save_planner, set_up_storage_reader, set_up_storage_writer
 from .compact_plan import (
     decode_global_plan,
     decode_save_plans,
@@ -19,6 +18,7 @@ from .compact_plan import (
     encode_save_plan,
     finish_save_plan,
 )
+from .compat import set_up_save_planner, set_up_storage_reader, set_up_storage_writer
 from .coordination import Coordination
 from .filesystem import FileSystemReader, FileSystemWriter
 from .load_planner import ReferenceLoadPlanner
