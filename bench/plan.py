@@ -10,7 +10,11 @@ measured in one run, on one machine, so it compares like with like.
 
 In a real world the coordinator also unpickles every rank's local plan (DCP gathers them with
 ``gather_object``) and pickles every rank's global plan (``scatter_object_list``); with
-``wire=True`` that cost is measured too, once per planner, as ``wire_seconds``.
+``wire=True`` that cost is measured too, once per planner, as ``wire_seconds``. The
+reference's driver sends plans as arrays (:mod:`ckptconf.reference.compact_plan`, issue 30):
+its planning is ``create_global_plan_compact`` on the decoded plans (the same local plans,
+encoded by each rank) and its wire cost the coordinator's decoding of every rank's bytes and
+encoding of every rank's global plan (kept positions and the generation).
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ class PlanBench:
     def speedup(self) -> float:
         """DCP's time over the reference's: above 1, the reference is faster."""
         return self.dcp_seconds / self.reference_seconds
+
+    @property
+    def wire_speedup(self) -> float:
+        """DCP's planning plus (un)pickling over the reference's planning plus its array
+        (de)coding (NaN unless measured with ``wire``)."""
+        return (self.dcp_seconds + self.dcp_wire_seconds) / (
+            self.reference_seconds + self.reference_wire_seconds
+        )
 
 
 def _states(ranks: int, tensors: int) -> list[dict]:
@@ -97,6 +109,40 @@ def _global_plan_seconds(
     return best, time.perf_counter() - start
 
 
+def _compact_plan_seconds(
+    states: list[dict], plans: list, repeats: int, wire: bool = False
+) -> tuple[float, float]:
+    """The reference's driver path on ``plans``: best seconds of
+    ``create_global_plan_compact`` on the decoded array plans, and (if ``wire``) of the
+    coordinator's decoding of every rank's bytes plus encoding of every rank's global plan
+    (else NaN). The ranks' encoding of their local plans is not timed (nor is their pickling
+    for DCP)."""
+    from ckptconf.reference import ReferenceSavePlanner
+    from ckptconf.reference.compact_plan import (
+        decode_save_plans,
+        encode_global_plan,
+        encode_save_plan,
+    )
+    from ckptconf.reference.compat import set_up_save_planner
+
+    blobs = [encode_save_plan(plan) for plan in plans]  # what each rank sends
+    best, best_wire = float("inf"), float("inf")
+    for _ in range(repeats):
+        coordinator = ReferenceSavePlanner()
+        set_up_save_planner(coordinator, states[0], True)
+        start = time.perf_counter()
+        decoded = decode_save_plans(blobs)
+        decoding = time.perf_counter() - start
+        start = time.perf_counter()
+        kept, _ = coordinator.create_global_plan_compact(decoded)
+        best = min(best, time.perf_counter() - start)
+        start = time.perf_counter()
+        for positions in kept:
+            encode_global_plan(positions, "gen-0123456789abcdef")
+        best_wire = min(best_wire, decoding + time.perf_counter() - start)
+    return best, best_wire if wire else float("nan")
+
+
 def bench_plan(
     worlds: tuple[int, ...] = (256, 1024),
     tensors: int = 100,
@@ -108,7 +154,6 @@ def bench_plan(
     ``ReferenceSavePlanner`` per world size in ``worlds`` (and the coordinator's pickling of
     the plans, if ``wire``). DCP is not run on worlds above ``dcp_max_ranks`` (its seconds
     are NaN there): at 10,000 ranks it takes minutes."""
-    from ckptconf.reference import ReferenceSavePlanner
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     out = []
@@ -118,9 +163,7 @@ def bench_plan(
         dcp, dcp_wire = float("nan"), float("nan")
         if ranks <= dcp_max_ranks:
             dcp, dcp_wire = _global_plan_seconds(states, plans, DefaultSavePlanner, repeats, wire)
-        reference, ref_wire = _global_plan_seconds(
-            states, plans, ReferenceSavePlanner, repeats, wire
-        )
+        reference, ref_wire = _compact_plan_seconds(states, plans, repeats, wire)
         chunks = ranks * tensors + ranks
         out.append(PlanBench(ranks, tensors, chunks, dcp, reference, dcp_wire, ref_wire))
     return out

@@ -153,3 +153,16 @@ def set_group_timeouts(seconds: float) -> bool:
         with contextlib.suppress(Exception):
             setter(timedelta(seconds=seconds), group)
     return True
+
+
+def object_collective_device(group: Any) -> Any:
+    """The device DCP's object collectives use for ``group`` (``torch.distributed``'s private
+    ``_get_object_coll_device``: cuda for an NCCL group, else cpu), as a ``torch.device``."""
+    import torch
+    import torch.distributed.distributed_c10d as c10d
+
+    probe = getattr(c10d, "_get_object_coll_device", None)
+    kind = probe(group) if probe is not None else "cpu"
+    if kind == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(kind)

@@ -9,11 +9,15 @@ is left waiting for it.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
+from .compat import object_collective_device
 from .errors import CheckpointError, RankFailure
 
 __all__ = ["Coordination"]
@@ -22,6 +26,44 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _OK, _FAILED = "ok", "failed"
+_OK_BYTE, _FAILED_BYTE = b"\x00", b"\x01"
+
+
+def _framed(data: bytes, size: int, device: torch.device) -> torch.Tensor:
+    """``data`` behind its length (u64) in a uint8 tensor of ``8 + size`` bytes on ``device``."""
+    buffer = bytearray(8 + size)
+    buffer[:8] = struct.pack("<Q", len(data))
+    buffer[8 : 8 + len(data)] = data
+    return torch.frombuffer(buffer, dtype=torch.uint8).to(device)
+
+
+def _unframed(tensor: torch.Tensor) -> bytes:
+    """The bytes :func:`_framed` put in ``tensor``; ``ValueError`` if its length is wrong."""
+    raw = tensor.cpu().numpy().tobytes()
+    (length,) = struct.unpack_from("<Q", raw)
+    if length > len(raw) - 8:
+        raise ValueError(f"bytes off the wire claim {length} bytes in a frame of {len(raw) - 8}")
+    return raw[8 : 8 + length]
+
+
+def _failures_json(failures: dict[int, RankFailure]) -> bytes:
+    return json.dumps(
+        {str(r): [f.type_name, f.message, f.formatted] for r, f in failures.items()}
+    ).encode("utf-8")
+
+
+def _parse_failures(blob: bytes, sender: int) -> dict[int, RankFailure]:
+    """Failures sent as :func:`_failures_json` after a status byte, checked as untrusted input."""
+    try:
+        obj = json.loads(blob[1:].decode("utf-8"))
+        out = {}
+        for rank, (type_name, message, formatted) in obj.items():
+            if not all(isinstance(s, str) for s in (type_name, message, formatted)):
+                raise ValueError("not strings")
+            out[int(rank)] = RankFailure(type_name, message, formatted)
+        return out
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        return {sender: RankFailure("ValueError", f"unreadable bytes off the wire ({exc})", "")}
 
 
 class Coordination:
@@ -139,6 +181,85 @@ class Coordination:
         if status == _FAILED:
             self._raise(step, value)
         return value
+
+    def reduce_scatter_bytes(
+        self,
+        step: str,
+        local: Callable[[], bytes],
+        reduce: Callable[[list[bytes]], list[bytes]],
+    ) -> bytes:
+        """:meth:`reduce_scatter` of bytes, carried in tensors: nothing off the wire is unpickled.
+
+        Each rank's bytes (or its failure, as JSON) are gathered to the coordinator, which runs
+        ``reduce`` on them and sends rank i item i of its result; a failure anywhere raises the
+        same ``CheckpointError`` on every rank, as :meth:`reduce_scatter` does.
+        """
+        self._local_failure = None
+        status, value = self._attempt(local)
+        mine = (
+            _OK_BYTE + value if status == _OK else _FAILED_BYTE + _failures_json({self.rank: value})
+        )
+        gathered = self._gather_bytes(mine)
+        outcome: list[bytes] | None = None
+        if self.is_coordinator:
+            assert gathered is not None
+            failures: dict[int, RankFailure] = {}
+            for rank, blob in enumerate(gathered):
+                if blob[:1] != _OK_BYTE:
+                    failures.update(_parse_failures(blob, rank))
+            if not failures:
+                status, value = self._attempt(lambda: reduce([b[1:] for b in gathered]))
+                if status == _OK and len(value) != self.world_size:
+                    status, value = (
+                        _FAILED,
+                        RankFailure(
+                            "ValueError",
+                            f"{step}: the global step returned {len(value)} results for {self.world_size} ranks",
+                            "",
+                        ),
+                    )
+                if status == _OK:
+                    outcome = [_OK_BYTE + bytes(v) for v in value]
+                else:
+                    failures = {self.rank: value}
+            if outcome is None:
+                outcome = [_FAILED_BYTE + _failures_json(failures)] * self.world_size
+        blob = self._scatter_bytes(outcome)
+        if blob[:1] != _OK_BYTE:
+            self._raise(step, _parse_failures(blob, self.coordinator_rank))
+        return blob[1:]
+
+    def _gather_bytes(self, data: bytes) -> list[bytes] | None:
+        """Every rank's ``data`` on the coordinator (``None`` elsewhere), in uint8 tensors."""
+        if not self.use_dist:
+            return [data]
+        device = object_collective_device(self.group)
+        longest = torch.tensor([len(data)], dtype=torch.int64, device=device)
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.group)
+        buffer = _framed(data, int(longest.item()), device)
+        out = (
+            [torch.empty_like(buffer) for _ in range(self.world_size)]
+            if self.is_coordinator
+            else None
+        )
+        dist.gather(buffer, out, dst=self.global_coordinator, group=self.group)
+        return None if out is None else [_unframed(t) for t in out]
+
+    def _scatter_bytes(self, values: list[bytes] | None) -> bytes:
+        """Rank i's item of the coordinator's ``values``, in uint8 tensors."""
+        if not self.use_dist:
+            assert values is not None
+            return values[0]
+        device = object_collective_device(self.group)
+        longest = torch.tensor(
+            [max(map(len, values)) if values is not None else 0], dtype=torch.int64, device=device
+        )
+        dist.broadcast(longest, src=self.global_coordinator, group=self.group)
+        size = int(longest.item())
+        out = torch.empty(8 + size, dtype=torch.uint8, device=device)
+        pieces = [_framed(v, size, device) for v in values] if values is not None else None
+        dist.scatter(out, pieces, src=self.global_coordinator, group=self.group)
+        return _unframed(out)
 
     def all_reduce(self, step: str, local: Callable[[], T], reduce: Callable[[list[T]], R]) -> R:
         """Run ``local`` everywhere, ``reduce`` on the coordinator, and give every rank its result."""

@@ -8,9 +8,16 @@ from typing import Any
 
 import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata
-from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
+from torch.distributed.checkpoint.planner import LoadPlanner, SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
+from .compact_plan import (
+    decode_global_plan,
+    decode_save_plans,
+    encode_global_plan,
+    encode_save_plan,
+    finish_save_plan,
+)
 from .compat import set_up_save_planner, set_up_storage_reader, set_up_storage_writer
 from .coordination import Coordination
 from .filesystem import FileSystemReader, FileSystemWriter
@@ -18,6 +25,7 @@ from .load_planner import ReferenceLoadPlanner
 from .save_planner import ReferenceSavePlanner
 from .staging import StagingPool, stage_state_dict
 from .stateful import StatefulLoad, saved_state
+from .storage import ReferenceStorageWriter, plan_storage
 
 __all__ = ["save", "load", "async_save"]
 
@@ -57,6 +65,24 @@ def _location(storage: Any) -> str | None:
         if storage is None:
             return None
     return None
+
+
+def _plans_as_arrays(planner: SavePlanner, writer: StorageWriter) -> bool:
+    """Whether a save's plans can travel as arrays (:mod:`.compact_plan`): the reference's
+    planner and storage writer, their planning steps not overridden. Any other planner or
+    writer gets DCP's ``SavePlan`` objects, gathered and scattered as DCP does."""
+    return (
+        isinstance(planner, ReferenceSavePlanner)
+        and isinstance(writer, ReferenceStorageWriter)
+        and all(
+            getattr(type(planner), name) is getattr(ReferenceSavePlanner, name)
+            for name in ("create_local_plan", "create_global_plan", "create_global_plan_compact")
+        )
+        and all(
+            getattr(type(writer), name) is getattr(ReferenceStorageWriter, name)
+            for name in ("prepare_local_plan", "prepare_global_plan", "new_generation")
+        )
+    )
 
 
 def save(
@@ -107,10 +133,35 @@ def _save(prepare, path, process_group, coordinator_rank, planner, storage_write
         metadata_box["metadata"] = metadata
         return writer.prepare_global_plan(plans)
 
-    central_plan = coord.reduce_scatter("save planning", local_plan, global_plan)
+    if coord.use_dist and _plans_as_arrays(planner, writer):
+        # the reference's own planner and writer: plans travel as arrays, never pickled (one
+        # process has no wire: its plans stay the objects, as before issue 30)
+        local_box: dict[str, SavePlan] = {}
+
+        def local_bytes() -> bytes:
+            local_box["plan"] = local_plan()
+            return encode_save_plan(local_box["plan"])
+
+        def global_bytes(blobs: list[bytes]) -> list[bytes]:
+            kept, metadata = planner.create_global_plan_compact(decode_save_plans(blobs))
+            metadata_box["metadata"] = metadata
+            generation = writer.new_generation()
+            return [encode_global_plan(k, generation) for k in kept]
+
+        blob = coord.reduce_scatter_bytes("save planning", local_bytes, global_bytes)
+
+        def central_plan() -> SavePlan:  # in the writing step: a bad plan fails every rank
+            kept, generation = decode_global_plan(blob, len(local_box["plan"].items))
+            storage = plan_storage(generation, coord.rank)
+            return finish_save_plan(local_box["plan"], kept, storage)
+    else:
+        plan = coord.reduce_scatter("save planning", local_plan, global_plan)
+
+        def central_plan() -> SavePlan:
+            return plan
 
     def write():
-        future = writer.write_data(planner.finish_plan(central_plan), planner)
+        future = writer.write_data(planner.finish_plan(central_plan()), planner)
         future.wait()
         return future.value()
 

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
 import numpy as np
+import torch
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
+    ChunkStorageMetadata,
     Metadata,
     TensorProperties,
     TensorStorageMetadata,
@@ -38,9 +40,9 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
 from .compat import DCP_FORMAT_VERSION
-from .dedup import _order, write_item_key
+from .dedup import _order
 
-__all__ = ["fast_global_plan"]
+__all__ = ["KeyItems", "fast_global_plan", "plan_keys"]
 
 
 _LIMIT = 2**56  # sizes (and so byte counts) from here on go to the readable steps
@@ -61,6 +63,45 @@ class _Key:
     sizes: list[Any] = dataclasses.field(default_factory=list)  # each item's global size
     dtypes: list[Any] = dataclasses.field(default_factory=list)
     is_object: bool = False
+
+
+@dataclasses.dataclass
+class KeyItems:
+    """The write items of one key on every rank, in (rank, position) order, as arrays: what
+    :func:`plan_keys` plans. Made from DCP ``SavePlan`` objects (:func:`fast_global_plan`) or
+    from compact plans off the wire (:mod:`~ckptconf.reference.compact_plan`), so both give
+    one result.
+
+    ``ranks`` and ``positions``: ``(n,)`` int64, each item's rank and its index in that rank's
+    plan. For a tensor key, ``lows`` and ``extents``: ``(n, ndim)`` int64 chunk offsets and
+    sizes (elements), ``size`` the global size every item agrees on and ``dtype`` its dtype.
+    ``chunks(rows)`` gives the metadata chunks of those rows, ``head(row)`` the global size
+    object and ``requires_grad`` of one row (the first kept row's go into the metadata).
+    """
+
+    fqn: str
+    is_object: bool
+    ranks: np.ndarray
+    positions: np.ndarray
+    lows: np.ndarray | None = None
+    extents: np.ndarray | None = None
+    size: tuple[int, ...] = ()
+    dtype: Any = None
+    chunks: Callable[[np.ndarray], list[ChunkStorageMetadata]] | None = None
+    head: Callable[[int], tuple[torch.Size, bool]] | None = None
+
+    def item_key(self, row: int) -> tuple:
+        """:func:`~ckptconf.reference.dedup.write_item_key` of one row."""
+        if self.is_object:
+            return (self.fqn, None)
+        assert self.lows is not None and self.extents is not None
+        return (
+            self.fqn,
+            tuple(self.lows[row].tolist()),
+            tuple(self.extents[row].tolist()),
+            self.dtype,
+            tuple(self.size),
+        )
 
 
 def _group(plans: Sequence[SavePlan]) -> dict[str, _Key]:
@@ -93,13 +134,23 @@ def _group(plans: Sequence[SavePlan]) -> dict[str, _Key]:
     return keys
 
 
-def _boxes(entry: _Key) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Any]:
-    """Offsets and sizes of a tensor key's chunks as ``(n, ndim)`` int64 arrays, its global size
-    and dtype; gives up unless every item agrees on them and has the global size's rank."""
+def _key_items(fqn: str, entry: _Key) -> KeyItems:
+    """``entry`` as arrays; gives up unless every item agrees on global size and dtype and has
+    the global size's rank."""
+    ranks = np.asarray(entry.ranks, dtype=np.int64)
+    positions = np.asarray(entry.positions, dtype=np.int64)
+    items = entry.items
+
+    def head(row: int) -> tuple[torch.Size, bool]:
+        data = items[row].tensor_data
+        return data.size, data.properties.requires_grad
+
+    if entry.is_object:
+        return KeyItems(fqn, True, ranks, positions, head=head)
     size, dtype = tuple(entry.sizes[0]), entry.dtypes[0]
     n, ndim = len(entry.chunks), len(size)
-    if min(size, default=0) < 0 or math.prod(size) >= _LIMIT or max(size, default=0) >= _LIMIT:
-        raise _GiveUp  # in bounds of such a size, no sum or product below overflows int64
+    if not check_size(size):
+        raise _GiveUp
     # list.count compares in C: one pass, no Python call per item
     if entry.sizes.count(size) != n or entry.dtypes.count(dtype) != n:
         raise _GiveUp
@@ -112,7 +163,27 @@ def _boxes(entry: _Key) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Any]:
         highs = np.fromiter(chain.from_iterable(extents), dtype=np.int64, count=n * ndim)
     except OverflowError:
         raise _GiveUp from None
-    return lows.reshape(n, ndim), highs.reshape(n, ndim), size, dtype
+    chunks = entry.chunks
+    return KeyItems(
+        fqn,
+        False,
+        ranks,
+        positions,
+        lows.reshape(n, ndim),
+        highs.reshape(n, ndim),
+        size,
+        dtype,
+        chunks=lambda rows: [chunks[i] for i in rows.tolist()],
+        head=head,
+    )
+
+
+def check_size(size: tuple[int, ...]) -> bool:
+    """Whether a global size is one the array planning takes: no negative dim, fewer than
+    ``2**56`` elements (in bounds of such a size, no sum or product below overflows int64)."""
+    return not (
+        min(size, default=0) < 0 or max(size, default=0) >= _LIMIT or math.prod(size) >= _LIMIT
+    )
 
 
 def _in_bounds(lows: np.ndarray, extents: np.ndarray, size: tuple[int, ...]) -> bool:
@@ -176,29 +247,48 @@ def fast_global_plan(
     Returns the deduplicated plans (``planner_data`` dropped, as the planner does) and the
     metadata, identical to the readable steps' result, when the plans are of the common case
     and valid; ``None`` otherwise, and then the readable steps must run. Cost: one Python pass
-    over the items, then numpy work per key.
+    over the items, then numpy work per key (:func:`plan_keys`).
     """
     try:
-        keys = _group(plans)
+        keys = [_key_items(fqn, entry) for fqn, entry in _group(plans).items()]
     except _GiveUp:
         return None
+    planned = plan_keys(keys, len(plans), dedup=dedup, planner_data=planner_data)
+    if planned is None:
+        return None
+    dropped, metadata = planned
+    out = []
+    for rank, plan in enumerate(plans):
+        gone = dropped.get(rank)
+        items = plan.items if not gone else [i for p, i in enumerate(plan.items) if p not in gone]
+        out.append(dataclasses.replace(plan, items=list(items), planner_data=None))
+    return out, metadata
+
+
+def plan_keys(
+    keys: Sequence[KeyItems], world: int, *, dedup: bool, planner_data: object = None
+) -> tuple[dict[int, set[int]], Metadata] | None:
+    """Dedup, metadata and validation of the items of ``world`` ranks given key by key (keys
+    in order of their first item in (rank, position) order), or ``None`` where the readable
+    steps must decide (anything not of the common case, or not valid).
+
+    Returns the positions each rank drops (replicas another rank writes) and the metadata.
+    """
     tensors: dict[str, tuple] = {}
     # each item's chunk id within its key; each chunk's owner, and the bytes each rank writes
-    load = np.zeros(len(plans), dtype=np.int64)
-    replicated: list[tuple[int, str, int, _Key, np.ndarray]] = []  # bytes, key, chunk id, rows
+    load = np.zeros(world, dtype=np.int64)
+    replicated: list[tuple[int, str, int, KeyItems, np.ndarray]] = []  # bytes, key, chunk, rows
     owner: dict[str, np.ndarray] = {}
     chunk_ids: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # ids, counts, ranks
-    for fqn, entry in keys.items():
-        ranks = np.asarray(entry.ranks, dtype=np.int64)
+    for entry in keys:
+        fqn, ranks = entry.fqn, entry.ranks
         if entry.is_object:
             order = np.arange(len(ranks))
             ids, counts = np.zeros(len(ranks), dtype=np.int64), np.array([len(ranks)])
             per_chunk = np.ones(1, dtype=np.int64)
         else:
-            try:
-                lows, extents, size, dtype = _boxes(entry)
-            except _GiveUp:
-                return None
+            lows, extents, size, dtype = entry.lows, entry.extents, entry.size, entry.dtype
+            assert lows is not None and extents is not None
             if not _in_bounds(lows, extents, size):
                 return None
             order, ids, counts = _replicas(lows, extents)
@@ -222,21 +312,22 @@ def fast_global_plan(
         owner[fqn] = chosen
     # replicated chunks, largest first (ties by the readable dedup's key order), to the
     # holder with the fewest bytes so far (ties to the lowest rank): dedup_save_plans' rule
-    replicated.sort(key=lambda r: (-r[0], _order(write_item_key(r[3].items[int(r[4][0])]))))
+    replicated.sort(key=lambda r: (-r[0], _order(r[3].item_key(int(r[4][0])))))
     for nbytes, fqn, chunk, _, rows in replicated:
         holders = np.unique(chunk_ids[fqn][2][rows])
         chosen = int(holders[np.argmin(load[holders])])
         owner[fqn][chunk] = chosen
         load[chosen] += nbytes
-    return _assemble(plans, keys, tensors, owner, chunk_ids, planner_data)
+    return _assemble(keys, tensors, owner, chunk_ids, planner_data)
 
 
-def _assemble(plans, keys, tensors, owner, chunk_ids, planner_data):
-    """The deduplicated plans and the metadata, once every chunk has its owner."""
+def _assemble(keys, tensors, owner, chunk_ids, planner_data):
+    """The positions each rank drops and the metadata, once every chunk has its owner."""
     dropped: dict[int, set[int]] = {}
     entries: dict[str, Any] = {}
     first_kept: list[tuple[int, int, str]] = []
-    for fqn, entry in keys.items():
+    for entry in keys:
+        fqn = entry.fqn
         ids, counts, ranks = chunk_ids[fqn]
         if len(counts) == len(ids):  # no replicas: every item stays
             kept = np.ones(len(ids), dtype=bool)
@@ -245,11 +336,11 @@ def _assemble(plans, keys, tensors, owner, chunk_ids, planner_data):
             _, first = np.unique(ids[rows], return_index=True)
             kept = np.zeros(len(ids), dtype=bool)
             kept[rows[first]] = True
-            for row in np.flatnonzero(~kept).tolist():
-                dropped.setdefault(entry.ranks[row], set()).add(entry.positions[row])
-        kept_rows = np.flatnonzero(kept)
-        head = int(kept_rows[0])
-        first_kept.append((entry.ranks[head], entry.positions[head], fqn))
+            gone = np.flatnonzero(~kept)
+            for rank, position in zip(ranks[gone].tolist(), entry.positions[gone].tolist()):
+                dropped.setdefault(rank, set()).add(position)
+        head = int(np.flatnonzero(kept)[0])
+        first_kept.append((int(ranks[head]), int(entry.positions[head]), fqn))
         if entry.is_object:
             entries[fqn] = BytesStorageMetadata()
             continue
@@ -257,24 +348,19 @@ def _assemble(plans, keys, tensors, owner, chunk_ids, planner_data):
         order = order[kept[order]]  # the kept rows by offsets, then sizes: build_metadata's order
         if not _exact_cover(lows[order], extents[order], size) or _duplicate_offsets(lows[order]):
             return None
-        data = entry.items[head].tensor_data
+        global_size, requires_grad = entry.head(head)
         entries[fqn] = TensorStorageMetadata(
-            properties=TensorProperties(dtype=dtype, requires_grad=data.properties.requires_grad),
-            size=data.size,
-            chunks=[entry.chunks[i] for i in order.tolist()],
+            properties=TensorProperties(dtype=dtype, requires_grad=requires_grad),
+            size=global_size,
+            chunks=entry.chunks(order),
         )
-    out = []
-    for rank, plan in enumerate(plans):
-        gone = dropped.get(rank)
-        items = plan.items if not gone else [i for p, i in enumerate(plan.items) if p not in gone]
-        out.append(dataclasses.replace(plan, items=list(items), planner_data=None))
     first_kept.sort()
     metadata = Metadata(
         state_dict_metadata={fqn: entries[fqn] for _, _, fqn in first_kept},
         planner_data=planner_data,
         version=DCP_FORMAT_VERSION,
     )
-    return out, metadata
+    return dropped, metadata
 
 
 def _duplicate_offsets(lows: np.ndarray) -> bool:

@@ -7,6 +7,7 @@ import io
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributed.checkpoint.metadata import (
     Metadata,
@@ -23,6 +24,7 @@ from torch.distributed.checkpoint.planner import (
 )
 
 from .checksums import DEFAULT_ALGORITHM, checksum
+from .compact_plan import CompactSavePlan, compact_global_plan, merged_paths
 from .dedup import dedup_save_plans, write_item_key
 from .errors import PlanValidationError
 from .flatten import flatten_state_dict
@@ -142,6 +144,33 @@ class ReferenceSavePlanner(SavePlanner):
             raise PlanValidationError(problems)
         self.metadata = metadata
         return plans, metadata
+
+    def create_global_plan_compact(
+        self, all_plans: list[CompactSavePlan]
+    ) -> tuple[list[np.ndarray | None], Metadata]:
+        """:meth:`create_global_plan` of plans off the wire as arrays: each rank's kept
+        positions (``None``: all its items) and the metadata, the same as the object path's.
+
+        Plans the array planning does not take (anything unusual, any replica mismatch) are
+        rebuilt as ``SavePlan`` objects for :meth:`create_global_plan`, which names every
+        problem (``PlanValidationError``).
+        """
+        paths = merged_paths(all_plans)
+        fast = compact_global_plan(
+            all_plans, dedup=self.dedup, verify_replicas=self.verify_replicas, planner_data=paths
+        )
+        if fast is None:
+            objects = [plan.to_save_plan() for plan in all_plans]
+            plans, metadata = self.create_global_plan(objects)
+            kept: list[np.ndarray | None] = []
+            for local, out in zip(objects, plans):
+                where = {id(item): p for p, item in enumerate(local.items)}
+                kept.append(np.asarray([where[id(item)] for item in out.items], dtype=np.int64))
+            return kept, metadata
+        kept, metadata = fast
+        metadata.storage_meta = self.storage_meta
+        self.metadata = metadata
+        return kept, metadata
 
     def finish_plan(self, new_plan: SavePlan) -> SavePlan:
         """Adopt this rank's part of the global plan."""

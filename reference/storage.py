@@ -148,6 +148,12 @@ class _PlanStorageData:
     file: str
 
 
+def plan_storage(generation: str, rank: int) -> _PlanStorageData:
+    """What :meth:`ReferenceStorageWriter.prepare_global_plan` puts in rank ``rank``'s plan:
+    its data file in ``generation``."""
+    return _PlanStorageData(generation, f"{generation}/r{rank}.bin")
+
+
 def _threads(threads: int | None) -> int:
     """``threads``, or the CPU count up to 4 when ``None``; ``ValueError`` below 1."""
     if threads is None:
@@ -239,14 +245,18 @@ class ReferenceStorageWriter(StorageWriter):
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         """Create this save's generation and name each rank's data file in it."""
-        generation = _GENERATION_PREFIX + (self._save_id or uuid.uuid4().hex)
-        self.store.create_generation(generation)
+        generation = self.new_generation()
         return [
-            dataclasses.replace(
-                plan, storage_data=_PlanStorageData(generation, f"{generation}/r{rank}.bin")
-            )
+            dataclasses.replace(plan, storage_data=plan_storage(generation, rank))
             for rank, plan in enumerate(plans)
         ]
+
+    def new_generation(self) -> str:
+        """Create this save's generation folder (coordinator) and return its name: what
+        :meth:`prepare_global_plan` does, for a driver that sends plans as arrays."""
+        generation = _GENERATION_PREFIX + (self._save_id or uuid.uuid4().hex)
+        self.store.create_generation(generation)
+        return generation
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
         """Write every item of ``plan`` to this rank's data file(s), tensors as raw bytes.

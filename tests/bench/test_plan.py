@@ -22,9 +22,13 @@ def test_each_world_is_timed_for_both_planners(capsys):
     assert row.dcp_wire_seconds != row.dcp_wire_seconds  # NaN: not measured unless asked
     (row,) = bench_plan((4,), tensors=2, repeats=1, wire=True)
     assert row.dcp_wire_seconds > 0 and row.reference_wire_seconds > 0
+    assert row.wire_speedup == (row.dcp_seconds + row.dcp_wire_seconds) / (
+        row.reference_seconds + row.reference_wire_seconds
+    )
     assert main(["bench", "plan", "--ranks", "3", "--tensors", "1", "--wire"]) == 0
     out = capsys.readouterr().out
     assert "reference speed-up" in out and "(un)pickling" in out and "not run" not in out
+    assert "(de)coding" in out and "speed-up with the wire" in out
     (row,) = bench_plan((4,), tensors=1, repeats=1, dcp_max_ranks=3)
     assert row.dcp_seconds != row.dcp_seconds and row.reference_seconds > 0
     assert main(["bench", "plan", "--ranks", "3", "--tensors", "1", "--dcp-max-ranks", "2"]) == 0
@@ -69,3 +73,16 @@ def test_load_planning_is_timed_for_both_planners_on_the_same_metadata(capsys):
     assert row.speedup == row.dcp_local / row.reference_local
     assert main(["bench", "plan", "--ranks", "2", "--tensors", "1", "--load"]) == 0
     assert "reference local (s)" in capsys.readouterr().out
+
+
+def test_the_reference_is_timed_on_array_plans_without_building_plan_objects(monkeypatch):
+    """Issue 30: the reference's figure is its driver's path, plans decoded from bytes and
+    planned on arrays; rebuilding DCP SavePlans (the fallback for unusual plans) would fail."""
+    from ckptconf.reference.compact_plan import CompactSavePlan
+
+    def refuse(self):
+        raise AssertionError("the benchmark's plans went to the object path")
+
+    monkeypatch.setattr(CompactSavePlan, "to_save_plan", refuse)
+    (row,) = bench_plan((8,), tensors=3, repeats=1, wire=True)
+    assert row.reference_seconds > 0 and row.reference_wire_seconds > 0

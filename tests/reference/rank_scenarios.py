@@ -277,3 +277,55 @@ def one_rank_failing_before_the_first_step(path: str, kind: str) -> dict:
         return {"error": None}
     except BaseException as exc:  # noqa: BLE001 - CheckpointError is a BaseException, as DCP's
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def save_planning_unpickles_nothing(path: str) -> dict:
+    """A save of sharded, replicated, per-rank and object values whose planning step is
+    watched: every unpickling by ``torch.distributed`` while plans are on the wire is recorded.
+    Loads it back and returns what it saw."""
+    import torch.distributed.distributed_c10d as c10d
+    from ckptconf.reference.coordination import Coordination
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    planning = {"now": False, "unpickled": 0, "steps": []}
+    unpickler, step = c10d._unpickler, Coordination.reduce_scatter_bytes
+
+    class Watched(unpickler):
+        def load(self):
+            planning["unpickled"] += planning["now"]
+            return super().load()
+
+    def watched_step(self, name, local, reduce):
+        planning["now"] = True
+        planning["steps"].append(name)
+        try:
+            return step(self, name, local, reduce)
+        finally:
+            planning["now"] = False
+
+    c10d._unpickler, Coordination.reduce_scatter_bytes = Watched, watched_step
+    try:
+        dt = layout((world,), [Shard(0)], (7, 3))
+        emb = layout((world,), [Replicate()], (2, 2))
+        mine = torch.full((rank + 1,), float(rank))
+        state = {"dt": dt, "emb": emb, f"own{rank}": mine, "cfg": {"lr": 0.5}}
+        metadata = ref.save(state, path)
+    finally:
+        c10d._unpickler, Coordination.reduce_scatter_bytes = unpickler, step
+    back = {
+        "dt": layout((world,), [Shard(0)], (7, 3), fill=False),
+        "emb": layout((world,), [Replicate()], (2, 2), fill=False),
+        f"own{rank}": torch.zeros(rank + 1),
+        "cfg": {"lr": 0.0},
+    }
+    ref.load(back, path)
+    assert torch.equal(back["dt"].to_local(), expected_local((world,), [Shard(0)], (7, 3)))
+    assert torch.equal(back["emb"].to_local(), encoded((2, 2)))
+    assert torch.equal(back[f"own{rank}"], torch.full((rank + 1,), float(rank)))
+    return {
+        "unpickled": planning["unpickled"],
+        "steps": planning["steps"],
+        "keys": sorted(metadata.state_dict_metadata),
+        "chunks": [tuple(c.offsets) for c in metadata.state_dict_metadata["dt"].chunks],
+        "cfg": back["cfg"],
+    }

@@ -60,3 +60,15 @@ def test_a_rank_failing_in_write_fails_every_rank_and_keeps_the_old_checkpoint(
         assert f"injected write failure on rank {fail_rank}" in result["error"]["message"]
     # the failed save's generation stays until the next good save cleans it
     assert results[0]["generations"] == 2
+
+
+def test_save_plans_cross_the_wire_as_arrays_never_unpickled(tmp_path, world_factory):
+    """Issue 30: the reference's own planner and writer send plans as arrays in tensors; the
+    coordinator unpickles nothing in the planning step, and every rank loads what it saved."""
+    results = world_factory(3).run(rs.save_planning_unpickles_nothing, str(tmp_path / "ck"))
+    for result in results:
+        assert result["steps"] == ["save planning"]
+        assert result["unpickled"] == 0
+        assert result["keys"] == ["cfg.lr", "dt", "emb", "own0", "own1", "own2"]
+        assert result["chunks"] == [(0, 0), (3, 0), (6, 0)]
+        assert result["cfg"] == {"lr": 0.5}
