@@ -310,6 +310,12 @@ def render_failure(fields: dict[str, Any]) -> str:
         lines.append(where)
     if fields.get("details"):
         lines.append(str(fields["details"]).rstrip())
+    for number, other in enumerate(fields.get("others") or [], start=2):
+        lines.append(f"distinct failure {number} of this test: {_other_line(other)}")
+        if other.get("error"):
+            lines.append(f"  first error: {other['error']}")
+        if other.get("minimal_case"):
+            lines.append(f"  minimal case: {other['minimal_case']}")
     if fields.get("reproduction"):
         lines.append(f"reproduce: {fields['reproduction']}")
     return "\n".join(lines)
@@ -354,11 +360,25 @@ def render_brief(fields: dict[str, Any], *, record: str | None = None) -> str:
         minimal = "the case above, not shrunk (a hang is not re-run)"
     if minimal:
         lines += _clipped(minimal, 3, label="minimal case")
+    others = fields.get("others") or []
+    if others:
+        lines.append(f"and {len(others)} other distinct failure(s) of this test (full record):")
+        lines += [f"  - {_other_line(o)}" for o in others[:3]]
+        if len(others) > 3:
+            lines.append(f"  ... {len(others) - 3} more")
     if fields.get("reproduction"):
         lines.append(f"reproduce: {fields['reproduction']}")
     if record:
         lines.append(f"full record (every rank's traceback and output): {record}")
     return "\n".join(lines)
+
+
+def _other_line(other: dict[str, Any]) -> str:
+    """One line for a further distinct failure: where it failed and its headline."""
+    at = ", ".join(f"{k} {other[k]}" for k in ("step", "kind") if other.get(k))
+    text = f"{at}: {other.get('what') or ''}" if at else str(other.get("what") or "")
+    text = " ".join(text.split())
+    return text if len(text) <= 150 else text[:150] + " ..."
 
 
 def _clipped(

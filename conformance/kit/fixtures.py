@@ -415,11 +415,9 @@ def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:
 
     if call.excinfo is None:
         return {}
-    value = call.excinfo.value
-    while getattr(value, "exceptions", None):  # hypothesis found several distinct failures
-        value = next(
-            (e for e in value.exceptions if isinstance(e, ConformanceFailure)), value.exceptions[0]
-        )
+    found = _leaves(call.excinfo.value)  # hypothesis may find several distinct failures
+    value = next((e for e in found if isinstance(e, ConformanceFailure)), found[0])
+    others = [_other(e) for e in found if e is not value]
     if isinstance(value, HangFailure):  # not shrunk: the case that hung is the one to show
         hung = value.failure.fields()
         hung["minimal_case"] = f"(not shrunk: a hang is not re-run)\n{hung['case']}"
@@ -430,9 +428,40 @@ def _failure_info(call: pytest.CallInfo) -> dict[str, Any]:
     if isinstance(value, ConformanceFailure):
         out["failure"] = value.fields()
         out["failure"]["minimal_case"] = out["minimal_case"]
+        if others:
+            out["failure"]["others"] = others
     elif not isinstance(value, (pytest.skip.Exception, pytest.xfail.Exception)):
         out["error"] = f"{type(value).__name__}: {value}"[-4000:]
     return out
+
+
+def _leaves(value: BaseException) -> list[BaseException]:
+    """The exceptions of a (nested) exception group, in order; ``[value]`` for another."""
+    inner = getattr(value, "exceptions", None)
+    if not inner:
+        return [value]
+    return [leaf for e in inner for leaf in _leaves(e)]
+
+
+def _other(value: BaseException) -> dict[str, Any]:
+    """What the report keeps of a further distinct failure hypothesis found in the same test:
+    its headline, step, kind, first error and minimal case."""
+    from .failures import ConformanceFailure
+
+    minimal = getattr(value, "minimal_case", None) or _falsifying_example(
+        list(getattr(value, "__notes__", []))
+    )
+    if isinstance(value, ConformanceFailure):
+        fields = value.fields()
+        first = (fields.get("errors") or [None])[0]
+        return {
+            "what": fields.get("what"),
+            "step": fields.get("step"),
+            "kind": fields.get("kind"),
+            "error": first,
+            "minimal_case": minimal,
+        }
+    return {"what": f"{type(value).__name__}: {value}"[:500], "minimal_case": minimal}
 
 
 def _falsifying_example(notes: list[str]) -> str | None:

@@ -120,6 +120,56 @@ def test_the_brief_failure_puts_the_error_and_where_it_was_raised_first_in_few_l
     ]
 
 
+class _Group(Exception):
+    def __init__(self, exceptions):
+        super().__init__("Hypothesis found distinct failures")
+        self.exceptions = exceptions
+
+
+def test_every_distinct_failure_hypothesis_found_reaches_the_report_and_the_brief():
+    """Hypothesis reports several distinct failures of one test as an exception group: the
+    first conformance failure is the test's failure, the others are kept and named."""
+    from types import SimpleNamespace
+
+    from ckptconf.conformance.kit.fixtures import _failure_info
+
+    def failed(what, step, kind, error, draw):
+        exc = ConformanceFailure(what, backend="mine", step=step, kind=kind, errors=(error,))
+        exc.__notes__ = [f"Draw 1 (case): {draw}"]
+        return exc
+
+    load = failed("2 value(s) differ", "load", "wrong_values", "rank 1, key 'w'", "A")
+    save = failed("save raised on rank 0", "save", "raised", "OSError: disk full", "B")
+    hang = RuntimeError("a third, not a conformance failure")
+    group = _Group([load, _Group([save, hang])])  # hypothesis' (nested) exception group
+    info = _failure_info(SimpleNamespace(excinfo=SimpleNamespace(value=group)))
+    assert info["failure"]["what"] == "2 value(s) differ"
+    assert info["minimal_case"] == "Draw 1 (case): A"
+    assert info["failure"]["others"] == [
+        {
+            "what": "save raised on rank 0",
+            "step": "save",
+            "kind": "raised",
+            "error": "OSError: disk full",
+            "minimal_case": "Draw 1 (case): B",
+        },
+        {"what": "RuntimeError: a third, not a conformance failure", "minimal_case": None},
+    ]
+    brief = render_brief(info["failure"]).splitlines()
+    at = brief.index("and 2 other distinct failure(s) of this test (full record):")
+    assert brief[at + 1 : at + 3] == [
+        "  - step save, kind raised: save raised on rank 0",
+        "  - RuntimeError: a third, not a conformance failure",
+    ]
+    full = render_failure(info["failure"])
+    assert (
+        "distinct failure 2 of this test: step save, kind raised: save raised on rank 0\n" in full
+    )
+    assert "  first error: OSError: disk full\n  minimal case: Draw 1 (case): B" in full
+    single = _failure_info(SimpleNamespace(excinfo=SimpleNamespace(value=load)))
+    assert "others" not in single["failure"]
+
+
 def test_a_trial_fails_with_the_first_mismatch_in_the_fields():
     backend = Backend("b", storage_writer=FileSystemWriter, storage_reader=FileSystemReader)
     trial = Trial(backend, "the case", suite="s", test="t", reproduction="again")
