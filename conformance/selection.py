@@ -8,6 +8,8 @@ import pkgutil
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from .backend import Backend
 
 __all__ = [
@@ -74,42 +76,29 @@ def select_backend(spec: str) -> Backend:
     return replace(obj, spec=spec)
 
 
-_KEY: Any = None
-
-
-def _key() -> Any:
-    global _KEY
-    if _KEY is None:
-        import pytest
-
-        _KEY = pytest.StashKey[Backend]()
-    return _KEY
+_KEY = pytest.StashKey[Backend]()
 
 
 def backend_from_options(config: Any) -> Backend:
     """The backend pytest ``config``'s ``--ckpt-backend`` names (default ``reference``),
     selected once per session; ``pytest.UsageError`` if it names none."""
-    import pytest
-
-    if _key() not in config.stash:
+    if _KEY not in config.stash:
         spec = config.getoption("ckpt_backend") or "reference"
         try:
-            config.stash[_key()] = select_backend(spec)
+            config.stash[_KEY] = select_backend(spec)
         except BackendSpecError as exc:
             raise pytest.UsageError(str(exc)) from None
-    return config.stash[_key()]
+    return config.stash[_KEY]
 
 
 def option_backend(config: Any) -> Backend | None:
     """The backend ``--ckpt-backend`` selected in this session, if it was asked for yet."""
-    return config.stash.get(_key(), None)
+    return config.stash.get(_KEY, None)
 
 
 def inherited_from(config: Any, backend: Backend) -> str | None:
     """The built-in backend whose failures ``backend`` inherits: ``--ckpt-inherit``, else its own
     ``inherits``; ``pytest.UsageError`` naming where it came from if that is not a built-in."""
-    import pytest
-
     from .builtin import BUILT_IN
 
     chosen = config.getoption("ckpt_inherit")

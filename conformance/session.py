@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 __all__ = ["INFO", "PROFILES", "PROFILE_NAMES", "Session", "of", "profile_from_environment"]
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -113,26 +115,16 @@ class Session:
         return cls(**fields)
 
 
-_KEY: Any = None
-
-
-def _key() -> Any:
-    global _KEY
-    if _KEY is None:
-        import pytest
-
-        _KEY = pytest.StashKey[Session]()
-    return _KEY
+_KEY = pytest.StashKey[Session]()
 
 
 def of(config: Any) -> Session:
     """The session of pytest ``config``; built from its options on first use.
 
     Raises ``pytest.UsageError`` naming the option when an option's value is not usable."""
-    stash = config.stash
-    if _key() not in stash:
-        stash[_key()] = _from_config(config)
-    return stash[_key()]
+    if _KEY not in config.stash:
+        config.stash[_KEY] = _from_config(config)
+    return config.stash[_KEY]
 
 
 WORKER_SEED = "ckptconf_seed"
@@ -140,8 +132,6 @@ WORKER_SEED = "ckptconf_seed"
 
 
 def _from_config(config: Any) -> Session:
-    import pytest
-
     def option(name: str) -> Any:
         return config.getoption(name, None)
 
