@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="plan: also time the coordinator's unpickling of the local plans and pickling of "
         "the global plans (what gather_object and scatter_object_list cost it)",
     )
+    bench.add_argument(
+        "--cached",
+        action="store_true",
+        help="plan: also time the reference coordinator's planning of a re-save of the same "
+        "layout (a hit of its plan cache) beside its fresh plan",
+    )
     bench.add_argument("--sizes", default="2,4", help="world sizes, comma-separated")
     bench.add_argument("--calls", type=int, default=50, help="warm calls per size")
     bench.add_argument("--spawn-calls", type=int, default=3, help="spawn-per-call calls per size")
@@ -283,10 +289,16 @@ def _bench_plan(args: argparse.Namespace, console) -> int:
 
     if args.wire:
         columns += ["DCP (un)pickling (s)", "reference (de)coding (s)", "speed-up with the wire"]
+    if args.cached:
+        columns += ["reference re-save, cached (s)", "fresh / cached"]
     for column in columns:
         table.add_column(column, justify="right")
     for row in bench_plan(
-        worlds, tensors=args.tensors, wire=args.wire, dcp_max_ranks=args.dcp_max_ranks
+        worlds,
+        tensors=args.tensors,
+        wire=args.wire,
+        dcp_max_ranks=args.dcp_max_ranks,
+        cached=args.cached,
     ):
         cells = [
             str(row.ranks),
@@ -301,6 +313,8 @@ def _bench_plan(args: argparse.Namespace, console) -> int:
                 f"{row.reference_wire_seconds:.3f}",
                 shown(row.dcp_seconds, f"{row.wire_speedup:.2f}x"),
             ]
+        if args.cached:
+            cells += [f"{row.reference_cached_seconds:.4f}", f"{row.cached_speedup:.1f}x"]
         table.add_row(*cells)
     console.print(table)
     if args.load:

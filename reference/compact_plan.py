@@ -62,6 +62,7 @@ from .metadata_format import DTYPES, dtype_name
 __all__ = [
     "CompactSavePlan",
     "PlanWireError",
+    "ReplicaSets",
     "compact_global_plan",
     "decode_global_plan",
     "decode_save_plans",
@@ -358,6 +359,56 @@ def decode_save_plans(blobs: Sequence[bytes]) -> list[CompactSavePlan]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplicaSets:
+    """Which items of a world's local plans are copies of one chunk (one key, the same offsets
+    and sizes; an object key's items are all copies): what the replica check compares.
+
+    ``rows``: the items' indices among every rank's items in rank order; ``sets``: each row's
+    set, non-decreasing (a set's rows are adjacent). Only sets of two or more items are kept.
+    It depends on the layout, not the data: a cached plan keeps it, and every save compares its
+    own checksums with it (:meth:`differ`).
+    """
+
+    rows: np.ndarray
+    sets: np.ndarray
+
+    @classmethod
+    def of(
+        cls, chunks: Sequence[tuple[KeyItems, np.ndarray, np.ndarray]], rank_starts: np.ndarray
+    ) -> ReplicaSets:
+        """From :func:`~.global_plan.plan_keys`' chunks of each key with replicas (each row's
+        chunk id and each chunk's count), with ``rank_starts[r]`` the index of rank r's first
+        item."""
+        rows, sets, base = [], [], 0
+        for entry, ids, counts in chunks:
+            many = counts[ids] > 1
+            flat = rank_starts[entry.ranks[many]] + entry.positions[many]
+            labels = ids[many]
+            order = np.argsort(labels, kind="stable")
+            rows.append(flat[order])
+            sets.append(labels[order] + base)
+            base += len(counts)
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(np.concatenate(rows) if rows else empty, np.concatenate(sets) if sets else empty)
+
+    def differ(self, plans: Sequence[CompactSavePlan]) -> bool:
+        """Whether two copies of one chunk, both with a checksum, carry different checksums in
+        ``plans`` (local plans of the layout these sets were made for)."""
+        if not len(self.rows):
+            return False
+        if any(p.checksums is None for p in plans):
+            raise ValueError("replica sets compared with plans that carry no checksums")
+        checksums = np.concatenate([p.checksums for p in plans])  # type: ignore[misc]
+        has = np.concatenate([p.has_checksum for p in plans])  # type: ignore[misc]
+        if len(checksums) <= int(self.rows.max()):
+            raise ValueError("replica sets compared with plans of another layout")
+        verified = has[self.rows]
+        rows, sets = self.rows[verified], self.sets[verified]
+        sums = checksums[rows]
+        return bool(((sets[1:] == sets[:-1]) & (sums[1:] != sums[:-1])).any())
+
+
 def merged_paths(plans: Sequence[CompactSavePlan]) -> dict[str, tuple]:
     """The ranks' paths merged as ``dict.update`` in rank order would (keys in order of first
     appearance, each one's value from the last rank having it), each distinct map once."""
@@ -376,11 +427,13 @@ def merged_paths(plans: Sequence[CompactSavePlan]) -> dict[str, tuple]:
 
 def compact_global_plan(
     plans: Sequence[CompactSavePlan], *, dedup: bool, verify_replicas: bool, planner_data: object
-) -> tuple[list[np.ndarray | None], Metadata] | None:
+) -> tuple[list[np.ndarray | None], Metadata, ReplicaSets | None] | None:
     """What :meth:`ReferenceSavePlanner.create_global_plan` gives for these plans, on arrays:
-    each rank's kept positions (``None``: all its items) and the metadata; ``None`` where the
-    readable steps must decide (items of one key disagreeing on kind, dtype or size, replicas
-    whose checksums differ, and whatever :func:`~.global_plan.plan_keys` gives up on)."""
+    each rank's kept positions (``None``: all its items), the metadata, and (where replicas
+    are verified) which items are copies of one chunk, for a cached plan's later saves to
+    compare; ``None`` where the readable steps must decide (items of one key disagreeing on
+    kind, dtype or size, replicas whose checksums differ, and whatever
+    :func:`~.global_plan.plan_keys` gives up on)."""
     with _gc_paused():
         return _compact_global_plan(plans, dedup, verify_replicas, planner_data)
 
@@ -438,10 +491,7 @@ def _compact_global_plan(plans, dedup, verify_replicas, planner_data):
     flat_starts = np.cumsum(item_ndims) - item_ndims
     offsets = np.concatenate([p.offsets for p in plans])
     lengths = np.concatenate([p.lengths for p in plans])
-    checksums = has = None
-    if verify_replicas and all(p.checksums is not None for p in plans):
-        checksums = np.concatenate([p.checksums for p in plans])  # type: ignore[misc]
-        has = np.concatenate([p.has_checksum for p in plans])  # type: ignore[misc]
+    verify = verify_replicas and all(p.checksums is not None for p in plans)
     order = np.argsort(gids, kind="stable")
     bounds = np.searchsorted(gids[order], np.arange(len(key_rows) + 1))
     keys = []
@@ -463,18 +513,22 @@ def _compact_global_plan(plans, dedup, verify_replicas, planner_data):
                 fqn, False, ranks[rows], positions[rows], lows, extents, size,
                 table.dtypes[first_k], chunks=_chunks(lows, extents, made), head=head,
             )  # fmt: skip
-        if checksums is not None and _replicas_differ(entry, checksums[rows], has[rows]):  # type: ignore[index]
-            return None
         keys.append(entry)
-    planned = plan_keys(keys, len(plans), dedup=dedup, planner_data=planner_data)
+    chunks: list[tuple[KeyItems, np.ndarray, np.ndarray]] | None = [] if verify else None
+    planned = plan_keys(
+        keys, len(plans), dedup=dedup, planner_data=planner_data, replica_chunks=chunks
+    )
     if planned is None:
+        return None
+    replicas = None if chunks is None else ReplicaSets.of(chunks, rank_starts)
+    if replicas is not None and replicas.differ(plans):
         return None
     dropped, metadata = planned
     kept: list[np.ndarray | None] = []
     for rank, count in enumerate(counts.tolist()):
         gone = dropped.get(rank)
         kept.append(None if not gone else np.delete(np.arange(count), sorted(gone)))
-    return kept, metadata
+    return kept, metadata, replicas
 
 
 def _head(plans, ranks: np.ndarray, positions: np.ndarray, size: tuple[int, ...]):
@@ -511,20 +565,6 @@ def _chunks(lows: np.ndarray, extents: np.ndarray, made: dict):
         return list(out)
 
     return chunks
-
-
-def _replicas_differ(entry: KeyItems, checksums: np.ndarray, has: np.ndarray) -> bool:
-    """Whether two items of one chunk (same offsets and sizes) carry different checksums."""
-    rows = np.flatnonzero(has)
-    if len(rows) < 2:
-        return False
-    if entry.is_object:
-        return bool((checksums[rows] != checksums[rows[0]]).any())
-    boxes = np.concatenate((entry.lows[rows], entry.extents[rows]), axis=1)  # type: ignore[index]
-    order = np.lexsort(boxes.T[::-1]) if boxes.shape[1] else np.arange(len(rows))
-    boxes, sums = boxes[order], checksums[rows][order]
-    same = (boxes[1:] == boxes[:-1]).all(axis=1)
-    return bool((same & (sums[1:] != sums[:-1])).any())
 
 
 def encode_global_plan(kept: np.ndarray | None, generation: str) -> bytes:

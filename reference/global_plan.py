@@ -266,13 +266,20 @@ def fast_global_plan(
 
 
 def plan_keys(
-    keys: Sequence[KeyItems], world: int, *, dedup: bool, planner_data: object = None
+    keys: Sequence[KeyItems],
+    world: int,
+    *,
+    dedup: bool,
+    planner_data: object = None,
+    replica_chunks: list[tuple[KeyItems, np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[int, set[int]], Metadata] | None:
     """Dedup, metadata and validation of the items of ``world`` ranks given key by key (keys
     in order of their first item in (rank, position) order), or ``None`` where the readable
     steps must decide (anything not of the common case, or not valid).
 
     Returns the positions each rank drops (replicas another rank writes) and the metadata.
+    ``replica_chunks``, if given, receives ``(entry, ids, counts)`` for each key some chunk of
+    which several items hold: each row's chunk id and each chunk's count of items.
     """
     tensors: dict[str, tuple] = {}
     # each item's chunk id within its key; each chunk's owner, and the bytes each rank writes
@@ -295,8 +302,11 @@ def plan_keys(
             tensors[fqn] = (lows, extents, size, dtype, order)
             per_chunk = np.zeros(len(counts), dtype=np.int64)
             per_chunk[ids] = extents.prod(axis=1) * dtype.itemsize
-        if not dedup and (counts > 1).any():
-            return None
+        if (counts > 1).any():
+            if not dedup:
+                return None
+            if replica_chunks is not None:
+                replica_chunks.append((entry, ids, counts))
         chunk_ids[fqn] = (ids, counts, ranks)
         chosen = np.full(len(counts), -1, dtype=np.int64)
         single = counts == 1

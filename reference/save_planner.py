@@ -29,6 +29,7 @@ from .dedup import dedup_save_plans, write_item_key
 from .errors import PlanValidationError
 from .flatten import flatten_state_dict
 from .global_plan import fast_global_plan
+from .plan_cache import PLAN_CACHE, PlanCache
 from .plan_metadata import build_metadata
 from .serialization import encode_object
 from .state_values import (
@@ -56,12 +57,27 @@ class ReferenceSavePlanner(SavePlanner):
             certifies: it reads each rank's data once more while planning (``ckptconf bench
             io --verify-replicas`` measures the cost).
         flatten: flatten nested dicts and lists into dotted keys (DCP's keys).
+        cache_plans: on the coordinator, reuse the global plan of a layout planned before
+            (:mod:`~ckptconf.reference.plan_cache`; ByteCheckpoint's plan caching, DCP's
+            ``enable_plan_caching``), keyed on every rank's whole layout, the world size and
+            these options; replicas are still compared on every save. On by default, the
+            configuration the suite certifies. Plans travel as arrays only across processes,
+            so one process's saves never use it.
     """
 
-    def __init__(self, *, dedup: bool = True, verify_replicas: bool = True, flatten: bool = True):
+    def __init__(
+        self,
+        *,
+        dedup: bool = True,
+        verify_replicas: bool = True,
+        flatten: bool = True,
+        cache_plans: bool = True,
+    ):
         self.dedup = dedup
         self.verify_replicas = verify_replicas
         self.flatten = flatten
+        self.plan_cache: PlanCache | None = PLAN_CACHE if cache_plans else None
+        """Where this planner looks up and keeps global plans (``None``: it plans every save)."""
 
     def set_up_planner(
         self,
@@ -153,8 +169,18 @@ class ReferenceSavePlanner(SavePlanner):
 
         Plans the array planning does not take (anything unusual, any replica mismatch) are
         rebuilt as ``SavePlan`` objects for :meth:`create_global_plan`, which names every
-        problem (``PlanValidationError``).
+        problem (``PlanValidationError``). With :attr:`plan_cache`, a layout planned before
+        gets its cached plan (its replicas compared with this save's checksums first) and this
+        save's storage metadata; a plan the array planning made is cached.
         """
+        cache, key = self.plan_cache, b""
+        if cache is not None:
+            key = cache.key(all_plans, self._cache_options())
+            hit = cache.get(key, all_plans)  # served only if this save's replicas agree
+            if hit is not None:
+                metadata = hit.fresh_metadata(self.storage_meta)
+                self.metadata = metadata
+                return list(hit.kept), metadata
         paths = merged_paths(all_plans)
         fast = compact_global_plan(
             all_plans, dedup=self.dedup, verify_replicas=self.verify_replicas, planner_data=paths
@@ -167,10 +193,17 @@ class ReferenceSavePlanner(SavePlanner):
                 where = {id(item): p for p, item in enumerate(local.items)}
                 kept.append(np.asarray([where[id(item)] for item in out.items], dtype=np.int64))
             return kept, metadata
-        kept, metadata = fast
+        kept, metadata, replicas = fast
+        if cache is not None:
+            cache.put(key, kept, metadata, replicas)
         metadata.storage_meta = self.storage_meta
         self.metadata = metadata
         return kept, metadata
+
+    def _cache_options(self) -> tuple:
+        """What besides the plans a global plan depends on: the planner and its options."""
+        kind = type(self)
+        return (kind.__module__, kind.__qualname__, self.dedup, self.verify_replicas)
 
     def finish_plan(self, new_plan: SavePlan) -> SavePlan:
         """Adopt this rank's part of the global plan."""

@@ -86,3 +86,14 @@ def test_the_reference_is_timed_on_array_plans_without_building_plan_objects(mon
     monkeypatch.setattr(CompactSavePlan, "to_save_plan", refuse)
     (row,) = bench_plan((8,), tensors=3, repeats=1, wire=True)
     assert row.reference_seconds > 0 and row.reference_wire_seconds > 0
+
+
+def test_a_cached_resave_is_timed_beside_the_fresh_plan(capsys):
+    (row,) = bench_plan((4,), tensors=2, repeats=1)
+    assert row.reference_cached_seconds != row.reference_cached_seconds  # NaN unless asked
+    (row,) = bench_plan((4,), tensors=2, repeats=2, cached=True, dcp_max_ranks=0)
+    assert row.reference_cached_seconds > 0 and row.reference_seconds > 0
+    assert row.cached_speedup == row.reference_seconds / row.reference_cached_seconds
+    assert main(["bench", "plan", "--ranks", "3", "--tensors", "1", "--cached"]) == 0
+    out = capsys.readouterr().out
+    assert "re-save, cached" in out and "fresh / cached" in out

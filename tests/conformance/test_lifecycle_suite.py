@@ -101,6 +101,12 @@ PLANTED = [
         "raised on",
     ),
     (
+        "tests.planted.lifecycle:plan_cache_ignores_dtype",
+        "test_lifecycle",
+        ("raised", None),
+        "raised",
+    ),
+    (
         "tests.planted.lifecycle:async_staging_buffers_reused",
         "test_lifecycle",
         ("wrong_values", "load"),

@@ -192,6 +192,7 @@ PLANTED: list[PlantedBug] = [
     _bug(lifecycle, "reads_newest_generation", ("lifecycle",)),
     _bug(lifecycle, "lock_left_by_failed_save", ("lifecycle",)),
     _bug(lifecycle, "save_plan_cached", ("lifecycle",)),
+    _bug(lifecycle, "plan_cache_ignores_dtype", ("lifecycle",)),
     _bug(lifecycle, "async_staging_buffers_reused", ("lifecycle",)),
     _bug(lifecycle, "racing_load_refused_on_one_rank", ("lifecycle",)),
     # durability order, seen only in crash states

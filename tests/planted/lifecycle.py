@@ -7,6 +7,7 @@ two async saves overlapping).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ckptconf.conformance import Backend
 from ckptconf.reference import FileSystemReader, FileSystemWriter
 from ckptconf.reference import driver as reference_driver
 from ckptconf.reference.filesystem import DirectoryStore
+from ckptconf.reference.plan_cache import PlanCache
 from ckptconf.reference.staging import StagingPool, stage_state_dict
 from ckptconf.reference.stateful import saved_state
 from ckptconf.reference.storage import ReferenceStorageReader
@@ -28,6 +30,7 @@ __all__ = [
     "lock_left_by_failed_save",
     "reads_newest_generation",
     "save_plan_cached",
+    "plan_cache_ignores_dtype",
 ]
 
 
@@ -171,6 +174,44 @@ def save_plan_cached() -> Backend:
         "save_plan_cached",
         "save planner reuses the backend's previous local plan when the item count matches",
         save_planner=_CachingPlanners(),
+    )
+
+
+# --- a global plan cache whose key leaves out the dtype -------------------------------------------
+
+
+class DtypeBlindPlanCache(PlanCache):
+    """The reference's plan cache keyed as DCP's ``_compare_save_plans`` compares plans: keys,
+    kinds, global sizes, chunks and paths, not the dtypes."""
+
+    def key(self, plans, options) -> bytes:
+        digest = hashlib.sha256(repr((options, len(plans))).encode())
+        for plan in plans:
+            table = plan.table
+            digest.update(repr((table.keys, table.kinds, table.sizes, plan.paths)).encode())
+            for array in (plan.item_keys, plan.offsets, plan.lengths):
+                digest.update(array.tobytes())
+        return digest.digest()
+
+
+class _DtypeBlindPlanners:
+    """The backend's planner factory; its plan cache lives as long as the backend."""
+
+    def __init__(self):
+        self.cache = DtypeBlindPlanCache()
+
+    def __call__(self) -> VerifiedSavePlanner:
+        planner = VerifiedSavePlanner()
+        planner.plan_cache = self.cache
+        return planner
+
+
+def plan_cache_ignores_dtype() -> Backend:
+    """The coordinator caches its global plan keyed on the layout without the dtypes: a re-save whose only change is a tensor's dtype commits the old dtype's metadata over the new data."""
+    return planted_backend(
+        "plan_cache_ignores_dtype",
+        "global plan cache keyed without dtypes (as DCP's _compare_save_plans compares plans)",
+        save_planner=_DtypeBlindPlanners(),
     )
 
 

@@ -992,6 +992,22 @@ def test_save_plan_cached():
         assert keys == (["a"] if reused else ["b"]), (factory, keys)
 
 
+def test_plan_cache_ignores_dtype():
+    from ckptconf.reference.compact_plan import decode_save_plans, encode_save_plan
+    from ckptconf.reference.plan_cache import PlanCache
+
+    from tests.planted.lifecycle import DtypeBlindPlanCache
+
+    def wire(dtype):
+        planner = ReferenceSavePlanner()
+        planner.set_up_planner({"w": torch.ones(2, dtype=dtype)}, None, True)
+        return decode_save_plans([encode_save_plan(planner.create_local_plan())])
+
+    for cache, same in ((PlanCache(), False), (DtypeBlindPlanCache(), True)):
+        keys = {cache.key(wire(dtype), ("options",)) for dtype in (torch.float32, torch.float64)}
+        assert (len(keys) == 1) == same, cache
+
+
 def test_async_staging_buffers_reused(path):
     from tests.planted.lifecycle import _async_save_reusing_buffers
 

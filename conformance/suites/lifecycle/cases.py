@@ -21,6 +21,7 @@ from ...kit.jobs import (
     pipeline_cases,
     some_ranks_cases,
 )
+from .runner import as_saved
 from .steps import FailedSave, Load, RacingLoad, Save, Step, Wait
 
 __all__ = ["PinnedRun", "SALT_STEP", "job_cases", "numbered_save", "pinned_runs"]
@@ -107,11 +108,39 @@ def _experts(backend: Backend, number: int) -> PerRankCase:
     return numbered_save(case, number)
 
 
+def _layout_changes(backend: Backend) -> tuple[Step, ...]:
+    """One layout saved twice (a backend caching plans reuses its plan for the second), then
+    saves that each change one thing a cached plan depends on: a dtype, a shape, the key set,
+    which rank holds a key, the world size; each loaded back."""
+    base = as_saved(_stages(backend, 1))
+    tensors = base.tensors
+    changes = (
+        replace(base, tensors=tensors[:2] + (replace(tensors[2], dtype="float32"),)),
+        replace(base, tensors=(replace(tensors[0], shape=(4, 4)),) + tensors[1:]),
+        replace(base, tensors=tensors[:2] + (replace(tensors[2], key="layers.3.w"),)),
+        replace(
+            base, saved=(Holding((1,)),) + base.saved[1:], loaded=(Holding((1,)),) + base.loaded[1:]
+        ),
+        replace(
+            base,
+            save_world=3,
+            load_world=3,
+            saved=tuple(Holding((r,)) for r in range(3)),
+            loaded=tuple(Holding((r,)) for r in range(3)),
+        ),
+    )
+    steps: list[Step] = [Save(0, base), Save(0, numbered_save(base, 2)), Load(0)]
+    for number, case in enumerate(changes, start=3):
+        steps += [Save(0, numbered_save(case, number)), Load(0)]
+    return tuple(steps)
+
+
 def pinned_runs(backend: Backend) -> list[PinnedRun]:
-    """The runs pinned in every profile: a re-save with other keys and worlds; a load paused
-    while a save commits; an async save overlapped by a save and loads; two async saves of the
-    same keys in flight at once (drawn runs wait for one before starting another); a failed
-    re-save then a retry; a failed first save."""
+    """The runs pinned in every profile: a re-save with other keys and worlds; one layout
+    re-saved, then changed in each way a cached plan depends on; a load paused while a save
+    commits; an async save overlapped by a save and loads; two async saves of the same keys in
+    flight at once (drawn runs wait for one before starting another); a failed re-save then a
+    retry; a failed first save."""
     return [
         PinnedRun(
             "re-save with other keys",
@@ -124,6 +153,7 @@ def pinned_runs(backend: Backend) -> list[PinnedRun]:
                 Load(0, other_world=True),
             ),
         ),
+        PinnedRun("one layout re-saved, then each change", _layout_changes(backend)),
         PinnedRun(
             "load while a save commits",
             (Save(0, _stages(backend, 1)), RacingLoad(0, _experts(backend, 2)), Load(0)),
