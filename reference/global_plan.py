@@ -37,7 +37,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
-from ._compat import DCP_FORMAT_VERSION
+from ._compat import DCP_FORMAT_VERSION, new_metadata
 from .dedup import _order, write_item_key
 
 __all__ = ["fast_global_plan"]
@@ -269,7 +269,7 @@ def _assemble(plans, keys, tensors, owner, chunk_ids, planner_data):
         items = plan.items if not gone else [i for p, i in enumerate(plan.items) if p not in gone]
         out.append(dataclasses.replace(plan, items=list(items), planner_data=None))
     first_kept.sort()
-    metadata = Metadata(
+    metadata = new_metadata(
         state_dict_metadata={fqn: entries[fqn] for _, _, fqn in first_kept},
         planner_data=planner_data,
         version=DCP_FORMAT_VERSION,
