@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ckptconf.reference._compat import uneven_strided_shard
+
 from .cases import Layout, SaveLoadCase, TensorSpec
 from .profiles import Pinned
 from .strategies import SMALL_CASES, evenly_strided
@@ -298,6 +300,18 @@ def _holdings(w: int) -> list[_Holding]:
                 (*dt, "strided_shard"),
             ),
         ]
+        if not uneven_strided_shard():
+            # torch 2.6: no uneven _StridedShard; the uneven and empty shards a strided layout
+            # can have there come from a Shard beside it
+            beside = Layout("dtensor", (2, 2), ("S1", "SS0x2"))
+            out += [
+                _Holding(
+                    "uneven Shard beside _StridedShard", (8, 3), beside, w, (*dt, "strided_shard")
+                ),
+                _Holding(
+                    "empty Shard beside _StridedShard", (8, 1), beside, w, (*dt, "strided_shard")
+                ),
+            ]
     return out
 
 

@@ -123,7 +123,8 @@ def test_a_correct_dcp_based_backend_inherits_dcps_failures_and_passes(tmp_path)
     outcomes = {name: t["outcome"] for name, t in _tests(report).items()}
     assert outcomes == OUTCOMES, result.stdout[-3000:]
     for test in report["tests"]:
-        assert {k["origin"] for k in test["known"]} == {"torch-dcp"}, test
+        if test["outcome"] == "inherited":
+            assert {k["origin"] for k in test["known"]} == {"torch-dcp"}, test
     assert result.returncode == 0, result.stdout[-3000:]
     assert "inherited" in result.stdout  # pytest's own summary uses the report's words
 
