@@ -90,13 +90,14 @@ def _raw_load(state, path: str) -> None:
 def _save_with(name: str, state, path: str) -> None:
     import ckptconf.reference as ref
     import torch.distributed.checkpoint as dcp
+    from ckptconf.reference.compat import no_dist
 
     if name == "raw":
         _raw_save(state, path)
     elif name in ("dcp", "dcp-4"):
         threads = 4 if name == "dcp-4" else 1
         writer = dcp.FileSystemWriter(path, thread_count=threads)
-        dcp.save(state, storage_writer=writer, no_dist=True)
+        dcp.save(state, storage_writer=writer, **no_dist(dcp.save))
     elif name == "reference-unverified":
         ref.save(state, path, planner=ref.ReferenceSavePlanner(verify_replicas=False))
     else:
@@ -106,11 +107,12 @@ def _save_with(name: str, state, path: str) -> None:
 def _load_with(name: str, destination, path: str) -> None:
     import ckptconf.reference as ref
     import torch.distributed.checkpoint as dcp
+    from ckptconf.reference.compat import no_dist
 
     if name == "raw":
         _raw_load(destination, path)
     elif name in ("dcp", "dcp-4"):
-        dcp.load(destination, storage_reader=dcp.FileSystemReader(path), no_dist=True)
+        dcp.load(destination, storage_reader=dcp.FileSystemReader(path), **no_dist(dcp.load))
     else:  # the replica check is a save's: both reference checkpoints load alike
         ref.load(destination, path)
 

@@ -7,16 +7,21 @@ Versions named are the ones these facts were read from; the code never compares 
 
 | what                                     | how it varies                                   | detected by |
 |------------------------------------------|-------------------------------------------------|-------------|
-| ``CURRENT_DCP_VERSION``                  | in ``filesystem.py`` ("1.0.0" in 2.13); absent in old torch | import |
+| ``CURRENT_DCP_VERSION``                  | in ``filesystem.py`` ("1.0.0" in 2.13); absent in 2.6 | import |
+| ``Metadata.version``, ``StorageMeta.modules`` | dataclass fields in 2.13; absent in 2.6     | dataclass fields |
+| ``distribute_tensor(src_data_rank=)``    | ``None`` slices locally (2.13); 2.6 always scatters from coordinate 0 | signature |
 | ``_StridedShard`` placement              | not in every version                            | import (geometry.py) |
 | ``set_up_storage_writer``/``reader`` kwargs | ``rank``, ``use_collectives`` passed only if the method takes ``**kwargs`` | signature |
 | ``SavePlanner.set_up_planner(storage_meta=)`` | older planners lack the parameter          | signature |
 | ``_validate_global_plan`` result         | bool in older torch, list of errors in 2.13     | result type |
 | ``async_save`` result                    | ``Future`` or ``AsyncSaveResponse``             | attribute (``upload_completion``) |
 | ``_Checkpointer.save``                   | 2.13 passes a removed ``coordinator_rank``: TypeError | not used; ours is reference.Checkpointer |
+| uneven ``_StridedShard``                 | 2.13 splits as ``torch.chunk``; 2.6 asserts even sharding | call (``_split_tensor``) |
 | checkpointable protocol                  | ``torch.distributed._checkpointable`` in newer torch only | module lookup |
 | ``LocalShardsWrapper``                   | absent, or without the checkpointable protocol  | import and attributes |
 | ``StorageWriter.set_up_storage_writer``  | ``rank``/``use_collectives`` keywords newer     | signature (``accepts_kwargs``) |
+| ``HuggingFaceStorageWriter``/``Reader``  | in ``torch.distributed.checkpoint`` (2.13); absent in 2.6 | attribute |
+| ``dcp.save``/``dcp.load(no_dist=)``      | 2.6 has no parameter (it decides by ``is_initialized``) | signature |
 | ``torch.serialization.safe_globals``     | newer torch only                                | attribute |
 | ``BaseException.add_note``               | Python 3.11+ (not torch; kept here with the rest) | attribute |
 | a process group's timeout after creation | ``distributed_c10d._set_pg_timeout`` (private; 2.13 has it) | attribute |
@@ -29,6 +34,7 @@ The whole distribution detects these here: ``ckptconf.harness`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -36,11 +42,21 @@ from typing import Any
 __all__ = [
     "DCP_FORMAT_VERSION",
     "add_note",
+    "distribute_locally",
+    "metadata_version",
+    "new_metadata",
+    "no_dist",
+    "new_storage_meta",
+    "storage_meta_modules",
+    "with_newer_fields",
+    "declares_field",
     "set_group_timeouts",
     "accepts_kwargs",
     "accepts_parameter",
     "async_save_future",
     "checkpointable_protocol",
+    "uneven_strided_shard",
+    "hf_storage",
     "dcp_validation_errors",
     "local_shards_wrapper",
     "set_up_save_planner",
@@ -50,7 +66,7 @@ __all__ = [
 
 try:
     from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION as DCP_FORMAT_VERSION
-except ImportError:  # torch < 2.4 has no version string
+except ImportError:  # torch 2.6 names no version (and its Metadata has no field for one)
     DCP_FORMAT_VERSION = "1.0.0"
 
 
@@ -66,6 +82,86 @@ def accepts_parameter(fn: Callable, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
+def declares_field(cls: type, name: str) -> bool:
+    """Whether this torch's dataclass ``cls`` (a DCP ``Metadata``, ``StorageMeta``) has the
+    field ``name``."""
+    import dataclasses
+
+    return any(f.name == name for f in dataclasses.fields(cls))
+
+
+def with_newer_fields(cls: type, newer: dict[str, Any], **fields: Any) -> Any:
+    """``cls(**fields, **newer)`` for a DCP dataclass whose ``newer`` fields older torch lacks;
+    there they are dropped, as that torch's own code records none of them (never kept as
+    undeclared attributes: ``dataclasses.replace`` and ``asdict`` would lose them silently)."""
+    return cls(**fields, **{k: v for k, v in newer.items() if declares_field(cls, k)})
+
+
+def new_metadata(*, version: str | None = None, **fields: Any) -> Any:
+    """``Metadata(**fields, version=version)``; 2.6's ``Metadata`` has no ``version``."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    return with_newer_fields(Metadata, {"version": version}, **fields)
+
+
+def metadata_version(metadata: Any) -> str | None:
+    """The DCP format version a ``Metadata`` records, or None (torch without the field, or a
+    checkpoint written without one)."""
+    return getattr(metadata, "version", None)
+
+
+def new_storage_meta(*, modules: list[str] | None = None, **fields: Any) -> Any:
+    """``StorageMeta(**fields, modules=modules)``; 2.6's ``StorageMeta`` has no ``modules``
+    (the storage extensions of newer DCP)."""
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    return with_newer_fields(StorageMeta, {"modules": modules or []}, **fields)
+
+
+def storage_meta_modules(meta: Any) -> list[str]:
+    """``StorageMeta.modules``, or ``[]`` where this torch's ``StorageMeta`` has none."""
+    return list(getattr(meta, "modules", None) or [])
+
+
+def distribute_locally(full: Any, mesh: Any, placements: Any) -> Any:
+    """``distribute_tensor(full, mesh, placements, src_data_rank=None)``: each rank slices its
+    local tensor out of its own ``full``, with no collective. Where ``distribute_tensor`` has no
+    ``src_data_rank`` (2.6 scatters from coordinate 0 of each mesh dimension), the same slices
+    are taken with the placements' own ``_split_tensor`` and wrapped by ``DTensor.from_local``."""
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    if accepts_parameter(distribute_tensor, "src_data_rank"):
+        return distribute_tensor(full, mesh, placements, src_data_rank=None)
+    if full.device.type != mesh.device_type and not full.is_meta:
+        full = full.to(mesh.device_type)  # as distribute_tensor moves it
+    placements = [
+        Shard(p.dim + full.dim()) if type(p) is Shard and p.dim < 0 else p for p in placements
+    ]
+    coordinate = mesh.get_coordinate()
+    local = full.detach()
+    if coordinate is None:  # a rank outside the mesh holds an empty local tensor
+        local = local.new_empty(0)
+    else:
+        for mesh_dim, placement in enumerate(placements):
+            if placement.is_shard():
+                pieces, _ = placement._split_tensor(
+                    local, mesh.size(mesh_dim=mesh_dim), with_padding=False, contiguous=True
+                )
+                local = pieces[coordinate[mesh_dim]]
+            elif not placement.is_replicate():
+                raise ValueError(f"distribute_tensor takes Shard or Replicate, not {placement}")
+    value = DTensor.from_local(
+        local, mesh, placements, run_check=False, shape=full.shape, stride=full.stride()
+    )
+    return value.requires_grad_(full.requires_grad)
+
+
+def no_dist(fn: Callable) -> dict[str, bool]:
+    """``{"no_dist": True}`` where DCP's ``save``/``load`` (``fn``) take it; 2.6's have no such
+    parameter and run without collectives where no process group is initialised."""
+    return {"no_dist": True} if accepts_parameter(fn, "no_dist") else {}
+
+
 def dcp_validation_errors(result: Any) -> list[str]:
     """Normalise DCP's ``_validate_global_plan`` result (bool in old torch, error list in new)."""
     if isinstance(result, bool):
@@ -77,6 +173,28 @@ def async_save_future(response: Any) -> Any:
     """The future of an ``async_save`` result: ``AsyncSaveResponse.upload_completion`` in newer
     torch, the result itself (a ``Future``) in older."""
     return getattr(response, "upload_completion", response)
+
+
+def hf_storage() -> bool:
+    """Whether this torch's DCP has ``HuggingFaceStorageWriter``/``Reader`` (2.6 has not)."""
+    import torch.distributed.checkpoint as dcp
+
+    return hasattr(dcp, "HuggingFaceStorageWriter") and hasattr(dcp, "HuggingFaceStorageReader")
+
+
+@functools.cache
+def uneven_strided_shard() -> bool:
+    """Whether this torch's ``_StridedShard`` splits a dim that ``mesh size x split_factor``
+    does not divide (2.13 does, as ``torch.chunk`` would; 2.6 asserts even sharding, so no
+    DTensor of 2.6 has such a placement)."""
+    import torch
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    try:
+        _StridedShard(0, split_factor=2)._split_tensor(torch.empty(1), 1, with_padding=False)
+    except AssertionError:
+        return False
+    return True
 
 
 def checkpointable_protocol() -> bool:

@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
-from .compat import DCP_FORMAT_VERSION
+from .compat import DCP_FORMAT_VERSION, new_metadata
 from .dedup import _order
 
 __all__ = ["KeyItems", "fast_global_plan", "plan_keys"]
@@ -365,7 +365,7 @@ def _assemble(keys, tensors, owner, chunk_ids, planner_data):
             chunks=entry.chunks(order),
         )
     first_kept.sort()
-    metadata = Metadata(
+    metadata = new_metadata(
         state_dict_metadata={fqn: entries[fqn] for _, _, fqn in first_kept},
         planner_data=planner_data,
         version=DCP_FORMAT_VERSION,

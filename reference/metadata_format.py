@@ -23,12 +23,12 @@ from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     Metadata,
     MetadataIndex,
-    StorageMeta,
     TensorProperties,
     TensorStorageMetadata,
 )
 
 from .checksums import ALGORITHMS, DEFAULT_ALGORITHM
+from .compat import metadata_version, new_metadata, new_storage_meta, storage_meta_modules
 from .errors import MetadataFormatError
 from .serialization import from_json_data, to_json_data
 from .validation import chunk_layout_problems
@@ -136,7 +136,7 @@ def dump_metadata(metadata: Metadata) -> bytes:
     document = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "dcp_version": metadata.version,
+        "dcp_version": metadata_version(metadata),
         "byteorder": sys.byteorder,
         "checksum": algorithm,
         "tensors": tensors,
@@ -148,7 +148,7 @@ def dump_metadata(metadata: Metadata) -> bytes:
             "checkpoint_id": None if meta.checkpoint_id is None else str(meta.checkpoint_id),
             "save_id": meta.save_id,
             "load_id": meta.load_id,
-            "modules": list(meta.modules),
+            "modules": storage_meta_modules(meta),
         },
     }
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
@@ -331,13 +331,13 @@ def parse_metadata(data: bytes, *, source: str = "metadata") -> Metadata:
         modules = m.get("modules", list)
         if not all(isinstance(x, str) for x in modules):
             raise MetadataFormatError(f"{source}.storage_meta.modules: expected a list of strings")
-        storage_meta = StorageMeta(
+        storage_meta = new_storage_meta(
             checkpoint_id=m.get("checkpoint_id", str, optional=True),
             save_id=m.get("save_id", str, optional=True),
             load_id=m.get("load_id", str, optional=True),
             modules=modules,
         )
-    return Metadata(
+    return new_metadata(
         state_dict_metadata=entries,
         planner_data=planner_data,
         storage_data=regions,

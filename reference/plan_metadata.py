@@ -12,7 +12,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 
-from .compat import DCP_FORMAT_VERSION
+from .compat import DCP_FORMAT_VERSION, new_metadata
 
 __all__ = ["build_metadata"]
 
@@ -50,6 +50,6 @@ def build_metadata(plans: Sequence[SavePlan], planner_data: object = None) -> Me
     for entry in entries.values():
         if isinstance(entry, TensorStorageMetadata):
             entry.chunks.sort(key=lambda c: (tuple(c.offsets), tuple(c.sizes)))
-    return Metadata(
+    return new_metadata(
         state_dict_metadata=entries, planner_data=planner_data, version=DCP_FORMAT_VERSION
     )

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import torch.distributed as dist
+from ckptconf.reference.compat import distribute_locally
 
 from ..backend import Backend
 from . import values
@@ -33,10 +34,9 @@ def _value(spec: TensorSpec, holding: Holding, meshes: dict, *, blank: bool) -> 
     full = full.to(rank_device())
     if holding.kind == "plain":
         return full
-    from torch.distributed.tensor import distribute_tensor
 
     placement = placement_from_text(holding.placement)
-    return distribute_tensor(full, meshes[holding.mesh], [placement], src_data_rank=None)
+    return distribute_locally(full, meshes[holding.mesh], [placement])
 
 
 def job_state(case: PerRankCase, *, loading: bool) -> dict[str, Any]:
@@ -84,11 +84,10 @@ def job_mismatches(case: PerRankCase, state: dict[str, Any]) -> list[Mismatch]:
                 spec.key, rank, "plain tensor", got, full, (0,) * full.dim()
             )
             continue
-        from torch.distributed.tensor import distribute_tensor
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
         mesh = got.device_mesh
-        want = distribute_tensor(full.to(got.device), mesh, got.placements, src_data_rank=None)
+        want = distribute_locally(full.to(got.device), mesh, got.placements)
         offsets = compute_local_shape_and_global_offset(want.shape, mesh, want.placements)[1]
         out += values.piece_mismatches(
             spec.key,

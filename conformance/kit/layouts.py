@@ -22,9 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ckptconf.reference.compat import uneven_strided_shard
+
 from .cases import Layout, SaveLoadCase, TensorSpec
 from .profiles import Pinned
-from .strategies import SMALL_CASES
+from .strategies import SMALL_CASES, evenly_strided
 
 __all__ = ["case_classes", "layout_examples", "pieces", "small_layout_examples"]
 
@@ -298,6 +300,18 @@ def _holdings(w: int) -> list[_Holding]:
                 (*dt, "strided_shard"),
             ),
         ]
+        if not uneven_strided_shard():
+            # torch 2.6: no uneven _StridedShard; the uneven and empty shards a strided layout
+            # can have there come from a Shard beside it
+            beside = Layout("dtensor", (2, 2), ("S1", "SS0x2"))
+            out += [
+                _Holding(
+                    "uneven Shard beside _StridedShard", (8, 3), beside, w, (*dt, "strided_shard")
+                ),
+                _Holding(
+                    "empty Shard beside _StridedShard", (8, 1), beside, w, (*dt, "strided_shard")
+                ),
+            ]
     return out
 
 
@@ -410,7 +424,10 @@ def _allowed(holding: _Holding, allowed: dict[str, Any]) -> bool:
     layout = holding.layout
     if layout.kind not in allowed["kinds"]:
         return False
-    if any(p.startswith("SS") for p in layout.placements) and not allowed["strided"]:
+    if any(p.startswith("SS") for p in layout.placements) and (
+        not allowed["strided"]
+        or evenly_strided(holding.shape, layout.mesh, layout.placements) != layout.placements
+    ):  # torch 2.6's DTensor has no uneven _StridedShard
         return False
     if layout.ranks and not allowed["per_rank_keys"]:
         return False

@@ -184,7 +184,48 @@ def layouts(
         return Layout("sharded_tensor", shard_dim=draw(st.sampled_from(dims)), ranks=holders)
     mesh = draw(meshes(world_size=size))
     chosen = draw(placements(mesh=mesh, ndim=len(shape), strided=strided))
-    return Layout("dtensor", mesh, chosen, ranks=holders)
+    return Layout("dtensor", mesh, evenly_strided(shape, mesh, chosen), ranks=holders)
+
+
+def _chunk_sizes(size: int, parts: int) -> set[int]:
+    """The sizes of ``torch.chunk``'s parts of ``size`` rows in ``parts`` (empty ones too)."""
+    step = -(-size // parts) if size else 0
+    return {max(0, min(step, size - i * step)) for i in range(parts)}
+
+
+def evenly_strided(
+    shape: tuple[int, ...], mesh: tuple[int, ...], chosen: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``chosen`` where this torch's ``_StridedShard`` splits unevenly; on one that asserts even
+    sharding (torch 2.6, ``reference.compat.uneven_strided_shard``), each ``_StridedShard`` that
+    would split unevenly is replaced by one that splits evenly (another factor, then another
+    dim), or else by the ``Shard`` of its dim: DTensor there has no such layout to test."""
+    if not any(p.startswith("SS") for p in chosen):
+        return chosen
+    from ckptconf.reference.compat import uneven_strided_shard  # imports torch's placements
+
+    if uneven_strided_shard():
+        return chosen
+    sizes = [{n} for n in shape]
+    out = []
+    for parts, placement in zip(mesh, chosen):
+        if placement.startswith("SS"):
+            dim, factor = (int(x) for x in placement[2:].split("x"))
+            options = [(dim, factor)] + [
+                (d, f) for d in range(len(shape)) for f in (2, 3) if (d, f) != (dim, factor)
+            ]
+            even = [(d, f) for d, f in options if all(n % (parts * f) == 0 for n in sizes[d])]
+            if even:
+                dim, factor = even[0]
+                out.append(f"SS{dim}x{factor}")
+                sizes[dim] = {n // parts for n in sizes[dim]}
+                continue
+            placement = f"S{dim}"
+        out.append(placement)
+        if placement != "R":
+            dim = int(placement[1:])
+            sizes[dim] = {c for n in sizes[dim] for c in _chunk_sizes(n, parts)}
+    return tuple(out)
 
 
 def real_stack_objects() -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Value encoding on the ranks: build a case's state, save it, load into blank state, compare.
 
 Expected local values come from DTensor's own distribution of the full encoded tensor
-(``distribute_tensor(..., src_data_rank=None)``: each rank slices locally), not from
+(``distribute_tensor(..., src_data_rank=None)``: each rank slices locally; see
+``reference.compat.distribute_locally`` for torch without ``src_data_rank``), not from
 any geometry of ckptconf's, so the oracle is independent of the reference.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ckptconf.conformance.backend import Backend
+from ckptconf.reference.compat import distribute_locally
 
 from .cases import (
     Layout,
@@ -86,10 +88,8 @@ def tensor_value(spec: TensorSpec, layout: Layout, *, blank: bool):
     if layout.kind == "plain":
         return full
     if layout.kind == "dtensor":
-        from torch.distributed.tensor import distribute_tensor
-
         placements = [placement_from_text(p) for p in layout.placements]
-        return distribute_tensor(full, layout_mesh(layout), placements, src_data_rank=None)
+        return distribute_locally(full, layout_mesh(layout), placements)
     if layout.kind == "sharded_tensor":
         return sharded_tensor_of(full, layout.shard_dim, layout.ranks or None)
     raise ValueError(f"unknown layout kind {layout.kind!r}")
@@ -168,10 +168,8 @@ def _expected_local(
     if layout.kind == "plain":
         return [(full, (0,) * full.dim())]
     if layout.kind == "dtensor":
-        from torch.distributed.tensor import distribute_tensor
-
         placements = [placement_from_text(p) for p in layout.placements]
-        dt = distribute_tensor(full, layout_mesh(layout), placements, src_data_rank=None)
+        dt = distribute_locally(full, layout_mesh(layout), placements)
         offsets = None  # a _StridedShard piece is not one box: no single offset
         if not any(p.startswith("SS") for p in layout.placements):
             from torch.distributed.tensor._utils import compute_local_shape_and_global_offset

@@ -70,8 +70,11 @@ def test_checkpointer_is_supported_only_with_a_factory():
 
 def test_built_in_backends_give_a_checkpointer_and_pickle(tmp_path):
     from ckptconf.conformance.builtin import BUILT_IN
+    from ckptconf.reference.compat import hf_storage
 
-    for make in BUILT_IN.values():
+    for name, make in BUILT_IN.items():
+        if name == "torch-dcp-hf" and not hf_storage():
+            continue  # torch 2.6: no HuggingFaceStorageWriter to build a checkpointer of
         backend = make()
         assert backend.supports("checkpointer")
         assert pickle.loads(pickle.dumps(backend)) == backend

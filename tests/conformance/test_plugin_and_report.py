@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,7 +156,9 @@ def test_pytest_shows_a_failure_brief_and_the_whole_record_under_vv(tmp_path):
     result, report = _pytest(*args, tmp_path=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     (failed,) = [t for t in report["tests"] if t["outcome"] == "failed"]
-    shown = result.stdout.split("= FAILURES =", 1)[1].split("Captured", 1)[0]
+    # the failure section ends at its captured output, if any, or at the next "=== ... ===" line
+    failures = result.stdout.split("= FAILURES =", 1)[1]
+    shown = re.split(r"\n(?:-+ Captured |=+ )", failures, maxsplit=1)[0]
     assert "[last_chunk_skipped]" in shown and "reproduce: " in shown
     assert f"full record (every rank's traceback and output): {tmp_path / 'report.json'}" in shown
     assert "Falsifying" not in shown and "raise self.fail(" not in shown  # no pytest traceback

@@ -79,13 +79,39 @@ SELECTION = (
     "(TestRoundTrip and (sharded_tensor or strided)) or (TestKinds and (int_keys or "
     "unexpected_key)) or (TestPlans and gap_on_one)"
 )
+
+
+def _dcp_checks_one_rank_coverage() -> bool:
+    """Whether this torch's ``_validate_global_plan`` checks that a single rank's plan covers
+    its tensors: torch 2.6 does, so DCP passes test_rejects_gap_on_one_rank there; 2.13 skips
+    the check for one rank (the known failure torch-dcp.toml names)."""
+    import torch
+    from ckptconf.reference.compat import dcp_validation_errors
+    from torch.distributed.checkpoint.default_planner import _validate_global_plan
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        Metadata,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+    from torch.distributed.checkpoint.planner import SavePlan
+
+    half = ChunkStorageMetadata(offsets=torch.Size([0]), sizes=torch.Size([1]))
+    entry = TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size([2]), [half])
+    return bool(
+        dcp_validation_errors(_validate_global_plan([SavePlan([])], Metadata({"t": entry})))
+    )
+
+
+PASSED = {"test_rejects_gap_on_one_rank"} if _dcp_checks_one_rank_coverage() else set()
 INHERITED = {
     "test_round_trip_sharded_tensor_on_two_ranks",
     "test_round_trip_strided_shard",
     "test_int_keys_keep_their_type",
     "test_unexpected_key_in_checkpoint_raises",
     "test_rejects_gap_on_one_rank",
-}
+} - PASSED
+OUTCOMES = {**dict.fromkeys(INHERITED, "inherited"), **dict.fromkeys(PASSED, "passed")}
 
 
 @pytest.mark.multiprocess
@@ -95,9 +121,10 @@ def test_a_correct_dcp_based_backend_inherits_dcps_failures_and_passes(tmp_path)
     example, fails it the same way), and the run exits 0."""
     result, report = run_conformance("tests.planted.verdicts:dcp_inheriting", SELECTION, tmp_path)
     outcomes = {name: t["outcome"] for name, t in _tests(report).items()}
-    assert outcomes == dict.fromkeys(INHERITED, "inherited"), result.stdout[-3000:]
+    assert outcomes == OUTCOMES, result.stdout[-3000:]
     for test in report["tests"]:
-        assert {k["origin"] for k in test["known"]} == {"torch-dcp"}, test
+        if test["outcome"] == "inherited":
+            assert {k["origin"] for k in test["known"]} == {"torch-dcp"}, test
     assert result.returncode == 0, result.stdout[-3000:]
     assert "inherited" in result.stdout  # pytest's own summary uses the report's words
 
@@ -148,7 +175,7 @@ def test_class_style_runs_give_the_same_verdicts(tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
     )
     tests = _tests(json.loads(report.read_text()))
-    assert {n: t["outcome"] for n, t in tests.items()} == dict.fromkeys(INHERITED, "inherited")
+    assert {n: t["outcome"] for n, t in tests.items()} == OUTCOMES
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "5 inherited" in result.stdout.splitlines()[-1], result.stdout[-600:]
+    assert f"{len(INHERITED)} inherited" in result.stdout.splitlines()[-1], result.stdout[-600:]
     assert "test_mine.py::TestMyKinds::test_int_keys_keep_their_type INHERITED" in result.stdout

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from ckptconf.reference.compat import uneven_strided_shard
 from ckptconf.reference.geometry import (
     chunk_contains,
     chunk_in_bounds,
@@ -15,14 +16,35 @@ from ckptconf.reference.geometry import (
     local_shape,
     mesh_coordinates,
 )
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from .strategies import layouts
+
+try:
+    from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
+except ImportError:  # torch 2.6: only the public form, which asks a DeviceMesh for its coordinate
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    class _MeshAt:
+        """What 2.6's ``compute_local_shape_and_global_offset`` asks of a mesh, at a coordinate."""
+
+        def __init__(self, shape, coordinate):
+            self.shape, self.coordinate, self.ndim = tuple(shape), list(coordinate), len(shape)
+
+        def get_coordinate(self):
+            return self.coordinate
+
+        def size(self, mesh_dim):
+            return self.shape[mesh_dim]
+
+    def _compute_local_shape_and_global_offset(global_shape, mesh_shape, coordinate, placements):
+        return compute_local_shape_and_global_offset(
+            global_shape, _MeshAt(mesh_shape, coordinate), placements
+        )
 
 
 def dtensor_local_indices(shape, mesh, placements, coordinate) -> torch.Tensor:
@@ -57,7 +79,12 @@ def assemble(shape, pieces) -> torch.Tensor:
 def test_local_pieces_hold_what_dtensor_holds(layout):
     shape, mesh, placements = layout
     for coordinate in mesh_coordinates(mesh):
-        expected = dtensor_local_indices(shape, mesh, placements, coordinate)
+        try:
+            expected = dtensor_local_indices(shape, mesh, placements, coordinate)
+        except AssertionError:  # torch 2.6's _StridedShard asserts even sharding
+            if uneven_strided_shard():
+                raise
+            assume(False)  # no DTensor of this torch has the layout
         pieces = local_pieces(shape, mesh, placements, coordinate)
         assert local_shape(shape, mesh, placements, coordinate) == tuple(expected.shape)
         if expected.numel():

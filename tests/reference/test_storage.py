@@ -215,12 +215,10 @@ def test_no_checkpoint_and_a_dcp_checkpoint_are_told_apart(tmp_path):
     with pytest.raises(CheckpointError, match="no committed checkpoint"):
         load({"w": torch.zeros(1)}, tmp_path / "nothing")
     import torch.distributed.checkpoint as dcp
+    from ckptconf.reference.compat import no_dist
 
-    dcp.save(
-        {"w": torch.ones(1)},
-        storage_writer=dcp.FileSystemWriter(str(tmp_path / "dcp")),
-        no_dist=True,
-    )
+    writer = dcp.FileSystemWriter(str(tmp_path / "dcp"))
+    dcp.save({"w": torch.ones(1)}, storage_writer=writer, **no_dist(dcp.save))
     with pytest.raises(CheckpointError, match="torch DCP FileSystemWriter checkpoint"):
         load({"w": torch.zeros(1)}, tmp_path / "dcp")
 

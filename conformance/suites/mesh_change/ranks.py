@@ -11,7 +11,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from ckptconf.reference.compat import async_save_future, local_shards_wrapper
+from ckptconf.referencecompat import (
+    async_save_future,
+    distribute_locally,
+    local_shards_wrapper,
+)
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     MetadataIndex,
@@ -133,11 +137,9 @@ def _value(spec: TensorSpec, held: Held, world: int, *, blank: bool) -> Any:
         return values.tensor_value(spec, held.layout(), blank=blank)
     full = _full(spec, blank=blank)
     if held.kind == "submesh":
-        from torch.distributed.tensor import distribute_tensor
-
         placements = [placement_from_text(p) for p in held.placements]
         mesh = values.submesh(held.ranks, held.mesh)
-        return distribute_tensor(full, mesh, placements, src_data_rank=None)
+        return distribute_locally(full, mesh, placements)
     slabs = [(_row_box(spec, s), full[s : s + n].clone()) for s, n in _own_slabs(held)]
     if held.kind == "checkpointable":
         return CheckpointableShards(full.shape, full.dtype, slabs)
@@ -180,7 +182,6 @@ def _pieces(spec: TensorSpec, held: Held, value: Any) -> list[tuple[str, Any, An
     if held.kind == "plain":
         return [("tensor", value, full, (0,) * full.dim())]
     if held.kind in ("dtensor", "submesh"):
-        from torch.distributed.tensor import distribute_tensor
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
         placements = [placement_from_text(p) for p in held.placements]
@@ -189,7 +190,7 @@ def _pieces(spec: TensorSpec, held: Held, value: Any) -> list[tuple[str, Any, An
             if held.kind == "dtensor"
             else values.submesh(held.ranks, held.mesh)
         )
-        want = distribute_tensor(full.to(value.device), mesh, placements, src_data_rank=None)
+        want = distribute_locally(full.to(value.device), mesh, placements)
         if mesh.get_coordinate() is None:
             return [
                 ("local tensor (rank outside the mesh)", value.to_local(), want.to_local(), None)
