@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from ckptconf.referencecompat import (
+from ckptconf.reference.compat import (
     async_save_future,
     distribute_locally,
     local_shards_wrapper,
