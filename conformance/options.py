@@ -9,7 +9,7 @@ module imports neither pytest nor torch.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,8 +196,3 @@ def as_pytest_args(values: Any, options: Iterable[Option] = OPTIONS) -> list[str
         text = os.path.abspath(value) if option.path else str(value)
         out += [f"--ckpt-{option.name}", text]
     return out
-
-
-def names() -> Sequence[str]:
-    """The pytest names of every option (``--ckpt-backend``...)."""
-    return [f"--ckpt-{o.name}" for o in OPTIONS]

@@ -95,7 +95,7 @@ class Session:
     @property
     def run_seed(self) -> int | None:
         """The seed the suite tests use: ``None`` under a derandomized profile or a database."""
-        return None if self.derandomized else self.seed
+        return None if self.derandomized or self.database is not None else self.seed
 
     @property
     def largest_world(self) -> int | None:

@@ -84,9 +84,7 @@ def resolve(test: Callable[..., Any], session: Session) -> None:
     if share is not None:
         options["max_examples"] = max(1, share(base.max_examples))
     test._hypothesis_internal_use_settings = settings(parent=base, **options)
-    test._hypothesis_internal_use_seed = (
-        session.run_seed if session.database is None and not base.derandomize else None
-    )
+    test._hypothesis_internal_use_seed = None if base.derandomize else session.run_seed
     test.ckptconf_session = session
 
 

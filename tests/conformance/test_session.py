@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 def test_the_profiles_decide_seeds_and_worlds():
     assert Session(profile="ci", seed=7).run_seed is None  # derandomized: no seed
     assert Session(profile="thorough", seed=7).run_seed == 7
+    assert Session(profile="thorough", seed=7, database="db").run_seed is None  # unseeded: replays
     assert Session(world_size=8).largest_world == 8
 
     class World:

@@ -76,7 +76,7 @@ def run_lifecycle(ckpt: Any, *, strict: bool) -> None:
         return LifecycleMachine(Runner(ckpt, strict=strict, verdict=verdict), verdict)
 
     number = ckpt.session.run_seed
-    if number is not None and not base.derandomize and ckpt.session.database is None:
+    if number is not None and not base.derandomize:
         machine._hypothesis_internal_use_seed = number  # what @seed sets
     try:
         run_state_machine_as_test(machine, settings=options)
