@@ -1,18 +1,21 @@
 """Benchmark of a resharding load: save under one layout, load under another, reference vs DCP.
 
 Each case saves one float64 tensor, value-encoded (every element is its global row-major
-index), from the simulated ranks of one mesh and placements, then loads it on the
-simulated ranks of another (``ckptconf.harness.simulated``: every rank's planner and storage
-in this process, no process group). Torch DCP saves and loads with its default planners and
-``FileSystemWriter``/``FileSystemReader``; the reference with its planners and its
-``FileSystemWriter``/``ReferenceStorageReader``. Every load is checked element by element.
+index), from the simulated ranks of one mesh and placements (``ckptconf.harness.simulated``),
+then loads it on a gloo world of the other mesh's size, one process per rank. Torch DCP saves
+and loads with its default planners and ``FileSystemWriter``/``FileSystemReader``; the
+reference with its planners and its ``FileSystemWriter``/``ReferenceStorageReader``, once with
+its defaults (``reference``: shared reads, a chunk several ranks need strided parts of is
+read once and its parts sent over the process group) and once with ``share_reads=False``
+(``reference-unshared``: each rank reads what it needs itself). Every load is checked element
+by element on every rank.
 
 Read amplification is the bytes read from the data files during the load (all ranks
 together; the metadata file is not counted) over the bytes the destination tensors hold. DCP's
 bytes are counted under its buffered file object (what its reads asked of the file, buffer
 refills included); the reference's through its ``BlobStore`` (``read_range`` and
-``read_into``: it reads whole checksum blocks). Load times are the best of ``rounds``
-interleaved rounds.
+``read_into``: it reads whole checksum blocks). Load seconds run from a barrier before the
+load to one after it (the slowest rank's); the best of ``rounds`` interleaved rounds is kept.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ CASES = (
 @dataclass
 class ReshardBench:
     """One case's load: bytes the destination needs, bytes read and best seconds per
-    implementation (``"dcp"``, ``"reference"``)."""
+    implementation (``"dcp"``, ``"reference"``, ``"reference-unshared"``)."""
 
     case: str
     shape: tuple[int, ...]
@@ -181,13 +184,14 @@ def _values(mesh, placements, shape, *, encoded: bool):
     return mesh_values("w", shape, mesh, _placements(placements), fill=fill, dtype=torch.float64)
 
 
-def _check(dests, shape) -> None:
-    """Raise unless every destination piece holds its elements' global indices."""
+def _check(dests: dict, shape) -> None:
+    """Raise unless every destination piece (of each rank's value in ``dests``) holds its
+    elements' global indices."""
     import torch
     from ckptconf.harness.simulated import index_encoded
 
     fill = index_encoded(shape)
-    for rank, value in enumerate(dests):
+    for rank, value in dests.items():
         for piece in value.pieces:
             offsets, sizes = tuple(piece.chunk.offsets), tuple(piece.chunk.sizes)
             if not torch.equal(piece.view, fill(offsets, sizes).to(piece.view.dtype)):
@@ -205,6 +209,7 @@ def _save(case: ReshardCase, shape, root: str, block_size: int | None) -> dict[s
 
     saved = _values(case.save_mesh, case.save_placements, shape, encoded=True)
     paths = {"dcp": os.path.join(root, "dcp"), "reference": os.path.join(root, "reference")}
+    paths["reference-unshared"] = paths["reference"]
     states = [{"w": checkpointable(v)} for v in saved]
     simulate_save(states, DefaultSavePlanner, lambda r: dcp.FileSystemWriter(paths["dcp"]))
     options = {} if block_size is None else {"block_size": block_size}
@@ -217,25 +222,57 @@ def _save(case: ReshardCase, shape, root: str, block_size: int | None) -> dict[s
 
 
 def _load(name: str, case: ReshardCase, shape, path: str) -> tuple[int, float, int]:
-    """Bytes read, seconds and bytes needed of one checked load of ``path`` by ``name``."""
+    """Bytes read, seconds and bytes needed of one checked load of ``path`` by ``name``, on a
+    gloo world of the load mesh's size (the reference's shared reads exchange pieces over it)."""
+    from ckptconf.harness import get_world
+
+    results = get_world(math.prod(case.load_mesh)).run(_load_on_rank, name, case, shape, path)
+    wrong = [r[3] for r in results if r[3]]
+    if wrong:
+        raise AssertionError(f"{name}: " + "; ".join(wrong))
+    return (
+        sum(r[0] for r in results),
+        max(r[1] for r in results),
+        sum(r[2] for r in results),
+    )
+
+
+def _load_on_rank(
+    name: str, case: ReshardCase, shape, path: str
+) -> tuple[int, float, int, str | None]:
+    """This rank's part of :func:`_load`: its bytes read, the load's seconds (between barriers),
+    the bytes its destination holds, and what is wrong with its values (``None``: all right)."""
     import ckptconf.reference as ref
-    from ckptconf.harness.simulated import checkpointable, simulate_load
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from ckptconf.harness.simulated import checkpointable
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-    dests = _values(case.load_mesh, case.load_placements, shape, encoded=False)
-    needed = sum(p.view.numel() * p.view.element_size() for v in dests for p in v.pieces)
-    states = [{"w": checkpointable(v)} for v in dests]
+    rank = dist.get_rank()
+    dest = _values(case.load_mesh, case.load_placements, shape, encoded=False)[rank]
+    needed = sum(p.view.numel() * p.view.element_size() for p in dest.pieces)
+    state = {"w": checkpointable(dest)}
     counter = _Counter()
-    if name == "dcp":
-        planner, reader = DefaultLoadPlanner, lambda r: _counting_dcp_reader(path, counter)
-    else:
-        planner = ref.ReferenceLoadPlanner
-        reader = lambda r: _counting_reference_reader(path, counter)  # noqa: E731
-    start = time.perf_counter()
-    simulate_load(states, planner, reader)
-    seconds = time.perf_counter() - start
-    _check(dests, shape)
-    return counter.bytes, seconds, needed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dist.barrier()
+        start = time.perf_counter()
+        if name == "dcp":
+            dcp.load(
+                state,
+                storage_reader=_counting_dcp_reader(path, counter),
+                planner=DefaultLoadPlanner(),
+            )
+        else:
+            reader = _counting_reference_reader(path, counter)
+            ref.load(state, storage_reader=reader, share_reads=name == "reference")
+        dist.barrier()
+        seconds = time.perf_counter() - start
+    try:
+        _check({rank: dest}, shape)
+    except AssertionError as exc:
+        return counter.bytes, seconds, needed, str(exc)
+    return counter.bytes, seconds, needed, None
 
 
 def bench_reshard(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata
-from torch.distributed.checkpoint.planner import LoadPlanner, SavePlan, SavePlanner
+from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 from .compact_plan import (
@@ -18,14 +19,27 @@ from .compact_plan import (
     encode_save_plan,
     finish_save_plan,
 )
-from .compat import set_up_save_planner, set_up_storage_reader, set_up_storage_writer
+from .compat import (
+    object_collective_device,
+    set_up_save_planner,
+    set_up_storage_reader,
+    set_up_storage_writer,
+)
 from .coordination import Coordination
 from .filesystem import FileSystemReader, FileSystemWriter
 from .load_planner import ReferenceLoadPlanner
 from .save_planner import ReferenceSavePlanner
+from .shared_reads import (
+    RelayPlanner,
+    Round,
+    SharedReads,
+    commit_received,
+    exchange,
+    plan_shared_reads,
+)
 from .staging import StagingPool, stage_state_dict
 from .stateful import StatefulLoad, saved_state
-from .storage import ReferenceStorageWriter, plan_storage
+from .storage import ReferenceStorageReader, ReferenceStorageWriter, plan_storage
 
 __all__ = ["save", "load", "async_save"]
 
@@ -181,6 +195,7 @@ def load(
     planner: LoadPlanner | None = None,
     storage_reader: StorageReader | None = None,
     no_dist: bool | None = None,
+    share_reads: bool = True,
 ) -> None:
     """Load into ``state_dict`` in place; its tensors define the layout read into.
 
@@ -188,6 +203,11 @@ def load(
     ``load_state_dict``; the dict keeps the same object. Checks run on every rank before any
     destination tensor is written, and objects are decoded before any is (see the reader); a
     failure on any rank raises the same ``CheckpointError`` on every rank.
+
+    With ``share_reads`` (the default) and the reference's planner and reader, a saved chunk
+    that several ranks need strided parts of (a resharding load) is read once, by one rank,
+    and the parts sent to the others over ``process_group`` (:mod:`.shared_reads`), in
+    rounds of at most 256 MiB a rank; ``share_reads=False`` has each rank read what it needs.
     """
     reader = _reader(path, storage_reader)
     planner = planner or ReferenceLoadPlanner()
@@ -202,18 +222,79 @@ def load(
         set_up_storage_reader(reader, metadata, coord.is_coordinator, coord.rank)
         return reader.prepare_local_plan(planner.create_local_plan())
 
+    sharing = share_reads and coord.use_dist and _reads_shareable(reader)
+
     def global_plan(all_plans):
-        return reader.prepare_global_plan(planner.create_global_plan(all_plans))
+        plans = planner.create_global_plan(all_plans)
+        if not sharing:
+            return reader.prepare_global_plan(plans)
+        plans, shared = plan_shared_reads(plans, reader.metadata)
+        return list(zip(reader.prepare_global_plan(plans), shared))
 
-    central_plan = coord.reduce_scatter("load planning", local_plan, global_plan)
+    central = coord.reduce_scatter("load planning", local_plan, global_plan)
+    central_plan, shared = central if sharing else (central, SharedReads())
+    if shared.rounds:
+        _read_shared(coord, reader, planner, central_plan, shared)
+    else:
 
-    def read():
-        future = reader.read_data(planner.finish_plan(central_plan), planner)
-        future.wait()
+        def read():
+            future = reader.read_data(planner.finish_plan(central_plan), planner)
+            future.wait()
 
-    coord.run_all("load reading", read)
+        coord.run_all("load reading", read)
     # load_state_dict may run collectives of its own (set_state_dict): outside any step
     loading[0].finish()
+
+
+def _reads_shareable(reader: StorageReader) -> bool:
+    """Whether a load may share reads (:mod:`.shared_reads`): the reference's reader, whose
+    reads the cost model describes (any planner: relays use only its ``resolve_tensor`` and
+    ``commit_tensor``)."""
+    return isinstance(reader, ReferenceStorageReader)
+
+
+def _read_shared(
+    coord: Coordination,
+    reader: StorageReader,
+    planner: LoadPlanner,
+    central_plan: LoadPlan,
+    shared: SharedReads,
+) -> None:
+    """A load's reads with shared reads: one step per round, in which every rank reads (its own
+    items, and the items it reads for others), exchanges pieces, whether or not its reads
+    failed, and commits what it received only if every sender's reads succeeded."""
+    metadata = reader.metadata
+    device = object_collective_device(coord.group)
+    final: list[LoadPlan] = []
+    # an owner reads its own items of a chunk in the round that relays the chunk: one span read
+    relayed_in = {
+        item.storage_index: number
+        for number, one in enumerate(shared.rounds)
+        for _, item in one.relays
+    }
+
+    def run_round(number: int, one: Round) -> None:
+        relay = RelayPlanner(planner, metadata, one.relays, coord.world_size)
+        failure = None
+        try:
+            if number == 0:
+                final.append(planner.finish_plan(central_plan))
+            own = [i for i in final[0].items if relayed_in.get(i.storage_index, 0) == number]
+            plan = dataclasses.replace(final[0], items=own + [item for _, item in one.relays])
+            reader.read_data(plan, relay).wait()
+        except BaseException as exc:  # noqa: BLE001 - raised once the exchange is done
+            failure = exc
+        received, failed = exchange(
+            relay, one.receives, metadata, ok=failure is None, group=coord.group, device=device
+        )
+        if failure is not None:
+            raise failure
+        if not failed:
+            commit_received(planner, received, one.receives, metadata)
+        # else a sender failed: its own error fails this step on every rank
+
+    for number, one in enumerate(shared.rounds):
+        coord.run_all("load reading", lambda number=number, one=one: run_round(number, one))
 
 
 _executor: ThreadPoolExecutor | None = None

@@ -20,32 +20,39 @@ def test_a_column_slab_of_row_chunks_reads_whole_checksum_blocks(tmp_path):
     #   j = 0: [0, 9600)      -> blocks 0..2 -> [0, 12288)     12,288 bytes
     #   j = 1: [2400, 12000)  -> blocks 0..2 -> [0, 12288)     12,288 bytes
     #   j = 2: [4800, 14400)  -> blocks 1..3 -> [4096, 14400)  10,304 bytes
-    expected = 2 * (12288 + 12288 + 10304)
+    unshared = 2 * (12288 + 12288 + 10304)
     (row,) = bench_reshard(
         cases=[ROWS_TO_COLUMNS], shape=(4, 900), block_size=4096, rounds=1, folder=str(tmp_path)
     )
     assert row.needed == 4 * 900 * 8
-    assert row.read["reference"] == expected == 69760
-    assert row.amplification("reference") == 69760 / 28800
+    assert row.read["reference-unshared"] == unshared == 69760
+    assert row.amplification("reference-unshared") == 69760 / 28800
+    # shared reads: each rank needs 4,800 of a chunk's bytes and would read 2 to 2.6 times
+    # that, so one rank reads each chunk's span once ([0, 14400): blocks 0..3) for all three
+    assert row.read["reference"] == 2 * 14400 == row.needed
     # DCP reads each saved chunk whole (a torch.save record) for each rank that needs part of it
     assert row.read["dcp"] >= 3 * 2 * 14400
-    assert row.seconds["dcp"] > 0 and row.seconds["reference"] > 0
+    assert min(row.seconds.values()) > 0
     assert row.speedup == row.seconds["dcp"] / row.seconds["reference"]
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(
-    ("shape", "block_size", "expected_read"),
+    ("shape", "block_size", "expected_read", "unshared_read"),
     [
         # 2x2 chunks of (2, 3): 48 bytes, in one 4 MiB block; each of the 4 ranks (one row)
-        # needs half of 2 chunks and reads those 2 chunks whole: 8 x 48 bytes
-        ((4, 6), None, 8 * 48),
+        # needs half of 2 chunks: alone it reads those 2 chunks whole (8 x 48 bytes); shared,
+        # one of the 2 ranks needing a chunk reads it for both (4 x 48)
+        ((4, 6), None, 4 * 48, 8 * 48),
         # 2x2 chunks of (4, 2): 64 bytes, 2 blocks of 32; each rank (2 rows) needs one half of
-        # 2 chunks, which is one block: 8 x 32 bytes, just what is needed (8 x 4 x 8)
-        ((8, 4), 32, 8 * 32),
+        # 2 chunks, which is one block: 8 x 32 bytes, just what is needed (8 x 4 x 8), nothing
+        # to share
+        ((8, 4), 32, 8 * 32, 8 * 32),
     ],
 )
-def test_a_2d_mesh_loaded_as_rows_reads_whole_blocks(tmp_path, shape, block_size, expected_read):
+def test_a_2d_mesh_loaded_as_rows_reads_whole_blocks(
+    tmp_path, shape, block_size, expected_read, unshared_read
+):
     (row,) = bench_reshard(
         cases=[MESH_2X2_TO_ROWS],
         shape=shape,
@@ -55,6 +62,7 @@ def test_a_2d_mesh_loaded_as_rows_reads_whole_blocks(tmp_path, shape, block_size
     )
     assert row.needed == shape[0] * shape[1] * 8
     assert row.read["reference"] == expected_read
+    assert row.read["reference-unshared"] == unshared_read
     assert row.amplification("reference") == expected_read / row.needed
     assert row.read["dcp"] >= 8 * shape[0] * shape[1] * 8 // 4  # each chunk whole, twice
 

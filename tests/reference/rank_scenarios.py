@@ -329,3 +329,54 @@ def save_planning_unpickles_nothing(path: str) -> dict:
         "chunks": [tuple(c.offsets) for c in metadata.state_dict_metadata["dt"].chunks],
         "cfg": back["cfg"],
     }
+
+
+def save_rows(path: str, shape) -> dict:
+    """Save a value-encoded float64 tensor of ``shape`` under ``Shard(0)`` on this world."""
+    ref.save({"w": layout((dist.get_world_size(),), [Shard(0)], shape)}, path)
+    return {"rank": dist.get_rank()}
+
+
+def load_columns_counting(
+    path: str, shape, share_reads: bool, round_bytes: int | None = None, placement: str = "S1"
+):
+    """Load under ``Shard(1)`` (or ``placement``) on this world, counting the data bytes this
+    rank reads and the rounds of shared reads; the values are checked against DTensor's own
+    distribution."""
+    from ckptconf.bench.reshard import _Counter, _counting_reference_reader
+    from ckptconf.reference import driver, shared_reads
+
+    counter = _Counter()
+    rounds = []
+
+    def counted_exchange(*args, **kwargs):
+        rounds.append(1)
+        return shared_reads.exchange(*args, **kwargs)
+
+    placements = PLACEMENTS[placement]
+    dest = {"w": layout((dist.get_world_size(),), placements, shape, fill=False)}
+    saved = shared_reads.ROUND_BYTES
+    if round_bytes is not None:
+        shared_reads.ROUND_BYTES = round_bytes
+    driver.exchange = counted_exchange
+    try:
+        ref.load(
+            dest, storage_reader=_counting_reference_reader(path, counter), share_reads=share_reads
+        )
+    finally:
+        shared_reads.ROUND_BYTES = saved
+        driver.exchange = shared_reads.exchange
+    want = expected_local((dist.get_world_size(),), placements, shape)
+    torch.testing.assert_close(dest["w"].to_local(), want, rtol=0, atol=0)
+    local = dest["w"].to_local()
+    return {"read": counter.bytes, "needed": local.numel() * local.element_size(), "rounds": len(rounds)}
+
+
+def load_columns_failing(path: str, shape) -> dict:
+    """Load under ``Shard(1)``; return the error every rank raised."""
+    dest = {"w": layout((dist.get_world_size(),), [Shard(1)], shape, fill=False)}
+    try:
+        ref.load(dest, path)
+    except ref.CheckpointError as exc:
+        return {"ranks": sorted(exc.failures), "message": str(exc)}
+    return {"ranks": None, "message": "loaded"}

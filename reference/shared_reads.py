@@ -1,0 +1,350 @@
+"""Shared reads: a saved chunk that several ranks need parts of is read once and the parts sent.
+
+A resharding load can make each rank read much more than it needs. The reference reader
+reads, per saved chunk, one span from the first to the last byte a rank needs, in whole
+checksum blocks (so that everything read is verified). When a rank needs a strided part of
+a chunk (a column slab of a row-major chunk: ``Shard(0)`` saved, ``Shard(1)`` loaded), that
+span is most of the chunk, and every such rank reads it: three ranks read the tensor three
+times. Here the coordinator, which sees every rank's read items, picks for each such chunk one
+*owner* rank that reads the span once (its own items and the others' together, verified as
+always) and sends each other rank its pieces over the process group (one
+``all_to_all_single`` per round); the receiving ranks read nothing of that chunk. The idea is
+ByteCheckpoint's load-time deduplication of reads (Wan et al., "ByteCheckpoint: A Unified
+Checkpointing System for Large Foundation Model Development", NSDI 2025, section 4.3), where
+storage bandwidth, not the interconnect, bounds a load.
+
+Only reads that would be *amplified* (a rank reading more than :data:`AMPLIFIED` times what it
+needs of a chunk) are shared, and only when sharing reads fewer bytes in all; a rank that needs
+a whole chunk (a replicated load) still reads it itself. What is sent is bounded per round
+(:data:`ROUND_BYTES` by default, sent plus received per rank) so the staging memory stays
+bounded: a load sends its pieces in as many rounds as that takes.
+
+Call order, in the reference's ``load`` (``driver.py``): the coordinator's global-plan step calls
+:func:`plan_shared_reads` on the planner's global plan; every rank then runs, per round,
+a read step (the round's relayed items, and in the first round the rank's own items) with a
+:class:`RelayPlanner`, then :func:`exchange`, then a step that gives the received pieces to
+the planner (:func:`commit_received`). Failures in the read and commit steps reach every rank
+as in any step; the exchange itself runs only after a read step every rank passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
+
+from .metadata_format import Region
+
+__all__ = [
+    "AMPLIFIED",
+    "ROUND_BYTES",
+    "Round",
+    "SharedReads",
+    "RelayPlanner",
+    "plan_shared_reads",
+    "direct_read_bytes",
+    "exchange",
+    "commit_received",
+]
+
+AMPLIFIED = 1.05
+"""A rank whose direct read of a chunk exceeds this many times the bytes it needs of it gets
+those bytes from an owner instead (when that reads fewer bytes in all)."""
+
+ROUND_BYTES = 256 << 20
+"""Default bound of one round's sent plus received bytes on any rank (a chunk whose pieces
+alone exceed it gets a round of its own)."""
+
+_ALIGN = 16  # each piece starts 16-byte aligned in the exchange buffers (any dtype's view)
+
+
+@dataclass
+class Round:
+    """One rank's part in one round: the items it reads for others (``relays``: the receiving
+    rank and the item, as that rank planned it) and the items it gets (``receives``: the owner
+    and the item). Both are in the order the bytes travel: by peer rank, then plan order."""
+
+    relays: list[tuple[int, ReadItem]] = field(default_factory=list)
+    receives: list[tuple[int, ReadItem]] = field(default_factory=list)
+
+
+@dataclass
+class SharedReads:
+    """One rank's shared reads: its rounds (the same number on every rank; none when no read is
+    shared anywhere, and then a load takes the steps it always took)."""
+
+    rounds: list[Round] = field(default_factory=list)
+
+
+def _strides(shape: tuple[int, ...]) -> list[int]:
+    strides = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * shape[d + 1]
+    return strides
+
+
+def _element_span(items: list[ReadItem], shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """First and one-past-last row-major element of the saved chunk that ``items`` touch."""
+    strides = _strides(shape)
+    first = last = None
+    for item in items:
+        if math.prod(item.lengths) == 0:
+            continue
+        a = sum(o * s for o, s in zip(item.storage_offsets, strides))
+        b = sum((o + n - 1) * s for o, n, s in zip(item.storage_offsets, item.lengths, strides))
+        first = a if first is None else min(first, a)
+        last = b if last is None else max(last, b)
+    return None if first is None else (first, last + 1)
+
+
+def direct_read_bytes(
+    items: list[ReadItem], region: Region, shape: tuple[int, ...], itemsize: int
+) -> int:
+    """Bytes the reference reader reads of one saved chunk for ``items``: the span from the first
+    to the last element they need, in whole checksum blocks (``ReferenceStorageReader``)."""
+    span = _element_span(items, shape)
+    if span is None:
+        return 0
+    blocks = region.blocks(span[0] * itemsize, span[1] * itemsize)
+    if not blocks:
+        return 0
+    return min(region.length, blocks.stop * region.block_size) - blocks.start * region.block_size
+
+
+def item_bytes(item: ReadItem, itemsize: int) -> int:
+    """Bytes of the elements ``item`` reads."""
+    return math.prod(item.lengths) * itemsize
+
+
+def _slot(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def plan_shared_reads(
+    plans: list[LoadPlan],
+    metadata: Metadata,
+    *,
+    amplified: float = AMPLIFIED,
+    round_bytes: int | None = None,
+) -> tuple[list[LoadPlan], list[SharedReads]]:
+    """Each rank's plan with the reads it no longer makes, and its shared reads.
+
+    Args:
+        plans: every rank's load plan (the planner's global plan), ``plans[r]`` for rank ``r``.
+        metadata: the checkpoint's metadata, its ``storage_data`` the reference format's
+            :class:`Region` per saved chunk (any other storage data: nothing is shared).
+        amplified: the ratio of a rank's direct read of a chunk to what it needs of it above
+            which its read is shared.
+        round_bytes: the bound of one round's sent plus received bytes on a rank (default
+            :data:`ROUND_BYTES`).
+
+    Returns:
+        ``(plans, shared)``: ``plans[r]`` keeps the items rank ``r`` still reads for itself, in
+        order; ``shared[r]`` holds, per round, the items it reads for others and the items it
+        receives. The plans are the ones given when nothing is shared.
+    """
+    regions = metadata.storage_data
+    if not isinstance(regions, dict) or len(plans) < 2:
+        return plans, [SharedReads() for _ in plans]
+    chunk_sizes = {
+        MetadataIndex(key, chunk.offsets): tuple(chunk.sizes)
+        for key, entry in metadata.state_dict_metadata.items()
+        if isinstance(entry, TensorStorageMetadata)
+        for chunk in entry.chunks
+    }
+    # every rank's tensor items per saved chunk, chunks in the order first planned
+    wanted: dict[MetadataIndex, dict[int, list[ReadItem]]] = defaultdict(dict)
+    for rank, plan in enumerate(plans):
+        for item in plan.items:
+            if item.type == LoadItemType.TENSOR:
+                wanted[item.storage_index].setdefault(rank, []).append(item)
+    moved: set[tuple[int, int]] = set()  # (rank, id(item)) of items another rank reads
+    transfers: list[tuple[int, list[tuple[int, ReadItem]], dict[int, int]]] = []
+    owned = [0] * len(plans)
+    for index, by_rank in wanted.items():
+        region, shape = regions.get(index), chunk_sizes.get(index)
+        if len(by_rank) < 2 or not isinstance(region, Region) or shape is None:
+            continue
+        itemsize = metadata.state_dict_metadata[index.fqn].properties.dtype.itemsize
+        needs = {r: sum(item_bytes(i, itemsize) for i in items) for r, items in by_rank.items()}
+        direct = {
+            r: direct_read_bytes(items, region, shape, itemsize) for r, items in by_rank.items()
+        }
+        amplified_ranks = [r for r in by_rank if direct[r] > amplified * needs[r]]
+        if not amplified_ranks:
+            continue
+        # the owner: a rank that reads its span anyway (not amplified) if any; among those,
+        # the one that owns fewest bytes so far (reads spread over ranks), then the neediest
+        calm = [r for r in by_rank if r not in amplified_ranks]
+        owner = min(calm or by_rank, key=lambda r: (owned[r], -needs[r], r))
+        receivers = [r for r in amplified_ranks if r != owner]
+        if not receivers:
+            continue
+        together = [i for r in [owner, *receivers] for i in by_rank[r]]
+        shared_read = direct_read_bytes(together, region, shape, itemsize)
+        if shared_read >= direct[owner] + sum(direct[r] for r in receivers):
+            continue
+        pieces = [(r, i) for r in receivers for i in by_rank[r]]
+        load = {owner: sum(_slot(item_bytes(i, itemsize)) for _, i in pieces)}
+        for r in receivers:
+            load[r] = sum(_slot(item_bytes(i, itemsize)) for i in by_rank[r])
+            moved.update((r, id(i)) for i in by_rank[r])
+        owned[owner] += load[owner]
+        transfers.append((owner, pieces, load))
+    if not transfers:
+        return plans, [SharedReads() for _ in plans]
+    rounds = _rounds(transfers, len(plans), ROUND_BYTES if round_bytes is None else round_bytes)
+    shared = [SharedReads([Round() for _ in rounds]) for _ in plans]
+    for k, members in enumerate(rounds):
+        for owner, pieces, _ in members:
+            for receiver, item in pieces:
+                shared[owner].rounds[k].relays.append((receiver, item))
+                shared[receiver].rounds[k].receives.append((owner, item))
+    for part in shared:
+        for one in part.rounds:
+            one.relays.sort(key=lambda pair: pair[0])  # stable: plan order within a peer
+            one.receives.sort(key=lambda pair: pair[0])
+    out = [
+        dataclasses.replace(plan, items=[i for i in plan.items if (rank, id(i)) not in moved])
+        for rank, plan in enumerate(plans)
+    ]
+    return out, shared
+
+
+def _rounds(transfers, world: int, round_bytes: int) -> list[list]:
+    """Transfers grouped into rounds, in order, so that no rank's bytes in a round pass
+    ``round_bytes`` (a transfer alone past it is a round of its own)."""
+    rounds: list[list] = [[]]
+    total = [0] * world
+    for transfer in transfers:
+        load = transfer[2]
+        if rounds[-1] and any(total[r] + b > round_bytes for r, b in load.items()):
+            rounds.append([])
+            total = [0] * world
+        rounds[-1].append(transfer)
+        for r, b in load.items():
+            total[r] += b
+    return rounds
+
+
+def _layout(
+    pairs: list[tuple[int, ReadItem]], world: int, dtype_of
+) -> tuple[list[int], list[int], list[int]]:
+    """Where each pair's piece lies in an exchange buffer: every peer's segment (``pairs`` are
+    sorted by peer) starts with a header of :data:`_ALIGN` bytes (its first byte: the sender's
+    status), then its pieces. Returns each piece's offset, each segment's start and size."""
+    sizes = [_ALIGN] * world
+    for peer, item in pairs:
+        sizes[peer] += _slot(item_bytes(item, dtype_of(item).itemsize))
+    starts = [0] * world
+    for peer in range(1, world):
+        starts[peer] = starts[peer - 1] + sizes[peer - 1]
+    offsets, at = [], list(starts)
+    for peer, item in pairs:
+        at[peer] += _ALIGN if at[peer] == starts[peer] else 0
+        offsets.append(at[peer])
+        at[peer] += _slot(item_bytes(item, dtype_of(item).itemsize))
+    return offsets, starts, sizes
+
+
+def _piece(buffer: torch.Tensor, at: int, item: ReadItem, dtype: torch.dtype) -> torch.Tensor:
+    size = item_bytes(item, dtype.itemsize)
+    return buffer[at : at + size].view(dtype).view(tuple(item.lengths))
+
+
+def _dtype_in(metadata: Metadata):
+    def dtype(item: ReadItem) -> torch.dtype:
+        return metadata.state_dict_metadata[item.storage_index.fqn].properties.dtype
+
+    return dtype
+
+
+_OK, _FAILED = 1, 2  # a segment's status byte (0: never written)
+
+
+class RelayPlanner:
+    """The load planner a rank's reader is given in a round: the items it reads for others go
+    to pieces of its send buffer; every other call goes to the rank's own planner.
+
+    Args:
+        planner: the rank's load planner.
+        metadata: the checkpoint's metadata (the saved dtype of each key).
+        relays: this round's ``(receiving rank, item)`` pairs, sorted by receiving rank.
+        world: the number of ranks.
+    """
+
+    def __init__(
+        self, planner: Any, metadata: Metadata, relays: list[tuple[int, ReadItem]], world: int
+    ):
+        self.planner = planner
+        dtype = _dtype_in(metadata)
+        offsets, self.starts, self.sizes = _layout(relays, world, dtype)
+        self.send = torch.empty(sum(self.sizes), dtype=torch.uint8)
+        self._pieces = {
+            id(item): _piece(self.send, at, item, dtype(item))
+            for (_, item), at in zip(relays, offsets)
+        }
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        piece = self._pieces.get(id(read_item))
+        return piece if piece is not None else self.planner.resolve_tensor(read_item)
+
+    def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
+        if id(read_item) not in self._pieces:
+            self.planner.commit_tensor(read_item, tensor)
+
+    def __getattr__(self, name: str) -> Any:  # load_bytes, check_bytes, ...
+        return getattr(self.planner, name)
+
+
+def exchange(
+    relay: RelayPlanner,
+    receives: list[tuple[int, ReadItem]],
+    metadata: Metadata,
+    *,
+    ok: bool,
+    group: dist.ProcessGroup | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, list[int]]:
+    """Send every rank its pieces read here and get this rank's: one ``all_to_all_single`` of
+    bytes on ``device`` (the group's collective device), every rank of ``group`` calling it for
+    the same round. ``ok`` says whether this rank's reads succeeded; each segment carries it, so
+    a rank never takes a piece a failed read left unverified.
+
+    Returns:
+        The received bytes (on CPU) and the ranks whose reads failed, this one included.
+    """
+    world = dist.get_world_size(group)
+    relay.send[relay.starts] = _OK if ok else _FAILED
+    _, starts, sizes = _layout(receives, world, _dtype_in(metadata))
+    out = torch.empty(sum(sizes), dtype=torch.uint8, device=device)
+    dist.all_to_all_single(out, relay.send.to(device), sizes, relay.sizes, group=group)
+    out = out.cpu()
+    return out, [peer for peer in range(world) if int(out[starts[peer]]) != _OK]
+
+
+def commit_received(
+    planner: Any, received: torch.Tensor, receives: list[tuple[int, ReadItem]], metadata: Metadata
+) -> None:
+    """Give each received piece to ``planner`` as a read of its item (``resolve_tensor``, a
+    copy, ``commit_tensor``), in order."""
+    dtype = _dtype_in(metadata)
+    world = 1 + max((p for p, _ in receives), default=0)
+    offsets, _, _ = _layout(receives, world, dtype)
+    for (owner, item), at in zip(receives, offsets):
+        source = _piece(received, at, item, dtype(item))
+        target = planner.resolve_tensor(item).detach()
+        if tuple(target.shape) != tuple(item.lengths):
+            raise ValueError(
+                f"key {item.dest_index.fqn!r}: planner gave a destination of shape "
+                f"{tuple(target.shape)} for a read of {tuple(item.lengths)} (sent by rank {owner})"
+            )
+        target.copy_(source)
+        planner.commit_tensor(item, target)
