@@ -98,8 +98,8 @@ def meta_destinations_skipped() -> Backend:
 class GroupRankAsGlobalCoordination(Coordination):
     """Takes the coordinator's rank in the group for its global rank."""
 
-    def __init__(self, process_group=None, coordinator_rank: int = 0, no_dist=None):
-        super().__init__(process_group, coordinator_rank, no_dist)
+    def __init__(self, process_group=None, coordinator_rank: int = 0, no_dist=None, where=None):
+        super().__init__(process_group, coordinator_rank, no_dist, where)
         self.global_coordinator = coordinator_rank
 
 
