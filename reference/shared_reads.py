@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 
 from .metadata_format import Region
@@ -153,26 +152,43 @@ def plan_shared_reads(
     regions = metadata.storage_data
     if not isinstance(regions, dict) or len(plans) < 2:
         return plans, [SharedReads() for _ in plans]
-    chunk_sizes = {
-        MetadataIndex(key, chunk.offsets): tuple(chunk.sizes)
-        for key, entry in metadata.state_dict_metadata.items()
-        if isinstance(entry, TensorStorageMetadata)
-        for chunk in entry.chunks
-    }
-    # every rank's tensor items per saved chunk, chunks in the order first planned
-    wanted: dict[MetadataIndex, dict[int, list[ReadItem]]] = defaultdict(dict)
+    # every rank's tensor items per saved chunk, in rank order, as a flat [rank, item, ...]
+    # (keyed by name and offsets: hashing a MetadataIndex costs several times more)
+    wanted: dict[tuple[str, Any], list] = {}
+    get, tensor = wanted.get, LoadItemType.TENSOR
     for rank, plan in enumerate(plans):
         for item in plan.items:
-            if item.type == LoadItemType.TENSOR:
-                wanted[item.storage_index].setdefault(rank, []).append(item)
+            if item.type is tensor:
+                index = item.storage_index
+                key = (index.fqn, index.offset)
+                entry = get(key)
+                if entry is None:
+                    wanted[key] = [rank, item]
+                else:
+                    entry += (rank, item)
     moved: set[tuple[int, int]] = set()  # (rank, id(item)) of items another rank reads
     transfers: list[tuple[int, list[tuple[int, ReadItem]], dict[int, int]]] = []
     owned = [0] * len(plans)
-    for index, by_rank in wanted.items():
-        region, shape = regions.get(index), chunk_sizes.get(index)
-        if len(by_rank) < 2 or not isinstance(region, Region) or shape is None:
+    sizes_of: dict[str, dict[tuple[int, ...], tuple[int, ...]]] = {}
+    for (fqn, offset), entry in wanted.items():
+        if entry[0] == entry[-2]:  # one rank needs this chunk: nothing to share
             continue
-        itemsize = metadata.state_dict_metadata[index.fqn].properties.dtype.itemsize
+        by_rank: dict[int, list[ReadItem]] = {}
+        for rank, item in zip(entry[::2], entry[1::2]):
+            by_rank.setdefault(rank, []).append(item)
+        index = entry[1].storage_index
+        region = regions.get(index)
+        if fqn not in sizes_of:
+            saved = metadata.state_dict_metadata.get(fqn)
+            sizes_of[fqn] = (
+                {tuple(c.offsets): tuple(c.sizes) for c in saved.chunks}
+                if isinstance(saved, TensorStorageMetadata)
+                else {}
+            )
+        shape = sizes_of[fqn].get(tuple(offset) if offset is not None else ())
+        if not isinstance(region, Region) or shape is None:
+            continue
+        itemsize = metadata.state_dict_metadata[fqn].properties.dtype.itemsize
         needs = {r: sum(item_bytes(i, itemsize) for i in items) for r, items in by_rank.items()}
         direct = {
             r: direct_read_bytes(items, region, shape, itemsize) for r, items in by_rank.items()
