@@ -119,3 +119,35 @@ def test_a_campaign_runs_rounds_until_its_budget_and_reports_them(tmp_path):
     assert lines[-1].endswith(
         " distinct failure(s); hypothesis' database: " + str(tmp_path / "fz" / "examples")
     )
+
+
+def test_a_later_campaign_numbers_its_rounds_on_and_overwrites_no_report(tmp_path, monkeypatch):
+    earlier = {"tests": [_failed("t.py::T::a", "load", "raised", "ValueError: x")]}
+    for number in (1, 2):
+        (tmp_path / f"round-{number}.json").write_text(json.dumps(earlier))
+    ran: list[list[str]] = []
+
+    def round_(self, number, seconds, say):
+        ran.append(self.command(number, seconds))
+        self.report(number).write_text(json.dumps({"tests": []}))
+        raise KeyboardInterrupt  # Ctrl-C during the later campaign's first round
+
+    monkeypatch.setattr(Campaign, "_round", round_)
+    said: list[str] = []
+    assert Campaign("reference", tmp_path, 600.0).run(said.append) == 0
+    (command,) = ran
+    # round 3, with the examples of a campaign's first round: rounds 1 and 2 keep their reports
+    assert command[command.index("--report") + 1] == str(tmp_path / "round-3.json")
+    assert command[command.index("--ckpt-max-examples") + 1] == "40"
+    for number in (1, 2):
+        assert json.loads((tmp_path / f"round-{number}.json").read_text()) == earlier
+    assert said[1] == (
+        "the folder holds earlier campaigns' reports up to round-2.json: this one's rounds go on "
+        "from 3"
+    )
+    assert said[2].startswith("round 3: 40 examples a test, ")
+    assert said[3:5] == [
+        "stopped (Ctrl-C): the round's report keeps every test it finished",
+        "round 3: 0 tests, 0 examples; 0 distinct failure(s) so far",
+    ]
+    assert said[5].startswith("1 round(s), 0 examples, 0 distinct failure(s); ")

@@ -266,11 +266,18 @@ def test_a_later_campaign_replays_what_an_earlier_one_found_first(tmp_path, fold
     second = Campaign(folder, "16s", TEST, second_log)
     status, errors = second.finish(timeout=90)
     assert status == 1, (second.lines, errors)
-    assert second.lines[1] == "round 1: 40 examples a test, 16 s left", second.lines
-    (again,) = json.loads((folder / "round-1.json").read_text())["tests"]
+    # its first round, numbered on from the first campaign's, draws as a first round does
+    assert second.lines[1:3] == [
+        "the folder holds earlier campaigns' reports up to round-1.json: this one's rounds go on "
+        "from 2",
+        "round 2: 40 examples a test, 16 s left",
+    ], second.lines
+    (again,) = json.loads((folder / "round-2.json").read_text())["tests"]
     assert again["outcome"] == "failed" and failure_key(again) == key, again
-    assert f"  {FINDING} (round 1, {folder / 'round-1.json'}): {WHAT}" in second.lines
+    assert f"  {FINDING} (round 2, {folder / 'round-2.json'}): {WHAT}" in second.lines
     # the first case the second campaign's round planned was the one found: from the database,
     # since a fresh draw begins with the simplest case
     assert second_log.read_text().split()[0] == "3d"
     assert again["examples"] < found["examples"], (again, found)
+    # and the first campaign's report is still there
+    assert json.loads((folder / "round-1.json").read_text())["tests"] == [found]
