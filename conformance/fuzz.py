@@ -175,6 +175,7 @@ class Campaign:
                     say(f"round {number} ran past the budget: stopping it")
                     _stop(process)
         except KeyboardInterrupt:
+            say(f"stopping round {number} (Ctrl-C again kills it)")
             _stop(process)
             raise
         drain.join(timeout=10)
@@ -227,12 +228,21 @@ class Campaign:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Ask a round to stop as Ctrl-C would (it writes its report), then kill it if it must."""
+    """Ask a round to stop as Ctrl-C would (it writes its report), then kill it (and what it
+    started) if it runs past the grace, or at once on another Ctrl-C: the round runs in a
+    session of its own, which the terminal's Ctrl-C does not reach."""
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=GRACE_SECONDS)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        _kill(process)
+    except KeyboardInterrupt:
+        _kill(process)
+        raise
+
+
+def _kill(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

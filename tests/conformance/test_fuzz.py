@@ -151,3 +151,36 @@ def test_a_later_campaign_numbers_its_rounds_on_and_overwrites_no_report(tmp_pat
         "round 3: 0 tests, 0 examples; 0 distinct failure(s) so far",
     ]
     assert said[5].startswith("1 round(s), 0 examples, 0 distinct failure(s); ")
+
+
+def test_ctrl_c_again_while_a_round_stops_kills_it(monkeypatch):
+    from ckptconf.conformance import fuzz
+
+    # a round that takes its time to stop on SIGINT (here: ignores it)
+    ignoring = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print(1)"
+    process = subprocess.Popen(
+        [sys.executable, "-c", ignoring + "; import sys; sys.stdout.flush(); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout.readline() == b"1\n"  # SIGINT ignored from now on
+        waits: list[float | None] = []
+        wait = process.wait
+
+        def interrupted(timeout=None):
+            waits.append(timeout)
+            if len(waits) == 1:  # the grace wait: the user presses Ctrl-C again
+                raise KeyboardInterrupt
+            return wait(timeout)
+
+        monkeypatch.setattr(process, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            fuzz._stop(process)
+        assert waits[0] == fuzz.GRACE_SECONDS
+        assert process.returncode == -9  # killed, not left running in its own session
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
