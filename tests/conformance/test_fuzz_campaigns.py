@@ -95,6 +95,9 @@ class Campaign:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            # as a terminal's foreground job: SIGINT stops it even where this test runs with
+            # SIGINT ignored (started in the background by a script), which its children inherit
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
