@@ -85,27 +85,30 @@ class Campaign:
 
     def __init__(self, folder: Path, budget: str, select: str, log: Path):
         self.folder = folder
+        self.errors = log.with_suffix(".stderr")  # a file: a pipe nobody reads could fill
         env = {**os.environ, "CKPTCONF_FUZZ_LOG": str(log), "COLUMNS": "200"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ckptconf.cli", "fuzz", "--backend", SPEC]
-            + ["--budget", budget, "--db", str(folder), "-k", select],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            # as a terminal's foreground job: SIGINT stops it even where this test runs with
-            # SIGINT ignored (started in the background by a script), which its children inherit
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        with self.errors.open("w") as errors:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ckptconf.cli", "fuzz", "--backend", SPEC]
+                + ["--budget", budget, "--db", str(folder), "-k", select],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                start_new_session=True,
+                # as a terminal's foreground job: SIGINT stops it even where this test runs
+                # with SIGINT ignored (in a script's background job), which children inherit
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
-        for line in self.process.stdout:
-            self._queue.put(line.rstrip("\n"))
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
     def wait_for_line(self, prefix: str, timeout: float) -> str:
@@ -136,7 +139,7 @@ class Campaign:
             self.fail(f"still running after {timeout:.0f} s")
         while (line := self._queue.get(timeout=10)) is not None:
             self.lines.append(line)
-        return self.process.returncode, self.process.stderr.read()
+        return self.process.returncode, self.errors.read_text()
 
     def fail(self, why: str) -> None:
         if self.process.poll() is None:
@@ -155,7 +158,7 @@ class Campaign:
             self.lines.append(line)
         stdout = "\n".join(self.lines)
         pytest.fail(
-            f"ckptconf fuzz: {why}\n--- stdout\n{stdout}\n--- stderr\n{self.process.stderr.read()}"
+            f"ckptconf fuzz: {why}\n--- stdout\n{stdout}\n--- stderr\n{self.errors.read_text()}"
         )
 
 
@@ -235,7 +238,7 @@ def test_ctrl_c_stops_a_campaign_and_keeps_what_it_found(tmp_path, folder):
     pattern = r"round \d+: \d+ tests, \d+ examples; \d+ distinct failure\(s\) so far"
     assert any(re.fullmatch(pattern, line) for line in after), lines
     rounds, failures = summary(after, folder)
-    assert failures >= 1
+    assert rounds >= 1 and failures >= 1
     assert f"  {FINDING} (round 1, {folder / 'round-1.json'}): {WHAT}" in after
     assert any(
         line.startswith("replay them (the database's examples run first): ") for line in after
