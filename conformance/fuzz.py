@@ -7,11 +7,13 @@ such as a third per storage hook, draw that share). Every round keeps hypothesis
 database in ``FOLDER/examples``: a failing example found once is saved there and replayed
 first by every later round, and by a later campaign on the same folder, so nothing found is
 lost (hypothesis uses no database in a seeded test, so rounds are not seeded). Each round's
-JSON report goes to ``FOLDER/round-N.json``, rewritten after every test; the campaign reads it
-as the round runs and prints each distinct failure (test, step, kind and the error's type, with
-paths and numbers left out) when it first appears. Ctrl-C stops the round in progress, which
-keeps every test it finished, and prints the summary; so does the end of the budget (a round
-running past it is stopped after a minute's grace).
+JSON report goes to ``FOLDER/round-N.json``, rewritten after every test; a later campaign on the
+folder numbers its rounds on from the last report there (its examples start again at 40), so
+it overwrites no report of an earlier one. The campaign reads the report as the round runs and
+prints each distinct failure (test, step, kind and the error's type, with paths and numbers
+left out) when it first appears. Ctrl-C stops the round in progress, which keeps every test it
+finished, and prints the summary; so does the end of the budget (a round running past it is
+stopped after a minute's grace).
 
 Coverage guidance (HypoFuzz) is not used: the suites' work runs in rank processes that an
 in-process coverage tracer does not see, so it would guide by the controller's branches only.
@@ -84,19 +86,32 @@ class Campaign:
     extra: Sequence[str] = ()
     findings: dict[tuple[str, ...], Finding] = field(default_factory=dict)
     rounds: int = 0
+    """Rounds this campaign ran."""
+    first: int = 1
+    """The number of this campaign's first round: one after the folder's last report."""
     examples: int = 0
 
     def command(self, number: int, seconds: float) -> list[str]:
-        """The ``ckptconf run`` command of round ``number``, given ``seconds``."""
+        """The ``ckptconf run`` command of round ``number``, given ``seconds``: the examples of
+        this campaign's ``number - first + 1``-th round."""
         parts = [sys.executable, "-m", "ckptconf.cli", "run"]
         parts += ["--backend", self.backend, "--profile", "dev", "--no-preflight"]
         parts += ["--report", str(self.report(number))]
         parts += ["--budget", f"{max(1.0, seconds):.0f}s"]
         if self.select:
             parts += ["-k", self.select]
-        parts += ["--", "--ckpt-max-examples", str(round_examples(number))]
+        parts += ["--", "--ckpt-max-examples", str(self.round_examples(number))]
         parts += ["--ckpt-database", str(self.folder / "examples"), *self.extra]
         return parts
+
+    def round_examples(self, number: int) -> int:
+        """Examples per test in round ``number``: a campaign's first round draws 40."""
+        return round_examples(number - self.first + 1)
+
+    def earlier_rounds(self) -> int:
+        """The last round number of a report in the folder (earlier campaigns'), 0 if none."""
+        names = (re.fullmatch(r"round-(\d+)\.json", p.name) for p in self.folder.iterdir())
+        return max((int(m[1]) for m in names if m), default=0)
 
     def report(self, number: int) -> Path:
         """Where round ``number`` writes its JSON report."""
@@ -106,16 +121,24 @@ class Campaign:
         """Run rounds until the budget is spent or Ctrl-C; 1 if any failure was found, else 0."""
         self.folder.mkdir(parents=True, exist_ok=True)
         end = time.monotonic() + self.budget
+        self.first = self.earlier_rounds() + 1
         say(
             f"fuzzing {self.backend} for {self.budget:.0f} s; database and reports in {self.folder} "
             "(Ctrl-C stops and keeps everything found)"
         )
+        if self.first > 1:
+            say(
+                f"the folder holds earlier campaigns' reports up to round-{self.first - 1}.json: "
+                f"this one's rounds go on from {self.first}"
+            )
+        number = 0
         try:
             while time.monotonic() < end - 15:  # a round needs seconds to start
+                number, began = self.first + self.rounds, time.monotonic()
                 self.rounds += 1
-                number, began = self.rounds, time.monotonic()
                 say(
-                    f"round {number}: {round_examples(number)} examples a test, {end - began:.0f} s left"
+                    f"round {number}: {self.round_examples(number)} examples a test, "
+                    f"{end - began:.0f} s left"
                 )
                 status = self._round(number, end - began, say)
                 self._finished(number, say, time.monotonic() - began)
@@ -124,7 +147,8 @@ class Campaign:
                     break
         except KeyboardInterrupt:
             say("stopped (Ctrl-C): the round's report keeps every test it finished")
-            self._finished(self.rounds, say, None)
+            if number:
+                self._finished(number, say, None)
         self._summary(say)
         return 1 if self.findings else 0
 
@@ -151,6 +175,7 @@ class Campaign:
                     say(f"round {number} ran past the budget: stopping it")
                     _stop(process)
         except KeyboardInterrupt:
+            say(f"stopping round {number} (Ctrl-C again kills it)")
             _stop(process)
             raise
         drain.join(timeout=10)
@@ -203,12 +228,21 @@ class Campaign:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Ask a round to stop as Ctrl-C would (it writes its report), then kill it if it must."""
+    """Ask a round to stop as Ctrl-C would (it writes its report), then kill it (and what it
+    started) if it runs past the grace, or at once on another Ctrl-C: the round runs in a
+    session of its own, which the terminal's Ctrl-C does not reach."""
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=GRACE_SECONDS)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        _kill(process)
+    except KeyboardInterrupt:
+        _kill(process)
+        raise
+
+
+def _kill(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -119,3 +119,68 @@ def test_a_campaign_runs_rounds_until_its_budget_and_reports_them(tmp_path):
     assert lines[-1].endswith(
         " distinct failure(s); hypothesis' database: " + str(tmp_path / "fz" / "examples")
     )
+
+
+def test_a_later_campaign_numbers_its_rounds_on_and_overwrites_no_report(tmp_path, monkeypatch):
+    earlier = {"tests": [_failed("t.py::T::a", "load", "raised", "ValueError: x")]}
+    for number in (1, 2):
+        (tmp_path / f"round-{number}.json").write_text(json.dumps(earlier))
+    ran: list[list[str]] = []
+
+    def round_(self, number, seconds, say):
+        ran.append(self.command(number, seconds))
+        self.report(number).write_text(json.dumps({"tests": []}))
+        raise KeyboardInterrupt  # Ctrl-C during the later campaign's first round
+
+    monkeypatch.setattr(Campaign, "_round", round_)
+    said: list[str] = []
+    assert Campaign("reference", tmp_path, 600.0).run(said.append) == 0
+    (command,) = ran
+    # round 3, with the examples of a campaign's first round: rounds 1 and 2 keep their reports
+    assert command[command.index("--report") + 1] == str(tmp_path / "round-3.json")
+    assert command[command.index("--ckpt-max-examples") + 1] == "40"
+    for number in (1, 2):
+        assert json.loads((tmp_path / f"round-{number}.json").read_text()) == earlier
+    assert said[1] == (
+        "the folder holds earlier campaigns' reports up to round-2.json: this one's rounds go on "
+        "from 3"
+    )
+    assert said[2].startswith("round 3: 40 examples a test, ")
+    assert said[3:5] == [
+        "stopped (Ctrl-C): the round's report keeps every test it finished",
+        "round 3: 0 tests, 0 examples; 0 distinct failure(s) so far",
+    ]
+    assert said[5].startswith("1 round(s), 0 examples, 0 distinct failure(s); ")
+
+
+def test_ctrl_c_again_while_a_round_stops_kills_it(monkeypatch):
+    from ckptconf.conformance import fuzz
+
+    # a round that takes its time to stop on SIGINT (here: ignores it)
+    ignoring = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print(1)"
+    process = subprocess.Popen(
+        [sys.executable, "-c", ignoring + "; import sys; sys.stdout.flush(); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout.readline() == b"1\n"  # SIGINT ignored from now on
+        waits: list[float | None] = []
+        wait = process.wait
+
+        def interrupted(timeout=None):
+            waits.append(timeout)
+            if len(waits) == 1:  # the grace wait: the user presses Ctrl-C again
+                raise KeyboardInterrupt
+            return wait(timeout)
+
+        monkeypatch.setattr(process, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            fuzz._stop(process)
+        assert waits[0] == fuzz.GRACE_SECONDS
+        assert process.returncode == -9  # killed, not left running in its own session
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
