@@ -7,6 +7,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan, SavePlanner
@@ -29,14 +30,7 @@ from .coordination import Coordination
 from .filesystem import FileSystemReader, FileSystemWriter
 from .load_planner import ReferenceLoadPlanner
 from .save_planner import ReferenceSavePlanner
-from .shared_reads import (
-    RelayPlanner,
-    Round,
-    SharedReads,
-    commit_received,
-    exchange,
-    plan_shared_reads,
-)
+from .shared_reads import RelayPlanner, Round, SharedReads, plan_shared_reads
 from .staging import StagingPool, stage_state_dict
 from .stateful import StatefulLoad, saved_state
 from .storage import ReferenceStorageReader, ReferenceStorageWriter, plan_storage
@@ -204,10 +198,11 @@ def load(
     destination tensor is written, and objects are decoded before any is (see the reader); a
     failure on any rank raises the same ``CheckpointError`` on every rank.
 
-    With ``share_reads`` (the default) and the reference's planner and reader, a saved chunk
-    that several ranks need strided parts of (a resharding load) is read once, by one rank,
-    and the parts sent to the others over ``process_group`` (:mod:`.shared_reads`), in
-    rounds of at most 256 MiB a rank; ``share_reads=False`` has each rank read what it needs.
+    With ``share_reads`` (the default) and the reference's reader, a saved chunk that several
+    ranks need strided parts of (a resharding load) is read once, by one rank, and the parts
+    sent to the others over ``process_group`` (:mod:`.shared_reads`), in rounds of at most
+    256 MiB a rank; ``share_reads=False`` has each rank read what it needs. The coordinator's
+    ``share_reads`` decides for every rank.
     """
     reader = _reader(path, storage_reader)
     planner = planner or ReferenceLoadPlanner()
@@ -222,17 +217,16 @@ def load(
         set_up_storage_reader(reader, metadata, coord.is_coordinator, coord.rank)
         return reader.prepare_local_plan(planner.create_local_plan())
 
-    sharing = share_reads and coord.use_dist and _reads_shareable(reader)
-
     def global_plan(all_plans):
+        # the coordinator decides for every rank (its share_reads and its reader)
         plans = planner.create_global_plan(all_plans)
-        if not sharing:
-            return reader.prepare_global_plan(plans)
-        plans, shared = plan_shared_reads(plans, reader.metadata)
+        if share_reads and _reads_shareable(reader):
+            plans, shared = plan_shared_reads(plans, reader.metadata)
+        else:
+            shared = [SharedReads() for _ in plans]
         return list(zip(reader.prepare_global_plan(plans), shared))
 
-    central = coord.reduce_scatter("load planning", local_plan, global_plan)
-    central_plan, shared = central if sharing else (central, SharedReads())
+    central_plan, shared = coord.reduce_scatter("load planning", local_plan, global_plan)
     if shared.rounds:
         _read_shared(coord, reader, planner, central_plan, shared)
     else:
@@ -260,12 +254,11 @@ def _read_shared(
     central_plan: LoadPlan,
     shared: SharedReads,
 ) -> None:
-    """A load's reads with shared reads: one step per round, in which every rank reads (its own
-    items, and the items it reads for others), exchanges pieces, whether or not its reads
-    failed, and commits what it received only if every sender's reads succeeded."""
+    """A load's reads with shared reads: one step per round (:mod:`.shared_reads`)."""
     metadata = reader.metadata
     device = object_collective_device(coord.group)
     final: list[LoadPlan] = []
+    objects: list = []
     # an owner reads its own items of a chunk in the round that relays the chunk: one span read
     relayed_in = {
         item.storage_index: number
@@ -274,24 +267,28 @@ def _read_shared(
     }
 
     def run_round(number: int, one: Round) -> None:
-        relay = RelayPlanner(planner, metadata, one.relays, coord.world_size)
-        failure = None
-        try:
+        failure = relay = None
+        try:  # nothing may raise between here and the flag's all-reduce, or a rank is left waiting
+            relay = RelayPlanner(
+                planner, metadata, one.relays, one.receives, coord.world_size, objects
+            )
             if number == 0:
                 final.append(planner.finish_plan(central_plan))
             own = [i for i in final[0].items if relayed_in.get(i.storage_index, 0) == number]
             plan = dataclasses.replace(final[0], items=own + [item for _, item in one.relays])
             reader.read_data(plan, relay).wait()
-        except BaseException as exc:  # noqa: BLE001 - raised once the exchange is done
+        except BaseException as exc:  # noqa: BLE001 - raised once every rank knows
             failure = exc
-        received, failed = exchange(
-            relay, one.receives, metadata, ok=failure is None, group=coord.group, device=device
-        )
+        failed = torch.tensor([failure is not None], dtype=torch.int32, device=device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=coord.group)
         if failure is not None:
             raise failure
-        if not failed:
-            commit_received(planner, received, one.receives, metadata)
-        # else a sender failed: its own error fails this step on every rank
+        if failed.item():
+            return  # no piece moves: the failing rank's error fails this step on every rank
+        relay.exchange(coord.group, device)
+        relay.commit_received()
+        if number == len(shared.rounds) - 1:
+            relay.load_objects()
 
     for number, one in enumerate(shared.rounds):
         coord.run_all("load reading", lambda number=number, one=one: run_round(number, one))

@@ -20,16 +20,19 @@ a whole chunk (a replicated load) still reads it itself. What is sent is bounded
 bounded: a load sends its pieces in as many rounds as that takes.
 
 Call order, in the reference's ``load`` (``driver.py``): the coordinator's global-plan step calls
-:func:`plan_shared_reads` on the planner's global plan; every rank then runs, per round,
-a read step (the round's relayed items, and in the first round the rank's own items) with a
-:class:`RelayPlanner`, then :func:`exchange`, then a step that gives the received pieces to
-the planner (:func:`commit_received`). Failures in the read and commit steps reach every rank
-as in any step; the exchange itself runs only after a read step every rank passed.
+:func:`plan_shared_reads` on the planner's global plan; every rank then runs one step per round:
+it builds a :class:`RelayPlanner` (the round's send and receive buffers) and reads (the round's
+relayed items, and its own items: those of a relayed chunk in that chunk's round, the rest in
+the first) through it; every rank then learns whether every rank's reads succeeded (one
+all-reduce of a flag), and only if so the pieces travel (:meth:`RelayPlanner.exchange`) and
+are committed (:meth:`RelayPlanner.commit_received`). Objects read are kept and given to the
+planner after the last round, so a load that fails leaves them as they were on every rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +42,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 
+from .errors import IntegrityError
 from .metadata_format import Region
 
 __all__ = [
@@ -49,8 +53,6 @@ __all__ = [
     "RelayPlanner",
     "plan_shared_reads",
     "direct_read_bytes",
-    "exchange",
-    "commit_received",
 ]
 
 AMPLIFIED = 1.05
@@ -250,24 +252,16 @@ def _rounds(transfers, world: int, round_bytes: int) -> list[list]:
     return rounds
 
 
-def _layout(
-    pairs: list[tuple[int, ReadItem]], world: int, dtype_of
-) -> tuple[list[int], list[int], list[int]]:
-    """Where each pair's piece lies in an exchange buffer: every peer's segment (``pairs`` are
-    sorted by peer) starts with a header of :data:`_ALIGN` bytes (its first byte: the sender's
-    status), then its pieces. Returns each piece's offset, each segment's start and size."""
-    sizes = [_ALIGN] * world
+def _layout(pairs: list[tuple[int, ReadItem]], world: int, dtype_of) -> tuple[list[int], list[int]]:
+    """Where each pair's piece lies in an exchange buffer (``pairs`` sorted by peer: a segment
+    per peer, in order), and each peer's segment size in bytes."""
+    offsets, sizes, at = [], [0] * world, 0
     for peer, item in pairs:
-        sizes[peer] += _slot(item_bytes(item, dtype_of(item).itemsize))
-    starts = [0] * world
-    for peer in range(1, world):
-        starts[peer] = starts[peer - 1] + sizes[peer - 1]
-    offsets, at = [], list(starts)
-    for peer, item in pairs:
-        at[peer] += _ALIGN if at[peer] == starts[peer] else 0
-        offsets.append(at[peer])
-        at[peer] += _slot(item_bytes(item, dtype_of(item).itemsize))
-    return offsets, starts, sizes
+        size = _slot(item_bytes(item, dtype_of(item).itemsize))
+        offsets.append(at)
+        sizes[peer] += size
+        at += size
+    return offsets, sizes
 
 
 def _piece(buffer: torch.Tensor, at: int, item: ReadItem, dtype: torch.dtype) -> torch.Tensor:
@@ -282,29 +276,41 @@ def _dtype_in(metadata: Metadata):
     return dtype
 
 
-_OK, _FAILED = 1, 2  # a segment's status byte (0: never written)
-
-
 class RelayPlanner:
     """The load planner a rank's reader is given in a round: the items it reads for others go
-    to pieces of its send buffer; every other call goes to the rank's own planner.
+    to pieces of its send buffer, objects are kept for :meth:`load_objects`, and every other
+    call goes to the rank's own planner. It also holds the round's receive buffer, so that
+    everything a round allocates is allocated before any rank exchanges.
 
     Args:
         planner: the rank's load planner.
         metadata: the checkpoint's metadata (the saved dtype of each key).
         relays: this round's ``(receiving rank, item)`` pairs, sorted by receiving rank.
+        receives: this round's ``(sending rank, item)`` pairs, sorted by sending rank.
         world: the number of ranks.
+        objects: where objects read are kept (``(item, bytes)``) until every rank's reads of
+            every round succeeded.
     """
 
     def __init__(
-        self, planner: Any, metadata: Metadata, relays: list[tuple[int, ReadItem]], world: int
+        self,
+        planner: Any,
+        metadata: Metadata,
+        relays: list[tuple[int, ReadItem]],
+        receives: list[tuple[int, ReadItem]],
+        world: int,
+        objects: list[tuple[ReadItem, bytes]],
     ):
         self.planner = planner
-        dtype = _dtype_in(metadata)
-        offsets, self.starts, self.sizes = _layout(relays, world, dtype)
-        self.send = torch.empty(sum(self.sizes), dtype=torch.uint8)
+        self.objects = objects
+        self.receives = receives
+        self._dtype = _dtype_in(metadata)
+        offsets, self.send_sizes = _layout(relays, world, self._dtype)
+        self.receive_offsets, self.receive_sizes = _layout(receives, world, self._dtype)
+        self.send = torch.empty(sum(self.send_sizes), dtype=torch.uint8)
+        self.received = torch.empty(sum(self.receive_sizes), dtype=torch.uint8)
         self._pieces = {
-            id(item): _piece(self.send, at, item, dtype(item))
+            id(item): _piece(self.send, at, item, self._dtype(item))
             for (_, item), at in zip(relays, offsets)
         }
 
@@ -316,51 +322,39 @@ class RelayPlanner:
         if id(read_item) not in self._pieces:
             self.planner.commit_tensor(read_item, tensor)
 
-    def __getattr__(self, name: str) -> Any:  # load_bytes, check_bytes, ...
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        self.objects.append((read_item, value.getvalue()))
+
+    def __getattr__(self, name: str) -> Any:  # check_bytes, ...
         return getattr(self.planner, name)
 
+    def exchange(self, group: dist.ProcessGroup | None, device: torch.device) -> None:
+        """Send every rank its pieces read here and get this rank's: one
+        ``all_to_all_single`` of bytes on ``device`` (the group's collective device). Every
+        rank of ``group`` calls it for the same round, once every rank's reads succeeded."""
+        out = self.received if device.type == "cpu" else self.received.to(device)
+        dist.all_to_all_single(
+            out, self.send.to(device), self.receive_sizes, self.send_sizes, group=group
+        )
+        if out is not self.received:
+            self.received.copy_(out)
 
-def exchange(
-    relay: RelayPlanner,
-    receives: list[tuple[int, ReadItem]],
-    metadata: Metadata,
-    *,
-    ok: bool,
-    group: dist.ProcessGroup | None,
-    device: torch.device,
-) -> tuple[torch.Tensor, list[int]]:
-    """Send every rank its pieces read here and get this rank's: one ``all_to_all_single`` of
-    bytes on ``device`` (the group's collective device), every rank of ``group`` calling it for
-    the same round. ``ok`` says whether this rank's reads succeeded; each segment carries it, so
-    a rank never takes a piece a failed read left unverified.
+    def commit_received(self) -> None:
+        """Give each received piece to the rank's planner as a read of its item
+        (``resolve_tensor``, a copy, ``commit_tensor``), in order."""
+        for (sender, item), at in zip(self.receives, self.receive_offsets):
+            source = _piece(self.received, at, item, self._dtype(item))
+            target = self.planner.resolve_tensor(item).detach()
+            if tuple(target.shape) != tuple(item.lengths):
+                raise IntegrityError(
+                    f"key {item.dest_index.fqn!r}: planner gave a destination of shape "
+                    f"{tuple(target.shape)} for a read of {tuple(item.lengths)} (read by rank "
+                    f"{sender})"
+                )
+            target.copy_(source)
+            self.planner.commit_tensor(item, target)
 
-    Returns:
-        The received bytes (on CPU) and the ranks whose reads failed, this one included.
-    """
-    world = dist.get_world_size(group)
-    relay.send[relay.starts] = _OK if ok else _FAILED
-    _, starts, sizes = _layout(receives, world, _dtype_in(metadata))
-    out = torch.empty(sum(sizes), dtype=torch.uint8, device=device)
-    dist.all_to_all_single(out, relay.send.to(device), sizes, relay.sizes, group=group)
-    out = out.cpu()
-    return out, [peer for peer in range(world) if int(out[starts[peer]]) != _OK]
-
-
-def commit_received(
-    planner: Any, received: torch.Tensor, receives: list[tuple[int, ReadItem]], metadata: Metadata
-) -> None:
-    """Give each received piece to ``planner`` as a read of its item (``resolve_tensor``, a
-    copy, ``commit_tensor``), in order."""
-    dtype = _dtype_in(metadata)
-    world = 1 + max((p for p, _ in receives), default=0)
-    offsets, _, _ = _layout(receives, world, dtype)
-    for (owner, item), at in zip(receives, offsets):
-        source = _piece(received, at, item, dtype(item))
-        target = planner.resolve_tensor(item).detach()
-        if tuple(target.shape) != tuple(item.lengths):
-            raise ValueError(
-                f"key {item.dest_index.fqn!r}: planner gave a destination of shape "
-                f"{tuple(target.shape)} for a read of {tuple(item.lengths)} (sent by rank {owner})"
-            )
-        target.copy_(source)
-        planner.commit_tensor(item, target)
+    def load_objects(self) -> None:
+        """Give the rank's planner the objects kept, in the order read."""
+        for item, data in self.objects:
+            self.planner.load_bytes(item, io.BytesIO(data))

@@ -344,32 +344,37 @@ def load_columns_counting(
     rank reads and the rounds of shared reads; the values are checked against DTensor's own
     distribution."""
     from ckptconf.bench.reshard import _Counter, _counting_reference_reader
-    from ckptconf.reference import driver, shared_reads
+    from ckptconf.reference import shared_reads
 
     counter = _Counter()
     rounds = []
+    exchange = shared_reads.RelayPlanner.exchange
 
-    def counted_exchange(*args, **kwargs):
+    def counted_exchange(self, *args, **kwargs):
         rounds.append(1)
-        return shared_reads.exchange(*args, **kwargs)
+        return exchange(self, *args, **kwargs)
 
     placements = PLACEMENTS[placement]
     dest = {"w": layout((dist.get_world_size(),), placements, shape, fill=False)}
     saved = shared_reads.ROUND_BYTES
     if round_bytes is not None:
         shared_reads.ROUND_BYTES = round_bytes
-    driver.exchange = counted_exchange
+    shared_reads.RelayPlanner.exchange = counted_exchange
     try:
         ref.load(
             dest, storage_reader=_counting_reference_reader(path, counter), share_reads=share_reads
         )
     finally:
         shared_reads.ROUND_BYTES = saved
-        driver.exchange = shared_reads.exchange
+        shared_reads.RelayPlanner.exchange = exchange
     want = expected_local((dist.get_world_size(),), placements, shape)
     torch.testing.assert_close(dest["w"].to_local(), want, rtol=0, atol=0)
     local = dest["w"].to_local()
-    return {"read": counter.bytes, "needed": local.numel() * local.element_size(), "rounds": len(rounds)}
+    return {
+        "read": counter.bytes,
+        "needed": local.numel() * local.element_size(),
+        "rounds": len(rounds),
+    }
 
 
 def load_columns_failing(path: str, shape) -> dict:
@@ -380,3 +385,62 @@ def load_columns_failing(path: str, shape) -> dict:
     except ref.CheckpointError as exc:
         return {"ranks": sorted(exc.failures), "message": str(exc)}
     return {"ranks": None, "message": "loaded"}
+
+
+def save_rows_and_step(path: str, shape) -> dict:
+    """Two row-sharded tensors and an object (``step``), saved from this world."""
+    mesh = (dist.get_world_size(),)
+    ref.save(
+        {"a": layout(mesh, [Shard(0)], shape), "b": layout(mesh, [Shard(0)], shape), "step": 9},
+        path,
+    )
+    return {"rank": dist.get_rank()}
+
+
+def load_columns_with_step(path: str, shape, round_bytes=None, fail_allocation_on=None) -> dict:
+    """Load ``save_rows_and_step``'s checkpoint as column slabs into ``step=0``, with the round
+    bound lowered, or one rank's allocations of the round failing as out of memory; returns
+    the ranks the error names (``None``: loaded), ``step`` and whether each tensor holds only
+    saved values or -1 (never anything else)."""
+    from ckptconf.reference import shared_reads
+
+    mesh = (dist.get_world_size(),)
+    dest = {
+        "a": layout(mesh, [Shard(1)], shape, fill=False),
+        "b": layout(mesh, [Shard(1)], shape, fill=False),
+        "step": 0,
+    }
+
+    class OutOfMemory:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def empty(self, *args, **kwargs):
+            raise RuntimeError("DefaultCPUAllocator: not enough memory (injected)")
+
+    saved = shared_reads.ROUND_BYTES
+    if round_bytes is not None:
+        shared_reads.ROUND_BYTES = round_bytes
+    if dist.get_rank() == fail_allocation_on:
+        shared_reads.torch = OutOfMemory()
+    try:
+        ref.load(dest, path)
+        failed = None
+    except ref.CheckpointError as exc:
+        failed = sorted(exc.failures)
+    finally:
+        shared_reads.ROUND_BYTES = saved
+        shared_reads.torch = torch
+    want = expected_local(mesh, [Shard(1)], shape)
+    clean = all(
+        bool(((dest[k].to_local() == want) | (dest[k].to_local() == -1)).all())
+        for k in ("a", "b")
+    )
+    return {"failed": failed, "step": dest["step"], "clean": clean}
+
+
+def load_columns_with_flag(path: str, shape, share_on_coordinator: bool) -> dict:
+    """Load as column slabs, the coordinator (rank 0) passing ``share_on_coordinator`` and every
+    other rank the opposite; the values are checked; return the rounds of shared reads."""
+    share = share_on_coordinator if dist.get_rank() == 0 else not share_on_coordinator
+    return load_columns_counting(path, shape, share)

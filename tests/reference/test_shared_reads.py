@@ -62,3 +62,46 @@ def test_ranks_that_need_whole_chunks_read_them_themselves(rows, world_factory):
     # the layout saved: each rank reads its own chunk once, in place
     same = world_factory(2).run(rs.load_columns_counting, rows, SHAPE, True, None, "S0")
     assert [(r["rounds"], r["read"]) for r in same] == [(0, 128 * 1024 * 8)] * 2
+
+
+@pytest.mark.parametrize("share_on_coordinator", [True, False])
+def test_the_coordinators_share_reads_decides_for_every_rank(
+    rows, world_factory, share_on_coordinator
+):
+    results = world_factory(3).run(rs.load_columns_with_flag, rows, SHAPE, share_on_coordinator)
+    assert [r["rounds"] for r in results] == [int(share_on_coordinator)] * 3
+
+
+@pytest.fixture(scope="module")
+def rows_and_step(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shared") / "rows_and_step"
+    get_world(2).run(rs.save_rows_and_step, str(path), SHAPE)
+    (data,) = path.glob("gen-*/r1.bin")  # rank 1's rows of both tensors
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF  # in tensor a's rows
+    data.write_bytes(bytes(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("round_bytes", [None, 64])
+def test_a_failed_shared_load_leaves_every_rank_s_objects_and_no_unverified_value(
+    rows_and_step, world_factory, round_bytes
+):
+    # every rank needs rank 1's corrupt rows; one rank reads them for all (one round, or a
+    # round per chunk): it fails, no piece moves, no rank loads the object
+    results = world_factory(3).run(rs.load_columns_with_step, rows_and_step, SHAPE, round_bytes)
+    assert len({tuple(r["failed"]) for r in results}) == 1 and len(results[0]["failed"]) == 1
+    assert [r["step"] for r in results] == [0, 0, 0]
+    assert all(r["clean"] for r in results)
+
+
+def test_a_rank_failing_to_allocate_its_round_fails_every_rank_without_a_hang(
+    rows, tmp_path, world_factory
+):
+    path = tmp_path / "ok"
+    world_factory(2).run(rs.save_rows_and_step, str(path), SHAPE)
+    results = world_factory(3).run(rs.load_columns_with_step, str(path), SHAPE, None, 1, timeout=60)
+    assert [r["failed"] for r in results] == [[1]] * 3
+    assert [r["step"] for r in results] == [0, 0, 0]
+    loaded = world_factory(3).run(rs.load_columns_with_step, str(path), SHAPE)
+    assert [(r["failed"], r["step"], r["clean"]) for r in loaded] == [(None, 9, True)] * 3
