@@ -603,7 +603,12 @@ class ReferenceStorageReader(StorageReader):
         start = min(s[1] for s in spans) * itemsize
         end = max(s[2] for s in spans) * itemsize
         data = self._read(region, start, end, storage_index)
-        base = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
+        base = torch.frombuffer(data, dtype=torch.uint8)
+        if base.data_ptr() % dtype.itemsize:
+            # a span starting inside a block whose size is no multiple of the element size: an
+            # element view of it is misaligned, which some kernels (complex copies) crash on
+            base = base.clone()
+        base = base.view(dtype)
         for item, first, _ in spans:
             source = base.as_strided(tuple(item.lengths), strides, first - start // itemsize)
             target = resolved if resolved is not None else planner.resolve_tensor(item).detach()

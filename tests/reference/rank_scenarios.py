@@ -433,8 +433,7 @@ def load_columns_with_step(path: str, shape, round_bytes=None, fail_allocation_o
         shared_reads.torch = torch
     want = expected_local(mesh, [Shard(1)], shape)
     clean = all(
-        bool(((dest[k].to_local() == want) | (dest[k].to_local() == -1)).all())
-        for k in ("a", "b")
+        bool(((dest[k].to_local() == want) | (dest[k].to_local() == -1)).all()) for k in ("a", "b")
     )
     return {"failed": failed, "step": dest["step"], "clean": clean}
 
@@ -444,3 +443,22 @@ def load_columns_with_flag(path: str, shape, share_on_coordinator: bool) -> dict
     other rank the opposite; the values are checked; return the rounds of shared reads."""
     share = share_on_coordinator if dist.get_rank() == 0 else not share_on_coordinator
     return load_columns_counting(path, shape, share)
+
+
+def complex_columns_to_rows(path: str, block_size: int, share_reads: bool) -> bool:
+    """Save complex128 column slabs with checksum blocks of ``block_size`` bytes (no multiple of
+    16: spans start misaligned), load them as row slabs; whether the values are the saved ones."""
+    shape, mesh = (17, 31), (dist.get_world_size(),)
+    full = encoded(shape).to(torch.complex128) * (1 + 1j)
+    saved = distribute_tensor(full, init_device_mesh("cpu", mesh), [Shard(1)])
+    ref.save({"w": saved}, storage_writer=ref.FileSystemWriter(path, block_size=block_size))
+    dest = {
+        "w": distribute_tensor(torch.zeros_like(full), init_device_mesh("cpu", mesh), [Shard(0)])
+    }
+    ref.load(dest, path, share_reads=share_reads)
+    return bool(
+        torch.equal(
+            dest["w"].to_local(),
+            distribute_tensor(full, init_device_mesh("cpu", mesh), [Shard(0)]).to_local(),
+        )
+    )

@@ -72,3 +72,13 @@ def test_save_plans_cross_the_wire_as_arrays_never_unpickled(tmp_path, world_fac
         assert result["keys"] == ["cfg.lr", "dt", "emb", "own0", "own1", "own2"]
         assert result["chunks"] == [(0, 0), (3, 0), (6, 0)]
         assert result["cfg"] == {"lr": 0.5}
+
+
+@pytest.mark.parametrize("share_reads", [False, True])
+def test_complex_values_load_from_blocks_of_any_size(tmp_path, world_factory, share_reads):
+    # 100-byte blocks: a span of 16-byte elements starts 4 bytes off; a complex copy from a
+    # misaligned view crashed the process (SIGSEGV)
+    results = world_factory(3).run(
+        rs.complex_columns_to_rows, str(tmp_path / "c"), 100, share_reads
+    )
+    assert results == [True, True, True]
