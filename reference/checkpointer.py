@@ -32,6 +32,7 @@ class Checkpointer:
         no_dist: bool = False,
         load_planner: LoadPlanner | None = None,
         save_planner: SavePlanner | None = None,
+        share_reads: bool = True,
     ):
         self.storage_writer = storage_writer
         self.storage_reader = storage_reader
@@ -40,6 +41,8 @@ class Checkpointer:
         self.no_dist = no_dist
         self.load_planner = load_planner
         self.save_planner = save_planner
+        self.share_reads = share_reads
+        """``load``'s ``share_reads``: see :func:`ckptconf.reference.load`."""
 
     def _common(self) -> dict[str, Any]:
         return {
@@ -72,5 +75,6 @@ class Checkpointer:
             state_dict,
             storage_reader=self.storage_reader,
             planner=self.load_planner,
+            share_reads=self.share_reads,
             **self._common(),
         )
