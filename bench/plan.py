@@ -22,6 +22,7 @@ run: the fresh figures are always made with the cache off.
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from collections.abc import Callable
@@ -221,6 +222,9 @@ class LoadPlanBench:
     dcp_global: float
     reference_global: float
     read_items: int
+    shared_reads: float = float("nan")
+    """Seconds of the reference load's shared-reads pass over the R plans (its driver runs it
+    after the global plan; here every chunk is read whole, so nothing is shared)."""
 
     @property
     def speedup(self) -> float:
@@ -242,6 +246,33 @@ def _destination(ranks: int, tensors: int, mesh):
         )  # fmt: skip
     state["emb"] = torch.zeros(16, 8)
     return state
+
+
+def _shared_reads_seconds(metadata, plans, repeats: int) -> float:
+    """Best seconds of :func:`~ckptconf.reference.shared_reads.plan_shared_reads` on ``plans``
+    against ``metadata`` given a reference-format region for every saved chunk."""
+    import dataclasses
+
+    from ckptconf.reference.metadata_format import Region
+    from ckptconf.reference.shared_reads import plan_shared_reads
+    from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
+
+    regions = {}
+    for key, entry in metadata.state_dict_metadata.items():
+        if isinstance(entry, TensorStorageMetadata):
+            size = entry.properties.dtype.itemsize
+            for chunk in entry.chunks:
+                length = size * math.prod(chunk.sizes)
+                regions[MetadataIndex(key, chunk.offsets)] = Region(
+                    "r0.bin", 0, length, 4 << 20, (0,), "xxh3_64"
+                )
+    with_regions = dataclasses.replace(metadata, storage_data=regions)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        plan_shared_reads(plans, with_regions)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def bench_load_plan(
@@ -289,12 +320,13 @@ def bench_load_plan(
                     coordinator.create_global_plan([plan] * ranks)
                     glob = min(glob, time.perf_counter() - start)
                 times[name] = (local, glob, len(plan.items))
+            shared = _shared_reads_seconds(metadata, [plan] * ranks, repeats)
         finally:
             dist.destroy_process_group()
         out.append(
             LoadPlanBench(
                 ranks, ranks * tensors + 1, times["dcp"][0], times["reference"][0],
-                times["dcp"][1], times["reference"][1], times["reference"][2],
+                times["dcp"][1], times["reference"][1], times["reference"][2], shared,
             )
         )  # fmt: skip
     return out

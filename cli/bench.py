@@ -337,7 +337,13 @@ def _bench_load_plan(worlds: tuple[int, ...], tensors: int, console) -> None:
         "local plan, the coordinator's global plan of R such plans"
     )
     columns = ("ranks", "chunks", "read items", "DCP local (s)", "reference local (s)")
-    for column in (*columns, "local speed-up", "DCP global (s)", "reference global (s)"):
+    for column in (
+        *columns,
+        "local speed-up",
+        "DCP global (s)",
+        "reference global (s)",
+        "shared-reads pass (s)",
+    ):
         table.add_column(column, justify="right")
     for row in bench_load_plan(worlds, tensors=tensors):
         table.add_row(
@@ -349,5 +355,6 @@ def _bench_load_plan(worlds: tuple[int, ...], tensors: int, console) -> None:
             f"{row.speedup:.2f}x",
             f"{row.dcp_global:.4f}",
             f"{row.reference_global:.4f}",
+            f"{row.shared_reads:.4f}",
         )
     console.print(table)

@@ -191,10 +191,13 @@ def plan_shared_reads(
         if not isinstance(region, Region) or shape is None:
             continue
         itemsize = metadata.state_dict_metadata[fqn].properties.dtype.itemsize
-        needs = {r: sum(item_bytes(i, itemsize) for i in items) for r, items in by_rank.items()}
-        direct = {
-            r: direct_read_bytes(items, region, shape, itemsize) for r, items in by_rank.items()
-        }
+        needs, direct = {}, {}
+        for r, items in by_rank.items():
+            if len(items) == 1 and tuple(items[0].lengths) == shape:
+                needs[r] = direct[r] = region.length  # the whole chunk: read just as needed
+            else:
+                needs[r] = sum(item_bytes(i, itemsize) for i in items)
+                direct[r] = direct_read_bytes(items, region, shape, itemsize)
         amplified_ranks = [r for r in by_rank if direct[r] > amplified * needs[r]]
         if not amplified_ranks:
             continue

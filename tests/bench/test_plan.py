@@ -70,6 +70,7 @@ def test_load_planning_is_timed_for_both_planners_on_the_same_metadata(capsys):
     (row,) = bench_load_plan((4,), tensors=3, repeats=1)
     assert (row.ranks, row.chunks, row.read_items) == (4, 13, 4)
     assert min(row.dcp_local, row.reference_local, row.dcp_global, row.reference_global) > 0
+    assert row.shared_reads > 0  # timed: a pass over 4 plans of 4 read items
     assert row.speedup == row.dcp_local / row.reference_local
     assert main(["bench", "plan", "--ranks", "2", "--tensors", "1", "--load"]) == 0
     assert "reference local (s)" in capsys.readouterr().out
