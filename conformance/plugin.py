@@ -93,9 +93,22 @@ def pytest_cmdline_main(config: pytest.Config):
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Under a launcher, rank 0 takes the world and checks the shared checkpoint folder."""
+    """Under a launcher, rank 0 takes the world and checks the shared checkpoint folder;
+    otherwise a process that runs the suites starts its rank pools' forkserver, which imports
+    torch and the suites while pytest collects."""
     config = session.config
-    if _launched_rank(config) != 0:
+    rank = _launched_rank(config)
+    if rank is None:
+        xdist_controller = getattr(config.option, "numprocesses", None) and not _is_xdist_worker(
+            config
+        )
+        if config.pluginmanager.has_plugin(_FIXTURES) and not xdist_controller:
+            from .kit.running import PoolRanks
+
+            with contextlib.suppress(ValueError):  # an unknown device mode: the tests say so
+                PoolRanks(session_of(config).device).warm_up()
+        return
+    if rank != 0:
         return
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError(

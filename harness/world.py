@@ -47,6 +47,7 @@ __all__ = [
     "per_group",
     "preload",
     "rank_device",
+    "start_forkserver",
 ]
 
 DEVICE_MODES = ("cpu", "cuda", "cuda-shared")
@@ -161,6 +162,18 @@ def preload(*modules: str) -> None:
     """Have the forkserver import ``modules`` too (the code the ranks will run), so that no rank
     imports them itself. Effective only before this process starts its first world."""
     _PRELOAD.extend(m for m in modules if m not in _PRELOAD)
+
+
+def start_forkserver() -> None:
+    """Start this process's forkserver now, if ranks start from one: it imports what
+    :func:`preload` named in its own process while this one goes on, so the first world's start
+    does not wait for those imports (about 3 CPU-seconds: torch, the suites). Call it after
+    every :func:`preload`; no effect once a forkserver runs, or where ranks are spawned."""
+    if _context().get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
 
 
 def _context(method: str | None = None):

@@ -36,7 +36,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -70,16 +71,36 @@ except ImportError:  # torch 2.6 names no version (and its Metadata has no field
     DCP_FORMAT_VERSION = "1.0.0"
 
 
+_PARAMETERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Each function's parameters, by the function (a method's by its function and whether it is
+bound): every save and load asks about the planner's and storage's methods, and
+``inspect.signature`` took about 2% of a small step's time on the ranks."""
+
+
+def _parameters(fn: Callable) -> Mapping[str, inspect.Parameter]:
+    """``inspect.signature(fn).parameters``, kept per function while it lives."""
+    function = getattr(fn, "__func__", None)
+    key, bound = (function, True) if inspect.ismethod(fn) else (fn, False)
+    try:
+        kept = _PARAMETERS.get(key)
+    except TypeError:  # neither hashable nor weakly referenced: not kept
+        return inspect.signature(fn).parameters
+    if kept is None or bound not in kept:
+        parameters = inspect.signature(fn).parameters
+        with contextlib.suppress(TypeError):
+            _PARAMETERS.setdefault(key, {})[bound] = parameters
+        return parameters
+    return kept[bound]
+
+
 def accepts_kwargs(fn: Callable) -> bool:
     """Whether ``fn`` takes ``**kwargs`` (DCP passes extra arguments only then)."""
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()
-    )
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _parameters(fn).values())
 
 
 def accepts_parameter(fn: Callable, name: str) -> bool:
     """Whether ``fn`` takes a parameter called ``name``."""
-    return name in inspect.signature(fn).parameters
+    return name in _parameters(fn)
 
 
 def declares_field(cls: type, name: str) -> bool:

@@ -183,6 +183,14 @@ class PoolRanks(Ranks):
     def __repr__(self) -> str:
         return f"PoolRanks(device={self.device!r})"
 
+    def warm_up(self) -> None:
+        """Start the forkserver the pools' ranks fork from, so that it imports torch, the suites
+        and the reference while the caller goes on (pytest collecting): the first step then
+        waits for none of it."""
+        from ckptconf.harness.world import start_forkserver
+
+        start_forkserver()
+
     def unavailable(self, world: int) -> str | None:
         from ckptconf.harness import device_available
 

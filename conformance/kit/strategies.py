@@ -17,8 +17,9 @@ Public through :mod:`ckptconf.conformance.strategies`, with the plan strategies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
@@ -44,7 +45,54 @@ __all__ = [
     "supported_dtypes",
     "supported_options",
     "tensor_keys",
+    "distinct_tensor_keys",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REUSED_LIMIT = 4096
+"""Strategies one factory keeps built (:func:`_reused`); past that it starts afresh."""
+
+
+def _value_key(value: Any) -> Any:
+    """``value`` as a cache key that tells ``1``, ``1.0`` and ``True`` apart; ``TypeError`` for a
+    value that could change after the strategy is built (a list, a dict)."""
+    if isinstance(value, (tuple, frozenset)):
+        return (type(value), tuple(_value_key(v) for v in value))
+    if value is None or isinstance(value, (str, bytes, int, float)):
+        return (type(value), value)
+    raise TypeError(f"not a cache key: {type(value).__name__}")
+
+
+def _reused(factory: F) -> F:
+    """``factory`` returning one strategy object per distinct arguments.
+
+    A strategy is immutable and draws by its arguments alone, so the one built before draws
+    exactly what a new one would; hypothesis validates a strategy object once, and building
+    and validating a fresh one at every draw (a filtered regex, a recursive strategy) was most
+    of the controller's drawing time. Arguments that are not plain immutable values (a list,
+    say) build a new strategy each call, as before.
+    """
+    built: dict[Any, Any] = {}
+
+    @functools.wraps(factory)
+    def reused(*args: Any, **kwargs: Any) -> Any:
+        try:
+            key = (
+                tuple(_value_key(a) for a in args),
+                tuple(sorted((k, _value_key(v)) for k, v in kwargs.items())),
+            )
+        except TypeError:
+            return factory(*args, **kwargs)
+        strategy = built.get(key)
+        if strategy is None:
+            if len(built) >= _REUSED_LIMIT:
+                built.clear()
+            strategy = built[key] = factory(*args, **kwargs)
+        return strategy
+
+    return reused  # type: ignore[return-value]
+
 
 ALL_DTYPES = (
     "float32",
@@ -73,6 +121,7 @@ def available_dtypes(names: Sequence[str]) -> list[str]:
     return [n for n in names if isinstance(getattr(torch, n, None), torch.dtype)]
 
 
+@_reused
 def dtype_names(*, names: Sequence[str] = ALL_DTYPES) -> st.SearchStrategy[str]:
     """A dtype name from ``names`` that this torch defines."""
     return st.sampled_from(available_dtypes(names))
@@ -104,6 +153,7 @@ def _factorizations(n: int, max_dims: int) -> list[tuple[int, ...]]:
     return out
 
 
+@_reused
 @st.composite
 def meshes(
     draw, *, world_size: int | None = None, max_dims: int = 2, max_size: int = 8
@@ -113,6 +163,7 @@ def meshes(
     return draw(st.sampled_from(_factorizations(size, max_dims)))
 
 
+@_reused
 @st.composite
 def placements(
     draw, *, mesh: tuple[int, ...], ndim: int, strided: bool = True, replicate: bool = True
@@ -133,6 +184,7 @@ def placements(
     return tuple(out)
 
 
+@_reused
 @st.composite
 def global_shapes(
     draw, *, min_dims: int = 0, max_dims: int = 3, max_side: int = 9, allow_empty: bool = True
@@ -150,6 +202,7 @@ def global_shapes(
     return tuple(draw(st.lists(side, min_size=ndim, max_size=ndim)))
 
 
+@_reused
 @st.composite
 def layouts(
     draw,
@@ -260,6 +313,12 @@ def real_stack_objects() -> dict[str, Any]:
     }
 
 
+def _real_stack_object(name: str) -> Any:
+    """A new instance of the :func:`real_stack_objects` value named ``name``."""
+    return real_stack_objects()[name]
+
+
+@functools.cache
 def object_values() -> st.SearchStrategy:
     """Non-tensor values a state dict may hold: bytes, numbers (NaN and complex too), strings,
     None, lists, tuples and sets, and the values of real stacks (:func:`real_stack_objects`).
@@ -275,13 +334,16 @@ def object_values() -> st.SearchStrategy:
         st.none(),
         st.booleans(),
         st.frozensets(st.integers(0, 5), max_size=3),
-        st.sampled_from(sorted(real_stack_objects().items())).map(lambda item: item[1]),
+        # by name, each drawn value built anew: the strategy is kept (object_values is cached),
+        # and a drawn object must not be one an earlier example held (a BytesIO, an array)
+        st.sampled_from(sorted(real_stack_objects())).map(_real_stack_object),
     )
     return st.recursive(
         leaves, lambda c: st.one_of(st.lists(c, max_size=3), st.tuples(c, c)), max_leaves=6
     )
 
 
+@functools.cache
 def tensor_keys() -> st.SearchStrategy[str]:
     """Keys, some with dots, some unusual characters."""
     return st.one_of(
@@ -292,6 +354,20 @@ def tensor_keys() -> st.SearchStrategy[str]:
     )
 
 
+@functools.cache
+def distinct_tensor_keys(count: int) -> st.SearchStrategy[list[str]]:
+    """``count`` distinct :func:`tensor_keys`, none a dotted prefix of another."""
+    return st.lists(tensor_keys(), min_size=count, max_size=count, unique=True).filter(
+        no_prefix_clash
+    )
+
+
+@functools.cache
+def _object_names() -> st.SearchStrategy[list[str]]:
+    return st.lists(st.sampled_from(["step", "config", "rng", "tag"]), max_size=2, unique=True)
+
+
+@_reused
 @st.composite
 def save_load_cases(
     draw,
@@ -325,9 +401,7 @@ def save_load_cases(
         else draw(st.sampled_from(list(load_worlds)))
     )
     count = draw(st.integers(1, max_tensors))
-    keys = draw(
-        st.lists(tensor_keys(), min_size=count, max_size=count, unique=True).filter(no_prefix_clash)
-    )
+    keys = draw(distinct_tensor_keys(count))
     specs, saves, loads = [], [], []
     for i, key in enumerate(keys):
         shape = draw(global_shapes(min_dims=min_dims, max_side=max_side, allow_empty=allow_empty))
@@ -341,9 +415,7 @@ def save_load_cases(
     object_items: tuple = ()
     object_ranks: tuple = ()
     if objects:
-        names = draw(
-            st.lists(st.sampled_from(["step", "config", "rng", "tag"]), max_size=2, unique=True)
-        )
+        names = draw(_object_names())
         object_items = tuple((f"obj_{n}", draw(object_values())) for n in names)
         if per_rank_keys and object_items:
             saved_by = [draw(_some_ranks(save_world)) for _ in object_items]
@@ -363,6 +435,7 @@ def save_load_cases(
     )
 
 
+@_reused
 @st.composite
 def _some_ranks(draw, world_size: int) -> tuple[int, ...]:
     """``()`` (every rank) three times in four, else a drawn proper subset of the ranks."""

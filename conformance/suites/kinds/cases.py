@@ -17,6 +17,7 @@ from ...backend import Backend
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
 from ...kit.strategies import (
     BASIC_DTYPES,
+    distinct_tensor_keys,
     dtype_names,
     global_shapes,
     layout_kinds,
@@ -161,9 +162,7 @@ def shaped_cases(
     may be drawn)."""
     world = draw(st.sampled_from(list(worlds)))
     count = draw(st.integers(1, max_tensors))
-    keys = draw(
-        st.lists(tensor_keys(), min_size=count, max_size=count, unique=True).filter(no_prefix_clash)
-    )
+    keys = draw(distinct_tensor_keys(count))
     specs, lays = [], []
     for i, key in enumerate(keys):
         shape = draw(shapes)
@@ -263,9 +262,7 @@ def optimizer_trees(draw, *, backend: Backend, world: int):
     kinds = layout_kinds(backend)
     objects = backend.supports("objects")
     count = draw(st.integers(1, 3))
-    names = draw(
-        st.lists(tensor_keys(), min_size=count, max_size=count, unique=True).filter(no_prefix_clash)
-    )
+    names = draw(distinct_tensor_keys(count))
     step_shape = () if backend.supports("scalar_tensors") else (1,)
     model, state = {}, {}
     for index, name in enumerate(names):
