@@ -15,10 +15,11 @@ import dataclasses
 import io
 import math
 import os
+import threading
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from functools import partial
 from itertools import accumulate
@@ -165,6 +166,32 @@ def _threads(threads: int | None) -> int:
 
 _PIECE_BYTES = 32 << 20  # a thread's share of a large item, rounded to whole checksum blocks
 _SPREAD_BYTES = 64 << 20  # a rank writing this much spreads its items over several files
+
+
+_POOLS: dict[tuple[int, str], tuple[int, ThreadPoolExecutor]] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` threads for ``name`` (``"write"``, ``"read"``), kept
+    between saves and loads: a pool per call started some 8,000 threads in one ci run of the
+    suite. A forked child (whose copy has no threads) gets a pool of its own. Tasks on these
+    pools never wait for each other, so callers sharing one (an async save beside a load)
+    share its threads and cannot deadlock."""
+    with _POOLS_LOCK:
+        pid, pool = _POOLS.get((threads, name), (None, None))
+        if pool is None or pid != os.getpid():
+            pool = ThreadPoolExecutor(threads, thread_name_prefix=f"ckptconf-{name}")
+            _POOLS[(threads, name)] = (os.getpid(), pool)
+        return pool
+
+
+def _stop(futures) -> None:
+    """Cancel the ``futures`` not started and wait for the others (nothing of a failed call
+    runs on once it raises)."""
+    for future in futures:
+        future.cancel()
+    wait(futures)
 
 
 def _pieces(length: int, block_size: int) -> list[tuple[int, int]]:
@@ -332,11 +359,15 @@ class ReferenceStorageWriter(StorageWriter):
             return _laid_out(file, sums)
 
         written: list = [None] * len(items)
-        with ThreadPoolExecutor(len(spread), thread_name_prefix="ckptconf-write") as pool:
-            futures = [pool.submit(write_file, f, positions) for f, positions in zip(names, spread)]
+        pool = _pool(len(spread), "write")
+        futures = [pool.submit(write_file, f, positions) for f, positions in zip(names, spread)]
+        try:
             for positions, future in zip(spread, futures):
                 for p, where in zip(positions, future.result()):
                     written[p] = where
+        except BaseException:
+            _stop(futures)
+            raise
         return written
 
     def _payload(self, item, value) -> memoryview:
@@ -385,7 +416,8 @@ class ReferenceStorageWriter(StorageWriter):
             )
 
         tasks = []  # per item: futures of its pieces, in order
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="ckptconf-write") as pool:
+        pool = _pool(self.threads, "write")
+        try:
             for item, value, at, length in zip(items, values, starts, lengths):
                 if isinstance(value, torch.Tensor):
                     value = value.detach()  # a Parameter's bytes are a view as well
@@ -395,11 +427,10 @@ class ReferenceStorageWriter(StorageWriter):
                     tasks.append([pool.submit(write_piece, payload, at, a, b) for a, b in pieces])
                 else:
                     tasks.append([pool.submit(write_item, item, value, at)])
-            try:
-                checksums = [sum((f.result() for f in futures), ()) for futures in tasks]
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # no more writes after a failure
-                raise
+            checksums = [sum((f.result() for f in futures), ()) for futures in tasks]
+        except BaseException:
+            _stop([f for futures in tasks for f in futures])  # no more writes after a failure
+            raise
         return list(zip(lengths, checksums))
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
@@ -699,7 +730,7 @@ class _WholeChunkReads:
     """
 
     def __init__(self, threads: int, planner: LoadPlanner):
-        self.pool = ThreadPoolExecutor(threads, "ckptconf-read") if threads > 1 else None
+        self.pool = _pool(threads, "read") if threads > 1 else None
         self.limit = 2 * threads
         self.planner = planner
         # (item, destination, its bytes in memory, futures of its pieces), in the order added
@@ -714,11 +745,7 @@ class _WholeChunkReads:
             if kind is None:
                 self.drain()
         finally:
-            for *_, futures in self.pending:
-                for future in futures:
-                    future.cancel()
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+            _stop([f for *_, futures in self.pending for f in futures])
 
     def add(self, item: ReadItem, target, pieces: list) -> None:
         """Read ``pieces`` (callables) into ``target``, then commit ``item``."""
