@@ -10,6 +10,7 @@ is left waiting for it.
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,21 +30,36 @@ _OK, _FAILED = "ok", "failed"
 _OK_BYTE, _FAILED_BYTE = b"\x00", b"\x01"
 
 
-def _framed(data: bytes, size: int, device: torch.device) -> torch.Tensor:
-    """``data`` behind its length (u64) in a uint8 tensor of ``8 + size`` bytes on ``device``."""
-    buffer = bytearray(8 + size)
-    buffer[:8] = struct.pack("<Q", len(data))
-    buffer[8 : 8 + len(data)] = data
+_FIRST = 4096
+"""Payload bytes of a rank's first frame each way: a step whose messages fit takes one gather and
+one scatter; a longer message costs a second collective each way (and the gathering side a
+request to send it)."""
+
+_REPLY, _SEND_REST = 0, 1  # what a frame the coordinator scatters is
+_HEADER = struct.Struct("<B7xQQ")  # kind, this message's length, the longest rest to come
+
+
+def _frame(kind: int, data: bytes, length: int, rest: int, size: int, device) -> torch.Tensor:
+    """A header and the first ``size`` bytes of ``data`` (padded), as uint8 on ``device``."""
+    buffer = bytearray(_HEADER.size + size)
+    _HEADER.pack_into(buffer, 0, kind, length, rest)
+    part = data[:size]
+    buffer[_HEADER.size : _HEADER.size + len(part)] = part
     return torch.frombuffer(buffer, dtype=torch.uint8).to(device)
 
 
-def _unframed(tensor: torch.Tensor) -> bytes:
-    """The bytes :func:`_framed` put in ``tensor``; ``ValueError`` if its length is wrong."""
+def _unframe(tensor: torch.Tensor) -> tuple[int, int, int, bytes]:
+    """``(kind, length, rest, payload)`` of a frame: the message's whole length, the longest
+    rest to come, and the frame's payload bytes."""
     raw = tensor.cpu().numpy().tobytes()
-    (length,) = struct.unpack_from("<Q", raw)
-    if length > len(raw) - 8:
-        raise ValueError(f"bytes off the wire claim {length} bytes in a frame of {len(raw) - 8}")
-    return raw[8 : 8 + length]
+    kind, length, rest = _HEADER.unpack_from(raw)
+    return kind, length, rest, raw[_HEADER.size :]
+
+
+def _padded(data: bytes, size: int, device) -> torch.Tensor:
+    buffer = bytearray(size)
+    buffer[: len(data)] = data
+    return torch.frombuffer(buffer, dtype=torch.uint8).to(device)
 
 
 def _failures_json(failures: dict[int, RankFailure]) -> bytes:
@@ -113,32 +129,62 @@ class Coordination:
         )
         raise error from getattr(self, "_local_failure", None)
 
-    def _gather(self, value: Any) -> list[Any] | None:
+    def _round_trip(self, mine: bytes, reply: Callable[[list[bytes]], list[bytes]]) -> bytes:
+        """Every rank's ``mine`` to the coordinator, which calls ``reply`` (it must not raise) on
+        them in rank order; rank i gets item i of what it returns. Bytes only, in uint8 tensors
+        on the group's collective device: one gather and one scatter of fixed frames when every
+        message fits :data:`_FIRST` bytes (the object collectives took four), two more
+        collectives per direction in which one does not."""
         if not self.use_dist:
-            return [value]
-        out = [None] * self.world_size if self.is_coordinator else None
-        dist.gather_object(value, out, dst=self.global_coordinator, group=self.group)
-        return out
+            return reply([mine])[0]
+        device = object_collective_device(self.group)
+        size, world, coordinator = _FIRST, self.world_size, self.global_coordinator
+        frame = _frame(_REPLY, mine, len(mine), 0, size, device)
+        frames = [torch.empty_like(frame) for _ in range(world)] if self.is_coordinator else None
+        dist.gather(frame, frames, dst=coordinator, group=self.group)
+        messages: list[bytes] = []
+        answer = None
+        if frames is not None:
+            heads = [_unframe(f) for f in frames]
+            messages = [payload[:length] for _, length, _, payload in heads]
+            rest = max(length for _, length, _, _ in heads) - size
+            if rest > 0:
+                answer = [_frame(_SEND_REST, b"", 0, rest, size, device)] * world
+            else:
+                answer = self._reply_frames(reply(messages), size, device)
+        out = torch.empty_like(frame)
+        dist.scatter(out, answer, src=coordinator, group=self.group)
+        kind, length, rest, payload = _unframe(out)
+        if kind == _SEND_REST:  # someone's message was longer than a frame: the rests follow
+            tail = _padded(mine[size:], rest, device)
+            tails = [torch.empty_like(tail) for _ in range(world)] if frames is not None else None
+            dist.gather(tail, tails, dst=coordinator, group=self.group)
+            answer = None
+            if tails is not None:
+                whole = [
+                    m + t.cpu().numpy().tobytes()[: max(0, _unframe(f)[1] - size)]
+                    for m, t, f in zip(messages, tails, frames)
+                ]
+                answer = self._reply_frames(reply(whole), size, device)
+            dist.scatter(out, answer, src=coordinator, group=self.group)
+            kind, length, rest, payload = _unframe(out)
+        if rest > 0:  # some reply was longer than a frame: the rests follow
+            tail = torch.empty(rest, dtype=torch.uint8, device=device)
+            rests = (
+                [_padded(r[size:], rest, device) for r in self._replies]
+                if self.is_coordinator
+                else None
+            )
+            dist.scatter(tail, rests, src=coordinator, group=self.group)
+            if length > size:
+                return payload + tail.cpu().numpy().tobytes()[: length - size]
+        return payload[:length]
 
-    def _scatter(self, values: list[Any] | None) -> Any:
-        if not self.use_dist:
-            assert values is not None
-            return values[0]
-        out = [None]
-        dist.scatter_object_list(
-            out,
-            values if self.is_coordinator else None,
-            src=self.global_coordinator,
-            group=self.group,
-        )
-        return out[0]
-
-    def _broadcast(self, value: Any) -> Any:
-        if not self.use_dist:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=self.global_coordinator, group=self.group)
-        return box[0]
+    def _reply_frames(self, replies: list[bytes], size: int, device) -> list[torch.Tensor]:
+        """The coordinator's first frames of ``replies`` (kept for their rests)."""
+        self._replies = replies
+        rest = max(len(r) for r in replies) - size
+        return [_frame(_REPLY, r, len(r), max(rest, 0), size, device) for r in replies]
 
     def _collect(
         self, step: str, gathered: list[tuple[str, Any]], reduce: Callable[[list[Any]], Any]
@@ -154,13 +200,16 @@ class Coordination:
     def reduce_scatter(
         self, step: str, local: Callable[[], T], reduce: Callable[[list[T]], list[R]]
     ) -> R:
-        """Run ``local`` everywhere, ``reduce`` on the coordinator, and give rank i item i."""
+        """Run ``local`` everywhere, ``reduce`` on the coordinator, and give rank i item i.
+
+        Values travel pickled, as DCP's object collectives carry them (plans and write results
+        of any planner and storage; the reference's own save plans take
+        :meth:`reduce_scatter_bytes`)."""
         self._local_failure = None
-        gathered = self._gather(self._attempt(local))
-        outcome = None
-        if self.is_coordinator:
-            assert gathered is not None
-            status, value = self._collect(step, gathered, reduce)
+        mine = pickle.dumps(self._attempt(local))
+
+        def reply(blobs: list[bytes]) -> list[bytes]:
+            status, value = self._collect(step, [pickle.loads(b) for b in blobs], reduce)
             if status == _OK and len(value) != self.world_size:
                 status, value = (
                     _FAILED,
@@ -172,12 +221,11 @@ class Coordination:
                         )
                     },
                 )
-            outcome = (
-                [(status, v) for v in value]
-                if status == _OK
-                else [(status, value)] * self.world_size
-            )
-        status, value = self._scatter(outcome)
+            if status == _OK:
+                return [pickle.dumps((status, v)) for v in value]
+            return [pickle.dumps((status, value))] * self.world_size
+
+        status, value = pickle.loads(self._round_trip(mine, _never_raising(reply, step, self.rank)))
         if status == _FAILED:
             self._raise(step, value)
         return value
@@ -199,10 +247,8 @@ class Coordination:
         mine = (
             _OK_BYTE + value if status == _OK else _FAILED_BYTE + _failures_json({self.rank: value})
         )
-        gathered = self._gather_bytes(mine)
-        outcome: list[bytes] | None = None
-        if self.is_coordinator:
-            assert gathered is not None
+
+        def reply(gathered: list[bytes]) -> list[bytes]:
             failures: dict[int, RankFailure] = {}
             for rank, blob in enumerate(gathered):
                 if blob[:1] != _OK_BYTE:
@@ -219,57 +265,26 @@ class Coordination:
                         ),
                     )
                 if status == _OK:
-                    outcome = [_OK_BYTE + bytes(v) for v in value]
-                else:
-                    failures = {self.rank: value}
-            if outcome is None:
-                outcome = [_FAILED_BYTE + _failures_json(failures)] * self.world_size
-        blob = self._scatter_bytes(outcome)
+                    return [_OK_BYTE + bytes(v) for v in value]
+                failures = {self.rank: value}
+            return [_FAILED_BYTE + _failures_json(failures)] * self.world_size
+
+        blob = self._round_trip(mine, reply)
         if blob[:1] != _OK_BYTE:
             self._raise(step, _parse_failures(blob, self.coordinator_rank))
         return blob[1:]
 
-    def _gather_bytes(self, data: bytes) -> list[bytes] | None:
-        """Every rank's ``data`` on the coordinator (``None`` elsewhere), in uint8 tensors."""
-        if not self.use_dist:
-            return [data]
-        device = object_collective_device(self.group)
-        longest = torch.tensor([len(data)], dtype=torch.int64, device=device)
-        dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.group)
-        buffer = _framed(data, int(longest.item()), device)
-        out = (
-            [torch.empty_like(buffer) for _ in range(self.world_size)]
-            if self.is_coordinator
-            else None
-        )
-        dist.gather(buffer, out, dst=self.global_coordinator, group=self.group)
-        return None if out is None else [_unframed(t) for t in out]
-
-    def _scatter_bytes(self, values: list[bytes] | None) -> bytes:
-        """Rank i's item of the coordinator's ``values``, in uint8 tensors."""
-        if not self.use_dist:
-            assert values is not None
-            return values[0]
-        device = object_collective_device(self.group)
-        longest = torch.tensor(
-            [max(map(len, values)) if values is not None else 0], dtype=torch.int64, device=device
-        )
-        dist.broadcast(longest, src=self.global_coordinator, group=self.group)
-        size = int(longest.item())
-        out = torch.empty(8 + size, dtype=torch.uint8, device=device)
-        pieces = [_framed(v, size, device) for v in values] if values is not None else None
-        dist.scatter(out, pieces, src=self.global_coordinator, group=self.group)
-        return _unframed(out)
-
     def all_reduce(self, step: str, local: Callable[[], T], reduce: Callable[[list[T]], R]) -> R:
-        """Run ``local`` everywhere, ``reduce`` on the coordinator, and give every rank its result."""
+        """Run ``local`` everywhere, ``reduce`` on the coordinator, and give every rank its result
+        (pickled, as :meth:`reduce_scatter`)."""
         self._local_failure = None
-        gathered = self._gather(self._attempt(local))
-        outcome = None
-        if self.is_coordinator:
-            assert gathered is not None
-            outcome = self._collect(step, gathered, reduce)
-        status, value = self._broadcast(outcome)
+        mine = pickle.dumps(self._attempt(local))
+
+        def reply(blobs: list[bytes]) -> list[bytes]:
+            outcome = self._collect(step, [pickle.loads(b) for b in blobs], reduce)
+            return [pickle.dumps(outcome)] * self.world_size
+
+        status, value = pickle.loads(self._round_trip(mine, _never_raising(reply, step, self.rank)))
         if status == _FAILED:
             self._raise(step, value)
         return value
@@ -277,9 +292,8 @@ class Coordination:
     def run_all(self, step: str, local: Callable[[], T]) -> T:
         """Run ``local`` everywhere; if any rank fails, every rank raises.
 
-        One all-reduce of a flag when every rank succeeds (a step every load takes: the object
-        collectives of :meth:`all_reduce` cost four); only after a failure do the failures
-        travel, as JSON in uint8 tensors, to every rank.
+        One all-reduce of a flag when every rank succeeds (a step every load takes); only
+        after a failure do the failures travel, as JSON, to every rank.
         """
         self._local_failure = None
         status, value = self._attempt(local)
@@ -293,12 +307,28 @@ class Coordination:
         if not failed.item():
             return value
         mine = _OK_BYTE if status == _OK else _FAILED_BYTE + _failures_json({self.rank: value})
-        gathered = self._gather_bytes(mine)
-        outcome = None
-        if gathered is not None:
+
+        def reply(gathered: list[bytes]) -> list[bytes]:
             failures: dict[int, RankFailure] = {}
             for rank, blob in enumerate(gathered):
                 if blob[:1] != _OK_BYTE:
                     failures.update(_parse_failures(blob, rank))
-            outcome = [_FAILED_BYTE + _failures_json(failures)] * self.world_size
-        self._raise(step, _parse_failures(self._scatter_bytes(outcome), self.coordinator_rank))
+            return [_FAILED_BYTE + _failures_json(failures)] * self.world_size
+
+        self._raise(step, _parse_failures(self._round_trip(mine, reply), self.coordinator_rank))
+
+
+def _never_raising(
+    reply: Callable[[list[bytes]], list[bytes]], step: str, rank: int
+) -> Callable[[list[bytes]], list[bytes]]:
+    """``reply``, a failure of which (bytes off the wire that do not unpickle) becomes every
+    rank's outcome instead of leaving the other ranks waiting."""
+
+    def safe(blobs: list[bytes]) -> list[bytes]:
+        try:
+            return reply(blobs)
+        except Exception as exc:  # noqa: BLE001 - every rank must get an answer
+            failure = RankFailure.from_exception(exc)
+            return [pickle.dumps((_FAILED, {rank: failure}))] * len(blobs)
+
+    return safe

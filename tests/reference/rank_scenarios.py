@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 
 import ckptconf.reference as ref
 import torch
@@ -303,7 +304,18 @@ def save_planning_unpickles_nothing(path: str) -> dict:
         finally:
             planning["now"] = False
 
+    from ckptconf.reference import coordination
+
+    class WatchedPickle:  # the coordination's own unpickling of pickled steps
+        def __getattr__(self, name):
+            return getattr(pickle, name)
+
+        def loads(self, *args, **kwargs):
+            planning["unpickled"] += planning["now"]
+            return pickle.loads(*args, **kwargs)
+
     c10d._unpickler, Coordination.reduce_scatter_bytes = Watched, watched_step
+    coordination.pickle = WatchedPickle()
     try:
         dt = layout((world,), [Shard(0)], (7, 3))
         emb = layout((world,), [Replicate()], (2, 2))
@@ -312,6 +324,7 @@ def save_planning_unpickles_nothing(path: str) -> dict:
         metadata = ref.save(state, path)
     finally:
         c10d._unpickler, Coordination.reduce_scatter_bytes = unpickler, step
+        coordination.pickle = pickle
     back = {
         "dt": layout((world,), [Shard(0)], (7, 3), fill=False),
         "emb": layout((world,), [Replicate()], (2, 2), fill=False),
@@ -462,3 +475,23 @@ def complex_columns_to_rows(path: str, block_size: int, share_reads: bool) -> bo
             distribute_tensor(full, init_device_mesh("cpu", mesh), [Shard(0)]).to_local(),
         )
     )
+
+
+def round_trips(lengths, reply_lengths) -> list:
+    """``Coordination._round_trip`` with rank r sending ``lengths[r]`` bytes (byte i is
+    ``(r + i) % 251``) and getting back ``reply_lengths[r]`` bytes derived from all it sent;
+    returns what this rank got, checked against what it should get."""
+    from ckptconf.reference.coordination import Coordination
+
+    coord = Coordination(coordinator_rank=1)
+    rank = coord.rank
+    mine = bytes((rank + i) % 251 for i in range(lengths[rank]))
+
+    def reply(messages):
+        assert [len(m) for m in messages] == list(lengths)
+        for r, m in enumerate(messages):
+            assert m == bytes((r + i) % 251 for i in range(lengths[r]))
+        return [bytes((r * 7 + i) % 253 for i in range(n)) for r, n in enumerate(reply_lengths)]
+
+    got = coord._round_trip(mine, reply)
+    return [got == bytes((rank * 7 + i) % 253 for i in range(reply_lengths[rank])), len(got)]

@@ -82,3 +82,17 @@ def test_complex_values_load_from_blocks_of_any_size(tmp_path, world_factory, sh
         rs.complex_columns_to_rows, str(tmp_path / "c"), 100, share_reads
     )
     assert results == [True, True, True]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "reply_lengths"),
+    [
+        ((10, 0, 4096), (4096, 1, 0)),  # everything fits a first frame
+        ((10, 9000, 5), (3, 3, 3)),  # one message longer: the rests are asked for
+        ((1, 2, 3), (0, 20000, 4097)),  # replies longer: their rests follow
+        ((5000, 4097, 70000), (9000, 0, 4100)),  # both
+    ],
+)
+def test_a_steps_messages_of_any_length_arrive_whole(world_factory, lengths, reply_lengths):
+    results = world_factory(3).run(rs.round_trips, lengths, reply_lengths)
+    assert results == [[True, n] for n in reply_lengths]
