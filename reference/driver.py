@@ -275,7 +275,7 @@ def _read_shared(
             if number == 0:
                 final.append(planner.finish_plan(central_plan))
             own = [i for i in final[0].items if relayed_in.get(i.storage_index, 0) == number]
-            plan = dataclasses.replace(final[0], items=own + [item for _, item in one.relays])
+            plan = dataclasses.replace(final[0], items=own + relay.items)
             reader.read_data(plan, relay).wait()
         except BaseException as exc:  # noqa: BLE001 - raised once every rank knows
             failure = exc

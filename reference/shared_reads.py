@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 
 from .errors import IntegrityError
@@ -64,6 +64,9 @@ ROUND_BYTES = 256 << 20
 alone exceed it gets a round of its own)."""
 
 _ALIGN = 16  # each piece starts 16-byte aligned in the exchange buffers (any dtype's view)
+
+RELAY_KEY = "\x00ckptconf relayed read"
+"""The destination key of the items a rank reads for others (piece ``n`` at offsets ``(n,)``)."""
 
 
 @dataclass
@@ -312,17 +315,28 @@ class RelayPlanner:
         self.receive_offsets, self.receive_sizes = _layout(receives, world, self._dtype)
         self.send = torch.empty(sum(self.send_sizes), dtype=torch.uint8)
         self.received = torch.empty(sum(self.receive_sizes), dtype=torch.uint8)
-        self._pieces = {
-            id(item): _piece(self.send, at, item, self._dtype(item))
-            for (_, item), at in zip(relays, offsets)
-        }
+        self._pieces = [
+            _piece(self.send, at, item, self._dtype(item)) for (_, item), at in zip(relays, offsets)
+        ]
+        # the items to read for others, told apart by their destination (a reader may hand the
+        # planner copies of the items it was given, so identity cannot tell them)
+        self.items = [
+            dataclasses.replace(item, dest_index=MetadataIndex(RELAY_KEY, torch.Size([n])))
+            for n, (_, item) in enumerate(relays)
+        ]
+
+    def _relayed(self, read_item: ReadItem) -> torch.Tensor | None:
+        index = read_item.dest_index
+        if index.fqn != RELAY_KEY:
+            return None
+        return self._pieces[index.offset[0]]
 
     def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
-        piece = self._pieces.get(id(read_item))
+        piece = self._relayed(read_item)
         return piece if piece is not None else self.planner.resolve_tensor(read_item)
 
     def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
-        if id(read_item) not in self._pieces:
+        if self._relayed(read_item) is None:
             self.planner.commit_tensor(read_item, tensor)
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:

@@ -105,3 +105,9 @@ def test_a_rank_failing_to_allocate_its_round_fails_every_rank_without_a_hang(
     assert [r["step"] for r in results] == [0, 0, 0]
     loaded = world_factory(3).run(rs.load_columns_with_step, str(path), SHAPE)
     assert [(r["failed"], r["step"], r["clean"]) for r in loaded] == [(None, 9, True)] * 3
+
+
+def test_a_reader_that_hands_the_planner_copies_of_its_items_still_shares(rows, world_factory):
+    # relayed items are told by their destination key, not by identity
+    results = world_factory(3).run(rs.load_columns_with_copying_reader, rows, SHAPE)
+    assert [r["rounds"] for r in results] == [1, 1, 1]
