@@ -164,14 +164,14 @@ def peak_rss_growth(
     in ``count`` tensors, each step in a process of its own, writing in ``folder``."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from ckptconf.harness.world import _context
+    from ckptconf.harness.world import rank_context
 
     out: dict[str, dict[str, int]] = {"save": {}, "load": {}}
     for name in names:
         path = os.path.join(folder, f"{name}-rss")
         try:
             for step in ("save", "load"):
-                with ProcessPoolExecutor(1, mp_context=_context()) as pool:  # a fresh process
+                with ProcessPoolExecutor(1, mp_context=rank_context()) as pool:  # a fresh process
                     out[step][name] = pool.submit(
                         _measure_in_child, step, name, total, count, path
                     ).result()

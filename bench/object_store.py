@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ckptconf.conformance.backend import Backend
-from ckptconf.conformance.builtin import _reference_load_planner, _reference_save_planner
+from ckptconf.reference import ReferenceLoadPlanner, ReferenceSavePlanner
 from ckptconf.reference.storage import BlobSink, BlobStore
 
 __all__ = ["CALL_SECONDS", "CLIENT_SECONDS", "CostlyStore", "backend"]
@@ -147,8 +147,8 @@ def backend() -> Backend:
         name="reference-object-store-costs",
         storage_writer=_WRITER,
         storage_reader=_READER,
-        save_planner=_reference_save_planner,
-        load_planner=_reference_load_planner,
+        save_planner=ReferenceSavePlanner,  # a class: a factory of the default planner
+        load_planner=ReferenceLoadPlanner,
         save=_save,
         load=_load,
         async_save=_async_save,

@@ -46,6 +46,7 @@ __all__ = [
     "device_available",
     "per_group",
     "preload",
+    "rank_context",
     "rank_device",
     "start_forkserver",
 ]
@@ -169,14 +170,14 @@ def start_forkserver() -> None:
     :func:`preload` named in its own process while this one goes on, so the first world's start
     does not wait for those imports (about 3 CPU-seconds: torch, the suites). Call it after
     every :func:`preload`; no effect once a forkserver runs, or where ranks are spawned."""
-    if _context().get_start_method() != "forkserver":
+    if rank_context().get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
 
 
-def _context(method: str | None = None):
+def rank_context(method: str | None = None):
     """The multiprocessing context ranks start from: ``method`` if given (``"spawn"`` or
     ``"forkserver"``), else ``forkserver`` where there is one (Linux, macOS), preloaded with
     torch, else ``spawn``.
@@ -289,7 +290,7 @@ class World:
         if size < 1:
             raise ValueError(f"a world needs at least one rank, got {size}")
         self.start_method = start_method
-        _context(start_method)  # a wrong name fails here, not at the first run
+        rank_context(start_method)  # a wrong name fails here, not at the first run
         reason = device_available(device, size)
         if reason is not None and device not in DEVICE_MODES:
             raise ValueError(reason)
@@ -334,7 +335,7 @@ class World:
         if reason is not None:
             raise RuntimeError(f"cannot start a {self.device} world of {self.size}: {reason}")
         began = time.perf_counter()
-        ctx = _context(self.start_method)
+        ctx = rank_context(self.start_method)
         self._tmp = tempfile.TemporaryDirectory(prefix="ckptconf-world-")
         store = os.path.join(self._tmp.name, "store")
         # never written: the ranks stop themselves when the controller's end closes
