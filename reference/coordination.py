@@ -56,6 +56,27 @@ def _unframe(tensor: torch.Tensor) -> tuple[int, int, int, bytes]:
     return kind, length, rest, raw[_HEADER.size :]
 
 
+def _reply_frames(replies: list[bytes], size: int, device) -> list[torch.Tensor]:
+    """The first frames of the coordinator's ``replies``, each saying how long a rest follows."""
+    rest = max(len(r) for r in replies) - size
+    return [_frame(_REPLY, r, len(r), max(rest, 0), size, device) for r in replies]
+
+
+def _failures_in(gathered: list[bytes]) -> dict[int, RankFailure]:
+    """The failures of the ranks whose bytes (status byte first) say they failed."""
+    failures: dict[int, RankFailure] = {}
+    for rank, blob in enumerate(gathered):
+        if blob[:1] != _OK_BYTE:
+            failures.update(_parse_failures(blob, rank))
+    return failures
+
+
+def _wrong_count(step: str, got: int, world: int) -> RankFailure:
+    return RankFailure(
+        "ValueError", f"{step}: the global step returned {got} results for {world} ranks", ""
+    )
+
+
 def _padded(data: bytes, size: int, device) -> torch.Tensor:
     buffer = bytearray(size)
     buffer[: len(data)] = data
@@ -142,16 +163,20 @@ class Coordination:
         frame = _frame(_REPLY, mine, len(mine), 0, size, device)
         frames = [torch.empty_like(frame) for _ in range(world)] if self.is_coordinator else None
         dist.gather(frame, frames, dst=coordinator, group=self.group)
-        messages: list[bytes] = []
+        messages: list[bytes] = []  # the coordinator's: what every rank sent, in rank order
+        lengths: list[int] = []
+        replies: list[bytes] = []
         answer = None
         if frames is not None:
             heads = [_unframe(f) for f in frames]
             messages = [payload[:length] for _, length, _, payload in heads]
-            rest = max(length for _, length, _, _ in heads) - size
+            lengths = [length for _, length, _, _ in heads]
+            rest = max(lengths) - size
             if rest > 0:
                 answer = [_frame(_SEND_REST, b"", 0, rest, size, device)] * world
             else:
-                answer = self._reply_frames(reply(messages), size, device)
+                replies = reply(messages)
+                answer = _reply_frames(replies, size, device)
         out = torch.empty_like(frame)
         dist.scatter(out, answer, src=coordinator, group=self.group)
         kind, length, rest, payload = _unframe(out)
@@ -162,29 +187,20 @@ class Coordination:
             answer = None
             if tails is not None:
                 whole = [
-                    m + t.cpu().numpy().tobytes()[: max(0, _unframe(f)[1] - size)]
-                    for m, t, f in zip(messages, tails, frames)
+                    m + t.cpu().numpy().tobytes()[: max(0, n - size)]
+                    for m, t, n in zip(messages, tails, lengths)
                 ]
-                answer = self._reply_frames(reply(whole), size, device)
+                replies = reply(whole)
+                answer = _reply_frames(replies, size, device)
             dist.scatter(out, answer, src=coordinator, group=self.group)
             kind, length, rest, payload = _unframe(out)
         if rest > 0:  # some reply was longer than a frame: the rests follow
             tail = torch.empty(rest, dtype=torch.uint8, device=device)
-            rests = (
-                [_padded(r[size:], rest, device) for r in self._replies]
-                if self.is_coordinator
-                else None
-            )
+            rests = [_padded(r[size:], rest, device) for r in replies] if replies else None
             dist.scatter(tail, rests, src=coordinator, group=self.group)
             if length > size:
                 return payload + tail.cpu().numpy().tobytes()[: length - size]
         return payload[:length]
-
-    def _reply_frames(self, replies: list[bytes], size: int, device) -> list[torch.Tensor]:
-        """The coordinator's first frames of ``replies`` (kept for their rests)."""
-        self._replies = replies
-        rest = max(len(r) for r in replies) - size
-        return [_frame(_REPLY, r, len(r), max(rest, 0), size, device) for r in replies]
 
     def _collect(
         self, step: str, gathered: list[tuple[str, Any]], reduce: Callable[[list[Any]], Any]
@@ -213,13 +229,7 @@ class Coordination:
             if status == _OK and len(value) != self.world_size:
                 status, value = (
                     _FAILED,
-                    {
-                        self.rank: RankFailure(
-                            "ValueError",
-                            f"{step}: the global step returned {len(value)} results for {self.world_size} ranks",
-                            "",
-                        )
-                    },
+                    {self.rank: _wrong_count(step, len(value), self.world_size)},
                 )
             if status == _OK:
                 return [pickle.dumps((status, v)) for v in value]
@@ -249,21 +259,11 @@ class Coordination:
         )
 
         def reply(gathered: list[bytes]) -> list[bytes]:
-            failures: dict[int, RankFailure] = {}
-            for rank, blob in enumerate(gathered):
-                if blob[:1] != _OK_BYTE:
-                    failures.update(_parse_failures(blob, rank))
+            failures = _failures_in(gathered)
             if not failures:
                 status, value = self._attempt(lambda: reduce([b[1:] for b in gathered]))
                 if status == _OK and len(value) != self.world_size:
-                    status, value = (
-                        _FAILED,
-                        RankFailure(
-                            "ValueError",
-                            f"{step}: the global step returned {len(value)} results for {self.world_size} ranks",
-                            "",
-                        ),
-                    )
+                    status, value = _FAILED, _wrong_count(step, len(value), self.world_size)
                 if status == _OK:
                     return [_OK_BYTE + bytes(v) for v in value]
                 failures = {self.rank: value}
@@ -309,11 +309,7 @@ class Coordination:
         mine = _OK_BYTE if status == _OK else _FAILED_BYTE + _failures_json({self.rank: value})
 
         def reply(gathered: list[bytes]) -> list[bytes]:
-            failures: dict[int, RankFailure] = {}
-            for rank, blob in enumerate(gathered):
-                if blob[:1] != _OK_BYTE:
-                    failures.update(_parse_failures(blob, rank))
-            return [_FAILED_BYTE + _failures_json(failures)] * self.world_size
+            return [_FAILED_BYTE + _failures_json(_failures_in(gathered))] * self.world_size
 
         self._raise(step, _parse_failures(self._round_trip(mine, reply), self.coordinator_rank))
 
