@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadIte
 
 from .errors import IntegrityError
 from .metadata_format import Region
+from .storage import item_spans, row_major_strides
 
 __all__ = [
     "AMPLIFIED",
@@ -87,25 +88,12 @@ class SharedReads:
     rounds: list[Round] = field(default_factory=list)
 
 
-def _strides(shape: tuple[int, ...]) -> list[int]:
-    strides = [1] * len(shape)
-    for d in range(len(shape) - 2, -1, -1):
-        strides[d] = strides[d + 1] * shape[d + 1]
-    return strides
-
-
 def _element_span(items: list[ReadItem], shape: tuple[int, ...]) -> tuple[int, int] | None:
     """First and one-past-last row-major element of the saved chunk that ``items`` touch."""
-    strides = _strides(shape)
-    first = last = None
-    for item in items:
-        if math.prod(item.lengths) == 0:
-            continue
-        a = sum(o * s for o, s in zip(item.storage_offsets, strides))
-        b = sum((o + n - 1) * s for o, n, s in zip(item.storage_offsets, item.lengths, strides))
-        first = a if first is None else min(first, a)
-        last = b if last is None else max(last, b)
-    return None if first is None else (first, last + 1)
+    spans = item_spans(items, row_major_strides(shape))
+    if not spans:
+        return None
+    return min(first for _, first, _ in spans), max(end for _, _, end in spans)
 
 
 def direct_read_bytes(

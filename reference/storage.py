@@ -194,6 +194,28 @@ def _stop(futures) -> None:
     wait(futures)
 
 
+def row_major_strides(shape) -> list[int]:
+    """Element strides of a row-major (contiguous) tensor of ``shape``."""
+    strides = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * shape[d + 1]
+    return strides
+
+
+def item_spans(items: list[ReadItem], strides: list[int]) -> list[tuple[ReadItem, int, int]]:
+    """``(item, first, end)`` per non-empty item: the row-major elements of its saved chunk (of
+    ``strides``) from the first it reads to one past the last. The reader reads the span from
+    the least ``first`` to the greatest ``end``, in whole checksum blocks."""
+    spans = []
+    for item in items:
+        if math.prod(item.lengths) == 0:
+            continue
+        first = sum(o * s for o, s in zip(item.storage_offsets, strides))
+        last = sum((o + n - 1) * s for o, n, s in zip(item.storage_offsets, item.lengths, strides))
+        spans.append((item, first, last + 1))
+    return spans
+
+
 def _pieces(length: int, block_size: int) -> list[tuple[int, int]]:
     """``[start, end)`` ranges that cut ``length`` bytes at multiples of ``block_size``."""
     step = max(block_size, _PIECE_BYTES // block_size * block_size)
@@ -617,18 +639,8 @@ class ReferenceStorageReader(StorageReader):
             raise IntegrityError(
                 f"key {storage_index.fqn!r}: no saved chunk starts at offsets {_offsets(storage_index)}"
             )
-        strides = [1] * len(shape)
-        for d in range(len(shape) - 2, -1, -1):
-            strides[d] = strides[d + 1] * shape[d + 1]
-        spans = []
-        for item in items:
-            if math.prod(item.lengths) == 0:
-                continue
-            first = sum(o * s for o, s in zip(item.storage_offsets, strides))
-            last = sum(
-                (o + n - 1) * s for o, n, s in zip(item.storage_offsets, item.lengths, strides)
-            )
-            spans.append((item, first, last + 1))
+        strides = row_major_strides(shape)
+        spans = item_spans(items, strides)
         if not spans:
             return
         start = min(s[1] for s in spans) * itemsize
