@@ -8,6 +8,7 @@ controller to assert on, and raise on the first mismatch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -344,6 +345,25 @@ def save_planning_unpickles_nothing(path: str) -> dict:
     }
 
 
+@contextlib.contextmanager
+def counted_rounds():
+    """A list that gets an entry per round of shared reads run while inside."""
+    from ckptconf.reference import shared_reads
+
+    rounds = []
+    exchange = shared_reads.RelayPlanner.exchange
+
+    def counted(self, *args, **kwargs):
+        rounds.append(1)
+        return exchange(self, *args, **kwargs)
+
+    shared_reads.RelayPlanner.exchange = counted
+    try:
+        yield rounds
+    finally:
+        shared_reads.RelayPlanner.exchange = exchange
+
+
 def save_rows(path: str, shape) -> dict:
     """Save a value-encoded float64 tensor of ``shape`` under ``Shard(0)`` on this world."""
     ref.save({"w": layout((dist.get_world_size(),), [Shard(0)], shape)}, path)
@@ -360,26 +380,20 @@ def load_columns_counting(
     from ckptconf.reference import shared_reads
 
     counter = _Counter()
-    rounds = []
-    exchange = shared_reads.RelayPlanner.exchange
-
-    def counted_exchange(self, *args, **kwargs):
-        rounds.append(1)
-        return exchange(self, *args, **kwargs)
-
     placements = PLACEMENTS[placement]
     dest = {"w": layout((dist.get_world_size(),), placements, shape, fill=False)}
     saved = shared_reads.ROUND_BYTES
     if round_bytes is not None:
         shared_reads.ROUND_BYTES = round_bytes
-    shared_reads.RelayPlanner.exchange = counted_exchange
     try:
-        ref.load(
-            dest, storage_reader=_counting_reference_reader(path, counter), share_reads=share_reads
-        )
+        with counted_rounds() as rounds:
+            ref.load(
+                dest,
+                storage_reader=_counting_reference_reader(path, counter),
+                share_reads=share_reads,
+            )
     finally:
         shared_reads.ROUND_BYTES = saved
-        shared_reads.RelayPlanner.exchange = exchange
     want = expected_local((dist.get_world_size(),), placements, shape)
     torch.testing.assert_close(dest["w"].to_local(), want, rtol=0, atol=0)
     local = dest["w"].to_local()
@@ -510,22 +524,10 @@ class _CopyingReader(ref.FileSystemReader):
 
 def load_columns_with_copying_reader(path: str, shape) -> dict:
     """Load as column slabs through :class:`_CopyingReader`; the values are checked."""
-    from ckptconf.reference import shared_reads
-
-    rounds = []
-    exchange = shared_reads.RelayPlanner.exchange
-
-    def counted(self, *args, **kwargs):
-        rounds.append(1)
-        return exchange(self, *args, **kwargs)
-
     mesh = (dist.get_world_size(),)
     dest = {"w": layout(mesh, [Shard(1)], shape, fill=False)}
-    shared_reads.RelayPlanner.exchange = counted
-    try:
+    with counted_rounds() as rounds:
         ref.load(dest, storage_reader=_CopyingReader(path))
-    finally:
-        shared_reads.RelayPlanner.exchange = exchange
     torch.testing.assert_close(
         dest["w"].to_local(), expected_local(mesh, [Shard(1)], shape), rtol=0, atol=0
     )
