@@ -12,8 +12,8 @@ launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`
 
 Transport: the launcher's TCPStore, keys under ``ckptconf/``. For step ``n`` rank 0 sets
 ``call/n``; every rank reads it, and ranks ``0..w-1`` run ``fn`` in a default process group
-of ``w`` ranks (made anew when ``w`` changes, its rendezvous under ``pg/n``) between two
-barriers, as the warm pools do, and answer ``result/n/<rank>``. Rank 0 runs its own part
+of ``w`` ranks (made anew when ``w`` changes, its rendezvous under ``pg/n``), then a
+barrier, as the warm pools do, and answer ``result/n/<rank>``. Rank 0 runs its own part
 on a thread, so that it can still time out. A step past its timeout: rank 0 sets
 ``stack/n``, each rank's watchdog thread answers with its Python stack (faulthandler), and
 the step raises :class:`~.errors.WorldTimeout` naming the stuck ranks. The world is then
@@ -201,8 +201,8 @@ class _Rank:
         def error_of(exc: BaseException) -> RankError:
             return RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc())
 
-        # as the warm pools' worker does: a barrier before and after the function, also after
-        # it raised, so that every rank's outcome is its own
+        # as the warm pools' worker does: a barrier after the function, also after it raised,
+        # so that every rank's outcome is its own
         ok, value = True, None
         start = self._log_offset()
         try:
@@ -211,7 +211,6 @@ class _Rank:
             elif self.device == "cuda-shared":
                 torch.cuda.set_device(0)
             self.groups(size, n, fresh, timeout)
-            dist.barrier()
             fn, args, kwargs = pickle.loads(payload)
             value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - reported to rank 0

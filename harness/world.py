@@ -1,8 +1,8 @@
 """Warm rank pools: N processes with a process group, started once, reused by every call.
 
 ``World(size=2, device="cpu").run(fn, *args)`` runs ``fn`` on every rank and returns
-one result per rank. Each call starts and ends with a barrier and unpickles a fresh
-``fn``; the process group is reused, nothing else is shared between calls on purpose.
+one result per rank. Each call ends with a barrier, also after ``fn`` raised, so that a
+rank left waiting in a collective meets its partner; it unpickles a fresh ``fn``; the process group is reused, nothing else is shared between calls on purpose.
 A rank's exception comes back as a :class:`RankError` with its traceback and what the
 rank printed; a call past its timeout dumps every rank's Python stack (faulthandler)
 into a :class:`WorldTimeout`, and a rank that dies is reported with its exit code. In
@@ -241,7 +241,8 @@ def _worker(
         start = os.lseek(log.fileno(), 0, os.SEEK_END)
         ok, value = True, None
         try:
-            dist.barrier()
+            # no barrier first: the controller sent this call only after every rank answered
+            # the last one, so the ranks are in step already
             fn, args, kwargs = pickle.loads(payload)
             value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - reported to the controller
