@@ -10,14 +10,13 @@ follows. A figure to watch between versions, not a pass/fail check.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
+from ckptconf.conformance.options import own_session
 
 __all__ = ["SuiteTimes", "bench_suite", "step_overhead"]
 
@@ -137,13 +136,11 @@ def bench_suite(
     times = SuiteTimes(backend=backend, profile=profile)
     before = (TIMINGS.starts, TIMINGS.start_seconds, TIMINGS.calls, TIMINGS.call_seconds)
     args = ["--pyargs", "ckptconf.conformance", "--ckpt-backend", backend]
-    args += ["--ckpt-profile", profile, "-p", "no:cacheprovider", "-p", "no:terminal"]
+    args += ["--ckpt-profile", profile]
     if select:
         args += ["-k", select]
-    with tempfile.TemporaryDirectory(prefix="ckptconf-bench-") as isolated:
-        (Path(isolated) / "pytest.ini").write_text("[pytest]\n")  # not the project's options
-        args += ["-c", str(Path(isolated) / "pytest.ini"), "--rootdir", isolated, *extra]
-        status = pytest.main(args, plugins=[_Timer(times, started)])
+    with own_session() as session:  # as ckptconf run's
+        status = pytest.main([*args, *session, *extra], plugins=[_Timer(times, started)])
     times.wall = time.perf_counter() - started
     times.controller_cpu = time.process_time() - cpu
     times.world_starts = TIMINGS.starts - before[0]

@@ -10,10 +10,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
-from ckptconf.conformance.options import add_to_parser, as_pytest_args
+from ckptconf.conformance.options import add_to_parser, as_pytest_args, own_session
 
 __all__ = ["add_parser", "run"]
 
@@ -181,7 +179,6 @@ def run(args: argparse.Namespace) -> int:
             return 0
         console.print(f"re-running the {len(targets)} test(s) that failed in {report_path}")
     pytest_args = ["--pyargs", *targets, *as_pytest_args(args)]
-    pytest_args += ["-p", "no:cacheprovider", "-p", "no:terminal"]
     if args.k:
         pytest_args += ["-k", args.k]
     if args.exitfirst:
@@ -208,11 +205,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(problem, markup=False, highlight=False)
             return 2
     progress = _Progress(console)
-    # An empty config of our own: the suite must not pick up the options of a project's pytest.ini.
-    with tempfile.TemporaryDirectory(prefix="ckptconf-run-") as isolated:
-        (Path(isolated) / "pytest.ini").write_text("[pytest]\n")
-        config = ["-c", str(Path(isolated) / "pytest.ini"), "--rootdir", isolated]
-        status = pytest.main(pytest_args + config, plugins=[progress])
+    with own_session() as session:  # not the options of the project it runs in
+        status = pytest.main(pytest_args + session, plugins=[progress])
     report = progress.report
     if report is None or not report.tests:
         console.print(f"[red]no conformance test ran (pytest exit status {int(status)})[/red]")

@@ -9,7 +9,9 @@ module imports neither pytest nor torch.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = [
     "add_to_pytest",
     "as_pytest_args",
     "given",
+    "own_session",
     "requested",
 ]
 
@@ -196,3 +199,21 @@ def as_pytest_args(values: Any, options: Iterable[Option] = OPTIONS) -> list[str
         text = os.path.abspath(value) if option.path else str(value)
         out += [f"--ckpt-{option.name}", text]
     return out
+
+
+@contextmanager
+def own_session() -> Iterator[list[str]]:
+    """pytest arguments for a session of ckptconf's own (``ckptconf run``, ``bench suite``),
+    valid inside the ``with``: an empty config file in a temporary folder as rootdir, so
+    that the options of the project pytest runs in do not apply; no cache folder and no
+    terminal reporter (the caller reports); ``--assert=plain``: the suites check values
+    themselves, and rewriting asserts would re-parse every module of every plugin's
+    distribution (hypothesis is 77 modules) on each run where bytecode is not cached."""
+    with tempfile.TemporaryDirectory(prefix="ckptconf-session-") as folder:
+        config = os.path.join(folder, "pytest.ini")
+        with open(config, "w") as file:
+            file.write("[pytest]\n")
+        yield [
+            *("-c", config, "--rootdir", folder),
+            *("-p", "no:cacheprovider", "-p", "no:terminal", "--assert=plain"),
+        ]

@@ -166,3 +166,24 @@ def test_pytest_shows_a_failure_brief_and_the_whole_record_under_vv(tmp_path):
     result, _ = _pytest(*args, "-vv", tmp_path=tmp_path)
     assert "raise self.fail(" in result.stdout  # pytest's own long form: the frame that raised
     assert failed["failure"]["what"] in result.stdout
+
+
+def test_ckptconfs_own_session_ignores_the_projects_pytest_options(tmp_path):
+    """``ckptconf run`` and ``bench suite`` run pytest in a folder of their own: an option in the
+    pytest.ini of the folder they run in that pytest does not know is not even read."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = --no-such-option\n")
+    collect = (
+        "import pytest\n"
+        "from ckptconf.conformance.options import own_session\n"
+        "with own_session() as args:\n"
+        "    assert '--assert=plain' in args\n"
+        "    code = pytest.main(['--co', '--pyargs', 'ckptconf.conformance.suites.roundtrip', *args])\n"
+        "raise SystemExit(int(code))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-c"]
+    own = subprocess.run(run + [collect], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert own.returncode == 0, own.stdout + own.stderr
+    plain = collect.replace("*args]", "]")
+    theirs = subprocess.run(run + [plain], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert theirs.returncode == 4, theirs.stdout + theirs.stderr  # usage error: the bad option
