@@ -112,8 +112,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "dir",
-        "folder the run's checkpoints go under (default: a temporary folder); under a launcher "
-        "across nodes, on storage every node sees (checked before any test runs)",
+        "folder the run's checkpoints go under (default: pytest's temporary folder), a folder a "
+        "test, removed when it passed and kept when it failed; under a launcher across nodes, on "
+        "storage every node sees (checked before any test runs)",
         dict(metavar="PATH"),
         path=True,
     ),

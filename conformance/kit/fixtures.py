@@ -13,10 +13,13 @@ backend, kept as an alias), else the ``--ckpt-backend`` backend.
 from __future__ import annotations
 
 import itertools
+import queue
 import shlex
+import shutil
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,37 @@ def ckpt_backend(request: pytest.FixtureRequest) -> Backend:
     return backend
 
 
+class _Remover:
+    """Removes the checkpoint folders of finished tests on a thread of its own, while the next
+    tests run (the controller mostly waits on the ranks, and a run writes thousands of
+    files); :meth:`drain` waits until every folder given is gone."""
+
+    def __init__(self) -> None:
+        self._folders: queue.Queue[Path] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def remove(self, folder: Path) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="ckptconf-remover", daemon=True)
+            self._thread.start()
+        self._folders.put(folder)
+
+    def _work(self) -> None:
+        while True:
+            shutil.rmtree(self._folders.get(), ignore_errors=True)
+            self._folders.task_done()
+
+    def drain(self) -> None:
+        self._folders.join()
+
+
+_REMOVER = _Remover()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _REMOVER.drain()
+
+
 @pytest.fixture(scope="session")
 def ckpt_path(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -185,10 +219,14 @@ def ckpt(
     ckpt_backend: Backend,
     ckpt_path: Callable[[], str],
     ckpt_repro: str,
-) -> Checker:
+) -> Iterator[Checker]:
     """The conformance test's checker: reports as unsupported what the backend declared
     unsupported, judges failures by the expectations that name them (its ``verdict``), and
-    makes trials of drawn cases (see :class:`~.trial.Checker`)."""
+    makes trials of drawn cases (see :class:`~.trial.Checker`).
+
+    The test's checkpoints lie in a folder of its own (one of ``ckpt_path``'s paths), removed
+    after the test unless it failed: a failed test's checkpoints stay where pytest keeps its
+    temporary folders."""
     from .launched_ranks import LaunchedRanks
     from .running import PoolRanks
 
@@ -216,12 +254,16 @@ def ckpt(
             )
         )
     suite = item.get_closest_marker("ckpt_suite")
+    folder, numbers = Path(ckpt_path()), itertools.count()
+
+    def paths() -> str:
+        return str(folder / f"c{next(numbers)}")
 
     def checker(backend: Backend, reproduction: str | None = None) -> Checker:
         return Checker(
             backend,
             ranks=ranks,
-            paths=ckpt_path,
+            paths=paths,
             suite=suite.args[0] if suite else None,
             test=canonical_id(item),
             reproduction=reproduction,
@@ -236,7 +278,9 @@ def ckpt(
     checked.share = share
     checked.verdict = _verdict(request.config, ckpt_backend, suite_test_id(item), checker)
     item.stash[_verdict_key] = checked.verdict
-    return checked
+    yield checked
+    if item.stash.get(_outcome_key, Outcome.FAILED) is not Outcome.FAILED:
+        _REMOVER.remove(folder)
 
 
 def suite_test_id(item: pytest.Item) -> str:

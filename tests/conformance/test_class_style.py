@@ -122,3 +122,38 @@ def test_a_class_style_failure_reproduces_by_node_id(tmp_path):
     )
     assert again.returncode == 1 and "1 failed" in again.stdout, again.stdout[-3000:]
     assert "[last_chunk_skipped]" in again.stdout
+
+
+@pytest.mark.multiprocess
+def test_a_passed_tests_checkpoints_are_removed_and_a_failed_tests_kept(tmp_path):
+    """Each test's checkpoints lie in a folder of its own under pytest's temporary folder:
+    removed once the test passed, kept when it failed (to be looked at)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, backend in (("good", "reference()"), ("bad", "last_chunk_skipped()")):
+        (project / f"test_{name}.py").write_text(
+            "import pytest\n"
+            "from ckptconf.conformance.builtin import reference\n"
+            "from ckptconf.conformance.suites import RoundTripTests\n"
+            "from tests.planted.storage import last_chunk_skipped\n\n\n"
+            "@pytest.fixture(scope='session')\n"
+            f"def backend():\n    return {backend}\n\n\n"
+            "class TestMine(RoundTripTests):\n    pass\n"
+        )
+    basetemp = tmp_path / "basetemp"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_good.py", "test_bad.py", "-p", "no:cacheprovider"]
+        + ["-k", "test_round_trip_dtensor_on_two_ranks", "--ckpt-no-shrink"]
+        + ["--ckpt-profile", "ci", "--basetemp", str(basetemp)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
+    assert "1 failed, 1 passed" in result.stdout, result.stdout[-3000:]
+    (root,) = [p for p in basetemp.glob("ckpt*") if p.is_dir() and not p.is_symlink()]
+    kept = sorted(p.name for p in root.iterdir())
+    assert len(kept) == 1, kept  # the failed test's folder; the passed test's is gone
+    saved = [p for p in (root / kept[0]).rglob("*") if p.is_file()]
+    assert saved, "the failed test's folder holds no checkpoint"
