@@ -112,7 +112,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "dir",
-        "folder the run's checkpoints go under (default: pytest's temporary folder), a folder a "
+        "folder the run's checkpoints go under (default: pytest's temporary folder), one folder per "
         "test, removed when it passed and kept when it failed; under a launcher across nodes, on "
         "storage every node sees (checked before any test runs)",
         dict(metavar="PATH"),
