@@ -10,13 +10,15 @@ follows. A figure to watch between versions, not a pass/fail check.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from ckptconf.conformance.options import own_session
+from ckptconf.conformance.options import memory_folder, own_session
 
 __all__ = ["SuiteTimes", "bench_suite", "step_overhead"]
 
@@ -123,9 +125,16 @@ def _nothing() -> None:
 
 
 def bench_suite(
-    backend: str, *, profile: str = "ci", select: str | None = None, extra: tuple[str, ...] = ()
+    backend: str,
+    *,
+    profile: str = "ci",
+    select: str | None = None,
+    folder: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> SuiteTimes:
-    """Run the conformance suite against ``backend`` (``-k select``) and time its parts.
+    """Run the conformance suite against ``backend`` (``-k select``) and time its parts; the
+    checkpoints go under ``folder``, else where ``ckptconf run`` puts them (a new folder in
+    memory, removed afterwards, where there is one).
 
     Raises ``RuntimeError`` if pytest stopped before running tests (a usage error).
     """
@@ -139,8 +148,16 @@ def bench_suite(
     args += ["--ckpt-profile", profile]
     if select:
         args += ["-k", select]
-    with own_session() as session:  # as ckptconf run's
-        status = pytest.main([*args, *session, *extra], plugins=[_Timer(times, started)])
+    memory = memory_folder() if folder is None else None
+    made = None if memory is None else tempfile.mkdtemp(prefix="ckptconf-bench-", dir=memory)
+    if folder or made:
+        args += ["--ckpt-dir", folder or made]
+    try:
+        with own_session() as session:  # as ckptconf run's
+            status = pytest.main([*args, *session, *extra], plugins=[_Timer(times, started)])
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     times.wall = time.perf_counter() - started
     times.controller_cpu = time.process_time() - cpu
     times.world_starts = TIMINGS.starts - before[0]

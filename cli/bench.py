@@ -35,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="io: tensors in the state, comma-separated for a sweep (default 64)",
     )
     bench.add_argument(
-        "--dir", default=None, help="io, reshard: folder to write in (default /dev/shm)"
+        "--dir",
+        default=None,
+        help="io, reshard, suite: folder to write in (default /dev/shm; suite: as ckptconf run's)",
     )
     bench.add_argument(
         "--no-rss",
@@ -126,7 +128,7 @@ def _bench_suite(args: argparse.Namespace, console) -> int:
         "process, timing its parts..."
     )
     try:
-        times = bench_suite(args.backend, profile=args.profile, select=args.k)
+        times = bench_suite(args.backend, profile=args.profile, select=args.k, folder=args.dir)
     except RuntimeError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2

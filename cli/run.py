@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 
-from ckptconf.conformance.options import add_to_parser, as_pytest_args, own_session
+from ckptconf.conformance.options import (
+    add_to_parser,
+    as_pytest_args,
+    memory_folder,
+    own_session,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -123,6 +130,16 @@ def _outcome_style(outcome: str) -> str:
     }.get(outcome, "white")
 
 
+def _memory_checkpoints(args: argparse.Namespace, rank: int | None) -> str | None:
+    """A new folder in memory for the run's checkpoints (:func:`~ckptconf.conformance.options.
+    memory_folder`), unless ``--dir`` chose one or a launcher started the ranks (they may be
+    on several nodes, and check the folder they share)."""
+    if args.dir is not None or rank is not None:
+        return None
+    memory = memory_folder()
+    return None if memory is None else tempfile.mkdtemp(prefix="ckptconf-run-", dir=memory)
+
+
 def run(args: argparse.Namespace) -> int:
     """``ckptconf run``: the suites against ``args.backend`` in a pytest session of their own."""
     import pytest
@@ -205,9 +222,20 @@ def run(args: argparse.Namespace) -> int:
             console.print(problem, markup=False, highlight=False)
             return 2
     progress = _Progress(console)
-    with own_session() as session:  # not the options of the project it runs in
-        status = pytest.main(pytest_args + session, plugins=[progress])
-    report = progress.report
+    made = _memory_checkpoints(args, rank)
+    if made is not None:
+        pytest_args += ["--ckpt-dir", made]
+        console.print(f"checkpoints in {made}, in memory (--dir PATH to choose another folder)")
+    try:
+        with own_session() as session:  # not the options of the project it runs in
+            status = pytest.main(pytest_args + session, plugins=[progress])
+    finally:
+        report = progress.report
+        failed = report is not None and any(t["outcome"] == "failed" for t in report.tests)
+        if made is not None and failed:
+            console.print(f"the failed tests' checkpoints are kept in {made}")
+        elif made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     if report is None or not report.tests:
         console.print(f"[red]no conformance test ran (pytest exit status {int(status)})[/red]")
         return 2

@@ -22,6 +22,7 @@ __all__ = [
     "add_to_pytest",
     "as_pytest_args",
     "given",
+    "memory_folder",
     "own_session",
     "requested",
 ]
@@ -218,3 +219,30 @@ def own_session() -> Iterator[list[str]]:
             *("-c", config, "--rootdir", folder),
             *("-p", "no:cacheprovider", "-p", "no:terminal", "--assert=plain"),
         ]
+
+
+def memory_folder(path: str = "/dev/shm", room: int = 1 << 30) -> str | None:
+    """``path`` if it is a folder in memory (tmpfs or ramfs) this process may write, with at
+    least ``room`` bytes free; else ``None``.
+
+    Where ``ckptconf run`` puts its checkpoints unless told (``--dir``): a conformance run
+    checks what a backend writes and reads, not how fast a disk syncs, and on a small VM the
+    disk's metadata syncs were a sixth of the reference's ci run. Durability is checked from
+    the recorded system calls (the crash-states suite), which no filesystem changes.
+    """
+    try:
+        if not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
+            return None
+        stats = os.statvfs(path)
+        with open("/proc/self/mounts") as mounts:
+            table = [line.split()[1:3] for line in mounts]
+    except OSError:  # no such folder, or not Linux
+        return None
+    if stats.f_bavail * stats.f_frsize < room:
+        return None
+    real = os.path.realpath(path)
+    mounted = [(point, kind) for point, kind in table if os.path.commonpath([real, point]) == point]
+    if not mounted:
+        return None
+    _, kind = max(mounted, key=lambda entry: len(entry[0]))  # the innermost mount holds it
+    return path if kind in ("tmpfs", "ramfs") else None

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from ckptconf.conformance import ConformanceFailure
 from ckptconf.conformance.report import render_markdown
 
@@ -187,3 +189,61 @@ def test_ckptconfs_own_session_ignores_the_projects_pytest_options(tmp_path):
     plain = collect.replace("*args]", "]")
     theirs = subprocess.run(run + [plain], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert theirs.returncode == 4, theirs.stdout + theirs.stderr  # usage error: the bad option
+
+
+def test_memory_folder_is_a_writable_tmpfs_with_room(tmp_path):
+    from ckptconf.conformance.options import memory_folder
+
+    mounts = Path("/proc/self/mounts")
+    if not mounts.exists() or " /dev/shm tmpfs " not in mounts.read_text():
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    assert memory_folder("/dev/shm") == "/dev/shm"
+    assert memory_folder("/dev/shm", room=1 << 60) is None  # not that much room
+    assert memory_folder(str(tmp_path / "none")) is None
+    on_disk = [p for p in ("/var/tmp", "/root", "/home") if os.path.isdir(p)]
+    for path in on_disk:  # a disk filesystem (whatever its room) is not memory
+        kind = _filesystem_of(path, mounts.read_text())
+        assert (memory_folder(path) is not None) == (kind in ("tmpfs", "ramfs")), (path, kind)
+
+
+def _filesystem_of(path: str, table: str) -> str:
+    rows = [line.split()[1:3] for line in table.splitlines()]
+    real = os.path.realpath(path)
+    inside = [(p, k) for p, k in rows if real == p or real.startswith(p.rstrip("/") + "/")]
+    return max(inside, key=lambda row: len(row[0]))[1]
+
+
+@pytest.mark.multiprocess
+def test_ckptconf_run_keeps_a_failed_tests_checkpoints_in_memory_and_removes_a_passed_runs(
+    tmp_path,
+):
+    from ckptconf.conformance.options import memory_folder
+
+    if memory_folder() is None:
+        pytest.skip("no folder in memory here: ckptconf run uses pytest's temporary folder")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    runs = {}
+    for spec in ("reference", "tests.planted.storage:last_chunk_skipped"):
+        runs[spec] = subprocess.run(
+            [sys.executable, "-m", "ckptconf.cli", "run", "--backend", spec, "--profile", "ci"]
+            + ["-k", "test_round_trip_dtensor_on_two_ranks", "--no-shrink", "--no-preflight"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    folders = {}
+    for spec, result in runs.items():
+        found = re.search(r"checkpoints in (/\S+), in memory", result.stdout)
+        assert found, result.stdout[-3000:]
+        folders[spec] = Path(found.group(1))
+    assert runs["reference"].returncode == 0 and not folders["reference"].exists()
+    bad = runs["tests.planted.storage:last_chunk_skipped"]
+    kept = folders["tests.planted.storage:last_chunk_skipped"]
+    try:
+        assert bad.returncode == 1
+        assert f"the failed tests' checkpoints are kept in {kept}" in bad.stdout
+        assert [p for p in kept.rglob("*") if p.is_file()], "no checkpoint kept"
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
