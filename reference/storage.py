@@ -166,6 +166,8 @@ def _threads(threads: int | None) -> int:
 
 _PIECE_BYTES = 32 << 20  # a thread's share of a large item, rounded to whole checksum blocks
 _SPREAD_BYTES = 64 << 20  # a rank writing this much spreads its items over several files
+_THREADED_BYTES = 1 << 20  # less than this is read or written on the calling thread: handing
+# items to pool threads costs more than copying and checksumming them
 
 
 _POOLS: dict[tuple[int, str], tuple[int, ThreadPoolExecutor]] = {}
@@ -314,8 +316,9 @@ class ReferenceStorageWriter(StorageWriter):
         whose sinks may be written at once (``concurrent_writes``), spreads its items over up to
         ``threads`` files, one thread each, largest items first to the least-filled file (a
         file system serialises writes to one file: Linux takes the inode lock). Else, where
-        the sink takes positional writes, ``threads`` threads checksum and write pieces of the
-        items into the one file at once (both release the GIL). Tensors that need a copy first
+        the sink takes positional writes and the rank writes at least 1 MiB, ``threads``
+        threads checksum and write pieces of the items into the one file at once (both
+        release the GIL); less is written on the calling thread. Tensors that need a copy first
         (on a GPU, not contiguous) are copied by the thread writing them, so at most
         ``threads`` such copies exist at a time.
         """
@@ -340,7 +343,8 @@ class ReferenceStorageWriter(StorageWriter):
         else:
             with self.store.open_sink(target.file) as sink:
                 positional = getattr(sink, "positional", False)  # sinks may be duck-typed
-                if positional and self.threads > 1 and None not in lengths:
+                threaded = None not in lengths and sum(lengths) >= _THREADED_BYTES  # type: ignore[arg-type]
+                if positional and self.threads > 1 and threaded:
                     sums = self._write_positional(sink, plan.items, values, lengths)
                 else:
                     sums = self._write_in_order(sink, plan.items, values)
@@ -557,7 +561,8 @@ class ReferenceStorageReader(StorageReader):
         (each chunk is verified as it is read in place, with no second copy).
 
         Whole saved chunks read into contiguous CPU destinations are read and verified in place
-        by ``threads`` threads where the store allows concurrent reads (else on this thread);
+        by ``threads`` threads where the store allows concurrent reads and the plan reads at
+        least 1 MiB (else on this thread);
         the planner is only called from this thread (``resolve_tensor`` before,
         ``commit_tensor`` after, in plan order). At most ``2 * threads`` such chunks are in
         flight, and a destination that shares memory with one in flight (tied weights) waits
@@ -569,6 +574,8 @@ class ReferenceStorageReader(StorageReader):
         for item in plan.items:
             by_item[item.storage_index].append(item)
         threads = self.threads if self.store.concurrent_reads else 1
+        if _bytes_to_read(plan, regions) < _THREADED_BYTES:
+            threads = 1
         for storage_index in by_item:
             if storage_index not in regions:
                 raise IntegrityError(
@@ -730,6 +737,12 @@ class ReferenceStorageReader(StorageReader):
                 a = block * region.block_size - lo
                 self._check_block(index, region, block, raw[a : a + region.block_size])
         return raw[start - lo : end - lo]
+
+
+def _bytes_to_read(plan: LoadPlan, regions: dict[MetadataIndex, Region]) -> int:
+    """At most the stored bytes ``plan`` reads (each stored item's whole region, once)."""
+    indices = {item.storage_index for item in plan.items}
+    return sum(regions[i].length for i in indices if i in regions)
 
 
 class _WholeChunkReads:

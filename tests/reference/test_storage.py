@@ -277,11 +277,13 @@ def test_noncontiguous_values_save_their_elements(tmp_path, make):
 
 @pytest.fixture
 def small_pieces(monkeypatch):
-    """Threads' pieces of 32 KiB and files spread from 256 KiB, so small states show both."""
+    """Threads' pieces of 32 KiB, files spread from 256 KiB and threads for any size, so small
+    states show all three."""
     import ckptconf.reference.storage as storage
 
     monkeypatch.setattr(storage, "_PIECE_BYTES", 32 << 10)
     monkeypatch.setattr(storage, "_SPREAD_BYTES", 256 << 10)
+    monkeypatch.setattr(storage, "_THREADED_BYTES", 0)
 
 
 def _big_state():
@@ -402,7 +404,7 @@ def test_a_read_into_memory_in_flight_waits_for_it_and_others_do_not():
     assert log[4:] == ["read head", "commit head"]
 
 
-def test_tied_destinations_load_and_the_last_key_wins(tmp_path):
+def test_tied_destinations_load_and_the_last_key_wins(tmp_path, small_pieces):
     path = tmp_path / "ck"
     save({"embed": torch.full((1024,), 1.0), "head": torch.full((1024,), 2.0)}, path)
     tied = torch.zeros(1024)
@@ -410,7 +412,7 @@ def test_tied_destinations_load_and_the_last_key_wins(tmp_path):
     assert tied.unique().tolist() == [2.0]
 
 
-def test_a_store_that_reads_its_own_way_is_read_on_the_calling_thread(tmp_path):
+def test_a_store_that_reads_its_own_way_is_read_on_the_calling_thread(tmp_path, small_pieces):
     from ckptconf.reference.filesystem import DirectoryStore
 
     class Own(DirectoryStore):
@@ -535,3 +537,46 @@ def test_a_rank_with_much_to_write_spreads_it_over_one_file_per_thread(tmp_path,
     # one thread, or a store that writes its own way: one file
     save(state, storage_writer=FileSystemWriter(tmp_path / "one", threads=1))
     assert [Path(f).name for f in _data_files(tmp_path / "one")] == ["r0.bin"]
+
+
+def test_less_than_a_mib_is_written_and_read_on_the_calling_thread_and_more_on_the_pool(
+    tmp_path, monkeypatch
+):
+    """Handing small items to pool threads costs more than copying them: a save or load of
+    less than 1 MiB runs on the calling thread, one of more on the pool's threads."""
+    import threading
+
+    from ckptconf.reference.filesystem import DirectoryStore, _FileSink
+
+    used: list[str] = []
+    write, write_at = _FileSink.write, _FileSink.write_at
+    read_into = DirectoryStore._read_file_into
+
+    def recording_write(self, data):
+        used.append(threading.current_thread().name)
+        return write(self, data)
+
+    def recording_write_at(self, offset, data):
+        used.append(threading.current_thread().name)
+        return write_at(self, offset, data)
+
+    def recording_read_into(self, name, start, buffer):
+        used.append(threading.current_thread().name)
+        return read_into(self, name, start, buffer)
+
+    monkeypatch.setattr(_FileSink, "write", recording_write)
+    monkeypatch.setattr(_FileSink, "write_at", recording_write_at)
+    monkeypatch.setattr(DirectoryStore, "_read_file_into", recording_read_into)
+    for size, pooled in ((1 << 10, False), (3 << 20, True)):
+        state = {f"t{i}": torch.arange(size // 16, dtype=torch.float32) for i in range(4)}
+        for step in ("save", "load"):
+            used.clear()
+            if step == "save":
+                writer = FileSystemWriter(tmp_path / str(size), threads=4)
+                save(state, storage_writer=writer)
+            else:
+                dest = {k: torch.zeros_like(v) for k, v in state.items()}
+                load(dest, storage_reader=FileSystemReader(tmp_path / str(size), threads=4))
+                assert all(torch.equal(dest[k], state[k]) for k in state)
+            assert used, step
+            assert (set(used) != {"MainThread"}) == pooled, (size, step, sorted(set(used)))
