@@ -11,14 +11,13 @@ follows. A figure to watch between versions, not a pass/fail check.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from ckptconf.conformance.options import memory_folder, own_session
+from ckptconf.conformance.options import new_memory_folder, own_session
 
 __all__ = ["SuiteTimes", "bench_suite", "step_overhead"]
 
@@ -148,8 +147,7 @@ def bench_suite(
     args += ["--ckpt-profile", profile]
     if select:
         args += ["-k", select]
-    memory = memory_folder() if folder is None else None
-    made = None if memory is None else tempfile.mkdtemp(prefix="ckptconf-bench-", dir=memory)
+    made = new_memory_folder("ckptconf-bench-") if folder is None else None
     if folder or made:
         args += ["--ckpt-dir", folder or made]
     try:

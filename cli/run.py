@@ -11,12 +11,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 from ckptconf.conformance.options import (
     add_to_parser,
     as_pytest_args,
-    memory_folder,
+    new_memory_folder,
     own_session,
 )
 
@@ -132,12 +131,11 @@ def _outcome_style(outcome: str) -> str:
 
 def _memory_checkpoints(args: argparse.Namespace, rank: int | None) -> str | None:
     """A new folder in memory for the run's checkpoints (:func:`~ckptconf.conformance.options.
-    memory_folder`), unless ``--dir`` chose one or a launcher started the ranks (they may be
+    new_memory_folder`), unless ``--dir`` chose one or a launcher started the ranks (they may be
     on several nodes, and check the folder they share)."""
     if args.dir is not None or rank is not None:
         return None
-    memory = memory_folder()
-    return None if memory is None else tempfile.mkdtemp(prefix="ckptconf-run-", dir=memory)
+    return new_memory_folder("ckptconf-run-")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,11 +229,13 @@ def run(args: argparse.Namespace) -> int:
             status = pytest.main(pytest_args + session, plugins=[progress])
     finally:
         report = progress.report
-        failed = report is not None and any(t["outcome"] == "failed" for t in report.tests)
-        if made is not None and failed:
-            console.print(f"the failed tests' checkpoints are kept in {made}")
-        elif made is not None:
+        if made is not None:  # memory is not a place to leave checkpoints behind
             shutil.rmtree(made, ignore_errors=True)
+            if report is not None and any(t["outcome"] == "failed" for t in report.tests):
+                console.print(
+                    "the failed tests' checkpoints were in memory and are removed; "
+                    "--dir PATH keeps them"
+                )
     if report is None or not report.tests:
         console.print(f"[red]no conformance test ran (pytest exit status {int(status)})[/red]")
         return 2

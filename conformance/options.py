@@ -23,6 +23,7 @@ __all__ = [
     "as_pytest_args",
     "given",
     "memory_folder",
+    "new_memory_folder",
     "own_session",
     "requested",
 ]
@@ -113,9 +114,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "dir",
-        "folder the run's checkpoints go under (default: pytest's temporary folder), one folder per "
-        "test, removed when it passed and kept when it failed; under a launcher across nodes, on "
-        "storage every node sees (checked before any test runs)",
+        "folder the run's checkpoints go under, one folder per test, removed when it passed and "
+        "kept when it failed (default: ckptconf run: a new folder in memory where there is one; "
+        "pytest: its temporary folder); under a launcher across nodes, on storage every node "
+        "sees (checked before any test runs)",
         dict(metavar="PATH"),
         path=True,
     ),
@@ -246,3 +248,10 @@ def memory_folder(path: str = "/dev/shm", room: int = 1 << 30) -> str | None:
         return None
     _, kind = max(mounted, key=lambda entry: len(entry[0]))  # the innermost mount holds it
     return path if kind in ("tmpfs", "ramfs") else None
+
+
+def new_memory_folder(prefix: str) -> str | None:
+    """A new folder named ``prefix...`` in :func:`memory_folder`, or ``None`` where there is
+    none; the caller removes it."""
+    memory = memory_folder()
+    return None if memory is None else tempfile.mkdtemp(prefix=prefix, dir=memory)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -214,36 +213,37 @@ def _filesystem_of(path: str, table: str) -> str:
 
 
 @pytest.mark.multiprocess
-def test_ckptconf_run_keeps_a_failed_tests_checkpoints_in_memory_and_removes_a_passed_runs(
-    tmp_path,
-):
+def test_ckptconf_run_puts_checkpoints_in_memory_and_leaves_none_there(tmp_path):
+    """Passed or failed, a run removes its folder in memory; a failed run says that --dir keeps
+    the failed tests' checkpoints, and with --dir they are kept."""
     from ckptconf.conformance.options import memory_folder
 
     if memory_folder() is None:
         pytest.skip("no folder in memory here: ckptconf run uses pytest's temporary folder")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    chosen = tmp_path / "chosen"
     runs = {}
-    for spec in ("reference", "tests.planted.storage:last_chunk_skipped"):
-        runs[spec] = subprocess.run(
+    for name, spec, more in (
+        ("reference", "reference", []),
+        ("bad", "tests.planted.storage:last_chunk_skipped", []),
+        ("bad in a folder", "tests.planted.storage:last_chunk_skipped", ["--dir", str(chosen)]),
+    ):
+        runs[name] = subprocess.run(
             [sys.executable, "-m", "ckptconf.cli", "run", "--backend", spec, "--profile", "ci"]
-            + ["-k", "test_round_trip_dtensor_on_two_ranks", "--no-shrink", "--no-preflight"],
+            + ["-k", "test_round_trip_dtensor_on_two_ranks", "--no-shrink", "--no-preflight"]
+            + more,
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=600,
             env=env,
         )
-    folders = {}
-    for spec, result in runs.items():
-        found = re.search(r"checkpoints in (/\S+), in memory", result.stdout)
-        assert found, result.stdout[-3000:]
-        folders[spec] = Path(found.group(1))
-    assert runs["reference"].returncode == 0 and not folders["reference"].exists()
-    bad = runs["tests.planted.storage:last_chunk_skipped"]
-    kept = folders["tests.planted.storage:last_chunk_skipped"]
-    try:
-        assert bad.returncode == 1
-        assert f"the failed tests' checkpoints are kept in {kept}" in bad.stdout
-        assert [p for p in kept.rglob("*") if p.is_file()], "no checkpoint kept"
-    finally:
-        shutil.rmtree(kept, ignore_errors=True)
+    for name in ("reference", "bad"):
+        found = re.search(r"checkpoints in (/\S+), in memory", runs[name].stdout)
+        assert found, runs[name].stdout[-3000:]
+        assert not Path(found.group(1)).exists(), name
+    assert runs["reference"].returncode == 0 and runs["bad"].returncode == 1
+    assert "in memory and are removed; --dir PATH keeps them" in runs["bad"].stdout
+    kept = runs["bad in a folder"]
+    assert kept.returncode == 1 and "in memory" not in kept.stdout, kept.stdout[-3000:]
+    assert [p for p in chosen.rglob("*") if p.is_file()], "no checkpoint kept under --dir"
