@@ -3,6 +3,7 @@ defect needs two or more operations are found, shrunk, and reproduced from the p
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import replace
@@ -149,15 +150,19 @@ def test_a_defect_of_several_operations_is_found_and_reproduced(
     steps = len(re.findall(r"^(?:->|  ) \d+\. ", failure["case"], flags=re.M))
     assert steps >= 2, f"a defect of several operations failed in {steps} step(s)"
     # the printed command runs the printed steps again, as printed, and fails the same way
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
     replay = subprocess.run(
         ["bash", "-c", failure["reproduction"]],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(temporary)},
     )
     assert replay.returncode == 1, replay.stdout[-4000:] + replay.stderr[-4000:]
     assert f"kind {kind}" in replay.stdout and headline in replay.stdout, replay.stdout[-4000:]
+    assert not list(temporary.glob("ckptconf-lifecycle-*")), "the replay left its checkpoints"
 
 
 def test_the_printed_reproduction_names_the_folder_a_module_backend_imports_from():

@@ -8,6 +8,7 @@ otherwise (2 for bad arguments).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         shutdown_all()
+        shutil.rmtree(root, ignore_errors=True)  # the failure printed says what went wrong
     print("every step kept the contract")
     return 0
 
