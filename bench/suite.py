@@ -10,14 +10,13 @@ follows. A figure to watch between versions, not a pass/fail check.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from ckptconf.conformance.options import new_memory_folder, own_session
+from ckptconf.conformance.options import checkpoints_in_memory, own_session
 
 __all__ = ["SuiteTimes", "bench_suite", "step_overhead"]
 
@@ -147,15 +146,11 @@ def bench_suite(
     args += ["--ckpt-profile", profile]
     if select:
         args += ["-k", select]
-    made = new_memory_folder("ckptconf-bench-") if folder is None else None
-    if folder or made:
-        args += ["--ckpt-dir", folder or made]
-    try:
+    with checkpoints_in_memory("ckptconf-bench-", wanted=folder is None) as made:
+        if folder or made:
+            args += ["--ckpt-dir", folder or made]
         with own_session() as session:  # as ckptconf run's
             status = pytest.main([*args, *session, *extra], plugins=[_Timer(times, started)])
-    finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
     times.wall = time.perf_counter() - started
     times.controller_cpu = time.process_time() - cpu
     times.world_starts = TIMINGS.starts - before[0]

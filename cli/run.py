@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 
 from ckptconf.conformance.options import (
     add_to_parser,
     as_pytest_args,
-    new_memory_folder,
+    checkpoints_in_memory,
     own_session,
 )
 
@@ -129,15 +128,6 @@ def _outcome_style(outcome: str) -> str:
     }.get(outcome, "white")
 
 
-def _memory_checkpoints(args: argparse.Namespace, rank: int | None) -> str | None:
-    """A new folder in memory for the run's checkpoints (:func:`~ckptconf.conformance.options.
-    new_memory_folder`), unless ``--dir`` chose one or a launcher started the ranks (they may be
-    on several nodes, and check the folder they share)."""
-    if args.dir is not None or rank is not None:
-        return None
-    return new_memory_folder("ckptconf-run-")
-
-
 def run(args: argparse.Namespace) -> int:
     """``ckptconf run``: the suites against ``args.backend`` in a pytest session of their own."""
     import pytest
@@ -220,22 +210,21 @@ def run(args: argparse.Namespace) -> int:
             console.print(problem, markup=False, highlight=False)
             return 2
     progress = _Progress(console)
-    made = _memory_checkpoints(args, rank)
-    if made is not None:
-        pytest_args += ["--ckpt-dir", made]
-        console.print(f"checkpoints in {made}, in memory (--dir PATH to choose another folder)")
-    try:
+    # unless --dir chose a folder or a launcher started the ranks (they may be on several nodes,
+    # and check the folder they share); memory is not a place to leave checkpoints behind
+    wanted = args.dir is None and rank is None
+    with checkpoints_in_memory("ckptconf-run-", wanted=wanted) as made:
+        if made is not None:
+            pytest_args += ["--ckpt-dir", made]
+            console.print(f"checkpoints in {made}, in memory (--dir PATH to choose another folder)")
         with own_session() as session:  # not the options of the project it runs in
             status = pytest.main(pytest_args + session, plugins=[progress])
-    finally:
-        report = progress.report
-        if made is not None:  # memory is not a place to leave checkpoints behind
-            shutil.rmtree(made, ignore_errors=True)
-            if report is not None and any(t["outcome"] == "failed" for t in report.tests):
-                console.print(
-                    "the failed tests' checkpoints were in memory and are removed; "
-                    "--dir PATH keeps them"
-                )
+    report = progress.report
+    failed = report is not None and any(t["outcome"] == "failed" for t in report.tests)
+    if made is not None and failed:
+        console.print(
+            "the failed tests' checkpoints were in memory and are removed; --dir PATH keeps them"
+        )
     if report is None or not report.tests:
         console.print(f"[red]no conformance test ran (pytest exit status {int(status)})[/red]")
         return 2

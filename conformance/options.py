@@ -9,6 +9,7 @@ module imports neither pytest nor torch.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,9 +22,9 @@ __all__ = [
     "add_to_parser",
     "add_to_pytest",
     "as_pytest_args",
+    "checkpoints_in_memory",
     "given",
     "memory_folder",
-    "new_memory_folder",
     "own_session",
     "requested",
 ]
@@ -250,8 +251,16 @@ def memory_folder(path: str = "/dev/shm", room: int = 1 << 30) -> str | None:
     return path if kind in ("tmpfs", "ramfs") else None
 
 
-def new_memory_folder(prefix: str) -> str | None:
-    """A new folder named ``prefix...`` in :func:`memory_folder`, or ``None`` where there is
-    none; the caller removes it."""
-    memory = memory_folder()
-    return None if memory is None else tempfile.mkdtemp(prefix=prefix, dir=memory)
+@contextmanager
+def checkpoints_in_memory(prefix: str, *, wanted: bool = True) -> Iterator[str | None]:
+    """A new folder named ``prefix...`` in :func:`memory_folder` for the ``with`` (``None``
+    where there is none, or when not ``wanted``), removed with whatever it holds afterwards."""
+    memory = memory_folder() if wanted else None
+    if memory is None:
+        yield None
+        return
+    made = tempfile.mkdtemp(prefix=prefix, dir=memory)
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
