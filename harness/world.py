@@ -2,7 +2,8 @@
 
 ``World(size=2, device="cpu").run(fn, *args)`` runs ``fn`` on every rank and returns
 one result per rank. Each call ends with a barrier, also after ``fn`` raised, so that a
-rank left waiting in a collective meets its partner; it unpickles a fresh ``fn``; the process group is reused, nothing else is shared between calls on purpose.
+rank left waiting in a collective meets its partner, and unpickles a fresh ``fn``; the
+process group is reused, nothing else is shared between calls on purpose.
 A rank's exception comes back as a :class:`RankError` with its traceback and what the
 rank printed; a call past its timeout dumps every rank's Python stack (faulthandler)
 into a :class:`WorldTimeout`, and a rank that dies is reported with its exit code. In

@@ -13,13 +13,12 @@ backend, kept as an alias), else the ``--ckpt-backend`` backend.
 from __future__ import annotations
 
 import itertools
-import queue
 import shlex
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -127,35 +126,15 @@ def ckpt_backend(request: pytest.FixtureRequest) -> Backend:
     return backend
 
 
-class _Remover:
-    """Removes the checkpoint folders of finished tests on a thread of its own, while the next
-    tests run (the controller mostly waits on the ranks, and a run writes thousands of
-    files); :meth:`drain` waits until every folder given is gone."""
-
-    def __init__(self) -> None:
-        self._folders: queue.Queue[Path] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def remove(self, folder: Path) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="ckptconf-remover", daemon=True)
-            self._thread.start()
-        self._folders.put(folder)
-
-    def _work(self) -> None:
-        while True:
-            shutil.rmtree(self._folders.get(), ignore_errors=True)
-            self._folders.task_done()
-
-    def drain(self) -> None:
-        self._folders.join()
-
-
-_REMOVER = _Remover()
+_REMOVER = ThreadPoolExecutor(1, thread_name_prefix="ckptconf-remover")
+"""Removes the checkpoint folders of finished tests while the next tests run (the controller
+mostly waits on the ranks, and a run writes thousands of files)."""
+_removing: list[Future] = []
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    _REMOVER.drain()
+    wait(_removing)  # every folder given is gone
+    _removing.clear()
 
 
 @pytest.fixture(scope="session")
@@ -280,7 +259,7 @@ def ckpt(
     item.stash[_verdict_key] = checked.verdict
     yield checked
     if item.stash.get(_outcome_key, Outcome.FAILED) is not Outcome.FAILED:
-        _REMOVER.remove(folder)
+        _removing.append(_REMOVER.submit(shutil.rmtree, folder, ignore_errors=True))
 
 
 def suite_test_id(item: pytest.Item) -> str:
