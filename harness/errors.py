@@ -38,18 +38,25 @@ class WorldError(Exception):
         self.reason = reason
         head = reason or f"{len(self.errors)} rank(s) failed"
         lines = [f"{head}: ranks {', '.join(str(e.rank) for e in self.errors)}"]
-        groups: dict[tuple[str, str, str], list[int]] = {}
+        groups: dict[tuple[str, str], list[RankError]] = {}
         for e in self.errors:  # ranks that failed the same way are listed once
-            groups.setdefault((e.type_name, e.message, e.traceback), []).append(e.rank)
-        for (type_name, message, _), ranks in groups.items():
-            lines.append(
-                f"  rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {type_name}: {message}"
-            )
-        for (_, _, trace), ranks in groups.items():
-            if trace.strip():
-                lines.append(
-                    f"--- rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} ---\n{trace.rstrip()}"
-                )
+            groups.setdefault((e.type_name, e.message), []).append(e)
+        for (type_name, message), same in groups.items():
+            # a message carrying every rank's traceback (the reference's errors do): shown below
+            message = message.split("\n--- traceback of rank", 1)[0]
+            lines.append(f"  {_ranks(same)}: {type_name}: {message}")
+        for (type_name, _), same in groups.items():
+            if type_name in _STACKS:  # each rank's own stack: where it was stuck
+                shown = {}
+                for e in same:
+                    shown.setdefault(e.traceback, []).append(e)
+                traces = [(trace, ranks, "") for trace, ranks in shown.items()]
+            else:  # one exception raised on several ranks: the lowest rank's traceback
+                also = f" (rank {same[0].rank}'s traceback)" if len(same) > 1 else ""
+                traces = [(same[0].traceback, same, also)]
+            for trace, ranks, also in traces:
+                if trace.strip():
+                    lines.append(f"--- {_ranks(ranks)}{also} ---\n{trace.rstrip()}")
         for rank, text in sorted(self.output.items()):
             if text.strip():
                 lines.append(f"--- output of rank {rank} ---\n{text.rstrip()[-4000:]}")
@@ -59,6 +66,14 @@ class WorldError(Exception):
     def failed_ranks(self) -> list[int]:
         """Ranks that failed, ascending."""
         return [e.rank for e in self.errors]
+
+
+_STACKS = {"Stuck", "RankDied"}
+"""Error kinds whose "traceback" is the rank's own stack or output, not an exception's."""
+
+
+def _ranks(errors: list[RankError]) -> str:
+    return f"rank{'s' if len(errors) > 1 else ''} {', '.join(str(e.rank) for e in errors)}"
 
 
 class WorldTimeout(WorldError):

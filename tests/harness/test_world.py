@@ -44,6 +44,33 @@ def test_an_exception_names_the_rank_with_traceback_and_output(pair):
     assert pair.pids == pid_before
 
 
+def test_an_error_raised_on_several_ranks_is_shown_once_and_stuck_ranks_each_with_its_stack():
+    from ckptconf.harness.errors import RankError
+
+    message = "save failed on rank(s) [0, 1]:\n--- traceback of rank 0 ---\nTraceback: inner"
+    raised = [RankError(r, "CheckpointError", message, f"Traceback: rank {r}\n") for r in (1, 0)]
+    text = str(WorldError(raised))
+    assert text.splitlines() == [
+        "2 rank(s) failed: ranks 0, 1",
+        "  ranks 0, 1: CheckpointError: save failed on rank(s) [0, 1]:",
+        "--- ranks 0, 1 (rank 0's traceback) ---",
+        "Traceback: rank 0",
+    ]
+    stuck = [RankError(r, "Stuck", "no reply in 5 s", f"File x, line {r}") for r in (0, 1, 2)]
+    stuck.append(RankError(3, "Stuck", "no reply in 5 s", "File x, line 0"))
+    lines = str(WorldTimeout(stuck, reason="timed out")).splitlines()
+    assert lines == [
+        "timed out: ranks 0, 1, 2, 3",
+        "  ranks 0, 1, 2, 3: Stuck: no reply in 5 s",
+        "--- ranks 0, 3 ---",
+        "File x, line 0",
+        "--- rank 1 ---",
+        "File x, line 1",
+        "--- rank 2 ---",
+        "File x, line 2",
+    ]
+
+
 def test_per_call_objects_are_fresh_and_the_process_group_is_reused(pair):
     box = ["controller"]
     first = pair.run(rf.mutate_argument, box)
