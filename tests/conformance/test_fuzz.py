@@ -157,9 +157,9 @@ def test_ctrl_c_again_while_a_round_stops_kills_it(monkeypatch):
     from ckptconf.conformance import fuzz
 
     # a round that takes its time to stop on SIGINT (here: ignores it)
-    ignoring = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print(1)"
-    process = subprocess.Popen(
-        [sys.executable, "-c", ignoring + "; import sys; sys.stdout.flush(); time.sleep(120)"],
+    ignoring = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); print(1)"
+    process = subprocess.Popen(  # it waits for a signal, SIGKILL here
+        [sys.executable, "-c", ignoring + "; import sys; sys.stdout.flush(); signal.pause()"],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
