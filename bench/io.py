@@ -56,9 +56,13 @@ class IoBench:
         return self.rss[step][name] / self.total
 
 
-def default_folder() -> str:
-    """``/dev/shm`` where it exists (memory: the figures show the software, not a disk)."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+def default_folder(room: int = 1 << 30) -> str:
+    """``/dev/shm`` where it is a folder in memory with ``room`` bytes free (the figures show
+    the software, not a disk), else the temporary folder (see
+    :func:`ckptconf.conformance.options.memory_folder`)."""
+    from ckptconf.conformance.options import memory_folder
+
+    return memory_folder(room=room) or tempfile.gettempdir()
 
 
 def _state(total: int, count: int):
@@ -190,7 +194,7 @@ def bench_io(
 ) -> IoBench:
     """Save and load ``total`` bytes in ``count`` tensors with each implementation; with
     ``rss``, also each one's peak RSS growth (:func:`peak_rss_growth`)."""
-    root = tempfile.mkdtemp(prefix="ckptconf-bench-", dir=folder or default_folder())
+    root = tempfile.mkdtemp(prefix="ckptconf-bench-", dir=folder or default_folder(2 * total))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DCP's "no process group" notice
         try:

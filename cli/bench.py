@@ -155,7 +155,7 @@ def _bench_io(args: argparse.Namespace, console) -> int:
 
     sizes = _bench_numbers(args.mib, "256", "--mib")
     counts = _bench_numbers(args.count, "64", "--count")
-    folder = args.dir or default_folder()
+    folder = args.dir or default_folder(2 * (max(sizes) << 20))
     results = []
     for mib in sizes:
         for count in counts:
@@ -235,7 +235,7 @@ def _bench_reshard(args: argparse.Namespace, console) -> int:
     if len(sizes) > 1:
         raise SystemExit("ckptconf bench reshard: --mib takes one size")
     mib = sizes[0]
-    folder = args.dir or default_folder()
+    folder = args.dir or default_folder(2 * (mib << 20))
     shape = case_shape(mib)
     console.print(
         f"saving a float64 {shape[0]}x{shape[1]} tensor under one layout, loading it under "

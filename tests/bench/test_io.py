@@ -4,10 +4,12 @@ each one's peak memory measured in processes of its own; sizes and counts swept.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from ckptconf.bench.io import IMPLEMENTATIONS, bench_io, peak_rss_growth
 from ckptconf.cli import main
+from ckptconf.conformance.options import memory_folder
 
 
 def test_each_implementation_round_trips_the_state_and_is_timed(tmp_path):
@@ -85,3 +87,11 @@ def test_sizes_and_counts_are_swept_one_row_pair_each(tmp_path, capsys):
         main(["bench", "io", "--mib", "1,x"])
     with pytest.raises(SystemExit):
         main(["bench", "io", "--count", "0"])
+
+
+def test_the_default_folder_is_memory_only_with_room_for_the_checkpoint():
+    from ckptconf.bench.io import default_folder
+
+    assert default_folder(room=1 << 60) == tempfile.gettempdir()  # no tmpfs has an EiB free
+    if memory_folder(room=1 << 20) == "/dev/shm":
+        assert default_folder(room=1 << 20) == "/dev/shm"
