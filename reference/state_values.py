@@ -139,6 +139,28 @@ def _checkpointable_pieces(fqn: str, value: torch.Tensor) -> list[TensorPiece]:
     return out
 
 
+def _check_local_shape(fqn: str, value: object, local: torch.Tensor, pieces: list) -> None:
+    """Refuse a DTensor whose local tensor is not the shape its placements give this rank (one
+    made by ``DTensor.from_local(..., shape=...)`` with other sizes than ``torch.chunk``'s): its
+    pieces would be cut from the wrong elements, or elements dropped, without a word (DCP does
+    that, pytorch/pytorch#144109)."""
+    if not pieces:
+        return
+    expected = tuple(
+        max(p.local_offsets[d] + p.sizes[d] for p in pieces) for d in range(local.dim())
+    )
+    if tuple(local.shape) == expected:
+        return
+    mesh = value.device_mesh  # type: ignore[attr-defined]
+    raise ValueError(
+        f"value of key {fqn!r}: a DTensor of global shape {tuple(value.shape)} placed "
+        f"{tuple(value.placements)} on a mesh of shape {tuple(mesh.shape)}: the local tensor "
+        f"at mesh coordinate {tuple(mesh.get_coordinate())} has shape {tuple(local.shape)}, "
+        f"where the placements give {expected} (torch.chunk's split: the only layout a "
+        "checkpoint records for a DTensor's placements)"
+    )
+
+
 def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
     """The pieces of a tensor value this rank holds (none if it is outside a DTensor's mesh)."""
     if isinstance(value, StagedTensor):
@@ -149,8 +171,13 @@ def tensor_pieces(fqn: str, value: object) -> list[TensorPiece]:
         return _checkpointable_pieces(fqn, value)
     if isinstance(value, _dtensor_type()):
         local = value.to_local()
+        try:
+            pieces = dtensor_pieces(value)
+        except ValueError as exc:  # a placement DCP cannot checkpoint (Partial)
+            raise ValueError(f"value of key {fqn!r}: {exc}") from None
+        _check_local_shape(fqn, value, local, pieces)
         out = []
-        for piece in dtensor_pieces(value):
+        for piece in pieces:
             view = local
             for dim, (start, length) in enumerate(zip(piece.local_offsets, piece.sizes)):
                 view = view.narrow(dim, start, length)

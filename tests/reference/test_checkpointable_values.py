@@ -113,3 +113,65 @@ def test_dtensor_over_local_shards_wrapper_saves_and_reshards(tmp_path):
     _lsw()
     results = get_world(2).run(lsw_round_trip, str(tmp_path / "ckpt"), timeout=120)
     assert results == [[], []]
+
+
+def off_split_dtensors(path: str) -> dict[str, str]:
+    """Save and load DTensors whose local tensors are not the shape their placements give (from
+    ``from_local(..., shape=)``), and one with a Partial placement: each step's error text."""
+    import os
+
+    from ckptconf.reference import CheckpointError
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Shard
+
+    rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (2,))
+
+    def rows(count: int, placements=None):
+        placements = placements or [Shard(0)]
+        local = torch.arange(count, dtype=torch.float32) + 10 * (rank + 1)
+        return DTensor.from_local(
+            local, mesh, list(placements), run_check=False, shape=(4,), stride=(1,)
+        )
+
+    said = {}
+    for name, state, where in (
+        ("save: 3 rows where 2", {"w": rows(3)}, path + "-a"),  # rows 12, 22 would be lost
+        ("save: rank 1 short", {"w": rows(2 if rank == 0 else 1)}, path + "-b"),
+        ("save: partial", {"w": rows(4, [Partial()])}, path + "-c"),
+    ):
+        try:
+            save(state, where)
+            said[name] = "saved"
+        except CheckpointError as exc:
+            said[name] = str(exc).split("\n--- traceback")[0]
+        said[name + ", metadata written"] = str(os.path.exists(os.path.join(where, ".metadata")))
+    save({"w": rows(2)}, path)
+    try:
+        load({"w": rows(3)}, path)  # element 2 of each local would be left as it was
+        said["load: 3 rows where 2"] = "loaded"
+    except CheckpointError as exc:
+        said["load: 3 rows where 2"] = str(exc).split("\n--- traceback")[0]
+    return said
+
+
+def test_a_dtensor_whose_local_tensor_is_off_its_placements_split_is_refused_naming_key_and_shapes(
+    tmp_path,
+):
+    said = get_world(2).run(off_split_dtensors, str(tmp_path / "ckpt"), timeout=120)
+    assert said[0] == said[1]  # every rank raises the same error
+    errors = said[0]
+    assert errors["save: 3 rows where 2, metadata written"] == "False"
+    assert errors["save: rank 1 short, metadata written"] == "False"
+    off = "value of key 'w': a DTensor of global shape (4,) placed (Shard(dim=0),) on a mesh of "
+    for step, ranks, local in (
+        ("save: 3 rows where 2", "[0, 1]", (3,)),
+        ("save: rank 1 short", "[1]", (1,)),
+        ("load: 3 rows where 2", "[0, 1]", (3,)),
+    ):
+        assert f"failed on rank(s) {ranks}" in errors[step], errors[step]
+        assert (
+            off in errors[step]
+            and f"has shape {local}, where the placements give (2,)" in (errors[step])
+        ), errors[step]
+    assert "value of key 'w': placement Partial(sum) is not supported" in errors["save: partial"]
