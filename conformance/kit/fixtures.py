@@ -12,6 +12,7 @@ backend, kept as an alias), else the ``--ckpt-backend`` backend.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shlex
 import shutil
@@ -130,11 +131,19 @@ _REMOVER = ThreadPoolExecutor(1, thread_name_prefix="ckptconf-remover")
 """Removes the checkpoint folders of finished tests while the next tests run (the controller
 mostly waits on the ranks, and a run writes thousands of files)."""
 _removing: list[Future] = []
+_made_roots: list[Path] = []
+"""The folders :func:`ckpt_path` made in ``--ckpt-dir`` or the launched world's shared folder:
+removed at the end of the session when every test in them passed (pytest's own temporary
+folders are pytest's to rotate)."""
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     wait(_removing)  # every folder given is gone
     _removing.clear()
+    for root in _made_roots:
+        with contextlib.suppress(OSError):  # not empty: a failed test's checkpoints are kept
+            root.rmdir()
+    _made_roots.clear()
 
 
 @pytest.fixture(scope="session")
@@ -150,9 +159,11 @@ def ckpt_path(
     shared, chosen = chosen_session.shared_folder, chosen_session.folder
     if shared is not None:
         root = Path(shared)
+        _made_roots.append(root)
     elif chosen is not None:
         Path(chosen).mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix="ckptconf-", dir=chosen))
+        _made_roots.append(root)
     else:
         root = tmp_path_factory.mktemp("ckpt")
     counter = itertools.count()
