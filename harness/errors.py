@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import traceback as traceback_module
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RankError", "WorldError", "WorldTimeout", "results_of"]
+__all__ = ["RankError", "WorldError", "WorldTimeout", "causes_of", "results_of"]
 
 
 @dataclass
@@ -16,9 +18,45 @@ class RankError:
     type_name: str
     message: str
     traceback: str
+    causes: tuple[str, ...] = ()
+    """``rank N: Type: message`` of each failure an exception carries from the ranks it names
+    (:func:`causes_of`): what each rank raised, where the error is every rank's at once."""
 
     def __str__(self) -> str:
         return f"rank {self.rank}: {self.type_name}: {self.message}"
+
+    @classmethod
+    def of(cls, rank: int, exc: BaseException) -> RankError:
+        """What ``exc``, being handled on ``rank``, says: type, message, traceback, causes."""
+        return cls(
+            rank, type(exc).__qualname__, str(exc), traceback_module.format_exc(), causes_of(exc)
+        )
+
+
+def causes_of(exc: BaseException) -> tuple[str, ...]:
+    """``rank N: Type: message`` of each failure ``exc`` carries from other ranks, in rank order;
+    ``()`` for an exception of one rank.
+
+    A checkpoint error raised alike on every rank holds every failing rank's exception: DCP's
+    ``CheckpointException.failures`` (rank to ``(exception, stack)``), which the reference's
+    ``CheckpointError`` subclasses (rank to ``(RankFailure, None)``). Its text has them all, so
+    a pattern found in it may come from another rank's error than the one it describes."""
+    failures = getattr(exc, "failures", None)
+    if not isinstance(failures, Mapping):
+        return ()
+    causes = []
+    for rank in sorted(failures, key=lambda r: (not isinstance(r, int), str(r))):
+        cause = failures[rank]
+        if isinstance(cause, tuple) and cause:
+            cause = cause[0]
+        if not isinstance(cause, BaseException):
+            continue
+        if hasattr(cause, "type_name") and hasattr(cause, "message"):  # carried: RankFailure
+            name, message = cause.type_name, cause.message
+        else:
+            name, message = type(cause).__qualname__, str(cause)
+        causes.append(f"rank {rank}: {name}: {message}")
+    return tuple(causes)
 
 
 class WorldError(Exception):

@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -199,7 +198,7 @@ class _Rank:
         rank = self.env.rank
 
         def error_of(exc: BaseException) -> RankError:
-            return RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc())
+            return RankError.of(rank, exc)
 
         # as the warm pools' worker does: a barrier after the function, also after it raised,
         # so that every rank's outcome is its own

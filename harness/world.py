@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -226,9 +225,7 @@ def _worker(
         dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=size)
         conn.send(("ready", rank))
     except BaseException as exc:  # noqa: BLE001
-        conn.send(
-            ("failed", RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc()))
-        )
+        conn.send(("failed", RankError.of(rank, exc)))
         return
     while True:
         try:
@@ -249,7 +246,7 @@ def _worker(
         except BaseException as exc:  # noqa: BLE001 - reported to the controller
             ok, value = (
                 False,
-                RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc()),
+                RankError.of(rank, exc),
             )
         try:
             dist.barrier()
@@ -257,7 +254,7 @@ def _worker(
             if ok:
                 ok, value = (
                     False,
-                    RankError(rank, type(exc).__qualname__, str(exc), traceback.format_exc()),
+                    RankError.of(rank, exc),
                 )
         sys.stdout.flush()
         # from the open descriptor, not the path: the log may have been removed or replaced

@@ -258,6 +258,17 @@ def error_line(type_name: str, message: str) -> str:
     return f"{type_name}: {message.strip()[:3000]}"
 
 
+def error_lines(type_name: str, message: str, causes: Sequence[str] = ()) -> list[str]:
+    """The ``errors`` lines of one rank's exception: ``Type: rank N: Cause: message`` for each
+    rank's failure a checkpoint error carries (``causes``, from
+    :func:`~ckptconf.harness.errors.causes_of`), else :func:`error_line`. So an expectations
+    entry's ``match`` is searched in each failing rank's own error, not in a text holding every
+    rank's: a known failure on one rank excuses nothing another rank raised."""
+    if causes:
+        return [error_line(type_name, cause) for cause in causes]
+    return [error_line(type_name, message)]
+
+
 def error_of(exc: BaseException) -> str:
     """:func:`error_line` of an exception raised in the controller."""
     return error_line(type(exc).__name__, str(exc))

@@ -38,6 +38,9 @@ class RankOutcome:
     traceback: str = ""
     output: str = ""
     """What the rank printed during the step."""
+    causes: tuple[str, ...] = ()
+    """``rank N: Type: message`` of each rank's failure a checkpoint error carries
+    (:func:`~ckptconf.harness.errors.causes_of`)."""
 
     @property
     def raised(self) -> bool:
@@ -227,6 +230,7 @@ def _outcomes(call, backend, fn, args, world: int) -> list[RankOutcome]:
                 message=e.message,
                 traceback=e.traceback,
                 output=exc.output.get(e.rank, ""),
+                causes=e.causes,
             )
             for e in exc.errors
         ]

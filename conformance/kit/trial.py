@@ -25,7 +25,7 @@ from .failures import (
     ConformanceFailure,
     HangFailure,
     Mismatch,
-    error_line,
+    error_lines,
     error_of,
     exception_text,
     listing,
@@ -71,14 +71,24 @@ def describe_outcomes(outcomes: Sequence[RankOutcome], *, tracebacks: bool = Tru
 
 def errors_of(outcomes: Sequence[RankOutcome]) -> tuple[str, ...]:
     """Each distinct ``Type: message`` the ranks raised, in rank order: a failure's ``errors``."""
-    found = (error_line(o.error_type or "", o.message) for o in outcomes if o.raised)
+    found = (
+        line
+        for o in outcomes
+        if o.raised
+        for line in error_lines(o.error_type or "", o.message, o.causes)
+    )
     return tuple(dict.fromkeys(found))
 
 
 def errors_of_calls(results: Sequence[dict[str, Any]]) -> tuple[str, ...]:
     """Each distinct ``Type: message`` of the :func:`~.values.call_outcome` dicts that raised,
     in rank order: a failure's ``errors`` where the ranks report their errors as data."""
-    found = (error_line(r["type"], r["text"]) for r in results if r["raised"])
+    found = (
+        line
+        for r in results
+        if r["raised"]
+        for line in error_lines(r["type"], r["text"], r.get("causes", ()))
+    )
     return tuple(dict.fromkeys(found))
 
 

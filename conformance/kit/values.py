@@ -315,5 +315,12 @@ def call_outcome(fn, *, limit: int = 6000) -> dict[str, Any]:
     except (KeyboardInterrupt, SystemExit, StorageInjectionUnsupported):
         raise
     except BaseException as exc:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
-        return {"raised": True, "type": type(exc).__name__, "text": str(exc)[-limit:]}
+        from ckptconf.harness.errors import causes_of
+
+        return {
+            "raised": True,
+            "type": type(exc).__name__,
+            "text": str(exc)[-limit:],
+            "causes": [cause[:limit] for cause in causes_of(exc)],
+        }
     return {"raised": False}

@@ -200,3 +200,58 @@ def test_parameters_no_collected_test_has_are_an_error(tmp_path):
     unparametrized = ENTRY.replace("test_placement_change", "test_placement_change[foo]")
     with pytest.raises(ExpectationsError, match="its parameters: none"):
         _load(tmp_path, unparametrized).check_parameters(["resharding::test_placement_change"])
+
+
+def _raised_alike(exc: BaseException, ranks=(0, 1)):
+    """What ``exc``, raised on each of ``ranks`` (a checkpoint error: every rank raises it),
+    becomes in the controller: the ranks' outcomes."""
+    from ckptconf.conformance.kit.running import RankOutcome
+    from ckptconf.harness.errors import RankError
+
+    outcomes = []
+    for rank in ranks:
+        try:
+            raise exc
+        except BaseException as caught:  # noqa: BLE001 - as a rank's worker catches it
+            e = RankError.of(rank, caught)
+        outcomes.append(
+            RankOutcome(rank, error_type=e.type_name, message=e.message, causes=e.causes)
+        )
+    return outcomes
+
+
+@pytest.mark.parametrize("maker", ["dcp", "reference"])
+def test_an_entry_is_matched_against_each_ranks_own_error_inside_a_checkpoint_error(
+    tmp_path, maker
+):
+    """A checkpoint error's text holds every failing rank's error: the known one on rank 0 must
+    not excuse rank 1's other error, although the pattern is found in both ranks' text."""
+    from ckptconf.conformance.kit.trial import errors_of
+    from ckptconf.reference.errors import CheckpointError, RankFailure
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    known = ValueError("float8 dtypes are not supported")
+    other = OSError("could not reserve space for rank-1.zip")
+
+    def error(failures: dict) -> BaseException:
+        if maker == "dcp":
+            return CheckpointException("save", {r: (e, None) for r, e in failures.items()})
+        wrapped = {r: (RankFailure.from_exception(e), None) for r, e in failures.items()}
+        return CheckpointError("save planning", wrapped, "/tmp/c0")
+
+    (entry,) = _load(tmp_path, ENTRY.replace("out of bounds chunk", "float8 dtypes")).entries
+    name = "CheckpointException" if maker == "dcp" else "CheckpointError"
+    assert "float8 dtypes" in str(error({0: known, 1: other}))  # the text holds both ranks'
+    mixed = errors_of(_raised_alike(error({0: known, 1: other})))
+    assert mixed == (
+        f"{name}: rank 0: ValueError: float8 dtypes are not supported",
+        f"{name}: rank 1: OSError: could not reserve space for rank-1.zip",
+    )
+    alike = errors_of(_raised_alike(error({0: known, 1: known})))
+    assert alike == (
+        f"{name}: rank 0: ValueError: float8 dtypes are not supported",
+        f"{name}: rank 1: ValueError: float8 dtypes are not supported",
+    )
+    if maker == "dcp":  # the entry names DCP's type
+        assert not entry.matches(_failure(errors=list(mixed)))
+        assert entry.matches(_failure(errors=list(alike)))

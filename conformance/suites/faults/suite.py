@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ...kit import values
 from ...kit.cases import resalted
-from ...kit.failures import error_line
+from ...kit.failures import error_lines
 from ...kit.injection import READER_HOOKS, WRITER_HOOKS
 from ...kit.layouts import small_layout_examples
 from ...kit.outcomes import unsupported
@@ -77,7 +77,7 @@ def _check_every_rank_reports(trial: Trial, hook: str, rank: int, results: list)
                 f"rank {r}'s error does not report the failing rank's exception ({expected!r})",
                 f"rank {r} raised {result['type']}: {result['text'][:1500]}",
                 kind="wrong_error",
-                errors=(error_line(result["type"], result["text"]),),
+                errors=tuple(error_lines(result["type"], result["text"], result.get("causes", ()))),
                 rank=r,
             )
 

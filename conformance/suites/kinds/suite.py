@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from ...kit import values
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
-from ...kit.failures import error_line
 from ...kit.layouts import layout_examples
 from ...kit.profiles import Pinned, property_test
 from ...kit.strategies import (
@@ -541,7 +540,7 @@ class KindsTests:
                 f"loading into a state with {what} raised without naming the key {key!r}",
                 errors,
                 kind="wrong_error",
-                errors=tuple(dict.fromkeys(error_line(r["type"], r["text"]) for r in results)),
+                errors=errors_of_calls(results),
                 rank=unnamed[0],
                 key=key,
             )
