@@ -118,6 +118,14 @@ class Backend:
     *inherited*, with its reason, apart from the backend's own failures. A name that is not a
     built-in stops the run that selects the backend, before any test."""
 
+    inherited_parts: frozenset[str] | None = None
+    """The parts of the ``inherits`` backend this one is built on, of ``planner``, ``storage``,
+    ``staging`` and ``driver`` (:data:`~.expectations.PARTS`): of the parent's entries naming a
+    part, only those of these parts are inherited. ``None`` (the default): found out on a rank,
+    from the classes of the writer, reader and planners the backend gives
+    (:mod:`~.kit.inheritance`); a whole-system backend whose ``save`` is not built on the
+    parent's storage says so here (``frozenset({"planner", "driver"})``)."""
+
     rebuild_per_step: bool = False
     """``True``: the ranks build the backend anew (from its spec, or unpickled) at every step.
     By default each rank process builds it once and keeps it for every later step of the run,
@@ -138,6 +146,16 @@ class Backend:
                 f"known features: {sorted(FEATURES)}"
             )
         self.unsupported = frozenset(self.unsupported) | frozenset(self.unsupported_reasons)
+        if self.inherited_parts is not None:
+            from .expectations import PARTS
+
+            self.inherited_parts = frozenset(self.inherited_parts)
+            wrong = sorted(self.inherited_parts - set(PARTS))
+            if wrong:
+                raise ValueError(
+                    f"backend {self.name!r}: inherited_parts {wrong} are no parts; parts: "
+                    f"{', '.join(PARTS)}"
+                )
         for step, own, storage in (
             ("save", self.save, self.storage_writer),
             ("load", self.load, self.storage_reader),

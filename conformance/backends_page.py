@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from .kit.outcomes import Outcome
+from .report import inherits_text
 
 __all__ = ["render_backends_page"]
 
@@ -102,7 +103,7 @@ def _section(reports: list[dict[str, Any]], note: str | None) -> list[str]:
         f"## {backend.get('name', '?')}",
         "",
         f"- what: {backend.get('description', '')}",
-        f"- inherits from: {backend.get('inherits') or 'nothing'}; declared unsupported: "
+        f"- inherits from: {inherits_text(backend)}; declared unsupported: "
         f"{', '.join(backend.get('unsupported', [])) or 'nothing'}",
         f"- versions: {versions}",
     ]

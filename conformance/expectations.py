@@ -25,6 +25,12 @@ An expectations file is TOML, one ``[[known]]`` table per known failure::
   expression searched in the case's description. The entry names the whole failure: one wrong
   value or one rank's error it does not describe makes the failure the backend's own.
   Every entry but a ``hang`` or ``lost_rank`` one has ``match`` or ``key``.
+- ``part``, optional: where the failure lies, one of :data:`PARTS` (``planner``, ``storage``,
+  ``staging``, ``driver``). A backend that inherits this file (``inherits``) inherits the entry only where it
+  takes that part from this file's backend: one that brings its own storage writer and reader
+  does not inherit DCP's storage failures, whatever they look like
+  (:attr:`~.backend.Backend.inherited_parts`). An entry without ``part`` is inherited by every
+  backend that inherits the file.
 - ``reason``: why the backend fails so, for the person reading the report.
 
 A failure matching no entry is the backend's own, even in a listed test: an entry excuses the
@@ -53,9 +59,21 @@ else:  # pragma: no cover - the tested interpreter is 3.11
 
 from .kit.failures import KINDS, STEPS, error_type
 
-__all__ = ["Expectation", "Expectations", "ExpectationsError", "failure_messages"]
+__all__ = ["PARTS", "Expectation", "Expectations", "ExpectationsError", "failure_messages"]
 
-_KEYS = ("test", "step", "kind", "raises", "match", "key", "case", "reason")
+_KEYS = ("test", "step", "kind", "raises", "match", "key", "case", "part", "reason")
+
+PARTS: dict[str, str] = {
+    "planner": "the save and load planners (DCP's DefaultSavePlanner and DefaultLoadPlanner)",
+    "storage": "the storage writer and reader (DCP's FileSystemWriter and FileSystemReader)",
+    "staging": "async_save's staging of the state (DCP's DefaultStager, and BlockingAsyncStager, "
+    "with which FileSystemWriter stages itself)",
+    "driver": "save, load and async_save themselves (dcp.save, dcp.load, dcp.async_save, "
+    "their staging, _Checkpointer)",
+}
+"""The parts of a checkpoint system an entry's failure may lie in (its ``part``): a backend
+inheriting the file inherits an entry with a ``part`` only where it takes that part from the
+file's backend (:attr:`~.backend.Backend.inherited_parts`)."""
 _RAISING = ("raised", "wrong_error")
 _UNPATTERNED = ("hang", "lost_rank")
 _TEST = re.compile(r"(?P<suite>[a-z0-9_]+)::(?P<name>test_\w+)(?P<params>\[.*\])?")
@@ -90,6 +108,8 @@ class Expectation:
     match: str | None = None
     key: str | None = None
     case: str | None = None
+    part: str | None = None
+    """Where the failure lies (one of :data:`PARTS`), for a backend inheriting the entry."""
     source: str = "<none>"
     line: int = 0
     _pattern: re.Pattern | None = field(default=None, compare=False, repr=False)
@@ -320,6 +340,10 @@ def _entry(table: Any, source: str, line: int) -> Expectation:
             f"{where}: the entry for {table['test']!r} has no pattern: give match (a regular "
             "expression searched in the failure's message) or key (a glob on its key)"
         )
+    if "part" in table and table["part"] not in PARTS:
+        raise ExpectationsError(
+            f"{where}: unknown part {table['part']!r}; parts: {', '.join(PARTS)}"
+        )
     patterns = {}
     for name in ("match", "case"):
         if name in table:
@@ -338,6 +362,7 @@ def _entry(table: Any, source: str, line: int) -> Expectation:
         match=table.get("match"),
         key=table.get("key"),
         case=table.get("case"),
+        part=table.get("part"),
         source=source,
         line=line,
         _pattern=patterns.get("match"),

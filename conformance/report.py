@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .expectations import PARTS
 from .kit.failures import render_failure
 from .kit.outcomes import Outcome
 
@@ -166,6 +167,21 @@ def _last_line(text: str) -> str:
     return (lines[-1] if lines else "")[:300]
 
 
+def inherits_text(backend: dict[str, Any]) -> str:
+    """``torch-dcp (planner, staging, driver taken; own storage: ZipWriter is no
+    FileSystemWriter)``, or ``nothing``, of a report's backend."""
+    parent = backend.get("inherits")
+    if not parent:
+        return "nothing"
+    parts = backend.get("inherited_parts")
+    if not parts:
+        return parent
+    taken = [p for p in PARTS if p in parts["taken"]]
+    own = [f"own {p}: {parts['why'].get(p, '')}" for p in PARTS if p not in parts["taken"]]
+    said = ", ".join(taken) + " taken" if taken else "no part taken"
+    return f"{parent} ({'; '.join([said, *own])})"
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """A markdown page from a JSON report."""
     backend = data.get("backend", {})
@@ -175,7 +191,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         f"- backend: `{backend.get('spec')}` - {backend.get('description', '')}",
         f"- declared unsupported: {', '.join(backend.get('unsupported', [])) or 'nothing'}",
-        f"- inherits from: {backend.get('inherits') or 'nothing'}",
+        f"- inherits from: {inherits_text(backend)}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"- profile: {data.get('profile')}, seed: {data.get('seed')}",
         f"- ranks: {data.get('runner') or 'warm pools'}",

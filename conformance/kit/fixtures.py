@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from ckptconf.conformance.backend import FEATURES, Backend
 from ckptconf.conformance.builtin import BUILT_IN, expectations_file
-from ckptconf.conformance.expectations import Expectations, ExpectationsError
+from ckptconf.conformance.expectations import PARTS, Expectations, ExpectationsError
 from ckptconf.conformance.options import requested
 from ckptconf.conformance.selection import (
     backend_from_options,
@@ -40,6 +40,7 @@ from ckptconf.conformance.session import of as session_of
 
 from .budget import Budget, BudgetedRanks, OutOfTime, Share, parse_duration
 from .failures import HangFailure
+from .inheritance import Inheritance, inheritance_of
 from .outcomes import Outcome, Unfinished, Unsupported, unsupported
 from .profiles import resolve
 from .trial import Checker
@@ -54,6 +55,7 @@ _outcome_key = pytest.StashKey[Outcome]()
 _runs_key = pytest.StashKey[dict]()
 _budget_key = pytest.StashKey[Budget]()
 _share_key = pytest.StashKey[Share]()
+_inheritance_key = pytest.StashKey[dict]()
 _expectations: dict[str, Expectations] = {}
 _builtins: dict[str, Backend] = {}
 
@@ -222,7 +224,7 @@ def ckpt(
 
     chosen = session_of(request.config)
     device, world = chosen.device, chosen.launched
-    ranks = PoolRanks(device) if world is None else LaunchedRanks(world, device)
+    ranks = base_ranks = PoolRanks(device) if world is None else LaunchedRanks(world, device)
     item = request.node
     budget, share = request.config.stash.get(_budget_key, None), None
     if budget is not None:
@@ -266,11 +268,25 @@ def ckpt(
         resolve(request.function, chosen)  # the session's profile, seed and options
     checked = checker(ckpt_backend, ckpt_repro)
     checked.share = share
-    checked.verdict = _verdict(request.config, ckpt_backend, suite_test_id(item), checker)
+    checked.verdict = _verdict(
+        request.config, ckpt_backend, suite_test_id(item), checker, ranks=base_ranks
+    )
     item.stash[_verdict_key] = checked.verdict
     yield checked
     if item.stash.get(_outcome_key, Outcome.FAILED) is not Outcome.FAILED:
         _removing.append(_REMOVER.submit(shutil.rmtree, folder, ignore_errors=True))
+
+
+def _described(backend: Backend | None, config: pytest.Config) -> dict[str, Any] | None:
+    """What the report says of ``backend``, with the parts it was found to take from its
+    parent."""
+    if backend is None:
+        return None
+    described = describe_backend(backend, config)
+    found = config.stash.get(_inheritance_key, {}).get((backend.name, described["inherits"]))
+    if found is not None:
+        described["inherited_parts"] = found.to_json()
+    return described
 
 
 def suite_test_id(item: pytest.Item) -> str:
@@ -310,25 +326,49 @@ def _verdict(
     backend: Backend,
     test: str,
     checker_for: Callable[[Backend], Checker],
+    *,
+    ranks: Any,
 ) -> Verdict:
-    """The verdict of ``test`` against ``backend``: its own entries, its parent's, and the
-    other built-in backends' (for the ``inherits`` hint)."""
+    """The verdict of ``test`` against ``backend``: its own entries, the parent's it inherits
+    (of the parts it takes, :mod:`.inheritance`), and the other built-in backends' (for the
+    ``inherits`` hint)."""
     builtins = {}
     for name in BUILT_IN:
         entries = _load(str(expectations_file(name) or "")).for_test(test)
         if entries:
             builtins[name] = (_builtin(name), entries)
     parent = inherited_from(config, backend)
+    inherited: list = []
+    if parent is not None:
+        inheritance = inheritance_in_session(config, backend, parent, ranks)
+        if parent in builtins:
+            inherited = inheritance.entries(builtins[parent][1])
     return Verdict(
         test,
         backend.name,
         own=expectations_of(config, backend).for_test(test),
         parent=_builtin(parent) if parent else None,
-        inherited=builtins[parent][1] if parent in builtins else (),
+        inherited=inherited,
         builtins=builtins,
         checker_for=checker_for,
         runs=config.stash.setdefault(_runs_key, {}),
     )
+
+
+def inheritance_in_session(
+    config: pytest.Config, backend: Backend, parent: str, ranks: Any
+) -> Inheritance:
+    """The parts ``backend`` takes from ``parent`` (:func:`.inheritance.inheritance_of`), found
+    once a session: every part when no entry of the parent's names one."""
+    known = config.stash.setdefault(_inheritance_key, {})
+    if (backend.name, parent) not in known:
+        entries = _load(str(expectations_file(parent) or "")).entries
+        if any(e.part for e in entries):
+            known[backend.name, parent] = inheritance_of(backend, parent, ranks)
+        else:
+            why = dict.fromkeys(PARTS, "no entry of the parent's names a part")
+            known[backend.name, parent] = Inheritance(parent, frozenset(PARTS), why)
+    return known[backend.name, parent]
 
 
 def _builtin(name: str) -> Backend:
@@ -392,7 +432,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             "test": suite_test_id(item),
             "suite": suite.args[0],
             "level": level.args[0] if level else None,
-            "backend": describe_backend(backend, item.config) if backend is not None else None,
+            "backend": _described(backend, item.config),
             "outcome": outcome.value,
             "message": message,
             **_failure_info(call),

@@ -74,6 +74,32 @@ def test_a_hang_where_dcp_raises_is_the_backends_own(tmp_path):
     assert test["failure"]["what"].startswith("save hung")
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_storage_of_its_own_does_not_inherit_dcps_storage_failures(tmp_path):
+    """A backend on DCP's planners and driver with storage classes of its own that rewrite files
+    in place: a failed save loses the previous checkpoint exactly as DCP's does, and DCP's
+    entries for it (part "storage") match, yet the failure is the backend's own; DCP's planner
+    failures stay inherited."""
+    selection = (
+        "(TestFaults and test_failed_save_keeps_the_previous_checkpoint and finish) or "
+        "(TestKinds and int_keys)"
+    )
+    result, report = run_conformance(
+        "tests.planted.verdicts:own_storage_in_place", selection, tmp_path
+    )
+    outcomes = {name: t["outcome"] for name, t in _tests(report).items()}
+    assert outcomes == {
+        "test_failed_save_keeps_the_previous_checkpoint[finish]": "failed",
+        "test_int_keys_keep_their_type": "inherited",
+    }, result.stdout[-3000:]
+    parts = report["backend"]["inherited_parts"]
+    assert parts["taken"] == ["driver", "planner", "staging"], parts
+    assert parts["why"]["storage"] == (
+        "_InPlaceWriter is no FileSystemWriter; _InPlaceReader is no FileSystemReader"
+    )
+
+
 # what DCP fails in this selection, each test with the entries (torch-dcp.toml lines) it meets
 SELECTION = (
     "(TestRoundTrip and (sharded_tensor or strided)) or (TestKinds and (int_keys or "

@@ -23,10 +23,12 @@ from ckptconf.reference import (
     ReferenceSavePlanner,
 )
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 __all__ = [
     "dcp_hangs_on_four",
     "dcp_inheriting",
+    "own_storage_in_place",
     "dcp_resembling_error",
     "dcp_row_offset",
     "dcp_planners",
@@ -242,6 +244,82 @@ def dcp_resembling_error() -> Backend:
     (same step, same wrapper exception, another message): its own failure, not DCP's."""
     return dataclasses.replace(
         dcp_inheriting(), name="dcp_resembling_error", storage_writer=_ResemblingWriter
+    )
+
+
+class _InPlaceWriter(StorageWriter):
+    """A storage writer of its own (no FileSystemWriter), writing as DCP's does, by delegating to
+    one: each rank's data file rewritten in place, no atomic commit. So its storage has DCP's
+    storage defects while its classes are its own, as a user's object-store or zip writer that
+    rewrites its files in place has."""
+
+    def __init__(self, path: str):
+        self.inner = dcp.FileSystemWriter(path)
+
+    def reset(self, checkpoint_id=None):
+        self.inner.reset(checkpoint_id)
+
+    def set_up_storage_writer(self, is_coordinator, *args, **kwargs):
+        return self.inner.set_up_storage_writer(is_coordinator, *args, **kwargs)
+
+    def prepare_local_plan(self, plan):
+        return self.inner.prepare_local_plan(plan)
+
+    def prepare_global_plan(self, plans):
+        return self.inner.prepare_global_plan(plans)
+
+    def write_data(self, plan, planner):
+        return self.inner.write_data(plan, planner)
+
+    def finish(self, metadata, results):
+        return self.inner.finish(metadata, results)
+
+    def storage_meta(self):
+        return self.inner.storage_meta()
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+        return dcp.FileSystemWriter.validate_checkpoint_id(checkpoint_id)
+
+
+class _InPlaceReader(StorageReader):
+    """The reader of :class:`_InPlaceWriter`'s checkpoints: DCP's, delegated to."""
+
+    def __init__(self, path: str):
+        self.inner = dcp.FileSystemReader(path)
+
+    def reset(self, checkpoint_id=None):
+        self.inner.reset(checkpoint_id)
+
+    def read_metadata(self, *args, **kwargs):
+        return self.inner.read_metadata(*args, **kwargs)
+
+    def set_up_storage_reader(self, metadata, is_coordinator, *args, **kwargs):
+        return self.inner.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
+
+    def prepare_local_plan(self, plan):
+        return self.inner.prepare_local_plan(plan)
+
+    def prepare_global_plan(self, plans):
+        return self.inner.prepare_global_plan(plans)
+
+    def read_data(self, plan, planner):
+        return self.inner.read_data(plan, planner)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+        return dcp.FileSystemReader.validate_checkpoint_id(checkpoint_id)
+
+
+def own_storage_in_place() -> Backend:
+    """DCP's planners and driver with a storage of its own that rewrites files in place: a failed
+    save loses the previous checkpoint, as DCP's does, but the storage is this backend's, so DCP's
+    storage entries (no atomic commit) must not excuse it."""
+    return Backend(
+        name="own_storage_in_place",
+        storage_writer=_InPlaceWriter,
+        storage_reader=_InPlaceReader,
+        inherits="torch-dcp",
     )
 
 
