@@ -19,6 +19,7 @@ __all__ = [
     "placement_from_text",
     "encoded_tensor",
     "blank_tensor",
+    "NOT_LOADED",
     "exact_range",
     "resalted",
 ]
@@ -169,6 +170,11 @@ def encoded_tensor(shape: tuple[int, ...], dtype_name: str, salt: int = 0):
     if dtype.is_floating_point:
         return values.to(torch.float64).to(dtype)
     return values.to(dtype)
+
+
+NOT_LOADED = "<not loaded>"
+"""The value of each object of a state a load goes into: no saved object equals it (a load that
+leaves an object as it was shows, even where the saved object is ``None``)."""
 
 
 def blank_tensor(shape: tuple[int, ...], dtype_name: str, salt: int = 0):

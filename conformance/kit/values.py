@@ -17,6 +17,7 @@ from ckptconf.conformance.backend import Backend
 from ckptconf.reference.compat import distribute_locally
 
 from .cases import (
+    NOT_LOADED,
     Layout,
     SaveLoadCase,
     TensorSpec,
@@ -134,7 +135,7 @@ def build_state(case: SaveLoadCase, *, for_load: bool) -> dict[str, Any]:
         if layout.holds(rank)
     }
     objects = {
-        key: (None if for_load else value)
+        key: (NOT_LOADED if for_load else value)
         for number, (key, value) in enumerate(case.objects)
         if case.holds_object(number, rank, for_load=for_load)
     }

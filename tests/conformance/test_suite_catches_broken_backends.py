@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .suite_runner import failure_text
+from .suite_runner import failure_text, run_conformance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,3 +104,25 @@ def test_a_cuda_mode_without_a_gpu_exits_with_the_reason(tmp_path):
         result, report = run_cli("--device", device, tmp_path=tmp_path)
         assert result.returncode == 2 and not report
         assert f"cannot run in {device} mode here: CUDA is not available" in result.stdout
+
+
+@pytest.mark.multiprocess
+def test_an_object_never_loaded_fails_also_where_the_saved_object_is_none(tmp_path):
+    """Objects are loaded into a state holding a value no checkpoint holds, so a load that leaves
+    them as they were fails even for a saved ``None`` (once a ``None`` placeholder passed it)."""
+    result, report = run_conformance(
+        "tests.planted.loading:objects_not_loaded",
+        "TestKinds and test_object_values and (none or big_int)",
+        tmp_path,
+    )
+    outcomes = {t["id"].split("::")[-1]: t["outcome"] for t in report["tests"]}
+    assert outcomes == dict.fromkeys(
+        [
+            f"test_object_values[{depth}-{kind}]"
+            for depth in ("top", "nested")
+            for kind in ("none", "big_int")
+        ],
+        "failed",
+    ), result.stdout[-3000:]
+    failure = report["tests"][0]["failure"]
+    assert "got '<not loaded>' - object differs" in "\n".join(failure["errors"]), failure

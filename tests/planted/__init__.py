@@ -156,6 +156,7 @@ PLANTED: list[PlantedBug] = [
     _bug(loading, "shape_mismatch_not_checked", ("kinds",)),
     _bug(loading, "contract_checked_after_load", ("kinds",)),
     _bug(loading, "objects_decoded_as_none", ("roundtrip", "kinds")),
+    _bug(loading, "objects_not_loaded", ("roundtrip", "kinds")),
     _bug(loading, "nested_objects_set_by_flat_key", ("roundtrip", "kinds")),
     _bug(loading, "bytes_values_lost", ("roundtrip", "kinds")),
     _bug(loading, "dotted_keys_split_on_load", ("kinds",)),

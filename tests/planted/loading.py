@@ -23,6 +23,7 @@ __all__ = [
     "shape_mismatch_not_checked",
     "contract_checked_after_load",
     "objects_decoded_as_none",
+    "objects_not_loaded",
     "nested_objects_set_by_flat_key",
     "bytes_values_lost",
     "dotted_keys_split_on_load",
@@ -134,6 +135,23 @@ def objects_decoded_as_none() -> Backend:
         "objects_decoded_as_none",
         "objects decoded with torch's default weights-only allowlist; failures (numpy, sets) become None",
         load_planner=NoneOnDecodeErrorLoadPlanner,
+    )
+
+
+class ObjectsNotLoadedLoadPlanner(ReferenceLoadPlanner):
+    """Reads objects and drops them: the destination keeps what it held."""
+
+    def load_bytes(self, read_item, value) -> None:
+        return None
+
+
+def objects_not_loaded() -> Backend:
+    """Objects are never loaded: the destination keeps its own (a placeholder ``None`` stays
+    ``None``, so only a destination value no checkpoint holds shows it)."""
+    return planted_backend(
+        "objects_not_loaded",
+        "loaded objects are dropped; the destination's objects stay as they were",
+        load_planner=ObjectsNotLoadedLoadPlanner,
     )
 
 

@@ -659,6 +659,14 @@ def test_objects_decoded_as_none(path):
     assert good["o"] == [1.5, {"a"}, 1] and type(good["o"][0]) is np.float64 and bad["o"] is None
 
 
+def test_objects_not_loaded(path):
+    state = {"t": torch.zeros(1), "o": None, "n": 3}
+    dest = {"t": torch.zeros(1), "o": "placeholder", "n": 0}
+    good = save_load(select_backend(REFERENCE), state, dict(dest), path)
+    bad = save_load(backend_of("objects_not_loaded"), state, dict(dest), path + "2")
+    assert (good["o"], good["n"]) == (None, 3) and (bad["o"], bad["n"]) == ("placeholder", 0)
+
+
 def test_nested_objects_set_by_flat_key(path):
     state = {"x": {"o": 5, "t": torch.ones(1)}}
     good = save_load(

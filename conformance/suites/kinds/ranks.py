@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ...backend import Backend
-from ...kit.cases import SaveLoadCase, blank_tensor, encoded_tensor
+from ...kit.cases import NOT_LOADED, SaveLoadCase, blank_tensor, encoded_tensor
 from ...kit.failures import Mismatch
 from ...kit.values import (
     blank_state,
@@ -122,7 +122,7 @@ def _encoded(case: SaveLoadCase) -> list[torch.Tensor]:
 
 
 def _with_objects(case: SaveLoadCase, tensors: dict[str, Any], *, blank: bool) -> dict[str, Any]:
-    objects = {k: (None if blank else copy.deepcopy(v)) for k, v in case.objects}
+    objects = {k: (NOT_LOADED if blank else copy.deepcopy(v)) for k, v in case.objects}
     if case.nested:
         return {"model": tensors, "extra": objects} if objects else {"model": tensors}
     return {**tensors, **objects}
@@ -202,7 +202,7 @@ def _build_tree(case: TreeCase, *, blank: bool, tensors: dict | None = None) -> 
         if isinstance(node, list):
             return [build(path + (i,), v) for i, v in enumerate(node)]
         if isinstance(node, Obj):
-            return None if blank else copy.deepcopy(node.value)
+            return NOT_LOADED if blank else copy.deepcopy(node.value)
         if not (case.tie and node in made):
             made[node] = tensor_value(node.spec, node.layout, blank=blank)
         if tensors is not None:

@@ -25,7 +25,14 @@ from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, Wri
 
 from ...backend import Backend
 from ...kit import values
-from ...kit.cases import SaveLoadCase, TensorSpec, blank_tensor, encoded_tensor, placement_from_text
+from ...kit.cases import (
+    NOT_LOADED,
+    SaveLoadCase,
+    TensorSpec,
+    blank_tensor,
+    encoded_tensor,
+    placement_from_text,
+)
 from ...kit.failures import Mismatch
 from .cases import HELD_KINDS, Held, MeshCase
 
@@ -169,7 +176,7 @@ def _state(case: MeshCase, step: int, *, blank: bool) -> dict[str, Any]:
         spec.key: _value(spec, held, at.world, blank=blank)
         for spec, held in zip(case.tensors, at.held)
     }
-    state.update((key, None if blank else value) for key, value in case.objects)
+    state.update((key, NOT_LOADED if blank else value) for key, value in case.objects)
     return state
 
 
