@@ -44,6 +44,7 @@ __all__ = [
     "save_tree_outcome",
     "save_divergent_replica",
     "load_expecting_error",
+    "off_split_dtensor",
     "RankState",
     "SubclassedTensor",
     "stateful_load",
@@ -364,6 +365,58 @@ def load_expecting_error(
         if control["raised"]
         else [str(m) for m in compare_state(control_case, good)][:5]
     )
+    return result
+
+
+def off_split_dtensor(backend: Backend, step: str, path: str) -> dict[str, Any]:
+    """A float64 DTensor of global shape (4,) on ``Shard(0)`` over 2 ranks whose local tensors
+    hold 3 rows each, not the 2 its placements give (``DTensor.from_local(..., shape=(4,),
+    run_check=False)`` accepts it): saved (``step`` "save"), or loaded into from a checkpoint of
+    the right split (``step`` "load").
+
+    Returns the ``call_outcome`` of that step, ``changed`` (a load wrote the off-split
+    destination) and ``control``: mismatches, or the error, of a save and a load of the same
+    key held as its placements give, which must work.
+    """
+    from ckptconf.harness.world import rank_device
+    from torch.distributed.tensor import DTensor, Shard
+
+    from ...kit.cases import Layout
+    from ...kit.values import layout_mesh
+
+    rank = _rank()
+    mesh = layout_mesh(Layout("dtensor", (2,), ("S0",)))
+    full = encoded_tensor((4,), "float64", salt=4000).to(rank_device())
+
+    def off_split(values: torch.Tensor):
+        local = values[rank : rank + 3].clone()  # rows 0-2 on rank 0, 1-3 on rank 1
+        return DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=(4,), stride=(1,))
+
+    def right_split(values: torch.Tensor):
+        return DTensor.from_local(values[2 * rank : 2 * rank + 2].clone(), mesh, [Shard(0)])
+
+    result: dict[str, Any] = {"rank": rank, "changed": False}
+    if step == "save":
+        outcome = call_outcome(lambda: backend.run_save({"w": off_split(full)}, path + "-off"))
+    else:
+        backend.run_save({"w": right_split(full)}, path + "-off")
+        dest = off_split(torch.full_like(full, -1.0))
+        outcome = call_outcome(lambda: backend.run_load({"w": dest}, path + "-off"))
+        result["changed"] = not bool((dest.to_local() == -1.0).all())
+    result.update(outcome)
+    control = call_outcome(lambda: backend.run_save({"w": right_split(full)}, path), limit=1500)
+    if control["raised"]:
+        result["control"] = [f"save raised {control['type']}: {control['text']}"]
+        return result
+    blank = right_split(torch.full_like(full, -1.0))
+    control = call_outcome(lambda: backend.run_load({"w": blank}, path), limit=1500)
+    expected = full[2 * rank : 2 * rank + 2]
+    if control["raised"]:
+        result["control"] = [f"load raised {control['type']}: {control['text']}"]
+    elif not torch.equal(blank.to_local(), expected):
+        result["control"] = [f"loaded {blank.to_local().tolist()}, expected {expected.tolist()}"]
+    else:
+        result["control"] = []
     return result
 
 

@@ -488,6 +488,37 @@ class KindsTests:
             ckpt, saved, dest, f"a key changed from {change.replace('_', ' ')}", key="changed"
         )
 
+    @pytest.mark.ckpt_level("strict")
+    @pytest.mark.ckpt_requires("dtensor")
+    @pytest.mark.parametrize("step", ["save", "load"])
+    def test_a_dtensor_off_its_placements_split_is_refused(self, ckpt, step):
+        """A DTensor whose local tensors are not the split its placements give (3 rows a rank
+        of a 4-row ``Shard(0)`` tensor on 2 ranks, made with ``from_local(..., shape=)``): its
+        save, or a load into it, raises on every rank and writes nothing into it, while the
+        same key held as its placements give saves and loads (pytorch/pytorch#144109)."""
+        what = f"{step} of a DTensor (4,) [S0] on 2 ranks holding 3 rows a rank"
+        trial: Trial = ckpt.trial(what)
+        results = trial.run(step, ranks.off_split_dtensor, step, ckpt.path(), world=2)
+        control = [f"  rank {r['rank']}: {c}" for r in results for c in r["control"]]
+        if control:
+            raise trial.fail(
+                "the same key held as its placements give did not save and load",
+                "\n".join(control),
+                kind="raised" if " raised " in "\n".join(control) else "wrong_values",
+            )
+        quiet = [r["rank"] for r in results if not r["raised"]]
+        changed = [r["rank"] for r in results if r["changed"]]
+        if quiet or changed:
+            raise trial.fail(
+                f"the {what} must raise on every rank and write nothing into it",
+                "\n".join(
+                    [f"  rank {r}: the {step} did not raise" for r in quiet]
+                    + [f"  rank {r}: the load wrote into the destination" for r in changed]
+                ),
+                kind="no_error" if quiet else "wrong_values",
+                errors=errors_of_calls(results),
+            )
+
     # (e)-(h) strict loads
 
     @staticmethod
@@ -572,15 +603,17 @@ class KindsTests:
     @pytest.mark.ckpt_level("strict")
     @property_test(pinned=_STRICT_PINS)
     def test_shape_mismatch_raises(self, ckpt, data):
-        """A destination tensor of another global shape (same number of dims)."""
+        """A destination tensor of another global shape: the same number of dims, or one more
+        or one fewer (a destination of other dims is held whole on every rank)."""
         case = self._strict_case(ckpt, data)
+        fewest = 0 if ckpt.supports("scalar_tensors") else 1
         saved, dest = _with_one_changed(
             data,
             case,
             lambda spec: data.draw(
                 global_shapes(
-                    min_dims=len(spec.shape),
-                    max_dims=len(spec.shape),
+                    min_dims=max(fewest, len(spec.shape) - 1),
+                    max_dims=len(spec.shape) + 1,
                     max_side=MAX_SIDE,
                     allow_empty=ckpt.supports("empty_tensors"),
                 ).filter(lambda s: s != spec.shape),
@@ -588,7 +621,9 @@ class KindsTests:
             ),
             "shape",
         )
-        self._check_rejected(ckpt, saved, dest, "a shape mismatch")
+        self._check_rejected(
+            ckpt, saved, _plain_where_dims_changed(saved, dest), "a shape mismatch"
+        )
 
     @pytest.mark.ckpt_level("strict")
     @property_test(pinned=_STRICT_PINS)
@@ -624,6 +659,16 @@ def _with_one_changed(data, case: SaveLoadCase, new_value, field: str):
     changed = replace(spec, **{field: new_value(spec)})
     tensors = case.tensors[:index] + (changed,) + case.tensors[index + 1 :]
     return case, replace(case, tensors=tensors)
+
+
+def _plain_where_dims_changed(saved: SaveLoadCase, dest: SaveLoadCase) -> SaveLoadCase:
+    """``dest`` with each tensor whose number of dims changed held plain on every rank (its
+    layout was drawn for the saved shape)."""
+    layouts = tuple(
+        layout if len(a.shape) == len(b.shape) else Layout()
+        for a, b, layout in zip(saved.tensors, dest.tensors, dest.load_layouts)
+    )
+    return replace(dest, load_layouts=layouts)
 
 
 def _without_clash(tree: dict) -> dict:
