@@ -43,6 +43,7 @@ __all__ = [
     "SMALL_CASES",
     "small_cases",
     "supported_dtypes",
+    "mostly_basic_dtypes",
     "supported_options",
     "tensor_keys",
     "distinct_tensor_keys",
@@ -463,6 +464,16 @@ def supported_dtypes(backend: Any) -> tuple[str, ...]:
     """Every dtype of :data:`ALL_DTYPES` this torch has if ``backend`` supports ``dtypes``, else
     :data:`BASIC_DTYPES`."""
     return tuple(available_dtypes(ALL_DTYPES if backend.supports("dtypes") else BASIC_DTYPES))
+
+
+def mostly_basic_dtypes(backend: Any) -> tuple[str, ...]:
+    """Dtype names for tests whose subject is layouts, not dtypes, to draw from (with
+    ``dtypes=``): a basic dtype three times in four, whose values tell every element's index
+    apart, else another dtype ``backend`` supports (bfloat16, float8, bool, complex), so that a
+    layout's bytes are also cut at other element sizes than 4 and 8."""
+    basic = available_dtypes(BASIC_DTYPES)
+    others = [d for d in supported_dtypes(backend) if d not in basic]
+    return tuple(basic * max(1, len(others)) + others) if others else tuple(basic)
 
 
 def supported_options(backend: Any, **overrides: Any) -> dict[str, Any]:

@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 from ...kit.cases import Layout, SaveLoadCase, TensorSpec
 from ...kit.layouts import layout_examples
 from ...kit.profiles import property_test
-from ...kit.strategies import save_load_cases, supported_options, world_sizes
+from ...kit.strategies import (
+    mostly_basic_dtypes,
+    save_load_cases,
+    supported_options,
+    world_sizes,
+)
 
 __all__ = ["ReshardingTests"]
 
@@ -58,7 +63,12 @@ class ReshardingTests:
             st.sampled_from(world_sizes(1, 2, 3, 4, largest=ckpt.session.largest_world)),
             label="world",
         )
-        options = supported_options(ckpt.backend, objects=False, per_rank_keys=True)
+        options = supported_options(
+            ckpt.backend,
+            objects=False,
+            per_rank_keys=True,
+            dtypes=mostly_basic_dtypes(ckpt.backend),
+        )
         case = data.draw(
             save_load_cases(save_worlds=(world,), load_worlds=(world,), **options), label="case"
         )
@@ -81,7 +91,9 @@ class ReshardingTests:
     def test_world_size_change(self, ckpt, data):
         """Saved on N ranks, loaded on M ranks (1 to 4 each, and the session's largest world);
         keys held by every rank or by some ranks only, on either side."""
-        options = supported_options(ckpt.backend, per_rank_keys=True)
+        options = supported_options(
+            ckpt.backend, per_rank_keys=True, dtypes=mostly_basic_dtypes(ckpt.backend)
+        )
         worlds = world_sizes(1, 2, 3, 4, largest=ckpt.session.largest_world)
         case = data.draw(
             save_load_cases(save_worlds=worlds, load_worlds=worlds, **options).filter(
