@@ -16,3 +16,10 @@ def pytest_configure(config: pytest.Config) -> None:
     profile = of(config).profile
     settings.register_profile(f"ckptconf-tests-{profile}", profile_settings(profile))
     settings.load_profile(f"ckptconf-tests-{profile}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (a minute or more of subprocesses, some) first, in their order: under
+    pytest-xdist the workers then start on them and end on short tests, not one long test
+    running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
