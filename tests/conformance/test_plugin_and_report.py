@@ -214,17 +214,18 @@ def _filesystem_of(path: str, table: str) -> str:
 
 @pytest.mark.multiprocess
 def test_ckptconf_run_puts_checkpoints_in_memory_and_leaves_none_there(tmp_path):
-    """Passed or failed, a run removes its folder in memory; a failed run says that --dir keeps
-    the failed tests' checkpoints, and with --dir they are kept."""
+    """A failed run removes its folder in memory and says that --dir keeps the failed tests'
+    checkpoints; with --dir they are kept, and a passing run leaves the --dir folder as it found
+    it (the folder it made there is removed with the passed tests' checkpoints)."""
     from ckptconf.conformance.options import memory_folder
 
     if memory_folder() is None:
         pytest.skip("no folder in memory here: ckptconf run uses pytest's temporary folder")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    chosen = tmp_path / "chosen"
+    chosen, passing = tmp_path / "chosen", tmp_path / "passing"
     runs = {}
     for name, spec, more in (
-        ("reference", "reference", []),
+        ("reference", "reference", ["--dir", str(passing)]),
         ("bad", "tests.planted.storage:last_chunk_skipped", []),
         ("bad in a folder", "tests.planted.storage:last_chunk_skipped", ["--dir", str(chosen)]),
     ):
@@ -238,11 +239,11 @@ def test_ckptconf_run_puts_checkpoints_in_memory_and_leaves_none_there(tmp_path)
             timeout=600,
             env=env,
         )
-    for name in ("reference", "bad"):
-        found = re.search(r"checkpoints in (/\S+), in memory", runs[name].stdout)
-        assert found, runs[name].stdout[-3000:]
-        assert not Path(found.group(1)).exists(), name
+    found = re.search(r"checkpoints in (/\S+), in memory", runs["bad"].stdout)
+    assert found, runs["bad"].stdout[-3000:]
+    assert not Path(found.group(1)).exists()
     assert runs["reference"].returncode == 0 and runs["bad"].returncode == 1
+    assert list(passing.iterdir()) == [], runs["reference"].stdout[-3000:]
     assert "in memory and are removed; --dir PATH keeps them" in runs["bad"].stdout
     kept = runs["bad in a folder"]
     assert kept.returncode == 1 and "in memory" not in kept.stdout, kept.stdout[-3000:]
