@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         suite="lifecycle",
         test="lifecycle::replay",
     )
-    entries = [] if args.no_expectations else _entries(backend, strict=args.strict)
+    entries = [] if args.no_expectations else _entries(backend, checker.ranks, strict=args.strict)
 
     def passed_over(fields, entry) -> None:
         print(f"known failure, passed over ({entry.where}): {fields.get('what')}", flush=True)
@@ -88,16 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _entries(backend, *, strict: bool) -> list:
-    """The entries about the lifecycle test of the backend's expectations and its parent's."""
+def _entries(backend, ranks, *, strict: bool) -> list:
+    """The entries about the lifecycle test of the backend's expectations, and its parent's of
+    the parts it takes (:mod:`~ckptconf.conformance.kit.inheritance`, found on ``ranks``)."""
     from ckptconf.conformance.expectations import Expectations
+    from ckptconf.conformance.kit.inheritance import inheritance_of
     from ckptconf.conformance.selection import select_backend
 
     test = "lifecycle::test_lifecycle" + ("_with_failed_saves" if strict else "")
-    files = [backend.expectations]
-    if backend.inherits:
-        files.append(select_backend(backend.inherits).expectations)
-    return [e for path in files if path for e in Expectations.load(path).for_test(test)]
+    entries = []
+    if backend.expectations:
+        entries += Expectations.load(backend.expectations).for_test(test)
+    parent = backend.inherits and select_backend(backend.inherits).expectations
+    if parent:
+        inherited = Expectations.load(parent).for_test(test)
+        if any(e.part for e in inherited):
+            inherited = inheritance_of(backend, backend.inherits, ranks).entries(inherited)
+        entries += inherited
+    return entries
 
 
 if __name__ == "__main__":
