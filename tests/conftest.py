@@ -23,3 +23,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     pytest-xdist the workers then start on them and end on short tests, not one long test
     running alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    from ckptconf.conformance.session import of
+
+    if of(config).profile != "ci":
+        return
+    skip = pytest.mark.skip(
+        reason="not under the ci profile (CI's 15-minute limit): the dev profile, scripts/test "
+        "without CI=true, runs it"
+    )
+    for item in items:
+        if item.get_closest_marker("not_in_ci"):
+            item.add_marker(skip)

@@ -84,6 +84,11 @@ def test_the_reference_passes_the_lifecycle(tmp_path):
     }, result.stdout[-6000:]
 
 
+def _name(planted) -> str:
+    values = planted.values if hasattr(planted, "values") else planted
+    return values[0].split(":")[1]
+
+
 # (backend, test, the failing step's kind and step, words of the headline)
 PLANTED = [
     (
@@ -104,11 +109,12 @@ PLANTED = [
         ("raised", None),
         "raised on",
     ),
-    (
+    pytest.param(  # a plan cache again, as save_plan_cached
         "tests.planted.lifecycle:plan_cache_ignores_dtype",
         "test_lifecycle",
         ("raised", None),
         "raised",
+        marks=pytest.mark.not_in_ci,
     ),
     (
         "tests.planted.lifecycle:async_staging_buffers_reused",
@@ -116,26 +122,26 @@ PLANTED = [
         ("wrong_values", "load"),
         "not those of one committed checkpoint",
     ),
-    (
+    pytest.param(  # a racing load again, as reads_newest_generation
         "tests.planted.lifecycle:racing_load_refused_on_one_rank",
         "test_lifecycle",
         ("wrong_error", "load"),
         "the ranks of one job hold different states",
+        marks=pytest.mark.not_in_ci,
     ),
-    (
+    pytest.param(  # per-process state kept across saves again, as save_plan_cached
         "tests.planted.storage:stale_metadata_cache",
         "test_lifecycle",
         ("raised", "load"),
         "the load of a committed checkpoint raised",
+        marks=pytest.mark.not_in_ci,
     ),
 ]
 
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "spec, test, how, headline", PLANTED, ids=[p[0].split(":")[1] for p in PLANTED]
-)
+@pytest.mark.parametrize("spec, test, how, headline", PLANTED, ids=[_name(p) for p in PLANTED])
 def test_a_defect_of_several_operations_is_found_and_reproduced(
     tmp_path, spec, test, how, headline
 ):

@@ -182,6 +182,7 @@ class TestMyPlans(PlansTests):
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
+@pytest.mark.not_in_ci  # the class-style path's verdicts are checked in test_class_style.py too
 def test_class_style_runs_give_the_same_verdicts(tmp_path):
     """The same backend given by a fixture to subclasses of the suites in a user's module: the
     expectations apply by suite and test name, whatever the module and class are called."""
