@@ -34,8 +34,8 @@ class RankError:
 
 
 def causes_of(exc: BaseException) -> tuple[str, ...]:
-    """``rank N: Type: message`` of each failure ``exc`` carries from other ranks, in rank order;
-    ``()`` for an exception of one rank.
+    """``rank N: Type: message`` of each rank's failure ``exc`` carries (its own rank's too), in
+    rank order; ``()`` for an exception of one rank.
 
     A checkpoint error raised alike on every rank holds every failing rank's exception: DCP's
     ``CheckpointException.failures`` (rank to ``(exception, stack)``), which the reference's
