@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import tempfile
 import threading
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -247,7 +248,26 @@ def dcp_resembling_error() -> Backend:
     )
 
 
-class _InPlaceWriter(StorageWriter):
+class _Delegating:
+    """The steps a storage writer and reader share, handed to ``self.inner``."""
+
+    inner: Any
+
+    def reset(self, checkpoint_id=None):
+        self.inner.reset(checkpoint_id)
+
+    def prepare_local_plan(self, plan):
+        return self.inner.prepare_local_plan(plan)
+
+    def prepare_global_plan(self, plans):
+        return self.inner.prepare_global_plan(plans)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+        return dcp.FileSystemReader.validate_checkpoint_id(checkpoint_id)
+
+
+class _InPlaceWriter(_Delegating, StorageWriter):
     """A storage writer of its own (no FileSystemWriter), writing as DCP's does, by delegating to
     one: each rank's data file rewritten in place, no atomic commit. So its storage has DCP's
     storage defects while its classes are its own, as a user's object-store or zip writer that
@@ -256,17 +276,8 @@ class _InPlaceWriter(StorageWriter):
     def __init__(self, path: str):
         self.inner = dcp.FileSystemWriter(path)
 
-    def reset(self, checkpoint_id=None):
-        self.inner.reset(checkpoint_id)
-
     def set_up_storage_writer(self, is_coordinator, *args, **kwargs):
         return self.inner.set_up_storage_writer(is_coordinator, *args, **kwargs)
-
-    def prepare_local_plan(self, plan):
-        return self.inner.prepare_local_plan(plan)
-
-    def prepare_global_plan(self, plans):
-        return self.inner.prepare_global_plan(plans)
 
     def write_data(self, plan, planner):
         return self.inner.write_data(plan, planner)
@@ -277,19 +288,12 @@ class _InPlaceWriter(StorageWriter):
     def storage_meta(self):
         return self.inner.storage_meta()
 
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return dcp.FileSystemWriter.validate_checkpoint_id(checkpoint_id)
 
-
-class _InPlaceReader(StorageReader):
+class _InPlaceReader(_Delegating, StorageReader):
     """The reader of :class:`_InPlaceWriter`'s checkpoints: DCP's, delegated to."""
 
     def __init__(self, path: str):
         self.inner = dcp.FileSystemReader(path)
-
-    def reset(self, checkpoint_id=None):
-        self.inner.reset(checkpoint_id)
 
     def read_metadata(self, *args, **kwargs):
         return self.inner.read_metadata(*args, **kwargs)
@@ -297,18 +301,8 @@ class _InPlaceReader(StorageReader):
     def set_up_storage_reader(self, metadata, is_coordinator, *args, **kwargs):
         return self.inner.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
 
-    def prepare_local_plan(self, plan):
-        return self.inner.prepare_local_plan(plan)
-
-    def prepare_global_plan(self, plans):
-        return self.inner.prepare_global_plan(plans)
-
     def read_data(self, plan, planner):
         return self.inner.read_data(plan, planner)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return dcp.FileSystemReader.validate_checkpoint_id(checkpoint_id)
 
 
 def own_storage_in_place() -> Backend:
