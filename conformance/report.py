@@ -56,7 +56,10 @@ class Report:
         if report.when == "setup" and report.passed:
             return
         if info.get("backend") and not self.backend:
-            self.backend = info["backend"]
+            self.backend = dict(info["backend"])
+        parts = (info.get("backend") or {}).get("inherited_parts")
+        if parts and "inherited_parts" not in self.backend:  # found at the first test it judged
+            self.backend["inherited_parts"] = parts
         outcome = info["outcome"]
         entry: dict[str, Any] = {
             "id": info["id"],

@@ -151,6 +151,41 @@ def test_the_report_takes_the_outcome_and_known_failures_from_the_test():
     assert "save raised\nsave on 3 rank(s)" in text
 
 
+def test_the_report_says_what_the_backend_takes_from_its_parent_once_a_test_found_it():
+    """The parts inherited are found at the first test judged, which may come after an
+    unsupported one: the report's backend gets them from whichever test has them."""
+    from types import SimpleNamespace
+
+    from ckptconf.conformance.report import Report, render_markdown
+
+    report = Report(profile="ci", seed=None)
+    backend = {"name": "mine", "inherits": "torch-dcp"}
+    parts = {
+        "parent": "torch-dcp",
+        "taken": ["driver", "planner", "staging"],
+        "why": {"storage": "ZipWriter is no FileSystemWriter"},
+    }
+    first = {"id": "t.py::T::a", "test": "s::a", "suite": "s", "level": "core"}
+    report.record(
+        {**first, "outcome": "unsupported", "backend": backend},
+        SimpleNamespace(when="setup", passed=False, duration=0.0),
+    )
+    report.record(
+        {
+            **first,
+            "id": "t.py::T::b",
+            "outcome": "passed",
+            "backend": {**backend, "inherited_parts": parts},
+        },
+        SimpleNamespace(when="call", passed=True, duration=0.1),
+    )
+    assert report.backend["inherited_parts"] == parts
+    assert (
+        "- inherits from: torch-dcp (planner, staging, driver taken; own storage: ZipWriter is no "
+        "FileSystemWriter)" in render_markdown(report.to_json())
+    )
+
+
 def test_pytest_shows_a_failure_brief_and_the_whole_record_under_vv(tmp_path):
     args = ["--ckpt-backend", "tests.planted.storage:last_chunk_skipped", "--ckpt-no-shrink"]
     args += ["-k", "test_round_trip and not strided and not dtensor and not sharded"]
