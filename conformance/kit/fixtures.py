@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from ckptconf.conformance.backend import FEATURES, Backend
 from ckptconf.conformance.builtin import BUILT_IN, expectations_file
-from ckptconf.conformance.expectations import PARTS, Expectations, ExpectationsError
+from ckptconf.conformance.expectations import Expectations, ExpectationsError
 from ckptconf.conformance.options import requested
 from ckptconf.conformance.selection import (
     backend_from_options,
@@ -359,15 +359,10 @@ def inheritance_in_session(
     config: pytest.Config, backend: Backend, parent: str, ranks: Any
 ) -> Inheritance:
     """The parts ``backend`` takes from ``parent`` (:func:`.inheritance.inheritance_of`), found
-    once a session: every part when no entry of the parent's names one."""
+    once a session."""
     known = config.stash.setdefault(_inheritance_key, {})
     if (backend.name, parent) not in known:
-        entries = _load(str(expectations_file(parent) or "")).entries
-        if any(e.part for e in entries):
-            known[backend.name, parent] = inheritance_of(backend, parent, ranks)
-        else:
-            why = dict.fromkeys(PARTS, "no entry of the parent's names a part")
-            known[backend.name, parent] = Inheritance(parent, frozenset(PARTS), why)
+        known[backend.name, parent] = inheritance_of(backend, parent, ranks)
     return known[backend.name, parent]
 
 

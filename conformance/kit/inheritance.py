@@ -50,12 +50,15 @@ class Inheritance:
 
 def inheritance_of(backend: Any, parent: str, ranks: Any, timeout: float = 120.0) -> Inheritance:
     """The parts ``backend`` takes from the built-in ``parent``: declared, or found on one rank of
-    ``ranks`` (a :class:`~.running.Ranks`). A probe that fails takes every part it could not
-    look at (with why)."""
+    ``ranks`` (a :class:`~.running.Ranks`); every part, with no probe, where no entry of the
+    parent's names one. A probe that fails takes every part it could not look at (with why)."""
     declared = backend.inherited_parts
     if declared is not None:
         why = {p: "declared" if p in declared else "declared its own" for p in PARTS}
         return Inheritance(parent, frozenset(declared), why)
+    if not any(e.part for e in _entries_of(parent)):
+        why = dict.fromkeys(PARTS, "no entry of the parent's names a part")
+        return Inheritance(parent, frozenset(PARTS), why)
     outcome = ranks.run(backend, probe, (parent,), world=1, timeout=timeout)[0]
     if outcome.raised:
         why = {p: f"could not look ({outcome.error_type}: {outcome.message[:200]})" for p in PARTS}
@@ -63,6 +66,14 @@ def inheritance_of(backend: Any, parent: str, ranks: Any, timeout: float = 120.0
     own: dict[str, str] = outcome.value
     why = {p: own.get(p) or "taken" for p in PARTS}
     return Inheritance(parent, frozenset(p for p in PARTS if p not in own), why)
+
+
+def _entries_of(parent: str) -> list[Expectation]:
+    from ..builtin import expectations_file
+    from ..expectations import Expectations
+
+    path = expectations_file(parent)
+    return Expectations.load(path).entries if path else []
 
 
 def probe(backend: Any, parent_name: str) -> dict[str, str]:

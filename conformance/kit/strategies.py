@@ -473,7 +473,7 @@ def mostly_basic_dtypes(backend: Any) -> tuple[str, ...]:
     layout's bytes are also cut at other element sizes than 4 and 8."""
     basic = available_dtypes(BASIC_DTYPES)
     others = [d for d in supported_dtypes(backend) if d not in basic]
-    return tuple(basic * max(1, len(others)) + others) if others else tuple(basic)
+    return tuple(basic * len(others) + others) if others else tuple(basic)
 
 
 def supported_options(backend: Any, **overrides: Any) -> dict[str, Any]:

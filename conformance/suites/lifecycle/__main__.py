@@ -102,9 +102,7 @@ def _entries(backend, ranks, *, strict: bool) -> list:
     parent = backend.inherits and select_backend(backend.inherits).expectations
     if parent:
         inherited = Expectations.load(parent).for_test(test)
-        if any(e.part for e in inherited):
-            inherited = inheritance_of(backend, backend.inherits, ranks).entries(inherited)
-        entries += inherited
+        entries += inheritance_of(backend, backend.inherits, ranks).entries(inherited)
     return entries
 
 
